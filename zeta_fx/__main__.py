@@ -1,0 +1,5 @@
+import sys
+
+from zeta_fx.cli import main
+
+sys.exit(main())

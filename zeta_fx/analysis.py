@@ -1,0 +1,509 @@
+"""A read-only view of an FX graph: value flow, layers, residual joins, zero propagation.
+
+Built once per pass in a single sweep over the nodes; every query after that touches only
+the part of the graph it asks about. Only *value* edges count as data flow: shape and
+metadata queries (``x.shape``, ``x.size()``, ``x.new_empty(...)``, ``torch._assert``),
+parameters, buffers and anything computed from those alone are not data.
+
+>>> import torch
+>>> from torch import nn, fx
+>>> class Block(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
+...     def forward(self, x):
+...         return x + self.fc2(torch.relu(self.fc1(x)))
+>>> view = GraphView(fx.symbolic_trace(Block()))
+>>> [(j.merge.name, j.fork.name, j.skip_kind) for j in view.joins() if j.ok]
+[('add', 'x', 'identity')]
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import fx, nn
+from torch.fx import Node
+
+from zeta_fx.ops import ZeroOps, layer_inputs, spec_inputs, target_name
+
+__all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
+
+# Metadata queries: their outputs carry no values of their inputs.
+_SHAPE_METHODS = frozenset({
+    "size", "dim", "ndimension", "numel", "nelement", "get_device", "element_size",
+    "stride", "storage_offset", "is_contiguous", "is_floating_point", "is_complex",
+    "new_empty", "new_zeros", "new_ones", "new_full", "new_empty_strided",
+})
+_SHAPE_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
+                          "requires_grad", "is_sparse", "names"})
+_SHAPE_FUNCTIONS = frozenset({
+    "torch._assert", "torch._assert_async", "builtins.len", "torch.numel",
+    "torch.zeros_like", "torch.ones_like", "torch.empty_like", "torch.rand_like",
+    "torch.randn_like", "torch.randint_like", "torch.full_like", "torch._shape_as_tensor",
+    "torch.fx._symbolic_trace._assert_is_none", "torch.is_floating_point", "torch.is_tensor",
+    "torch.sym_int", "torch.sym_float", "torch.sym_max", "torch.sym_min", "torch.sym_not",
+})
+_ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add"})
+_ADDITIVE_METHODS = frozenset({"add", "add_"})
+
+
+def owner_of(param_fqns: Iterable[str]) -> str:
+    """The deepest module FQN that holds every parameter in ``param_fqns``."""
+    parents = [fqn.rsplit(".", 1)[0] if "." in fqn else "" for fqn in param_fqns]
+    if not parents:
+        return ""
+    common = parents[0].split(".") if parents[0] else []
+    for parent in parents[1:]:
+        parts = parent.split(".") if parent else []
+        n = 0
+        while n < min(len(common), len(parts)) and common[n] == parts[n]:
+            n += 1
+        common = common[:n]
+    return ".".join(common)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A graph node that consumes parameters.
+
+    ``params`` are the FQNs whose zeroing makes the node output zero (empty when
+    ``zeroable`` is false, and then ``why_not`` says why).
+    """
+
+    node: Node
+    owner: str
+    params: tuple[str, ...]
+    zeroable: bool
+    why_not: str = ""
+
+
+@dataclass(frozen=True)
+class Found:
+    """Zeroing ``layers`` provably makes the searched value zero."""
+
+    layers: tuple[Node, ...]
+    depth: int
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """No zeroable layer makes the searched value zero; ``node`` is where the search stopped."""
+
+    node: Node
+    reason: str
+
+
+@dataclass
+class Join:
+    """An additive merge of paths from a common fork, classified into skip and branches."""
+
+    merge: Node
+    terms: tuple[Node, ...]
+    fork: Node | None = None
+    ok: bool = False
+    reason: str = ""
+    skip: Node | None = None
+    skip_kind: str = ""
+    skip_layers: tuple[Node, ...] = ()
+    branches: tuple[Node, ...] = ()
+    sides: dict[Node, frozenset[Node]] = field(default_factory=dict)
+    region: frozenset[Node] = frozenset()
+
+
+class GraphView:
+    """Value flow, layers and residual joins of ``gm``; ``root`` holds the real modules.
+
+    ``root`` is the model the user passed (module types and parameters come from it);
+    it defaults to ``gm``. ``ops`` is the zero-propagation table.
+    """
+
+    def __init__(self, gm: fx.GraphModule, root: nn.Module | None = None,
+                 ops: ZeroOps | None = None) -> None:
+        self.gm = gm
+        self.root = root if root is not None else gm
+        self.ops = ops or ZeroOps.default()
+        self.nodes: list[Node] = list(gm.graph.nodes)
+        self.index: dict[Node, int] = {}
+        self.is_data: dict[Node, bool] = {}
+        self.data_inputs: dict[Node, tuple[Node, ...]] = {}
+        self.data_users: dict[Node, list[Node]] = {}
+        self.param_roots: dict[Node, frozenset[str]] = {}
+        self.consumers: dict[str, list[Node]] = {}
+        self.params: dict[str, torch.Tensor] = dict(
+            self.root.named_parameters(remove_duplicate=False))
+        self._module_params: dict[str, tuple[str, ...]] = {}
+        self._layers: dict[Node, Layer | None] = {}
+        self._build()
+
+    # -- construction: one sweep in topological order ---------------------------------
+    def _build(self) -> None:
+        empty: frozenset[str] = frozenset()
+        for i, node in enumerate(self.nodes):
+            self.index[node] = i
+            self.data_users[node] = []
+            roots = empty
+            if node.op == "placeholder":
+                data, inputs = True, ()
+            elif node.op == "get_attr":
+                data, inputs = False, ()
+                if node.target in self.params:
+                    roots = frozenset((node.target,))
+            elif self._is_shape_query(node):
+                data, inputs = False, ()
+            else:
+                inputs = tuple(n for n in node.all_input_nodes if self.is_data[n])
+                data = bool(inputs) and node.op != "output"
+                if node.op == "call_module":
+                    for fqn in self._params_of_module(node.target):
+                        self.consumers.setdefault(fqn, []).append(node)
+                side_roots = [self.param_roots[n] for n in node.all_input_nodes
+                              if not self.is_data[n] and self.param_roots[n]]
+                if side_roots:
+                    roots = frozenset().union(*side_roots)
+                    if data:
+                        for fqn in roots:
+                            self.consumers.setdefault(fqn, []).append(node)
+                if data:
+                    roots = empty  # a data node's value is not a parameter
+            self.is_data[node] = data
+            self.data_inputs[node] = inputs
+            self.param_roots[node] = roots
+            for inp in inputs:
+                self.data_users[inp].append(node)
+
+    def _is_shape_query(self, node: Node) -> bool:
+        if node.op == "call_method":
+            return node.target in _SHAPE_METHODS
+        if node.op == "call_function":
+            name = target_name(node.target)
+            if name == "builtins.getattr":
+                return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
+            return name in _SHAPE_FUNCTIONS
+        return False
+
+    def _params_of_module(self, target: str) -> tuple[str, ...]:
+        cached = self._module_params.get(target)
+        if cached is None:
+            module = self.module(target)
+            prefix = f"{target}." if target else ""
+            cached = tuple(prefix + n for n, _ in module.named_parameters(remove_duplicate=False))
+            self._module_params[target] = cached
+        return cached
+
+    # -- modules ------------------------------------------------------------------------
+    def module(self, fqn: str) -> nn.Module:
+        """The user's module at ``fqn`` (falls back to the graph module's copy)."""
+        try:
+            return self.root.get_submodule(fqn)
+        except AttributeError:
+            return self.gm.get_submodule(fqn)
+
+    def module_type(self, fqn: str) -> str:
+        try:
+            return type(self.module(fqn)).__name__
+        except AttributeError:
+            return "?"
+
+    # -- layers -------------------------------------------------------------------------
+    def layer(self, node: Node) -> Layer | None:
+        """The layer at ``node`` (a data node consuming parameters), or ``None``."""
+        if node in self._layers:
+            return self._layers[node]
+        layer = self._classify_layer(node) if self.is_data.get(node) else None
+        self._layers[node] = layer
+        return layer
+
+    def _classify_layer(self, node: Node) -> Layer | None:
+        if node.op == "call_module":
+            owned = self._params_of_module(node.target)
+            if not owned:
+                return None
+            module = self.module(node.target)
+            names = self.ops.layer_params_of_module(module)
+            if not names:
+                return Layer(node, node.target, (), False,
+                             f"`{type(module).__name__}` is not known to output zero when its "
+                             "parameters are zero; declare it with zero_preserving=[...] if it does")
+            prefix = f"{node.target}." if node.target else ""
+            params = tuple(prefix + n for n in names)
+            return Layer(node, owner_of(params), params, True)
+        side = [n for n in node.all_input_nodes if not self.is_data[n] and self.param_roots[n]]
+        if not side:
+            return None
+        all_roots = frozenset().union(*(self.param_roots[n] for n in side))
+        owner = owner_of(sorted(all_roots))
+        spec = self.ops.layer_spec(node)
+        what = f"`{target_name(node.target)}`"
+        if spec is None:
+            return Layer(node, owner, (), False,
+                         f"{what} uses parameters {sorted(all_roots)} but is not known to output "
+                         "zero when they are zero")
+        if spec.mode == "any":
+            for inp in side:
+                if self._param_chain_zero(inp):
+                    params = tuple(sorted(self.param_roots[inp]))
+                    return Layer(node, owner_of(params), params, True)
+            return Layer(node, owner, (), False,
+                         f"{what}: no parameter operand stays zero through the ops applied to it")
+        params: set[str] = set()
+        for value in layer_inputs(node, spec):
+            if value is None or (isinstance(value, (int, float)) and value == 0):
+                continue
+            if not isinstance(value, Node) or self.is_data[value]:
+                return Layer(node, owner, (), False,
+                             f"{what} takes a weight or bias that is not a parameter ({value!r})")
+            if not self.param_roots[value]:
+                return Layer(node, owner, (), False,
+                             f"{what} takes `{value.name}`, a buffer or constant, as weight or bias")
+            if not self._param_chain_zero(value):
+                return Layer(node, owner, (), False,
+                             f"{what}: its weight passes through ops that do not keep zero")
+            params |= self.param_roots[value]
+        if not params:
+            return None
+        ordered = tuple(sorted(params))
+        return Layer(node, owner_of(ordered), ordered, True)
+
+    def _param_chain_zero(self, node: Node) -> bool:
+        """Whether ``node`` (computed from parameters only) is zero once its roots are."""
+        if node.op == "get_attr":
+            return bool(self.param_roots[node])
+        spec = self._zero_spec(node)
+        if spec is None or (spec.check is not None and spec.check(node) is not None):
+            return False
+        rooted = [n for n in spec_inputs(node, spec, lambda n: True) if self.param_roots.get(n)]
+        if not rooted:
+            return False
+        results = [self._param_chain_zero(n) for n in rooted]
+        return all(results) if spec.mode == "all" else any(results)
+
+    def _zero_spec(self, node: Node):
+        if node.op == "call_function":
+            return self.ops.spec_for_function(node.target)
+        if node.op == "call_method":
+            return self.ops.spec_for_method(node.target)
+        return None
+
+    # -- zero propagation ---------------------------------------------------------------
+    def zero_cover(self, start: Node, inside: Callable[[Node], bool]) -> Found | Blocked:
+        """The zeroable layers nearest ``start`` whose zeroing makes ``start`` zero.
+
+        The search walks backwards through ops that map zero to zero and never leaves the
+        nodes for which ``inside`` is true (a residual branch, say).
+        """
+        memo: dict[Node, Found | Blocked] = {}
+
+        def visit(node: Node, depth: int) -> Found | Blocked:
+            if node in memo:
+                return memo[node]
+            memo[node] = result = self._cover_step(node, inside, visit, depth)
+            return result
+
+        return visit(start, 0)
+
+    def _cover_step(self, node: Node, inside: Callable[[Node], bool],
+                    visit: Callable[[Node, int], Found | Blocked], depth: int) -> Found | Blocked:
+        if not inside(node):
+            return Blocked(node, f"the path reaches `{node.name}`, outside the branch, "
+                                 "without passing a layer that can be zeroed")
+        layer = self.layer(node)
+        if layer is not None:
+            if layer.zeroable:
+                return Found((node,), 0)
+            return Blocked(node, f"`{node.name}`: {layer.why_not}")
+        if depth > 2000:
+            return Blocked(node, "the branch is too deep to search")
+        what = self._describe_op(node)
+        if node.op == "call_module":
+            if self.ops.module_preserves_zero(self.module(node.target)):
+                inputs = list(self.data_inputs[node])
+                mode = "all"
+            else:
+                return Blocked(node, f"{what} at `{node.name}` is not known to map zero to zero")
+        else:
+            spec = self._zero_spec(node)
+            if spec is None:
+                return Blocked(node, f"{what} at `{node.name}` is not known to map zero to zero")
+            if spec.check is not None:
+                refusal = spec.check(node)
+                if refusal:
+                    return Blocked(node, f"{what} at `{node.name}` {refusal}")
+            inputs = spec_inputs(node, spec, self.is_data.__getitem__)
+            mode = spec.mode
+        if not inputs:
+            return Blocked(node, f"{what} at `{node.name}` has no data input to zero")
+        results = [visit(inp, depth + 1) for inp in inputs]
+        if mode == "all":
+            for result in results:
+                if isinstance(result, Blocked):
+                    return result
+            layers = tuple(dict.fromkeys(n for r in results for n in r.layers))
+            return Found(layers, 1 + max(r.depth for r in results))
+        found = [r for r in results if isinstance(r, Found)]
+        if not found:
+            return results[0]
+        best = min(found, key=lambda r: r.depth)
+        return Found(best.layers, best.depth + 1)
+
+    def _describe_op(self, node: Node) -> str:
+        if node.op == "call_module":
+            return f"`{type(self.module(node.target)).__name__}` ({node.target})"
+        return f"`{target_name(node.target)}`"
+
+    # -- residual joins -----------------------------------------------------------------
+    def is_additive(self, node: Node) -> bool:
+        if not self.is_data.get(node):
+            return False
+        if node.op == "call_function":
+            return target_name(node.target) in _ADDITIVE_FUNCTIONS
+        if node.op == "call_method":
+            return node.target in _ADDITIVE_METHODS
+        return False
+
+    def _terms(self, merge: Node, inner: list[Node]) -> list[Node]:
+        terms: list[Node] = []
+        for inp in merge.args[:2]:
+            if not isinstance(inp, Node) or not self.is_data[inp]:
+                continue
+            if self.is_additive(inp) and self.data_users[inp] == [merge]:
+                inner.append(inp)
+                terms.extend(self._terms(inp, inner))
+            else:
+                terms.append(inp)
+        return terms
+
+    @cached_property
+    def _joins(self) -> list[Join]:
+        joins = []
+        for node in self.nodes:
+            if not self.is_additive(node):
+                continue
+            users = self.data_users[node]
+            if len(users) == 1 and self.is_additive(users[0]):
+                continue  # part of a longer sum; examined with its outermost add
+            inner: list[Node] = []
+            terms = self._terms(node, inner)
+            if len(terms) < 2:
+                continue  # adds a constant, a parameter or a shape-derived value
+            joins.append(self._classify_join(node, tuple(terms), inner))
+        return joins
+
+    def joins(self) -> list[Join]:
+        """Every additive merge of two or more data paths, valid residual joins or not."""
+        return self._joins
+
+    def _classify_join(self, merge: Node, terms: tuple[Node, ...], inner: list[Node]) -> Join:
+        join = Join(merge, terms)
+        if len(set(terms)) < len(terms):
+            join.reason = "adds a value to itself"
+            return join
+        fork, region, mask, why = self._find_fork(merge, terms, set(inner))
+        if fork is None:
+            join.reason = why
+            return join
+        join.fork, join.region = fork, region
+        # A node reached from one term only belongs to that term's path; nodes shared by
+        # several terms (a norm feeding parallel attention and MLP) belong to none.
+        sides = {t: frozenset(n for n in region if mask[n] == 1 << i)
+                 for i, t in enumerate(terms)}
+        join.sides = sides
+        layer_counts = {t: sum(1 for n in sides[t] if self.layer(n) is not None) for t in terms}
+        identity = [t for t in terms if layer_counts[t] == 0]
+        if len(identity) == len(terms):
+            join.reason = "no path between fork and merge has a parameterised layer"
+            return join
+        if identity:
+            join.skip, join.skip_kind = identity[0], "identity"
+        elif len(terms) == 2 and layer_counts[terms[0]] != layer_counts[terms[1]]:
+            join.skip = min(terms, key=lambda t: layer_counts[t])
+            join.skip_kind = "projection"
+            join.skip_layers = tuple(n for n in self.nodes_in_order(sides[join.skip])
+                                     if self.layer(n) is not None)
+        else:
+            counts = ", ".join(f"`{t.name}` ({layer_counts[t]} layers)" for t in terms)
+            join.reason = (f"no path is clearly the skip: parallel paths {counts} from fork "
+                           f"`{fork.name}` (RepVGG-style); left alone")
+            return join
+        join.branches = tuple(t for t in terms if t is not join.skip)
+        join.ok = True
+        return join
+
+    def _find_fork(self, merge: Node, terms: tuple[Node, ...], merge_set: set[Node]
+                   ) -> tuple[Node | None, frozenset[Node], dict[Node, int], str]:
+        """Walk back from ``merge`` in reverse topological order until all paths meet.
+
+        A node is expanded only when every one of its users is already known to lead to
+        the merge; so the walk stays inside the region and costs what the region costs.
+        The first node reached from every term is the fork.
+        """
+        full = (1 << len(terms)) - 1
+        mask: dict[Node, int] = {}
+        heap: list[tuple[int, Node]] = []
+        for i, term in enumerate(terms):
+            if term not in mask:
+                mask[term] = 0
+                heapq.heappush(heap, (-self.index[term], term))
+            mask[term] |= 1 << i
+        merge_set = merge_set | {merge}
+        expanded: set[Node] = set()
+        boundary: list[Node] = []
+        fork = None
+        while heap:
+            _, node = heapq.heappop(heap)
+            if mask[node] == full:
+                fork = node
+                break
+            if all(u in expanded or u in merge_set for u in self.data_users[node]):
+                expanded.add(node)
+                for inp in self.data_inputs[node]:
+                    if inp not in mask:
+                        mask[inp] = 0
+                        heapq.heappush(heap, (-self.index[inp], inp))
+                    mask[inp] |= mask[node]
+            else:
+                boundary.append(node)
+        if fork is None:
+            if boundary:
+                b = max(boundary, key=self.index.__getitem__)
+                outside = [u.name for u in self.data_users[b]
+                           if u not in expanded and u not in merge_set]
+                return None, frozenset(), mask, (
+                    f"not a residual join: the paths into `{merge.name}` do not meet at a fork "
+                    f"whose intermediate values feed only this merge (`{b.name}` is also used "
+                    f"by {', '.join(f'`{n}`' for n in outside[:3])})")
+            return None, frozenset(), mask, (f"not a residual join: the paths into `{merge.name}` "
+                                       "share no common input")
+        leaking = [u for u in self.data_users[fork] if u in boundary]
+        if leaking:
+            u = leaking[0]
+            outside = [w.name for w in self.data_users[u] if w not in expanded and w not in merge_set]
+            return None, frozenset(), mask, (
+                f"not a residual join: `{u.name}`, between fork `{fork.name}` and merge "
+                f"`{merge.name}`, is also used by {', '.join(f'`{n}`' for n in outside[:3])}")
+        region = self._descendants_within(fork, expanded)
+        return fork, region, mask, ""
+
+    def _descendants_within(self, fork: Node, allowed: set[Node]) -> frozenset[Node]:
+        seen: set[Node] = set()
+        stack = [u for u in self.data_users[fork] if u in allowed]
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.extend(u for u in self.data_users[node] if u in allowed and u not in seen)
+        return frozenset(seen)
+
+    def nodes_in_order(self, nodes: Iterable[Node]) -> list[Node]:
+        return sorted(nodes, key=self.index.__getitem__)
+
+    # -- outputs ------------------------------------------------------------------------
+    def outputs(self) -> list[Node]:
+        """The data values the graph returns, in order."""
+        out = [n for n in self.nodes if n.op == "output"]
+        return [n for n in out[0].all_input_nodes if self.is_data[n]] if out else []

@@ -1,0 +1,46 @@
+"""Exception classes. Every error says what was wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class ZetaFxError(Exception):
+    """Base class of every error raised by zeta_fx."""
+
+
+class NotAModuleError(ZetaFxError, TypeError):
+    """The object given to the pass is not an ``nn.Module`` or ``GraphModule``."""
+
+
+class CaptureError(ZetaFxError):
+    """The model could not be turned into an FX graph."""
+
+
+class UnknownRuleError(ZetaFxError, KeyError):
+    """A rule was asked for by a name the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NoWeightError(ZetaFxError, TypeError):
+    """``init_zero_`` was given a module that has no ``weight`` to zero."""
+
+
+class PlanError(ZetaFxError):
+    """A plan does not fit the model it is applied to, or cannot be read."""
+
+
+class PlanMismatchError(PlanError):
+    """A plan names parameters the model lacks, or with other shapes."""
+
+
+class PlanFormatError(PlanError, ValueError):
+    """A plan's JSON text is corrupted or of an unknown version."""
+
+
+class UnsupportedParameterError(ZetaFxError):
+    """A target parameter cannot be zeroed in place (lazy, inference tensor, parametrized)."""
+
+
+class TiedParameterError(ZetaFxError):
+    """A target parameter is shared with a module the rule did not select."""

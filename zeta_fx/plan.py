@@ -1,0 +1,281 @@
+"""Plans: what to zero, by FQN. Made from a rule's selection; applied atomically.
+
+A plan made on one instance (on the meta device, say) applies to another instance of the
+same architecture: materialised, wrapped in ``DistributedDataParallel``, or sharded with
+FSDP2. Every target is validated before the first tensor is written.
+
+>>> import torch
+>>> from torch import nn
+>>> from zeta_fx import zero_init_pass
+>>> from zeta_fx.plan import ZeroInitPlan
+>>> def make():
+...     return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+>>> plan = zero_init_pass(make(), rule="output_layer", dry_run=True).plan
+>>> again = ZeroInitPlan.from_json(plan.to_json())
+>>> other = make()
+>>> again.apply(other).params
+['2.weight', '2.bias']
+>>> bool(other[2].weight.any())
+False
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+from torch import nn
+from torch.nn.parameter import UninitializedParameter
+
+from zeta_fx.errors import (NotAModuleError, PlanFormatError, PlanMismatchError,
+                            TiedParameterError, UnsupportedParameterError)
+from zeta_fx.utils import zero_tensor_
+
+if TYPE_CHECKING:
+    from zeta_fx.analysis import GraphView
+    from zeta_fx.report import ZeroInitReport
+    from zeta_fx.rules import Selection, Skipped
+
+__all__ = ["PlanEntry", "ZeroInitPlan", "build_plan"]
+
+logger = logging.getLogger("zeta_fx")
+
+PLAN_FORMAT = "zeta_fx.plan"
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One module whose parameters ``params`` (FQN -> shape) are to be zeroed."""
+
+    module: str
+    module_type: str
+    params: dict[str, tuple[int, ...]]
+    nodes: tuple[str, ...]
+    positions: tuple[str, ...]
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "module_type": self.module_type,
+                "params": {k: list(v) for k, v in self.params.items()},
+                "nodes": list(self.nodes), "positions": list(self.positions), "rule": self.rule}
+
+
+@dataclass(frozen=True)
+class ZeroInitPlan:
+    """What would be zeroed, by FQN; :meth:`apply` zeroes it on any instance of the model."""
+
+    entries: tuple[PlanEntry, ...]
+    rule: str
+    model: str
+    skipped: tuple["Skipped", ...] = field(default=(), compare=False)
+
+    @property
+    def modules(self) -> list[str]:
+        return [e.module for e in self.entries]
+
+    @property
+    def params(self) -> list[str]:
+        return [fqn for e in self.entries for fqn in e.params]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "rule": self.rule,
+                "model": self.model, "entries": [e.to_dict() for e in self.entries]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ZeroInitPlan":
+        """Read a plan written by :meth:`to_json`; a corrupted text raises ``PlanFormatError``."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise PlanFormatError(f"the plan is not valid JSON ({exc}); write plans with "
+                                  "ZeroInitPlan.to_json() and load them unchanged") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ZeroInitPlan":
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanFormatError(f"not a zeta_fx plan: expected a JSON object with "
+                                  f"\"format\": \"{PLAN_FORMAT}\"")
+        if data.get("version") != PLAN_VERSION:
+            raise PlanFormatError(f"plan version {data.get('version')!r} is not supported "
+                                  f"(this zeta_fx reads version {PLAN_VERSION}); make the plan "
+                                  "again with this version")
+        try:
+            entries = tuple(
+                PlanEntry(str(e["module"]), str(e["module_type"]),
+                          {str(k): tuple(int(d) for d in v) for k, v in e["params"].items()},
+                          tuple(str(n) for n in e["nodes"]),
+                          tuple(str(p) for p in e["positions"]), str(e["rule"]))
+                for e in data["entries"])
+            return cls(entries, str(data["rule"]), str(data["model"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanFormatError(f"the plan's entries are malformed ({type(exc).__name__}: "
+                                  f"{exc}); make the plan again") from None
+
+    def apply(self, model: nn.Module, *, allow_tied: bool = False) -> "ZeroInitReport":
+        """Zero every planned parameter of ``model`` in place and return the report.
+
+        All targets are resolved and validated first; if any is missing, has another shape,
+        or cannot be written in place, an error lists every problem and nothing is written.
+        """
+        from zeta_fx.report import ZeroInitReport
+
+        tensors = resolve(self, model, allow_tied=allow_tied)
+        changed = any(_has_nonzero(t) for t in tensors.values())
+        for tensor in tensors.values():
+            zero_tensor_(tensor)
+        logger.info("zeta_fx: zeroed %d parameters in %d modules (rule %s)",
+                    len(tensors), len(self.entries), self.rule)
+        return ZeroInitReport(self, list(self.skipped), applied=True, changed=changed,
+                              total_params=_count_params(model))
+
+
+def _has_nonzero(tensor: torch.Tensor) -> bool:
+    if tensor.is_meta:
+        return True  # a meta tensor holds no values; writing it counts as a change
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return bool(local.count_nonzero().item() if local.numel() else False)
+
+
+def _count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _lookup(named: dict[str, torch.Tensor], fqn: str) -> tuple[str, torch.Tensor] | None:
+    """Find ``fqn`` in ``named``, allowing for a DDP ``module.`` prefix on either side."""
+    for candidate in (fqn, f"module.{fqn}", fqn.removeprefix("module.")):
+        if candidate in named:
+            return candidate, named[candidate]
+    return None
+
+
+def _is_parametrized(model: nn.Module, fqn: str) -> bool:
+    owner, _, name = fqn.rpartition(".")
+    try:
+        module = model.get_submodule(owner.removeprefix("module.")) if owner else model
+    except AttributeError:
+        try:
+            module = model.get_submodule(f"module.{owner}")
+        except AttributeError:
+            return False
+    return torch.nn.utils.parametrize.is_parametrized(module, name)
+
+
+def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False
+            ) -> dict[str, torch.Tensor]:
+    """Map each planned FQN to the model's own tensor, or raise listing every problem."""
+    if not isinstance(model, nn.Module):
+        raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
+    named = dict(model.named_parameters(remove_duplicate=False))
+    found: dict[str, torch.Tensor] = {}
+    problems: list[str] = []
+    for entry in plan.entries:
+        for fqn, shape in entry.params.items():
+            hit = _lookup(named, fqn)
+            if hit is None:
+                if _is_parametrized(model, fqn):
+                    raise UnsupportedParameterError(
+                        f"`{fqn}` (module `{entry.module}`) is parametrized (weight_norm, "
+                        "spectral_norm, ...): zeroing the stored tensors would not give a zero, "
+                        "finite weight. Remove the parametrization before the pass, or zero "
+                        "the layer yourself; nothing was written")
+                problems.append(f"`{fqn}` (module `{entry.module}`, {entry.module_type}) is not "
+                                "a parameter of this model")
+                continue
+            name, tensor = hit
+            if isinstance(tensor, UninitializedParameter):
+                raise UnsupportedParameterError(
+                    f"`{name}` (module `{entry.module}`) is an uninitialised lazy parameter; "
+                    "run one forward pass to materialise the lazy modules, then apply the "
+                    "pass; nothing was written")
+            if tuple(tensor.shape) != tuple(shape):
+                problems.append(f"`{name}` has shape {tuple(tensor.shape)}, the plan expects "
+                                f"{tuple(shape)}")
+                continue
+            if tensor.is_inference():
+                raise UnsupportedParameterError(
+                    f"`{name}` (module `{entry.module}`) was created under "
+                    "torch.inference_mode() and cannot be written in place; build the model "
+                    "outside inference_mode; nothing was written")
+            found[name] = tensor
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise PlanMismatchError(
+            f"the plan (rule {plan.rule}, made for `{plan.model}`) does not fit this "
+            f"`{type(model).__name__}`:\n  {shown}{more}\nMake the plan on the same "
+            "architecture; nothing was written")
+    _check_tied(found, named, allow_tied)
+    return found
+
+
+def _check_tied(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
+                allow_tied: bool) -> None:
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in named.items():
+        by_tensor.setdefault(id(tensor), []).append(name)
+    for name, tensor in found.items():
+        aliases = [a for a in by_tensor.get(id(tensor), []) if a != name and a not in found]
+        if aliases and not allow_tied:
+            raise TiedParameterError(
+                f"`{name}` is tied to `{aliases[0]}` (the same tensor): zeroing it would also "
+                f"zero `{aliases[0]}`, which the rule did not select. Untie them, or pass "
+                "allow_tied=True to zero both; nothing was written")
+
+
+def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.Module
+               ) -> ZeroInitPlan:
+    """Merge a rule's targets by module and drop modules also used where they must not be
+    zeroed (a shared module that is last-on-branch at one site and elsewhere in another)."""
+    from zeta_fx.rules import Skipped
+
+    grouped: dict[str, dict[str, Any]] = {}
+    for target in selection.targets:
+        group = grouped.setdefault(target.module, {"params": {}, "nodes": {}, "positions": {},
+                                                   "rules": {}})
+        for fqn in target.params:
+            group["params"][fqn] = None
+        for node in target.nodes:
+            group["nodes"][node] = None
+        group["positions"][target.position] = None
+        group["rules"][target.rule] = None
+    skipped = list(selection.skipped)
+    entries = []
+    node_names = {n.name: n for n in view.nodes}
+    for module, group in grouped.items():
+        chosen = set(group["nodes"])
+        other_sites = sorted({c.name for fqn in group["params"]
+                              for c in view.consumers.get(fqn, ()) if c.name not in chosen},
+                             key=lambda n: view.index[node_names[n]])
+        if other_sites:
+            sites = ", ".join(f"`{n}`" for n in other_sites[:3])
+            skipped.append(Skipped(
+                next(iter(group["nodes"])), module,
+                f"`{module}` is also used at {sites}, where the rule does not select it; "
+                "zeroing it would change that use too", ", ".join(group["rules"])))
+            continue
+        params = {fqn: tuple(view.params[fqn].shape) for fqn in group["params"]}
+        entries.append(PlanEntry(module, view.module_type(module), params,
+                                 tuple(group["nodes"]), tuple(group["positions"]),
+                                 ", ".join(group["rules"])))
+    return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped))
+
+
+def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False
+                   ) -> "ZeroInitReport":
+    """Validate ``plan`` against ``model`` and report without writing anything."""
+    from zeta_fx.report import ZeroInitReport
+
+    tensors = resolve(plan, model, allow_tied=allow_tied)
+    changed = any(_has_nonzero(t) for t in tensors.values())
+    return ZeroInitReport(plan, list(plan.skipped), applied=False, changed=changed,
+                          total_params=_count_params(model))
+
+

@@ -1,0 +1,136 @@
+"""The report: what the pass touched, what it left alone and why, as a table or JSON.
+
+>>> import torch
+>>> from torch import nn
+>>> from zeta_fx import zero_init_pass
+>>> report = zero_init_pass(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), rule="output_layer")
+>>> report.modules, report.params
+(['1'], ['1.weight', '1.bias'])
+>>> print(report.table("github").splitlines()[0])
+| node   | module   | type   | position                          | zeroed             | elements   |
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from tabulate import tabulate
+
+if TYPE_CHECKING:
+    from zeta_fx.plan import ZeroInitPlan
+    from zeta_fx.rules import Skipped
+
+__all__ = ["ZeroInitReport"]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+class ZeroInitReport:
+    """What one pass (or one plan application) did.
+
+    ``modules`` and ``params`` are FQNs relative to the model passed in; ``touched`` has a
+    row per graph node; ``skipped`` lists every candidate left alone, with its reason.
+    ``str(report)`` is a table; ``report.table(tablefmt)`` takes any tabulate format, and so
+    does ``format(report, "github")``.
+    """
+
+    def __init__(self, plan: "ZeroInitPlan", skipped: list["Skipped"], *, applied: bool,
+                 changed: bool, total_params: int, tablefmt: str = "simple") -> None:
+        self.plan = plan
+        self.skipped = skipped
+        self.applied = applied
+        self.changed = changed
+        self.total_params = total_params
+        self.tablefmt = tablefmt
+
+    @property
+    def modules(self) -> list[str]:
+        return self.plan.modules
+
+    @property
+    def params(self) -> list[str]:
+        return self.plan.params
+
+    @property
+    def elements(self) -> int:
+        """Number of scalar values zeroed (each shared module counted once)."""
+        return sum(_numel(s) for e in self.plan.entries for s in e.params.values())
+
+    @property
+    def touched(self) -> list[dict[str, Any]]:
+        rows = []
+        for entry in self.plan.entries:
+            elements = sum(_numel(s) for s in entry.params.values())
+            for i, node in enumerate(entry.nodes):
+                position = entry.positions[min(i, len(entry.positions) - 1)]
+                rows.append({
+                    "node": node, "module": entry.module or "(root)",
+                    "type": entry.module_type, "position": position,
+                    "params": {k: list(v) for k, v in entry.params.items()},
+                    "elements": elements, "shared": len(entry.nodes) > 1, "rule": entry.rule,
+                })
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.plan.rule, "model": self.plan.model, "applied": self.applied,
+            "changed": self.changed, "modules": self.modules, "params": self.params,
+            "elements": self.elements, "total_params": self.total_params,
+            "touched": self.touched,
+            "skipped": [{"node": s.node, "module": s.module, "reason": s.reason,
+                         "rule": s.rule} for s in self.skipped],
+            "plan": self.plan.to_dict(),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def summary(self) -> str:
+        share = 100.0 * self.elements / self.total_params if self.total_params else 0.0
+        verb = "zeroed" if self.applied else "would zero (dry run)"
+        if not self.plan.entries:
+            return (f"{self.plan.model}: rule {self.plan.rule} found nothing to zero "
+                    f"({len(self.skipped)} candidates left alone)")
+        return (f"{self.plan.model}: rule {self.plan.rule} {verb} {len(self.params)} parameters "
+                f"in {len(self.modules)} modules, {self.elements:,} of {self.total_params:,} "
+                f"elements ({share:.2f}%); {len(self.skipped)} candidates left alone")
+
+    def table(self, tablefmt: str | None = None) -> str:
+        fmt = tablefmt or self.tablefmt
+        rows = []
+        for row in self.touched:
+            zeroed = ", ".join(f"{name.rsplit('.', 1)[-1]} {_fmt_shape(tuple(shape))}"
+                               for name, shape in row["params"].items())
+            elements = f"{row['elements']:,}" + (" (shared)" if row["shared"] else "")
+            rows.append([row["node"], row["module"], row["type"], row["position"], zeroed,
+                         elements])
+        parts = []
+        if rows:
+            parts.append(tabulate(rows, headers=["node", "module", "type", "position", "zeroed",
+                                                 "elements"], tablefmt=fmt, disable_numparse=True))
+        parts.append(self.summary())
+        if self.skipped:
+            skipped = [[s.node, s.module or "-", s.reason] for s in self.skipped]
+            parts.append("left alone:")
+            parts.append(tabulate(skipped, headers=["node", "module", "reason"], tablefmt=fmt,
+                                  disable_numparse=True))
+        return "\n".join(parts)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __format__(self, spec: str) -> str:
+        return self.table(spec or None)
+
+    def __repr__(self) -> str:
+        return f"<ZeroInitReport {self.summary()}>"
