@@ -29,11 +29,13 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec, capture
-from zeta_fx.errors import NotAModuleError
+from zeta_fx.errors import ExampleInputsError, NotAModuleError
 from zeta_fx.ops import ZeroOps
 from zeta_fx.plan import ZeroInitPlan, build_plan, dry_run_report
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
+from zeta_fx.verify import check_runnable, graph_args, verified_apply
+from zeta_fx.wrappers import check_traceable, unwrap
 
 __all__ = ["zero_init_pass", "plan_zero_init", "ZeroInitPass"]
 
@@ -45,17 +47,33 @@ def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    example_kwargs: dict[str, Any] | None = None,
                    leaf_modules: Iterable[LeafSpec] = (),
                    zero_preserving: Iterable[Any] = ()) -> ZeroInitPlan:
-    """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written."""
+    """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written.
+
+    Works on the meta device (nothing is allocated). DDP and ``torch.compile`` wrappers are
+    seen through: FQNs are the inner model's own, and the plan applies to either.
+    """
+    return _trace_and_plan(model, rule, example_inputs=example_inputs,
+                           example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                           zero_preserving=zero_preserving)[1]
+
+
+def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
+                    example_inputs: tuple[Any, ...] | None = None,
+                    example_kwargs: dict[str, Any] | None = None,
+                    leaf_modules: Iterable[LeafSpec] = (),
+                    zero_preserving: Iterable[Any] = ()) -> tuple[fx.GraphModule, ZeroInitPlan]:
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"zero_init_pass expects an nn.Module or a torch.fx.GraphModule, got "
             f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
+    model = unwrap(model)[0]
+    check_traceable(model)
     rule_obj = get_rule(rule)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
     gm = capture(model, leaf_modules=leaf_modules)
     view = GraphView(gm, model, ops)
     selection = rule_obj.select(view)
-    return build_plan(view, selection, rule_obj.name, model)
+    return gm, build_plan(view, selection, rule_obj.name, model)
 
 
 def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
@@ -65,6 +83,7 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    leaf_modules: Iterable[LeafSpec] = (),
                    zero_preserving: Iterable[Any] = (),
                    allow_tied: bool = False,
+                   verify: bool = False,
                    tablefmt: str = "simple") -> ZeroInitReport:
     """Zero the layers ``rule`` finds in ``model`` and report what was touched and skipped.
 
@@ -74,11 +93,30 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     ``dry_run=True`` validates and reports without writing. ``leaf_modules`` keeps modules
     opaque to tracing; ``zero_preserving`` declares more ops that map zero to zero;
     ``allow_tied`` lets a rule zero a parameter tied to one it did not select.
+
+    ``verify=True`` (needs ``example_inputs``/``example_kwargs``) runs the captured graph
+    once after zeroing and checks that every value the rule promised to zero is exactly
+    zero and that nothing outside the plan changed; the report's rows say ``verified``. On
+    failure every tensor is restored bit-exactly and ``VerificationError`` names the node.
+    With ``dry_run=True`` the zeroing is checked, then undone.
+
+    ``model`` may be on the meta device (plan with ``dry_run=True``, apply the plan after
+    materialising), or wrapped in DDP / ``torch.compile`` (FQNs are reported as the inner
+    model names them). Sharded models (FSDP2) cannot be traced: apply a plan to them.
     """
-    plan = plan_zero_init(model, rule, example_inputs=example_inputs,
-                          example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                          zero_preserving=zero_preserving)
-    if dry_run:
+    if verify and example_inputs is None and example_kwargs is None:
+        raise ExampleInputsError(
+            "verify=True runs a forward pass and needs example_inputs=(...) (and/or "
+            "example_kwargs={...}) that the model's forward accepts; nothing was written")
+    model = unwrap(model)[0] if isinstance(model, nn.Module) else model
+    gm, plan = _trace_and_plan(model, rule, example_inputs=example_inputs,
+                               example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                               zero_preserving=zero_preserving)
+    if verify:
+        check_runnable(model)
+        args = graph_args(gm, example_inputs, example_kwargs)
+        report = verified_apply(plan, model, gm, args, allow_tied=allow_tied, keep=not dry_run)
+    elif dry_run:
         report = dry_run_report(plan, model, allow_tied=allow_tied)
     else:
         report = plan.apply(model, allow_tied=allow_tied)
