@@ -29,9 +29,9 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec, capture
-from zeta_fx.errors import ExampleInputsError, NotAModuleError
+from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
 from zeta_fx.ops import ZeroOps
-from zeta_fx.plan import ZeroInitPlan, build_plan, dry_run_report
+from zeta_fx.plan import ZeroInitPlan, _has_nonzero, build_plan, dry_run_report, resolve
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
 from zeta_fx.verify import check_runnable, graph_args, verified_apply
@@ -127,15 +127,22 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
 class ZeroInitPass(PassBase):
     """``zero_init_pass`` as a ``torch.fx.passes.infra`` pass.
 
-    ``modified`` is true only when a parameter value changed, so a second run reports no
-    change; the last report is kept as ``.report``.
+    ``modified`` is true only when a parameter value changed. Inside a ``PassManager`` with
+    ``steps > 1`` the pass does its work once: a later call on an unchanged graph whose
+    planned parameters are still zero returns ``modified=False`` without tracing or analysing
+    again (``analyses`` counts the runs that did). If another pass changed the graph, or the
+    parameters were re-initialised, the pass runs again.
+
+    ``report`` is the report of the last run that changed values (the one that did the
+    work); runs that found nothing to change do not replace it (until one has changed
+    values, it is the latest run's). ``last_report`` is the latest run's in every case.
 
     >>> import torch
     >>> from torch import fx, nn
     >>> gm = fx.symbolic_trace(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)))
     >>> p = ZeroInitPass(rule="output_layer")
-    >>> p(gm).modified, p(gm).modified
-    (True, False)
+    >>> p(gm).modified, p(gm).modified, p.analyses, p.report.params
+    (True, False, 1, ['1.weight', '1.bias'])
     """
 
     def __init__(self, rule: Rule | str = "residual_branch_last", **options: Any) -> None:
@@ -143,7 +150,35 @@ class ZeroInitPass(PassBase):
         self.rule = get_rule(rule)
         self.options = options
         self.report: ZeroInitReport | None = None
+        self.last_report: ZeroInitReport | None = None
+        self.analyses = 0
+        self._seen: tuple[int, int] | None = None  # (id, structure hash) of the last graph
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        self.report = zero_init_pass(graph_module, self.rule, **self.options)
-        return PassResult(graph_module, self.report.changed and self.report.applied)
+        key = (id(graph_module), _graph_key(graph_module))
+        if key == self._seen and self.last_report is not None and self._still_zero(graph_module):
+            return PassResult(graph_module, False)
+        report = zero_init_pass(graph_module, self.rule, **self.options)
+        self.analyses += 1
+        self._seen = key
+        self.last_report = report
+        modified = report.changed and report.applied
+        if modified or self.report is None or not self.report.changed:
+            self.report = report
+        return PassResult(graph_module, modified)
+
+    def _still_zero(self, graph_module: fx.GraphModule) -> bool:
+        """Whether applying the last plan again would change nothing (or a dry run)."""
+        if not self.last_report.applied:
+            return True
+        try:
+            tensors = resolve(self.last_report.plan, graph_module)
+        except ZetaFxError:
+            return False
+        return not any(_has_nonzero(t) for t in tensors.values())
+
+
+def _graph_key(gm: fx.GraphModule) -> int:
+    """A hash of the graph's structure: ops, targets and value edges, in order."""
+    return hash(tuple((n.op, str(n.target), tuple(a.name for a in n.all_input_nodes))
+                      for n in gm.graph.nodes))
