@@ -34,11 +34,18 @@ def build() -> GPT:
     return GPT(vocab_size=128, block_size=32, n_layer=4, n_head=4, dim=64)
 
 
+def _loopback_ifname() -> dict[str, str]:
+    """Keep gloo on the loopback interface (it would otherwise pick the hostname's)."""
+    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    return {"GLOO_SOCKET_IFNAME": names[0]} if names else {}
+
+
 def rank_main(rank: int, port: int, plan_path: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(_loopback_ifname())
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="DTensor random operators")  # CPU mesh init
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))

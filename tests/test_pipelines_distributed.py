@@ -36,6 +36,12 @@ def make_gpt() -> GPT:
     return GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, dim=16)
 
 
+def _loopback_ifname() -> dict[str, str]:
+    """Keep gloo on the loopback interface (it would otherwise pick the hostname's)."""
+    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
+    return {"GLOO_SOCKET_IFNAME": names[0]} if names else {}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,7 +155,7 @@ def _check_fsdp1_refused() -> None:
 
 def _worker(rank: int, port: int, plan_json: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.update(_loopback_ifname())
     torch.set_num_threads(1)  # two ranks share the runner's cores
     dist.init_process_group("gloo", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))
