@@ -57,7 +57,14 @@ class SiteCheck:
 
 
 def check_runnable(model: nn.Module) -> None:
-    """Refuse, before anything is written, models whose forward cannot run here."""
+    """Refuse, before anything is written, models whose forward cannot run here.
+
+    >>> with torch.device("meta"):
+    ...     check_runnable(nn.Linear(2, 2))
+    Traceback (most recent call last):
+    ...
+    zeta_fx.errors.ExampleInputsError: verify=True runs a forward pass, but `weight` is on the meta device ...
+    """
     meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
     if meta is not None:
         raise ExampleInputsError(
@@ -75,7 +82,14 @@ def check_runnable(model: nn.Module) -> None:
 def graph_args(gm: fx.GraphModule, example_inputs: Any, example_kwargs: dict[str, Any] | None
                ) -> list[Any]:
     """Positional values for the graph's placeholders: ``example_inputs`` in order, then
-    ``example_kwargs`` by name, then the forward's defaults."""
+    ``example_kwargs`` by name, then the forward's defaults.
+
+    >>> class Net(nn.Module):
+    ...     def forward(self, x, scale=2.0, shift=0.0):
+    ...         return x * scale + shift
+    >>> graph_args(fx.symbolic_trace(Net()), (1.0,), {"shift": 3.0})
+    [1.0, 2.0, 3.0]
+    """
     if example_inputs is None:
         inputs: list[Any] = []
     elif isinstance(example_inputs, (tuple, list)):

@@ -40,7 +40,12 @@ def _is_data_parallel(module: nn.Module) -> bool:
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
     """The user's model inside DDP / DataParallel / ``torch.compile`` wrappers, and the FQN
-    prefix the wrappers add (``"module."``, ``"_orig_mod."``, or both nested)."""
+    prefix the wrappers add (``"module."``, ``"_orig_mod."``, or both nested).
+
+    >>> inner = nn.Linear(2, 2)
+    >>> unwrap(nn.DataParallel(inner)) == (inner, "module.")
+    True
+    """
     prefix = ""
     while True:
         if _is_data_parallel(model):
@@ -60,7 +65,11 @@ def _fsdp1_modules(model: nn.Module) -> list[str]:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """Whether any parameter of ``model`` is a ``DTensor`` (FSDP2, tensor parallel)."""
+    """Whether any parameter of ``model`` is a ``DTensor`` (FSDP2, tensor parallel).
+
+    >>> is_sharded(nn.Linear(2, 2))
+    False
+    """
     if "torch.distributed.tensor" not in sys.modules:
         return False
     from torch.distributed.tensor import DTensor
@@ -68,7 +77,10 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def check_writable(model: nn.Module) -> None:
-    """Refuse wrappers whose parameters a plan cannot address (FSDP1's flat parameters)."""
+    """Refuse wrappers whose parameters a plan cannot address (FSDP1's flat parameters).
+
+    >>> check_writable(nn.Linear(2, 2))  # plain modules, DDP and FSDP2 pass
+    """
     fsdp1 = _fsdp1_modules(model)
     if fsdp1:
         raise UnsupportedWrapperError(
@@ -80,7 +92,10 @@ def check_writable(model: nn.Module) -> None:
 
 
 def check_traceable(model: nn.Module) -> None:
-    """Refuse models that cannot be traced as they are: FSDP1 and sharded (FSDP2/DTensor)."""
+    """Refuse models that cannot be traced as they are: FSDP1 and sharded (FSDP2/DTensor).
+
+    >>> check_traceable(nn.Linear(2, 2))  # raises UnsupportedWrapperError on sharded models
+    """
     check_writable(model)
     if is_sharded(model) or _has_fsdp2(model):
         raise UnsupportedWrapperError(
