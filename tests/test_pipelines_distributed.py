@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from zeta_fx import zero_init_pass
-from zeta_fx.errors import UnsupportedWrapperError
+from zeta_fx.errors import PlanMismatchError, UnsupportedWrapperError
 from zeta_fx.models import GPT
 from zeta_fx.plan import ZeroInitPlan
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
@@ -78,8 +78,19 @@ def _check_fsdp2(rank: int, plan_json: str) -> None:
               for name, p in model.named_parameters()}
     assert all(isinstance(p, DTensor) for p, _, _ in before.values())
 
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    with torch.device("meta"):  # a plan for another architecture: refused on every rank
+        wrong = zero_init_pass(GPT(vocab_size=64, block_size=16, n_layer=3, n_head=2, dim=16),
+                               RULE, dry_run=True).plan
+    with pytest.raises(PlanMismatchError, match=r"h\.2\.attn\.c_proj\.weight"):
+        wrong.apply(model)
+    assert all(torch.equal(p.to_local(), local) for p, _, local in before.values())
+
     plan = ZeroInitPlan.from_json(plan_json)
-    report = plan.apply(model)
+    with CommDebugMode() as comm:
+        report = plan.apply(model)
+    assert comm.get_total_counts() == 0, comm.get_comm_counts()  # no gather, no collective
 
     assert report.params == zeroed
     after = dict(model.named_parameters())
