@@ -229,3 +229,26 @@ def test_python_dash_m_runs_the_demo():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| h_0_attn_c_proj |" in proc.stdout
+
+
+class CountsCalls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return x + self.fc(x)
+
+
+def test_tracing_does_not_run_buffer_updates():
+    model = CountsCalls()
+    before = snapshot(model)
+    report = zero_init_pass(model, dry_run=True)
+    assert report.modules == ["fc"]
+    assert_only_zeroed(model, before, set())  # the step counter did not move
+    zero_init_pass(model)
+    assert model.calls.item() == 0
+    model(torch.randn(2, 4))
+    assert model.calls.item() == 1

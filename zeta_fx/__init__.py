@@ -10,6 +10,7 @@ from zeta_fx.api import ZeroInitPass, plan_zero_init, zero_init_pass
 from zeta_fx.errors import (CaptureError, NotAModuleError, NoWeightError, PlanError,
                             PlanFormatError, PlanMismatchError, TiedParameterError,
                             UnknownRuleError, UnsupportedParameterError, ZetaFxError)
+from zeta_fx.errors import ExampleInputsError, UnsupportedWrapperError, VerificationError
 from zeta_fx.ops import ZeroOps
 from zeta_fx.plan import ZeroInitPlan
 from zeta_fx.report import ZeroInitReport
@@ -22,4 +23,5 @@ __all__ = [
     "ZeroOps", "rules", "init_zero_", "exists", "ZetaFxError", "CaptureError",
     "NotAModuleError", "NoWeightError", "PlanError", "PlanFormatError", "PlanMismatchError",
     "TiedParameterError", "UnknownRuleError", "UnsupportedParameterError",
+    "UnsupportedWrapperError", "VerificationError", "ExampleInputsError",
 ]

@@ -29,11 +29,13 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec, capture
-from zeta_fx.errors import NotAModuleError
+from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
 from zeta_fx.ops import ZeroOps
-from zeta_fx.plan import ZeroInitPlan, build_plan, dry_run_report
+from zeta_fx.plan import ZeroInitPlan, _has_nonzero, build_plan, dry_run_report, resolve
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
+from zeta_fx.verify import check_runnable, graph_args, verified_apply
+from zeta_fx.wrappers import check_traceable, unwrap
 
 __all__ = ["zero_init_pass", "plan_zero_init", "ZeroInitPass"]
 
@@ -45,24 +47,34 @@ def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    example_kwargs: dict[str, Any] | None = None,
                    leaf_modules: Iterable[LeafSpec] = (),
                    zero_preserving: Iterable[Any] = ()) -> ZeroInitPlan:
-    """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written."""
-    return _plan(model, rule, example_inputs=example_inputs, example_kwargs=example_kwargs,
-                 leaf_modules=leaf_modules, zero_preserving=zero_preserving)[0]
+    """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written.
+
+    Works on the meta device (nothing is allocated). DDP and ``torch.compile`` wrappers are
+    seen through: FQNs are the inner model's own, and the plan applies to either.
+    """
+    return _trace_and_plan(model, rule, example_inputs=example_inputs,
+                           example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                           zero_preserving=zero_preserving)[1]
 
 
-def _plan(model: nn.Module, rule: Rule | str, *, example_inputs: tuple[Any, ...] | None,
-          example_kwargs: dict[str, Any] | None, leaf_modules: Iterable[LeafSpec],
-          zero_preserving: Iterable[Any]) -> tuple[ZeroInitPlan, GraphView]:
+def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
+                    example_inputs: tuple[Any, ...] | None = None,
+                    example_kwargs: dict[str, Any] | None = None,
+                    leaf_modules: Iterable[LeafSpec] = (),
+                    zero_preserving: Iterable[Any] = ()
+                    ) -> tuple[fx.GraphModule, ZeroInitPlan, GraphView]:
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"zero_init_pass expects an nn.Module or a torch.fx.GraphModule, got "
             f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
+    model = unwrap(model)[0]
+    check_traceable(model)
     rule_obj = get_rule(rule)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
     gm = capture(model, leaf_modules=leaf_modules)
     view = GraphView(gm, model, ops)
     selection = rule_obj.select(view)
-    return build_plan(view, selection, rule_obj.name, model), view
+    return gm, build_plan(view, selection, rule_obj.name, model), view
 
 
 def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
@@ -72,6 +84,7 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    leaf_modules: Iterable[LeafSpec] = (),
                    zero_preserving: Iterable[Any] = (),
                    allow_tied: bool = False,
+                   verify: bool = False,
                    tablefmt: str = "simple") -> ZeroInitReport:
     """Zero the layers ``rule`` finds in ``model`` and report what was touched and skipped.
 
@@ -81,11 +94,30 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     ``dry_run=True`` validates and reports without writing. ``leaf_modules`` keeps modules
     opaque to tracing; ``zero_preserving`` declares more ops that map zero to zero;
     ``allow_tied`` lets a rule zero a parameter tied to one it did not select.
+
+    ``verify=True`` (needs ``example_inputs``/``example_kwargs``) runs the captured graph
+    once after zeroing and checks that every value the rule promised to zero is exactly
+    zero and that nothing outside the plan changed; the report's rows say ``verified``. On
+    failure every tensor is restored bit-exactly and ``VerificationError`` names the node.
+    With ``dry_run=True`` the zeroing is checked, then undone.
+
+    ``model`` may be on the meta device (plan with ``dry_run=True``, apply the plan after
+    materialising), or wrapped in DDP / ``torch.compile`` (FQNs are reported as the inner
+    model names them). Sharded models (FSDP2) cannot be traced: apply a plan to them.
     """
-    plan, view = _plan(model, rule, example_inputs=example_inputs,
-                       example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                       zero_preserving=zero_preserving)
-    if dry_run:
+    if verify and example_inputs is None and example_kwargs is None:
+        raise ExampleInputsError(
+            "verify=True runs a forward pass and needs example_inputs=(...) (and/or "
+            "example_kwargs={...}) that the model's forward accepts; nothing was written")
+    model = unwrap(model)[0] if isinstance(model, nn.Module) else model
+    gm, plan, view = _trace_and_plan(model, rule, example_inputs=example_inputs,
+                                     example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                                     zero_preserving=zero_preserving)
+    if verify:
+        check_runnable(model)
+        args = graph_args(gm, example_inputs, example_kwargs)
+        report = verified_apply(plan, model, gm, args, allow_tied=allow_tied, keep=not dry_run)
+    elif dry_run:
         report = dry_run_report(plan, model, allow_tied=allow_tied, _named=view.params)
     else:
         report = plan.apply(model, allow_tied=allow_tied, _named=view.params)
@@ -96,15 +128,22 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
 class ZeroInitPass(PassBase):
     """``zero_init_pass`` as a ``torch.fx.passes.infra`` pass.
 
-    ``modified`` is true only when a parameter value changed, so a second run reports no
-    change; the last report is kept as ``.report``.
+    ``modified`` is true only when a parameter value changed. Inside a ``PassManager`` with
+    ``steps > 1`` the pass does its work once: a later call on an unchanged graph whose
+    planned parameters are still zero returns ``modified=False`` without tracing or analysing
+    again (``analyses`` counts the runs that did). If another pass changed the graph, or the
+    parameters were re-initialised, the pass runs again.
+
+    ``report`` is the report of the last run that changed values (the one that did the
+    work); runs that found nothing to change do not replace it (until one has changed
+    values, it is the latest run's). ``last_report`` is the latest run's in every case.
 
     >>> import torch
     >>> from torch import fx, nn
     >>> gm = fx.symbolic_trace(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)))
     >>> p = ZeroInitPass(rule="output_layer")
-    >>> p(gm).modified, p(gm).modified
-    (True, False)
+    >>> p(gm).modified, p(gm).modified, p.analyses, p.report.params
+    (True, False, 1, ['1.weight', '1.bias'])
     """
 
     def __init__(self, rule: Rule | str = "residual_branch_last", **options: Any) -> None:
@@ -112,7 +151,35 @@ class ZeroInitPass(PassBase):
         self.rule = get_rule(rule)
         self.options = options
         self.report: ZeroInitReport | None = None
+        self.last_report: ZeroInitReport | None = None
+        self.analyses = 0
+        self._seen: tuple[int, int] | None = None  # (id, structure hash) of the last graph
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        self.report = zero_init_pass(graph_module, self.rule, **self.options)
-        return PassResult(graph_module, self.report.changed and self.report.applied)
+        key = (id(graph_module), _graph_key(graph_module))
+        if key == self._seen and self.last_report is not None and self._still_zero(graph_module):
+            return PassResult(graph_module, False)
+        report = zero_init_pass(graph_module, self.rule, **self.options)
+        self.analyses += 1
+        self._seen = key
+        self.last_report = report
+        modified = report.changed and report.applied
+        if modified or self.report is None or not self.report.changed:
+            self.report = report
+        return PassResult(graph_module, modified)
+
+    def _still_zero(self, graph_module: fx.GraphModule) -> bool:
+        """Whether applying the last plan again would change nothing (or a dry run)."""
+        if not self.last_report.applied:
+            return True
+        try:
+            tensors = resolve(self.last_report.plan, graph_module)
+        except ZetaFxError:
+            return False
+        return not any(_has_nonzero(t) for t in tensors.values())
+
+
+def _graph_key(gm: fx.GraphModule) -> int:
+    """A hash of the graph's structure: ops, targets and value edges, in order."""
+    return hash(tuple((n.op, str(n.target), tuple(a.name for a in n.all_input_nodes))
+                      for n in gm.graph.nodes))

@@ -32,6 +32,9 @@ class ZetaTracer(fx.Tracer):
 
     def __init__(self, leaf_modules: Iterable[LeafSpec] = ()) -> None:
         super().__init__()
+        # Buffers become get_attr nodes instead of concrete tensors, so that a forward which
+        # updates a buffer (a step counter, an EMA) is recorded, not run, while tracing.
+        self.proxy_buffer_attributes = True
         self.leaf_types = tuple(s for s in leaf_modules if isinstance(s, type))
         self.leaf_names = tuple(s for s in leaf_modules if isinstance(s, str))
         self.leaf_predicates = tuple(s for s in leaf_modules

@@ -44,3 +44,18 @@ class UnsupportedParameterError(ZetaFxError):
 
 class TiedParameterError(ZetaFxError):
     """A target parameter is shared with a module the rule did not select."""
+
+
+class UnsupportedWrapperError(ZetaFxError, TypeError):
+    """The model is wrapped in a way the pass cannot trace or write through (FSDP1, FSDP2)."""
+
+
+class VerificationError(ZetaFxError):
+    """``verify=True``: a zeroed branch did not output exactly zero, or another value changed.
+
+    The touched parameters have been restored bit-exactly before this is raised.
+    """
+
+
+class ExampleInputsError(ZetaFxError, ValueError):
+    """``verify=True`` without example inputs, or on a model whose values cannot be run."""

@@ -33,6 +33,7 @@ from torch.nn.parameter import UninitializedParameter
 from zeta_fx.errors import (NotAModuleError, PlanFormatError, PlanMismatchError,
                             TiedParameterError, UnsupportedParameterError)
 from zeta_fx.utils import zero_tensor_
+from zeta_fx.wrappers import check_writable, unwrap
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
@@ -49,7 +50,12 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class PlanEntry:
-    """One module whose parameters ``params`` (FQN -> shape) are to be zeroed."""
+    """One module whose parameters ``params`` (FQN -> shape) are to be zeroed.
+
+    ``zero_at[i]`` names the graph value that zeroing makes exactly zero at site
+    ``nodes[i]`` (the branch term of a residual join, the model output); ``verify=True``
+    checks it. Empty where the rule names none: the layer's own output is checked then.
+    """
 
     module: str
     module_type: str
@@ -57,11 +63,13 @@ class PlanEntry:
     nodes: tuple[str, ...]
     positions: tuple[str, ...]
     rule: str
+    zero_at: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"module": self.module, "module_type": self.module_type,
                 "params": {k: list(v) for k, v in self.params.items()},
-                "nodes": list(self.nodes), "positions": list(self.positions), "rule": self.rule}
+                "nodes": list(self.nodes), "positions": list(self.positions), "rule": self.rule,
+                "zero_at": list(self.zero_at)}
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,8 @@ class ZeroInitPlan:
                 PlanEntry(str(e["module"]), str(e["module_type"]),
                           {str(k): tuple(int(d) for d in v) for k, v in e["params"].items()},
                           tuple(str(n) for n in e["nodes"]),
-                          tuple(str(p) for p in e["positions"]), str(e["rule"]))
+                          tuple(str(p) for p in e["positions"]), str(e["rule"]),
+                          tuple(str(z) for z in e.get("zero_at", ())))
                 for e in data["entries"])
             return cls(entries, str(data["rule"]), str(data["model"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -128,8 +137,9 @@ class ZeroInitPlan:
         """
         from zeta_fx.report import ZeroInitReport
 
-        named = _named if _named is not None else dict(model.named_parameters(remove_duplicate=False))
+        named = _named if _named is not None else _named_params(model)
         tensors = resolve(self, model, allow_tied=allow_tied, named=named)
+        _refuse_meta(tensors)
         changed = _any_nonzero(list(tensors.values()))
         _zero_all_(list(tensors.values()))
         logger.info("zeta_fx: zeroed %d parameters in %d modules (rule %s)",
@@ -154,6 +164,17 @@ def _any_nonzero(tensors: list[torch.Tensor]) -> bool:
     return any(_has_nonzero(t) for t in tensors)
 
 
+def _refuse_meta(tensors: dict[str, torch.Tensor]) -> None:
+    meta = [name for name, t in tensors.items() if t.is_meta]
+    if meta:
+        raise UnsupportedParameterError(
+            f"`{meta[0]}` is on the meta device and holds no values: zeroing it now would be "
+            "lost when the model is materialised. Plan with dry_run=True "
+            "(`plan = zero_init_pass(meta_model, rule, dry_run=True).plan`) and call "
+            "`plan.apply(model)` after `to_empty()` and the model's own init; nothing was "
+            "written")
+
+
 def _has_nonzero(tensor: torch.Tensor) -> bool:
     if tensor.is_meta:
         return True
@@ -169,6 +190,11 @@ def _zero_all_(tensors: list[torch.Tensor]) -> None:
         return
     for tensor in tensors:
         zero_tensor_(tensor)
+
+
+def _named_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter of the model inside any DDP / torch.compile wrapper, tied ones too."""
+    return dict(unwrap(model)[0].named_parameters(remove_duplicate=False))
 
 
 def _count_params(named: dict[str, torch.Tensor]) -> int:
@@ -205,6 +231,8 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
+    model = unwrap(model)[0]  # DDP / torch.compile wrappers add FQN prefixes
+    check_writable(model)
     if named is None:
         named = dict(model.named_parameters(remove_duplicate=False))
     found: dict[str, torch.Tensor] = {}
@@ -270,11 +298,12 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
     grouped: dict[str, dict[str, Any]] = {}
     for target in selection.targets:
         group = grouped.setdefault(target.module, {"params": {}, "nodes": {}, "positions": {},
-                                                   "rules": {}})
+                                                   "rules": {}, "zero_at": {}})
         for fqn in target.params:
             group["params"][fqn] = None
         for node in target.nodes:
             group["nodes"][node] = None
+            group["zero_at"].setdefault(node, getattr(target, "zero_at", ""))
         group["positions"][target.position] = None
         group["rules"][target.rule] = None
     skipped = list(selection.skipped)
@@ -295,7 +324,8 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
         params = {fqn: tuple(view.params[fqn].shape) for fqn in group["params"]}
         entries.append(PlanEntry(module, view.module_type(module), params,
                                  tuple(group["nodes"]), tuple(group["positions"]),
-                                 ", ".join(group["rules"])))
+                                 ", ".join(group["rules"]),
+                                 tuple(group["zero_at"][n] for n in group["nodes"])))
     return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped))
 
 
@@ -307,7 +337,7 @@ def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = F
     """
     from zeta_fx.report import ZeroInitReport
 
-    named = _named if _named is not None else dict(model.named_parameters(remove_duplicate=False))
+    named = _named if _named is not None else _named_params(model)
     tensors = resolve(plan, model, allow_tied=allow_tied, named=named)
     return ZeroInitReport(plan, list(plan.skipped), applied=False,
                           changed=lambda: _any_nonzero(list(tensors.values())),

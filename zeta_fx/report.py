@@ -53,6 +53,8 @@ class ZeroInitReport:
         self._changed = changed
         self.total_params = total_params
         self.tablefmt = tablefmt
+        # node -> zeta_fx.verify.SiteCheck, set when the pass ran with verify=True
+        self.verification: dict[str, Any] | None = None
 
     @property
     def changed(self) -> bool:
@@ -86,8 +88,16 @@ class ZeroInitReport:
                     "type": entry.module_type, "position": position,
                     "params": {k: list(v) for k, v in entry.params.items()},
                     "elements": elements, "shared": len(entry.nodes) > 1, "rule": entry.rule,
+                    "zero_at": entry.zero_at[i] if i < len(entry.zero_at) else "",
+                    "verified": self._verified(node),
                 })
         return rows
+
+    def _verified(self, node: str) -> bool | None:
+        """True/False once ``verify=True`` checked the node's zeroed value; None if unchecked."""
+        if self.verification is None or node not in self.verification:
+            return None
+        return bool(self.verification[node].ok)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,10 +132,14 @@ class ZeroInitReport:
             elements = f"{row['elements']:,}" + (" (shared)" if row["shared"] else "")
             rows.append([row["node"], row["module"], row["type"], row["position"], zeroed,
                          elements])
+            if self.verification is not None:
+                rows[-1].append({True: "zero", False: "FAILED", None: "-"}[row["verified"]])
+        headers = ["node", "module", "type", "position", "zeroed", "elements"]
+        if self.verification is not None:
+            headers.append("verified")
         parts = []
         if rows:
-            parts.append(tabulate(rows, headers=["node", "module", "type", "position", "zeroed",
-                                                 "elements"], tablefmt=fmt, disable_numparse=True))
+            parts.append(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
         parts.append(self.summary())
         if self.skipped:
             skipped = [[s.node, s.module or "-", s.reason] for s in self.skipped]

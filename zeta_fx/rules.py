@@ -42,6 +42,7 @@ class Target:
     nodes: tuple[str, ...]
     position: str
     rule: str
+    zero_at: str = ""  # the graph value this zeroing makes exactly zero (checked by verify=True)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class ResidualBranchLast(Rule):
                 for node in result.layers:
                     layer = view.layer(node)
                     out.targets.append(Target(layer.owner, layer.params, (node.name,),
-                                              position, self.name))
+                                              position, self.name, branch.name))
         return out
 
 
@@ -167,7 +168,8 @@ class OutputLayer(Rule):
             for node in result.layers:
                 layer = view.layer(node)
                 out.targets.append(Target(layer.owner, layer.params, (node.name,),
-                                          f"last layer before {label} `{value.name}`", self.name))
+                                          f"last layer before {label} `{value.name}`", self.name,
+                                          value.name))
         return out
 
 

@@ -1,0 +1,115 @@
+"""Wrappers around the user's model: which ones the pass sees through, and which it refuses.
+
+``DistributedDataParallel`` / ``DataParallel`` (prefix ``module.``) and ``torch.compile``'s
+``OptimizedModule`` (prefix ``_orig_mod.``) hold the user's model unchanged: the pass traces
+the inner model and reports FQNs as the user's model names them (no prefix); plans apply to
+the wrapped and the unwrapped model alike. FSDP1 (``FullyShardedDataParallel``) flattens
+parameters into ``FlatParameter`` shards that no plan can address: it is refused with a
+clear error. FSDP2 (``fully_shard``) keeps FQNs and holds ``DTensor`` parameters: plans apply
+to it in place, but it cannot be traced, so planning is done on the meta device.
+
+>>> import torch
+>>> from torch import nn
+>>> inner = nn.Linear(2, 2)
+>>> unwrap(torch.compile(inner)) == (inner, "_orig_mod.")
+True
+>>> unwrap(inner) == (inner, "")
+True
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from zeta_fx.errors import UnsupportedWrapperError
+
+__all__ = ["unwrap", "check_traceable", "check_writable", "is_sharded"]
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule" and isinstance(
+        getattr(module, "_orig_mod", None), nn.Module)
+
+
+def _is_data_parallel(module: nn.Module) -> bool:
+    return isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
+    """The user's model inside DDP / DataParallel / ``torch.compile`` wrappers, and the FQN
+    prefix the wrappers add (``"module."``, ``"_orig_mod."``, or both nested).
+
+    >>> inner = nn.Linear(2, 2)
+    >>> unwrap(nn.DataParallel(inner)) == (inner, "module.")
+    True
+    """
+    prefix = ""
+    while True:
+        if _is_data_parallel(model):
+            model, prefix = model.module, prefix + "module."
+        elif _is_compiled(model):
+            model, prefix = model._orig_mod, prefix + "_orig_mod."
+        else:
+            return model, prefix
+
+
+def _fsdp1_modules(model: nn.Module) -> list[str]:
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing can be FSDP-wrapped yet
+        return []
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    return [name or "(root)" for name, m in model.named_modules()
+            if isinstance(m, FullyShardedDataParallel)]
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a ``DTensor`` (FSDP2, tensor parallel).
+
+    >>> is_sharded(nn.Linear(2, 2))
+    False
+    """
+    if "torch.distributed.tensor" not in sys.modules:
+        return False
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def check_writable(model: nn.Module) -> None:
+    """Refuse wrappers whose parameters a plan cannot address (FSDP1's flat parameters).
+
+    >>> check_writable(nn.Linear(2, 2))  # plain modules, DDP and FSDP2 pass
+    """
+    fsdp1 = _fsdp1_modules(model)
+    if fsdp1:
+        raise UnsupportedWrapperError(
+            f"`{fsdp1[0]}` is wrapped in FSDP1 (FullyShardedDataParallel), whose flat, "
+            "sharded parameters no plan can address by FQN. Apply the plan before wrapping "
+            "(it is atomic and writes in place), or shard with FSDP2 "
+            "(torch.distributed.fsdp.fully_shard), to which plans apply directly; nothing "
+            "was written")
+
+
+def check_traceable(model: nn.Module) -> None:
+    """Refuse models that cannot be traced as they are: FSDP1 and sharded (FSDP2/DTensor).
+
+    >>> check_traceable(nn.Linear(2, 2))  # raises UnsupportedWrapperError on sharded models
+    """
+    check_writable(model)
+    if is_sharded(model) or _has_fsdp2(model):
+        raise UnsupportedWrapperError(
+            f"`{type(model).__name__}` is sharded (FSDP2 fully_shard or DTensor parameters) "
+            "and cannot be traced: its forward gathers parameters across ranks. Make the plan "
+            "on an unsharded instance, ideally on the meta device: "
+            "`plan = zero_init_pass(meta_model, rule, dry_run=True).plan`, then "
+            "`plan.apply(sharded_model)` on every rank (in place, no gathering); nothing was "
+            "written")
+
+
+def _has_fsdp2(model: nn.Module) -> bool:
+    if "torch.distributed.fsdp" not in sys.modules:
+        return False
+    from torch.distributed.fsdp import FSDPModule
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
