@@ -47,8 +47,17 @@ _SHAPE_FUNCTIONS = frozenset({
     "torch.randn_like", "torch.randint_like", "torch.full_like", "torch._shape_as_tensor",
     "torch.fx._symbolic_trace._assert_is_none", "torch.is_floating_point", "torch.is_tensor",
     "torch.sym_int", "torch.sym_float", "torch.sym_max", "torch.sym_min", "torch.sym_not",
+    # torch.export (aten) graphs
+    "aten.sym_size.int", "aten.sym_size.default", "aten.sym_numel.default",
+    "aten.sym_stride.int", "aten.sym_stride.default", "aten.sym_storage_offset.default",
+    "aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+    "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default",
+    "aten.full_like.default", "aten.rand_like.default", "aten.randn_like.default",
+    "aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default",
+    "aten.new_full.default", "aten.dim.default", "aten.numel.default",
 })
-_ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add"})
+_ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add",
+                                 "aten.add.Tensor", "aten.add_.Tensor"})
 _ADDITIVE_METHODS = frozenset({"add", "add_"})
 
 

@@ -28,7 +28,8 @@ from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from zeta_fx.analysis import GraphView
-from zeta_fx.capture import LeafSpec, capture
+from zeta_fx.capture import LeafSpec
+from zeta_fx.capture import capture as capture_graph
 from zeta_fx.errors import NotAModuleError
 from zeta_fx.ops import ZeroOps
 from zeta_fx.plan import ZeroInitPlan, build_plan, dry_run_report
@@ -44,15 +45,21 @@ def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    example_inputs: tuple[Any, ...] | None = None,
                    example_kwargs: dict[str, Any] | None = None,
                    leaf_modules: Iterable[LeafSpec] = (),
-                   zero_preserving: Iterable[Any] = ()) -> ZeroInitPlan:
-    """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written."""
+                   zero_preserving: Iterable[Any] = (),
+                   capture: str = "auto") -> ZeroInitPlan:
+    """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written.
+
+    ``capture`` is ``"auto"`` (symbolic tracing, then ``torch.export`` with the example
+    inputs if that fails), ``"symbolic"`` or ``"export"``.
+    """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"zero_init_pass expects an nn.Module or a torch.fx.GraphModule, got "
             f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
     rule_obj = get_rule(rule)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
-    gm = capture(model, leaf_modules=leaf_modules)
+    gm = capture_graph(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
+                       example_kwargs=example_kwargs, method=capture)
     view = GraphView(gm, model, ops)
     selection = rule_obj.select(view)
     return build_plan(view, selection, rule_obj.name, model)
@@ -65,7 +72,8 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    leaf_modules: Iterable[LeafSpec] = (),
                    zero_preserving: Iterable[Any] = (),
                    allow_tied: bool = False,
-                   tablefmt: str = "simple") -> ZeroInitReport:
+                   tablefmt: str = "simple",
+                   capture: str = "auto") -> ZeroInitReport:
     """Zero the layers ``rule`` finds in ``model`` and report what was touched and skipped.
 
     ``model`` is an ``nn.Module`` (traced with ``torch.fx.symbolic_trace``) or a
@@ -74,10 +82,12 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     ``dry_run=True`` validates and reports without writing. ``leaf_modules`` keeps modules
     opaque to tracing; ``zero_preserving`` declares more ops that map zero to zero;
     ``allow_tied`` lets a rule zero a parameter tied to one it did not select.
+    ``example_inputs``/``example_kwargs`` let a model that symbolic tracing cannot follow be
+    captured with ``torch.export`` (non-strict); ``capture="export"`` always uses it.
     """
     plan = plan_zero_init(model, rule, example_inputs=example_inputs,
                           example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                          zero_preserving=zero_preserving)
+                          zero_preserving=zero_preserving, capture=capture)
     if dry_run:
         report = dry_run_report(plan, model, allow_tied=allow_tied)
     else:

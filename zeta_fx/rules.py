@@ -27,6 +27,7 @@ from typing import Callable
 from torch.fx import Node
 
 from zeta_fx.analysis import Blocked, GraphView, Join, owner_of
+from zeta_fx.composite import composite_branches
 from zeta_fx.errors import UnknownRuleError
 
 __all__ = ["Target", "Skipped", "Selection", "Rule", "ResidualBranchLast", "OutputLayer",
@@ -144,7 +145,34 @@ class ResidualBranchLast(Rule):
                     layer = view.layer(node)
                     out.targets.append(Target(layer.owner, layer.params, (node.name,),
                                               position, self.name))
+        self._select_composites(view, inside_other, out)
         return out
+
+    def _select_composites(self, view: GraphView, inside_other: dict[Node, Node],
+                           out: Selection) -> None:
+        """Residual branches hidden inside opaque leaves (``nn.TransformerEncoder``, ...)."""
+        if not view.ops.composites:
+            return
+        for node in view.nodes:
+            if node.op != "call_module" or not view.is_data.get(node):
+                continue
+            module = view.module(node.target)
+            branches = composite_branches(module, view.ops.composites)
+            if branches is None:
+                continue
+            kind = type(module).__name__
+            for branch in branches:
+                owner = f"{node.target}.{branch.module}" if node.target else branch.module
+                if node in inside_other:
+                    out.skipped.append(Skipped(
+                        node.name, owner, f"{branch.what} of `{node.target}` ({kind}) is nested "
+                        f"inside the branch into `{inside_other[node].name}` "
+                        "(nested='outermost')", self.name))
+                    continue
+                out.targets.append(Target(
+                    owner, tuple(f"{owner}.{p}" for p in branch.params), (node.name,),
+                    f"{branch.what} inside `{node.target}` ({kind}, opaque to tracing)",
+                    self.name))
 
 
 class OutputLayer(Rule):
