@@ -61,6 +61,10 @@ _ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add",
 _ADDITIVE_METHODS = frozenset({"add", "add_"})
 
 
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
 def owner_of(param_fqns: Iterable[str]) -> str:
     """The deepest module FQN that holds every parameter in ``param_fqns``."""
     parents = [fqn.rsplit(".", 1)[0] if "." in fqn else "" for fqn in param_fqns]
@@ -406,6 +410,50 @@ class GraphView:
         """Every additive merge of two or more data paths, valid residual joins or not."""
         return self._joins
 
+    # -- graph inputs -------------------------------------------------------------------
+    @cached_property
+    def input_deps(self) -> dict[Node, int]:
+        """For each data node, a bit mask of the graph inputs (placeholders) it depends on.
+
+        Bit ``i`` stands for ``self.inputs[i]``. One sweep; used to tell a conditioning
+        signal (timestep, class label) from the data path it modulates.
+        """
+        deps: dict[Node, int] = {}
+        bit = {n: 1 << i for i, n in enumerate(self.inputs)}
+        for node in self.nodes:
+            if not self.is_data[node]:
+                continue
+            mask = bit.get(node, 0)
+            for inp in self.data_inputs[node]:
+                mask |= deps[inp]
+            deps[node] = mask
+        return deps
+
+    @cached_property
+    def inputs(self) -> list[Node]:
+        """The graph's data inputs (placeholders), in order."""
+        return [n for n in self.nodes if n.op == "placeholder" and self.is_data[n]]
+
+    def input_names(self, mask: int) -> list[str]:
+        """The names of the graph inputs in bit mask ``mask``."""
+        return [n.name for i, n in enumerate(self.inputs) if mask >> i & 1]
+
+    def side_input_reason(self, join: Join) -> str | None:
+        """Why a failed join is a side input (conditioning) entering a path, if it is one."""
+        deps = self.input_deps
+        union = 0
+        for term in join.terms:
+            union |= deps.get(term, 0)
+        first = union & -union  # the earliest graph input: by convention the data (``x``)
+        for term in join.terms:
+            missing = union & ~deps.get(term, 0)
+            if missing and deps.get(term, 0) and not deps[term] & first:
+                return (f"not a residual join: `{term.name}` is computed from "
+                        f"{_quoted(self.input_names(deps[term]))} only, not from "
+                        f"{_quoted(self.input_names(missing))}; adding it brings a side input "
+                        "(conditioning such as a timestep or class embedding) into the path")
+        return None
+
     def _classify_join(self, merge: Node, terms: tuple[Node, ...], inner: list[Node]) -> Join:
         join = Join(merge, terms)
         if len(set(terms)) < len(terms):
@@ -424,7 +472,9 @@ class GraphView:
         layer_counts = {t: sum(1 for n in sides[t] if self.layer(n) is not None) for t in terms}
         identity = [t for t in terms if layer_counts[t] == 0]
         if len(identity) == len(terms):
-            join.reason = "no path between fork and merge has a parameterised layer"
+            join.reason = (f"no path between fork `{fork.name}` and the merge has a "
+                           "parameterised layer: a parameter-free computation (a polynomial, a "
+                           "rotary embedding, ...), not a residual block")
             return join
         if identity:
             join.skip, join.skip_kind = identity[0], "identity"
