@@ -319,9 +319,8 @@ class UNet(nn.Module):
             self.down.append(ResBlock(cur, emb_dim, ch * m))
             cur = ch * m
             chans.append(cur)
-            is_last = level == len(mult) - 1
-            self.downsample.append(nn.Identity() if is_last
-                                   else nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+            if level < len(mult) - 1:
+                self.downsample.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
         self.mid_res1 = ResBlock(cur, emb_dim)
         self.mid_attn = AttentionBlock(cur)
         self.mid_res2 = ResBlock(cur, emb_dim)
@@ -331,8 +330,8 @@ class UNet(nn.Module):
             skip = chans.pop()
             self.up.append(ResBlock(cur + skip, emb_dim, ch * m))
             cur = ch * m
-            self.upsample.append(nn.Identity() if level == 0
-                                 else nn.Conv2d(cur, cur, 3, padding=1))
+            if level > 0:
+                self.upsample.append(nn.Conv2d(cur, cur, 3, padding=1))
         self.out = nn.Sequential(nn.GroupNorm(8, cur), nn.SiLU(),
                                  nn.Conv2d(cur, in_channels, 3, padding=1))
 
@@ -340,13 +339,14 @@ class UNet(nn.Module):
         emb = self.time_embed(timestep_embedding(t, self.ch))
         h = self.input_conv(x)
         hs = []
-        for block, down in zip(self.down, self.downsample):
+        for i, block in enumerate(self.down):
             h = block(h, emb)
             hs.append(h)  # kept for the decoder's cat, and still the next block's input
-            h = down(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
         h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb)), emb)
-        for block, up in zip(self.up, self.upsample):
+        for i, block in enumerate(self.up):
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
-            if not isinstance(up, nn.Identity):
-                h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.out(h)
