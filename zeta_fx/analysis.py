@@ -263,7 +263,7 @@ class GraphView:
                     return Layer(node, owner_of(params), params, True)
             return Layer(node, owner, (), False,
                          f"{what}: no parameter operand stays zero through the ops applied to it")
-        params: set[str] = set()
+        params: dict[str, None] = {}  # in argument order: weight, then bias
         for value in layer_inputs(node, spec):
             if value is None or (isinstance(value, (int, float)) and value == 0):
                 continue
@@ -276,10 +276,10 @@ class GraphView:
             if not self._param_chain_zero(value):
                 return Layer(node, owner, (), False,
                              f"{what}: its weight passes through ops that do not keep zero")
-            params |= self.param_roots[value]
+            params.update(dict.fromkeys(sorted(self.param_roots[value])))
         if not params:
             return None
-        ordered = tuple(sorted(params))
+        ordered = tuple(params)
         return Layer(node, owner_of(ordered), ordered, True)
 
     def _param_chain_zero(self, node: Node) -> bool:
