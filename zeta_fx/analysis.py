@@ -438,6 +438,19 @@ class GraphView:
         """The names of the graph inputs in bit mask ``mask``."""
         return [n.name for i, n in enumerate(self.inputs) if mask >> i & 1]
 
+    def _describe_value(self, node: Node) -> str:
+        """``node`` by name, with the module whose output it reshapes or selects from."""
+        current = node
+        for _ in range(8):
+            layer = self.layer(current)
+            if layer is not None:
+                return f"`{node.name}`" + (f" (from `{layer.owner}`)" if layer.owner else "")
+            inputs = self.data_inputs.get(current, ())
+            if len(inputs) != 1:
+                break
+            current = inputs[0]
+        return f"`{node.name}`"
+
     def side_input_reason(self, join: Join) -> str | None:
         """Why a failed join is a side input (conditioning) entering a path, if it is one."""
         deps = self.input_deps
@@ -448,7 +461,7 @@ class GraphView:
         for term in join.terms:
             missing = union & ~deps.get(term, 0)
             if missing and deps.get(term, 0) and not deps[term] & first:
-                return (f"not a residual join: `{term.name}` is computed from "
+                return (f"not a residual join: {self._describe_value(term)} is computed from "
                         f"{_quoted(self.input_names(deps[term]))} only, not from "
                         f"{_quoted(self.input_names(missing))}; adding it brings a side input "
                         "(conditioning such as a timestep or class embedding) into the path")
