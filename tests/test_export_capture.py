@@ -90,6 +90,20 @@ def test_export_graph_uses_get_attr_on_model_fqns():
     assert not any(n.op == "placeholder" and n.name.startswith("p_") for n in gm.graph.nodes)
 
 
+def test_exported_graph_module_with_dynamic_length_zeroes_the_models_parameters():
+    torch.manual_seed(0)
+    model = GPT(n_layer=2)
+    length = torch.export.Dim("length", min=2, max=32)
+    gm = export_capture(model, (torch.randint(0, 64, (2, 8)),), dynamic_shapes=({1: length},))
+    assert any(str(n.target) == "aten.sym_size.int" for n in gm.graph.nodes)
+    expected = params_of("h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj")
+    before = snapshot(model)
+    report = zero_init_pass(gm, rule="residual_branch_last")
+    assert set(report.params) == expected and report.skipped == []
+    for name, value in snapshot(model).items():  # the graph shares the model's tensors
+        assert (not value.any()) if name in expected else torch.equal(value, before[name])
+
+
 @pytest.mark.parametrize("make, inputs", [
     (lambda: GPT(n_layer=2), lambda: (torch.randint(0, 64, (2, 8)),)),
     (lambda: SEResNet(depth=1), lambda: (torch.randn(2, 3, 32, 32),)),

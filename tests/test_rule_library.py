@@ -119,6 +119,9 @@ def test_by_name_glob_on_fqns():
     run_and_check(model, by_name("*.c_proj"), expected)
     with pytest.raises(ValueError, match="glob"):
         by_name()
+    typo = zero_init_pass(GPT(n_layer=1), rule=by_name("*.cproj"), dry_run=True)
+    assert typo.params == []
+    assert [s.reason for s in typo.skipped] == ["no module of `GPT` matches by_name('*.cproj')"]
 
 
 def test_by_type_batchnorm():

@@ -109,12 +109,15 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
 
 
 def export_capture(model: nn.Module, example_inputs: Any = None,
-                   example_kwargs: dict[str, Any] | None = None) -> fx.GraphModule:
+                   example_kwargs: dict[str, Any] | None = None, *,
+                   dynamic_shapes: Any = None) -> fx.GraphModule:
     """Capture ``model`` with non-strict ``torch.export`` as a graph over the model's FQNs.
 
     Lifted parameters, buffers and constants become ``get_attr`` nodes named by the
     model's own FQNs (a tied parameter by the alias that belongs to the module using it);
     only the user-visible outputs are kept. The model's tensors are not copied or changed.
+    ``dynamic_shapes`` is passed to ``torch.export.export``; symbolic sizes (``sym_size``)
+    are shape queries to the analysis, not data.
 
     >>> import torch
     >>> from torch import nn
@@ -139,7 +142,8 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
     else:
         args = (example_inputs,)
     try:
-        program = torch.export.export(model, args, dict(example_kwargs or {}), strict=False)
+        program = torch.export.export(model, args, dict(example_kwargs or {}), strict=False,
+                                      dynamic_shapes=dynamic_shapes)
     except Exception as exc:
         raise CaptureError(
             f"torch.export (non-strict) failed on {type(model).__name__}: "

@@ -324,7 +324,7 @@ _ATEN_LAYER_FUNCTIONS: dict[str, LayerSpec] = {
         "_native_batch_norm_legit_no_training", "native_batch_norm", "native_group_norm")},
     "aten.layer_norm": LayerSpec((2, 3)), "aten.native_layer_norm": LayerSpec((2, 3)),
     "aten.group_norm": LayerSpec((2, 3)), "aten.rms_norm": LayerSpec((2,)),
-    "aten.embedding": LayerSpec((0,)), "aten.addmm": LayerSpec((0, 2)),
+    "aten.embedding": LayerSpec((0,)), "aten.addmm": LayerSpec((2, 0)),
     "aten.bilinear": LayerSpec((2, 3)),
     **{f"aten.{n}": LayerSpec(mode="any") for n in (
         "mul", "mul_", "matmul", "mm", "bmm", "einsum")},

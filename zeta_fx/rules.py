@@ -416,9 +416,11 @@ class _ModuleRule(Rule):
 
     def select(self, view: GraphView) -> Selection:
         out = Selection()
+        matched = False
         for fqn, module in view.root.named_modules():
             if not self.matches(fqn, module):
                 continue
+            matched = True
             names = view.ops.layer_params_of_module(module)
             if names is None:
                 names = tuple(n for n, _ in module.named_parameters(recurse=False))
@@ -438,6 +440,9 @@ class _ModuleRule(Rule):
                 continue
             out.targets.append(Target(owner_of(params), params, nodes,
                                       self.what(fqn, module), self.name))
+        if not matched:
+            out.skipped.append(Skipped("", "", f"no module of `{type(view.root).__name__}` "
+                                       f"matches {self.name}", self.name))
         return out
 
 
