@@ -77,22 +77,27 @@ def test_bert_post_ln_zeroes_dense_outputs_before_the_norm():
 
 # -- nn.MultiheadAttention in a block ---------------------------------------------------------
 class MHABlock(nn.Module):
-    def __init__(self, dim: int = 16, bias: bool = True) -> None:
+    def __init__(self, dim: int = 16, bias: bool = True, unpack: bool = False) -> None:
         super().__init__()
+        self.unpack = unpack
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, 2, batch_first=True, bias=bias)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
+        if self.unpack:  # torchvision's ViT: the unused weights output must not block the join
+            a, _ = self.attn(h, h, h, need_weights=False)
+        else:
+            a = self.attn(h, h, h, need_weights=False)[0]
+        x = x + a
         return x + self.mlp(self.ln2(x))
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_multihead_attention_zeroes_out_proj_never_in_proj(bias):
+@pytest.mark.parametrize("bias, unpack", [(True, False), (False, False), (True, True)])
+def test_multihead_attention_zeroes_out_proj_never_in_proj(bias, unpack):
     torch.manual_seed(0)
-    block = MHABlock(bias=bias).eval()
+    block = MHABlock(bias=bias, unpack=unpack).eval()
     expected = {"attn.out_proj.weight", "mlp.2.weight", "mlp.2.bias"}
     if bias:
         expected.add("attn.out_proj.bias")
@@ -101,6 +106,20 @@ def test_multihead_attention_zeroes_out_proj_never_in_proj(bias):
     assert block.attn.in_proj_weight.abs().sum() > 0
     x = torch.randn(2, 5, 16)
     assert torch.equal(block(x), x)
+
+
+def test_torchvision_vit_attention_and_mlp():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
+                                                 num_heads=2, hidden_dim=32, mlp_dim=64).eval()
+    layers = [f"encoder.layers.encoder_layer_{i}" for i in range(2)]
+    report = run_and_check(model, "residual_branch_last",
+                           params_of(*(f"{l}.{m}" for l in layers
+                                       for m in ("self_attention.out_proj", "mlp.3"))))
+    assert report.skipped == []
+    x = torch.randn(2, 17, 32)
+    assert torch.equal(model.encoder.layers[0](x), x)
 
 
 # -- nn.TransformerEncoder / Decoder (opaque to symbolic tracing) ------------------------------

@@ -21,6 +21,7 @@ parameters, buffers and anything computed from those alone are not data.
 from __future__ import annotations
 
 import heapq
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Iterable
@@ -59,6 +60,11 @@ _SHAPE_FUNCTIONS = frozenset({
 _ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add",
                                  "aten.add.Tensor", "aten.add_.Tensor"})
 _ADDITIVE_METHODS = frozenset({"add", "add_"})
+
+
+def _unused_item(node: Node) -> bool:
+    """An element of a tuple output that nothing uses (``x, _ = attn(x, x, x)``)."""
+    return node.op == "call_function" and node.target is operator.getitem and not node.users
 
 
 def _quoted(names: list[str]) -> str:
@@ -530,7 +536,8 @@ class GraphView:
             if mask[node] == full:
                 fork = node
                 break
-            if all(u in expanded or u in merge_set for u in self.data_users[node]):
+            if all(u in expanded or u in merge_set or _unused_item(u)
+                   for u in self.data_users[node]):
                 expanded.add(node)
                 for inp in self.data_inputs[node]:
                     if inp not in mask:
