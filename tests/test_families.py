@@ -302,3 +302,17 @@ def test_module_shared_with_a_non_branch_use_is_left_alone():
     assert any(s.module == "fc" and "also used at" in s.reason for s in report.skipped)
     for name, value in snapshot(model).items():
         assert torch.equal(value, before[name])
+
+
+def test_torchvision_swin_wrapped_window_attention():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 1],
+                                               num_heads=[2, 2], window_size=[2, 2]).eval()
+    blocks = ["features.1.0", "features.1.1", "features.3.0"]
+    report = run_and_check(model, "residual_branch_last",
+                           params_of(*(f"{b}.{m}" for b in blocks for m in ("attn.proj", "mlp.3"))))
+    assert report.skipped == []
+    x = torch.randn(1, 4, 4, 16)
+    for block in model.features[1]:  # the shifted block too
+        assert torch.equal(block(x), x)

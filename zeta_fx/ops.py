@@ -330,6 +330,12 @@ _ATEN_LAYER_FUNCTIONS: dict[str, LayerSpec] = {
         "mul", "mul_", "matmul", "mm", "bmm", "einsum")},
 }
 
+# torchvision's Swin attention is an fx-wrapped (opaque) function; its output is
+# ``dropout(linear(..., proj_weight, proj_bias))`` windows put back in place.
+_LAYER_FUNCTIONS.update({
+    f"torchvision.models.swin_transformer.{n}": LayerSpec((2, "proj_weight", "proj_bias"))
+    for n in ("shifted_window_attention", "shifted_window_attention_3d")})
+
 _FUNCTIONS.update(_ATEN_FUNCTIONS)
 _LAYER_FUNCTIONS.update(_ATEN_LAYER_FUNCTIONS)
 
