@@ -161,6 +161,21 @@ def test_transformer_encoder_decoder_layers_as_composite_leaves(norm_first):
     assert torch.equal(layer(x), want)
 
 
+def test_nn_transformer_encoder_and_decoder():
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t = nn.Transformer(16, 2, 1, 1, 32, batch_first=True)
+
+        def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+            return self.t(src, tgt)
+
+    run_and_check(Wrapped(), "residual_branch_last", params_of(
+        "t.encoder.layers.0.self_attn.out_proj", "t.encoder.layers.0.linear2",
+        "t.decoder.layers.0.self_attn.out_proj", "t.decoder.layers.0.multihead_attn.out_proj",
+        "t.decoder.layers.0.linear2"))
+
+
 def test_transformer_encoder_layer_without_bias():
     model = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, bias=False))
     run_and_check(model, "residual_branch_last",
