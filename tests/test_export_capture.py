@@ -196,3 +196,26 @@ def test_hugging_face_tied_lm_head_refused():
     assert "`lm_head.weight`" in str(info.value)
     assert "`transformer.wte.weight`" in str(info.value)
     assert_unchanged(model, before)
+
+
+class Branchy(nn.Module):
+    """``torch.cond`` and a ``no_grad`` region: higher-order ops with subgraphs in export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.probe = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            scale = self.probe(x).abs().mean()
+        h = torch.cond(scale > 0, lambda v: self.fc1(v), lambda v: self.fc1(v) * 2, (x,))
+        return x + self.fc2(h)
+
+
+def test_export_graph_with_higher_order_op_subgraphs():
+    torch.manual_seed(0)
+    model = Branchy()
+    run_and_check(model, "residual_branch_last", params_of("fc2"), capture="export",
+                  example_inputs=(torch.randn(2, 4),))
+    x = torch.randn(3, 4)
+    assert torch.equal(model(x), x)

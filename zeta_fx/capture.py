@@ -178,6 +178,8 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
             graph.output(tuple(_use(outs[i], env, lifted, None, aliases, attr_node)
                                if isinstance(outs[i], fx.Node) else outs[i] for i in user))
             continue
+        if node.op == "get_attr":  # a subgraph of a higher-order op (cond, set_grad_enabled)
+            attrs[node.target] = _fetch(program.graph_module, node.target)
         owner = _innermost_module(node)
         env[node] = graph.node_copy(node, lambda n: _use(n, env, lifted, owner, aliases,
                                                          attr_node))
@@ -198,6 +200,13 @@ def _use(node: fx.Node, env: dict[fx.Node, fx.Node], lifted: dict[str, str], own
         if owner is not None and alias.rsplit(".", 1)[0] == owner:
             return attr_node(alias)
     return attr_node(target)
+
+
+def _fetch(root: nn.Module, dotted: str) -> Any:
+    obj: Any = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _innermost_module(node: fx.Node) -> str | None:
