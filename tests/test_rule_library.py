@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from families_helpers import (OutputRecorder, assert_unchanged, params_of, run_and_check,
+from families_helpers import (assert_unchanged, params_of, run_and_check,
                               snapshot)
 from zeta_fx import TiedParameterError, UnknownRuleError, zero_init_pass
 from zeta_fx.cli import main
