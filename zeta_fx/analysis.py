@@ -21,6 +21,7 @@ parameters, buffers and anything computed from those alone are not data.
 from __future__ import annotations
 
 import heapq
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Iterable
@@ -47,9 +48,27 @@ _SHAPE_FUNCTIONS = frozenset({
     "torch.randn_like", "torch.randint_like", "torch.full_like", "torch._shape_as_tensor",
     "torch.fx._symbolic_trace._assert_is_none", "torch.is_floating_point", "torch.is_tensor",
     "torch.sym_int", "torch.sym_float", "torch.sym_max", "torch.sym_min", "torch.sym_not",
+    # torch.export (aten) graphs
+    "aten.sym_size.int", "aten.sym_size.default", "aten.sym_numel.default",
+    "aten.sym_stride.int", "aten.sym_stride.default", "aten.sym_storage_offset.default",
+    "aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+    "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default",
+    "aten.full_like.default", "aten.rand_like.default", "aten.randn_like.default",
+    "aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default",
+    "aten.new_full.default", "aten.dim.default", "aten.numel.default",
 })
-_ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add"})
+_ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add",
+                                 "aten.add.Tensor", "aten.add_.Tensor"})
 _ADDITIVE_METHODS = frozenset({"add", "add_"})
+
+
+def _unused_item(node: Node) -> bool:
+    """An element of a tuple output that nothing uses (``x, _ = attn(x, x, x)``)."""
+    return node.op == "call_function" and node.target is operator.getitem and not node.users
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
 
 
 def owner_of(param_fqns: Iterable[str]) -> str:
@@ -265,7 +284,7 @@ class GraphView:
                     return Layer(node, owner_of(params), params, True)
             return Layer(node, owner, (), False,
                          f"{what}: no parameter operand stays zero through the ops applied to it")
-        params: set[str] = set()
+        params: dict[str, None] = {}  # in argument order: weight, then bias
         for value in layer_inputs(node, spec):
             if value is None or (isinstance(value, (int, float)) and value == 0):
                 continue
@@ -278,10 +297,10 @@ class GraphView:
             if not self._param_chain_zero(value):
                 return Layer(node, owner, (), False,
                              f"{what}: its weight passes through ops that do not keep zero")
-            params |= self.param_roots[value]
+            params.update(dict.fromkeys(sorted(self.param_roots[value])))
         if not params:
             return None
-        ordered = tuple(sorted(params))
+        ordered = tuple(params)
         return Layer(node, owner_of(ordered), ordered, True)
 
     def _param_chain_zero(self, node: Node) -> bool:
@@ -412,6 +431,63 @@ class GraphView:
         """Every additive merge of two or more data paths, valid residual joins or not."""
         return self._joins
 
+    # -- graph inputs -------------------------------------------------------------------
+    @cached_property
+    def input_deps(self) -> dict[Node, int]:
+        """For each data node, a bit mask of the graph inputs (placeholders) it depends on.
+
+        Bit ``i`` stands for ``self.inputs[i]``. One sweep; used to tell a conditioning
+        signal (timestep, class label) from the data path it modulates.
+        """
+        deps: dict[Node, int] = {}
+        bit = {n: 1 << i for i, n in enumerate(self.inputs)}
+        for node in self.nodes:
+            if not self.is_data[node]:
+                continue
+            mask = bit.get(node, 0)
+            for inp in self.data_inputs[node]:
+                mask |= deps[inp]
+            deps[node] = mask
+        return deps
+
+    @cached_property
+    def inputs(self) -> list[Node]:
+        """The graph's data inputs (placeholders), in order."""
+        return [n for n in self.nodes if n.op == "placeholder" and self.is_data[n]]
+
+    def input_names(self, mask: int) -> list[str]:
+        """The names of the graph inputs in bit mask ``mask``."""
+        return [n.name for i, n in enumerate(self.inputs) if mask >> i & 1]
+
+    def _describe_value(self, node: Node) -> str:
+        """``node`` by name, with the module whose output it reshapes or selects from."""
+        current = node
+        for _ in range(8):
+            layer = self.layer(current)
+            if layer is not None:
+                return f"`{node.name}`" + (f" (from `{layer.owner}`)" if layer.owner else "")
+            inputs = self.data_inputs.get(current, ())
+            if len(inputs) != 1:
+                break
+            current = inputs[0]
+        return f"`{node.name}`"
+
+    def side_input_reason(self, join: Join) -> str | None:
+        """Why a failed join is a side input (conditioning) entering a path, if it is one."""
+        deps = self.input_deps
+        union = 0
+        for term in join.terms:
+            union |= deps.get(term, 0)
+        first = union & -union  # the earliest graph input: by convention the data (``x``)
+        for term in join.terms:
+            missing = union & ~deps.get(term, 0)
+            if missing and deps.get(term, 0) and not deps[term] & first:
+                return (f"not a residual join: {self._describe_value(term)} is computed from "
+                        f"{_quoted(self.input_names(deps[term]))} only, not from "
+                        f"{_quoted(self.input_names(missing))}; adding it brings a side input "
+                        "(conditioning such as a timestep or class embedding) into the path")
+        return None
+
     def _classify_join(self, merge: Node, terms: tuple[Node, ...], inner: list[Node]) -> Join:
         join = Join(merge, terms)
         if len(set(terms)) < len(terms):
@@ -431,7 +507,9 @@ class GraphView:
         layer_counts = {t: len(sides[t] & layer_nodes) for t in terms}
         identity = [t for t in terms if layer_counts[t] == 0]
         if len(identity) == len(terms):
-            join.reason = "no path between fork and merge has a parameterised layer"
+            join.reason = (f"no path between fork `{fork.name}` and the merge has a "
+                           "parameterised layer: a parameter-free computation (a polynomial, a "
+                           "rotary embedding, ...), not a residual block")
             return join
         if identity:
             join.skip, join.skip_kind = identity[0], "identity"
@@ -473,7 +551,8 @@ class GraphView:
             if mask[node] == full:
                 fork = node
                 break
-            if all(u in expanded or u in merge_set for u in self.data_users[node]):
+            if all(u in expanded or u in merge_set or _unused_item(u)
+                   for u in self.data_users[node]):
                 expanded.add(node)
                 for inp in self.data_inputs[node]:
                     if inp not in mask:

@@ -28,7 +28,8 @@ from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from zeta_fx.analysis import GraphView
-from zeta_fx.capture import LeafSpec, capture
+from zeta_fx.capture import LeafSpec
+from zeta_fx.capture import capture as capture_graph
 from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
 from zeta_fx.ops import ZeroOps
 from zeta_fx.plan import ZeroInitPlan, _has_nonzero, build_plan, dry_run_report, resolve
@@ -46,22 +47,26 @@ def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    example_inputs: tuple[Any, ...] | None = None,
                    example_kwargs: dict[str, Any] | None = None,
                    leaf_modules: Iterable[LeafSpec] = (),
-                   zero_preserving: Iterable[Any] = ()) -> ZeroInitPlan:
+                   zero_preserving: Iterable[Any] = (),
+                   capture: str = "auto") -> ZeroInitPlan:
     """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written.
 
-    Works on the meta device (nothing is allocated). DDP and ``torch.compile`` wrappers are
-    seen through: FQNs are the inner model's own, and the plan applies to either.
+    ``capture`` is ``"auto"`` (symbolic tracing, then ``torch.export`` with the example
+    inputs if that fails), ``"symbolic"`` or ``"export"``. Works on the meta device
+    (nothing is allocated). DDP and ``torch.compile`` wrappers are seen through: FQNs are
+    the inner model's own, and the plan applies to either.
     """
     return _trace_and_plan(model, rule, example_inputs=example_inputs,
                            example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                           zero_preserving=zero_preserving)[1]
+                           zero_preserving=zero_preserving, capture=capture)[1]
 
 
 def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
                     example_inputs: tuple[Any, ...] | None = None,
                     example_kwargs: dict[str, Any] | None = None,
                     leaf_modules: Iterable[LeafSpec] = (),
-                    zero_preserving: Iterable[Any] = ()
+                    zero_preserving: Iterable[Any] = (),
+                    capture: str = "auto"
                     ) -> tuple[fx.GraphModule, ZeroInitPlan, GraphView]:
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
@@ -71,7 +76,8 @@ def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
     check_traceable(model)
     rule_obj = get_rule(rule)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
-    gm = capture(model, leaf_modules=leaf_modules)
+    gm = capture_graph(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
+                       example_kwargs=example_kwargs, method=capture)
     view = GraphView(gm, model, ops)
     selection = rule_obj.select(view)
     return gm, build_plan(view, selection, rule_obj.name, model), view
@@ -85,7 +91,8 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    zero_preserving: Iterable[Any] = (),
                    allow_tied: bool = False,
                    verify: bool = False,
-                   tablefmt: str = "simple") -> ZeroInitReport:
+                   tablefmt: str = "simple",
+                   capture: str = "auto") -> ZeroInitReport:
     """Zero the layers ``rule`` finds in ``model`` and report what was touched and skipped.
 
     ``model`` is an ``nn.Module`` (traced with ``torch.fx.symbolic_trace``) or a
@@ -101,6 +108,9 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     failure every tensor is restored bit-exactly and ``VerificationError`` names the node.
     With ``dry_run=True`` the zeroing is checked, then undone.
 
+    ``example_inputs``/``example_kwargs`` let a model that symbolic tracing cannot follow be
+    captured with ``torch.export`` (non-strict); ``capture="export"`` always uses it.
+
     ``model`` may be on the meta device (plan with ``dry_run=True``, apply the plan after
     materialising), or wrapped in DDP / ``torch.compile`` (FQNs are reported as the inner
     model names them). Sharded models (FSDP2) cannot be traced: apply a plan to them.
@@ -112,7 +122,7 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     model = unwrap(model)[0] if isinstance(model, nn.Module) else model
     gm, plan, view = _trace_and_plan(model, rule, example_inputs=example_inputs,
                                      example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                                     zero_preserving=zero_preserving)
+                                     zero_preserving=zero_preserving, capture=capture)
     if verify:
         check_runnable(model)
         args = graph_args(gm, example_inputs, example_kwargs)

@@ -2,7 +2,10 @@
 
 ``symbolic_trace`` with a tracer whose leaf policy users extend; a ``GraphModule`` from any
 tracer is used as it is. When tracing fails, the error names the submodule whose
-``forward`` failed and says what to do.
+``forward`` failed and says what to do. Given example inputs, a model that symbolic tracing
+cannot follow (data-dependent control flow, Hugging Face models) is captured with
+``torch.export`` (non-strict) instead; its lifted parameters become ``get_attr`` nodes named
+by the model's own FQNs, so the analysis and the report read it like any other graph.
 
 >>> import torch
 >>> from torch import nn
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Union
 
-
+import torch
 from torch import fx, nn
 
 from zeta_fx.errors import CaptureError
 
-__all__ = ["ZetaTracer", "capture", "LeafSpec"]
+__all__ = ["ZetaTracer", "capture", "export_capture", "LeafSpec", "CAPTURE_METHODS"]
+
+CAPTURE_METHODS = ("auto", "symbolic", "export")
 
 # A leaf is given as a module class, an FQN (exact, or a prefix ending in ".*"), or a
 # predicate ``(module, fqn) -> bool``.
@@ -62,27 +67,170 @@ class ZetaTracer(fx.Tracer):
             raise
 
 
-def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = ()) -> fx.GraphModule:
+def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
+            example_inputs: Any = None, example_kwargs: dict[str, Any] | None = None,
+            method: str = "auto") -> fx.GraphModule:
     """Trace ``model`` (a ``GraphModule`` is returned unchanged).
 
-    The graph module shares the model's parameters and submodules: nothing is copied or
-    allocated, so models on the meta device trace too.
+    ``method="auto"`` tries ``symbolic_trace`` and, if it fails and example inputs are
+    given, ``torch.export``; ``"symbolic"`` and ``"export"`` force one of them. The graph
+    module shares the model's parameters: nothing is copied or allocated, so models on the
+    meta device trace too.
     """
+    if method not in CAPTURE_METHODS:
+        raise ValueError(f"capture must be one of {', '.join(map(repr, CAPTURE_METHODS))}, "
+                         f"got {method!r}")
     if isinstance(model, fx.GraphModule):
         return model
+    has_examples = example_inputs is not None or bool(example_kwargs)
+    if method == "export":
+        if not has_examples:
+            raise CaptureError(
+                f"capture='export' needs example inputs to run {type(model).__name__}.forward; "
+                "pass example_inputs=(...) (and example_kwargs={...}) shaped like a real batch")
+        return export_capture(model, example_inputs, example_kwargs)
     tracer = ZetaTracer(leaf_modules)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
         where, cls = tracer.failed_in or ("", type(model))
         place = f"`{where}` ({cls.__name__})" if where else f"the model's own forward ({cls.__name__})"
+        failure = f"symbolic tracing failed in {place}: {type(exc).__name__}: {_first_line(exc)}"
+        if method == "auto" and has_examples:
+            try:
+                return export_capture(model, example_inputs, example_kwargs)
+            except CaptureError as export_exc:
+                raise CaptureError(f"{failure}\nand then {export_exc}") from exc
         raise CaptureError(
-            f"symbolic tracing failed in {place}: {type(exc).__name__}: {_first_line(exc)}\n"
-            f"What to do: mark it as a leaf (leaf_modules=[{cls.__name__}] or "
-            f"[{where!r}]) if its parameters are not the ones to zero, or pass "
-            "example_inputs=(...) so that the model is captured with torch.export instead"
+            f"{failure}\n"
+            f"What to do: pass example_inputs=(...) (and example_kwargs={{...}}) so that the "
+            "model is captured with torch.export instead, which follows data-dependent "
+            f"Python; or mark it as a leaf (leaf_modules=[{cls.__name__}] or [{where!r}]) if "
+            "its parameters are not the ones to zero"
         ) from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def export_capture(model: nn.Module, example_inputs: Any = None,
+                   example_kwargs: dict[str, Any] | None = None, *,
+                   dynamic_shapes: Any = None) -> fx.GraphModule:
+    """Capture ``model`` with non-strict ``torch.export`` as a graph over the model's FQNs.
+
+    Lifted parameters, buffers and constants become ``get_attr`` nodes named by the
+    model's own FQNs (a tied parameter by the alias that belongs to the module using it);
+    only the user-visible outputs are kept. The model's tensors are not copied or changed.
+    ``dynamic_shapes`` is passed to ``torch.export.export``; symbolic sizes (``sym_size``)
+    are shape queries to the analysis, not data.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> class Gate(nn.Module):  # data-dependent control flow: symbolic tracing fails
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = nn.Linear(4, 4)
+    ...     def forward(self, x):
+    ...         return self.fc(x) if x.shape[0] > 1 else x
+    >>> gm = export_capture(Gate(), (torch.randn(2, 4),))
+    >>> [n.target for n in gm.graph.nodes if n.op == "get_attr"]
+    ['fc.weight', 'fc.bias']
+    """
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    if example_inputs is None:
+        args: tuple[Any, ...] = ()
+    elif isinstance(example_inputs, tuple):
+        args = example_inputs
+    elif isinstance(example_inputs, list):
+        args = tuple(example_inputs)
+    else:
+        args = (example_inputs,)
+    try:
+        program = torch.export.export(model, args, dict(example_kwargs or {}), strict=False,
+                                      dynamic_shapes=dynamic_shapes)
+    except Exception as exc:
+        raise CaptureError(
+            f"torch.export (non-strict) failed on {type(model).__name__}: "
+            f"{type(exc).__name__}: {_first_line(exc)}\nWhat to do: check that "
+            "example_inputs/example_kwargs run the model's forward as they are, or trace the "
+            "model yourself and pass the GraphModule") from exc
+    lifted = {}
+    for spec in program.graph_signature.input_specs:
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            lifted[spec.arg.name] = spec.target
+    tensors = _model_tensors(model)
+    aliases = _aliases(model)
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    attrs: dict[str, Any] = {}
+    getattrs: dict[str, fx.Node] = {}
+
+    def attr_node(target: str) -> fx.Node:
+        if target not in getattrs:  # created at first use, after the placeholders
+            getattrs[target] = graph.get_attr(target)
+            if target not in attrs:
+                attrs[target] = tensors.get(target, program.constants.get(target))
+        return getattrs[target]
+
+    for node in program.graph_module.graph.nodes:
+        if node.op == "placeholder" and node.name in lifted:
+            continue
+        if node.op == "output":
+            user = [i for i, spec in enumerate(program.graph_signature.output_specs)
+                    if spec.kind == OutputKind.USER_OUTPUT]
+            outs = node.args[0]
+            graph.output(tuple(_use(outs[i], env, lifted, None, aliases, attr_node)
+                               if isinstance(outs[i], fx.Node) else outs[i] for i in user))
+            continue
+        if node.op == "get_attr":  # a subgraph of a higher-order op (cond, set_grad_enabled)
+            attrs[node.target] = _fetch(program.graph_module, node.target)
+        owner = _innermost_module(node)
+        env[node] = graph.node_copy(node, lambda n: _use(n, env, lifted, owner, aliases,
+                                                         attr_node))
+    return fx.GraphModule(attrs, graph, type(model).__name__)
+
+
+def _use(node: fx.Node, env: dict[fx.Node, fx.Node], lifted: dict[str, str], owner: str | None,
+         aliases: dict[str, list[str]], attr_node: Callable[[str], fx.Node]) -> fx.Node:
+    """The copy of ``node`` as an argument of a node run inside module ``owner``.
+
+    A tied parameter is named by the alias that the using module holds, so that the report
+    and the tie check see ``lm_head.weight`` where the head uses it.
+    """
+    target = lifted.get(node.name) if node.op == "placeholder" else None
+    if target is None:
+        return env[node]
+    for alias in aliases.get(target, ()):
+        if owner is not None and alias.rsplit(".", 1)[0] == owner:
+            return attr_node(alias)
+    return attr_node(target)
+
+
+def _fetch(root: nn.Module, dotted: str) -> Any:
+    obj: Any = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _innermost_module(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return path if isinstance(path, str) else None
+
+
+def _model_tensors(model: nn.Module) -> dict[str, Any]:
+    tensors: dict[str, Any] = dict(model.named_buffers(remove_duplicate=False))
+    tensors.update(model.named_parameters(remove_duplicate=False))
+    return tensors
+
+
+def _aliases(model: nn.Module) -> dict[str, list[str]]:
+    by_id: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(param), []).append(name)
+    return {name: names for names in by_id.values() if len(names) > 1 for name in names}
 
 
 def _first_line(exc: BaseException) -> str:

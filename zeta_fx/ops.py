@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
+from zeta_fx.composite import CompositeFn, default_composites
+
 __all__ = ["ZeroSpec", "ZeroOps", "LayerSpec", "target_name"]
 
 
@@ -57,6 +59,8 @@ def target_name(target: Any) -> str:
     """A readable, stable name for a node target: ``torch.relu``, ``operator.add``, ``.view``."""
     if isinstance(target, str):
         return f".{target}"
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(target)  # aten.relu.default (torch.export graphs)
     module = getattr(target, "__module__", None) or ""
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
     module = {"_operator": "operator", "torch._C._nn": "torch.nn.functional",
@@ -238,6 +242,111 @@ _LAYER_METHODS: dict[str, LayerSpec] = {
 }
 
 
+# -- aten ops, as they appear in torch.export graphs ----------------------------------------
+# Keyed by overload packet (``aten.relu``); an exact overload (``aten.mul.Scalar``) may
+# override. Positions follow the aten schemas, which differ from torch.nn.functional's.
+
+def _aten_bn_check(bias_pos: int, mean_pos: int | None, training_pos: int | None
+                   ) -> Callable[[Node], str | None]:
+    def check(node: Node) -> str | None:
+        if _arg(node, bias_pos) is not None:
+            return "adds a bias that is not zeroed"
+        mean = _arg(node, mean_pos) if mean_pos is not None else None
+        training = _arg(node, training_pos, False) if training_pos is not None else False
+        if mean is not None and training is not True:
+            return "normalises with running statistics, so batch_norm(0) = -mean/std"
+        return None
+    return check
+
+
+def _aten_pad_check(node: Node) -> str | None:
+    value = _arg(node, 2, node.kwargs.get("value", 0))
+    return None if value in (0, 0.0) else f"pads with {value!r}, not zeros"
+
+
+def _aten_no_training_check(node: Node) -> str | None:
+    return "normalises with running statistics, so batch_norm(0) = -mean/std"
+
+
+_ATEN_FUNCTIONS: dict[str, ZeroSpec] = {
+    **{f"aten.{n}": _FIRST for n in (
+        "relu", "relu_", "relu6", "gelu", "gelu_", "silu", "silu_", "mish", "mish_",
+        "hardswish", "hardswish_", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
+        "elu", "elu_", "selu", "celu", "tanh", "tanh_", "neg", "abs", "sign", "sqrt", "erf",
+        "square", "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand",
+        "expand_as", "view_as", "clone", "contiguous", "alias", "detach", "unsqueeze",
+        "unsqueeze_", "squeeze", "squeeze_", "split", "split_with_sizes", "chunk", "unbind",
+        "tensor_split", "slice", "select", "narrow", "flatten", "unflatten", "repeat",
+        "repeat_interleave", "roll", "flip", "movedim", "as_strided", "_to_copy", "to",
+        "type_as", "_reshape_alias", "sum", "mean", "dropout", "native_dropout",
+        "feature_dropout", "alpha_dropout", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
+        "adaptive_max_pool2d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d",
+        "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+        "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
+        "_upsample_nearest_exact1d", "_upsample_nearest_exact2d", "_upsample_nearest_exact3d",
+        "upsample_bilinear2d", "upsample_linear1d", "upsample_bicubic2d", "pixel_shuffle",
+        "pixel_unshuffle", "channel_shuffle", "index_select", "gather", "diagonal", "tril",
+        "triu", "cumsum", "nan_to_num", "im2col", "col2im", "stochastic_depth",
+        "lift_fresh_copy", "dropout_", "real")},
+    "aten.constant_pad_nd": ZeroSpec("all", (0,), _aten_pad_check),
+    "aten.add": _ALL, "aten.add_": _ALL, "aten.sub": _ALL, "aten.sub_": _ALL,
+    "aten.cat": _ALL, "aten.concat": _ALL, "aten.stack": _ALL,
+    "aten.mul": _ANY, "aten.mul_": _ANY, "aten.matmul": _ANY, "aten.mm": _ANY,
+    "aten.bmm": _ANY, "aten.einsum": _ANY, "aten.outer": _ANY,
+    "aten.div": _FIRST, "aten.div_": _FIRST,
+    "aten.where": ZeroSpec("all", (1, 2)),
+    "aten.masked_fill": ZeroSpec("all", (0,), _fill_value_is_zero),
+    "aten.scaled_dot_product_attention": ZeroSpec("all", (2,)),
+    "aten._scaled_dot_product_flash_attention": ZeroSpec("all", (2,)),
+    "aten._scaled_dot_product_flash_attention_for_cpu": ZeroSpec("all", (2,)),
+    "aten._scaled_dot_product_efficient_attention": ZeroSpec("all", (2,)),
+    "aten._scaled_dot_product_cudnn_attention": ZeroSpec("all", (2,)),
+    "aten.layer_norm": ZeroSpec("all", (0,), _norm_without_affine(2, 3)),
+    "aten.native_layer_norm": ZeroSpec("all", (0,), _norm_without_affine(2, 3)),
+    "aten.group_norm": ZeroSpec("all", (0,), _norm_without_affine(2, 3)),
+    "aten.native_group_norm": ZeroSpec("all", (0,), _norm_without_affine(1, 2)),
+    "aten.rms_norm": ZeroSpec("all", (0,), _norm_without_affine(2, None)),
+    "aten.batch_norm": ZeroSpec("all", (0,), _aten_bn_check(2, 3, 5)),
+    "aten.instance_norm": ZeroSpec("all", (0,), _aten_bn_check(2, 3, 5)),
+    "aten._native_batch_norm_legit_functional": ZeroSpec("all", (0,), _aten_bn_check(2, 3, 5)),
+    "aten._native_batch_norm_legit": ZeroSpec("all", (0,), _aten_bn_check(2, None, None)),
+    "aten._native_batch_norm_legit.no_stats": ZeroSpec("all", (0,), _aten_bn_check(2, None, 3)),
+    "aten._native_batch_norm_legit_no_training": ZeroSpec("all", (0,), _aten_no_training_check),
+    "aten.native_batch_norm": ZeroSpec("all", (0,), _aten_bn_check(2, 3, 5)),
+}
+
+_ATEN_LAYER_FUNCTIONS: dict[str, LayerSpec] = {
+    **{f"aten.{n}": LayerSpec((1, 2)) for n in (
+        "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+        "conv_transpose3d", "convolution", "_convolution", "batch_norm", "instance_norm",
+        "_native_batch_norm_legit_functional", "_native_batch_norm_legit",
+        "_native_batch_norm_legit_no_training", "native_batch_norm", "native_group_norm")},
+    "aten.layer_norm": LayerSpec((2, 3)), "aten.native_layer_norm": LayerSpec((2, 3)),
+    "aten.group_norm": LayerSpec((2, 3)), "aten.rms_norm": LayerSpec((2,)),
+    "aten.embedding": LayerSpec((0,)), "aten.addmm": LayerSpec((2, 0)),
+    "aten.bilinear": LayerSpec((2, 3)),
+    **{f"aten.{n}": LayerSpec(mode="any") for n in (
+        "mul", "mul_", "matmul", "mm", "bmm", "einsum")},
+}
+
+# torchvision's Swin attention is an fx-wrapped (opaque) function; its output is
+# ``dropout(linear(..., proj_weight, proj_bias))`` windows put back in place.
+_LAYER_FUNCTIONS.update({
+    f"torchvision.models.swin_transformer.{n}": LayerSpec((2, "proj_weight", "proj_bias"))
+    for n in ("shifted_window_attention", "shifted_window_attention_3d")})
+
+_FUNCTIONS.update(_ATEN_FUNCTIONS)
+_LAYER_FUNCTIONS.update(_ATEN_LAYER_FUNCTIONS)
+
+
+def _packet(name: str) -> str | None:
+    """``aten.mul.Tensor`` -> ``aten.mul``; ``None`` for names of other kinds."""
+    if name.startswith("aten.") and name.count(".") == 2:
+        return name.rsplit(".", 1)[0]
+    return None
+
+
 @dataclass
 class ZeroOps:
     """The zero-propagation table used by one pass; extend it with :meth:`declare`.
@@ -255,12 +364,14 @@ class ZeroOps:
     layer_modules: dict[type[nn.Module], tuple[str, ...]] = field(default_factory=dict)
     layer_functions: dict[str, LayerSpec] = field(default_factory=dict)
     layer_methods: dict[str, LayerSpec] = field(default_factory=dict)
+    # opaque leaf type -> its hidden residual branches (zeta_fx.composite)
+    composites: dict[type[nn.Module], CompositeFn] = field(default_factory=dict)
     _names: dict[Any, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def default(cls) -> "ZeroOps":
         return cls(dict(_FUNCTIONS), dict(_METHODS), _MODULES, dict(_LAYER_MODULES),
-                   dict(_LAYER_FUNCTIONS), dict(_LAYER_METHODS))
+                   dict(_LAYER_FUNCTIONS), dict(_LAYER_METHODS), default_composites())
 
     def declare(self, entries: Iterable[Any]) -> "ZeroOps":
         """Return a copy that also treats ``entries`` as zero-preserving.
@@ -272,7 +383,7 @@ class ZeroOps:
         """
         ops = ZeroOps(dict(self.functions), dict(self.methods), self.modules,
                       dict(self.layer_modules), dict(self.layer_functions),
-                      dict(self.layer_methods))
+                      dict(self.layer_methods), dict(self.composites))
         extra_modules: list[type[nn.Module]] = []
         for entry in entries:
             if isinstance(entry, str):
@@ -300,7 +411,11 @@ class ZeroOps:
             return target_name(target)
 
     def spec_for_function(self, target: Callable[..., Any]) -> ZeroSpec | None:
-        return self.functions.get(self.name_of(target))
+        name = self.name_of(target)
+        spec = self.functions.get(name)
+        if spec is None and (packet := _packet(name)) is not None:
+            spec = self.functions.get(packet)
+        return spec
 
     def spec_for_method(self, name: str) -> ZeroSpec | None:
         return self.methods.get(name)
@@ -326,7 +441,11 @@ class ZeroOps:
 
     def layer_spec(self, node: Node) -> LayerSpec | None:
         if node.op == "call_function":
-            return self.layer_functions.get(self.name_of(node.target))
+            name = self.name_of(node.target)
+            spec = self.layer_functions.get(name)
+            if spec is None and (packet := _packet(name)) is not None:
+                spec = self.layer_functions.get(packet)
+            return spec
         if node.op == "call_method":
             return self.layer_methods.get(node.target)
         return None

@@ -21,15 +21,19 @@ second selects).
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
+from torch import nn
 from torch.fx import Node
 
 from zeta_fx.analysis import Blocked, GraphView, Join, owner_of
+from zeta_fx.composite import composite_branches
 from zeta_fx.errors import UnknownRuleError
 
 __all__ = ["Target", "Skipped", "Selection", "Rule", "ResidualBranchLast", "OutputLayer",
+           "AdaLNZero", "ByName", "ByType", "Where", "Scope", "by_name", "by_type", "where",
            "register_rule", "get_rule", "list_rules"]
 
 
@@ -81,6 +85,10 @@ class Rule:
     def __sub__(self, other: "Rule") -> "Rule":
         return Difference(self, _as_rule(other))
 
+    def scoped(self, within: str | None = None, exclude: "str | Iterable[str]" = ()) -> "Rule":
+        """This rule, keeping only modules under ``within`` and not matching ``exclude``."""
+        return Scope(self, within=within, exclude=exclude)
+
     def __repr__(self) -> str:
         return self.name
 
@@ -124,7 +132,8 @@ class ResidualBranchLast(Rule):
         for join in joins:
             merge = join.merge.name
             if not join.ok:
-                out.skipped.append(Skipped(merge, "", join.reason, self.name))
+                reason = view.side_input_reason(join) or join.reason
+                out.skipped.append(Skipped(merge, "", reason, self.name))
                 continue
             if join.merge in inside_other:
                 out.skipped.append(Skipped(
@@ -145,7 +154,39 @@ class ResidualBranchLast(Rule):
                     layer = view.layer(node)
                     out.targets.append(Target(layer.owner, layer.params, (node.name,),
                                               position, self.name, branch.name))
+        self._select_composites(view, inside_other, out)
         return out
+
+    def _select_composites(self, view: GraphView, inside_other: dict[Node, Node],
+                           out: Selection) -> None:
+        """Residual branches hidden inside opaque leaves (``nn.TransformerEncoder``, ...)."""
+        if not view.ops.composites:
+            return
+        kinds = tuple(view.ops.composites)
+        leaves = {fqn for fqn, m in view.root.named_modules() if isinstance(m, kinds)}
+        if not leaves:
+            return
+        for node in view.nodes:
+            if node.op != "call_module" or node.target not in leaves \
+                    or not view.is_data.get(node):
+                continue
+            module = view.module(node.target)
+            branches = composite_branches(module, view.ops.composites)
+            if branches is None:
+                continue
+            kind = type(module).__name__
+            for branch in branches:
+                owner = f"{node.target}.{branch.module}" if node.target else branch.module
+                if node in inside_other:
+                    out.skipped.append(Skipped(
+                        node.name, owner, f"{branch.what} of `{node.target}` ({kind}) is nested "
+                        f"inside the branch into `{inside_other[node].name}` "
+                        "(nested='outermost')", self.name))
+                    continue
+                out.targets.append(Target(
+                    owner, tuple(f"{owner}.{p}" for p in branch.params), (node.name,),
+                    f"{branch.what} inside `{node.target}` ({kind}, opaque to tracing)",
+                    self.name))
 
 
 class OutputLayer(Rule):
@@ -234,6 +275,323 @@ class Difference(_Combined):
         return Selection(targets, skipped)
 
 
+# -- adaLN-Zero ---------------------------------------------------------------------------
+# Ops that carry a modulation vector to where it is applied without mixing it with anything:
+# chunk/split into shift, scale and gate, unsqueeze to broadcast, dtype casts.
+_SPLIT_OPS = frozenset({
+    ".chunk", ".split", ".unbind", ".tensor_split", "torch.chunk", "torch.split",
+    "torch.unbind", "torch.tensor_split", "torch.functional.split", "aten.split",
+    "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.tensor_split",
+})
+_CARRIER_OPS = _SPLIT_OPS | frozenset({
+    "operator.getitem", ".unsqueeze", ".view", ".reshape", ".expand", ".expand_as", ".to",
+    ".float", ".half", ".bfloat16", ".type_as", ".contiguous", ".squeeze", ".flatten",
+    ".unflatten", "torch.unsqueeze", "torch.reshape", "torch.squeeze", "torch.flatten",
+    "aten.unsqueeze", "aten.view", "aten._unsafe_view", "aten.reshape", "aten.expand",
+    "aten._to_copy", "aten.to", "aten.slice", "aten.select", "aten.squeeze", "aten.clone",
+    "aten.contiguous", "aten.alias", "aten.type_as", "aten.unflatten", "aten.flatten",
+})
+_ADD_OPS = frozenset({"operator.add", "operator.iadd", "torch.add", ".add", ".add_",
+                      "aten.add"})
+_MUL_OPS = frozenset({"operator.mul", "operator.imul", "torch.mul", ".mul", ".mul_",
+                      "aten.mul"})
+
+
+def _op_name(node: Node) -> str:
+    from zeta_fx.ops import target_name
+
+    name = target_name(node.target) if node.op in ("call_function", "call_method") else ""
+    if name.startswith("aten.") and name.count(".") == 2:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+class AdaLNZero(Rule):
+    """What DiT's adaLN-Zero initialisation zeroes, found from the graph.
+
+    Every *conditioning* layer — a layer computed from some graph inputs (timestep, class
+    label) whose output, chunked or not, scales or gates a value computed from another input
+    (the data path) — plus the last layer before each output. On DiT that is each block's
+    ``adaLN_modulation`` linear, the final layer's modulation and the final linear. A
+    conditioning layer that only shifts (is only added, like a guided-diffusion ResBlock's
+    timestep embedding) is left alone, and the report says so.
+
+    >>> import torch
+    >>> from zeta_fx import zero_init_pass
+    >>> from zeta_fx.models import DiT
+    >>> zero_init_pass(DiT(depth=1), rule="adaln_zero").modules
+    ['blocks.0.adaLN_modulation.1', 'final_layer.adaLN_modulation.1', 'final_layer.linear']
+    """
+
+    name = "adaln_zero"
+    description = ("adaLN-Zero: conditioning layers producing shift/scale/gate of the data "
+                   "path, and the output layer")
+
+    def select(self, view: GraphView) -> Selection:
+        out = Selection()
+        deps = view.input_deps
+        stream = {j.merge for j in view.joins() if j.ok}
+        gates = {b for j in view.joins() if j.ok for b in j.branches}
+        # The data path starts at the first graph input that reaches an output (``x`` in
+        # ``forward(x, t, y)``); a conditioning layer does not depend on it.
+        reach = 0
+        for value in view.outputs():
+            reach |= deps.get(value, 0)
+        data_bit = reach & -reach
+        for node in view.nodes:
+            layer = view.layer(node)
+            if layer is None or not layer.zeroable or not deps.get(node) \
+                    or deps[node] & data_bit:
+                continue
+            sites, pieces = self._sites(view, node, deps[node], stream)
+            if not sites:
+                continue
+            roles = [("gate" if site in gates else "scale") if kind == "mul" else "shift"
+                     for site, kind in sites]
+            source = ", ".join(f"`{n}`" for n in view.input_names(deps[node]))
+            if "scale" not in roles and "gate" not in roles:
+                where = ", ".join(f"`{site.name}`" for site, _ in sites[:3])
+                out.skipped.append(Skipped(
+                    node.name, layer.owner,
+                    f"conditioning layer (from {source}) is only added to the data path at "
+                    f"{where}: it shifts but never scales or gates, so adaLN-Zero leaves it "
+                    "alone", self.name))
+                continue
+            counts = ", ".join(f"{roles.count(r)} {r}" for r in ("shift", "scale", "gate")
+                               if r in roles)
+            split = f", chunked into {pieces}" if pieces > 1 else ""
+            out.targets.append(Target(
+                layer.owner, layer.params, (node.name,),
+                f"adaLN modulation from {source}: {counts} of the data path{split}", self.name))
+        final = OutputLayer().select(view)
+        out.targets += [Target(t.module, t.params, t.nodes, t.position, self.name)
+                        for t in final.targets]
+        out.skipped += [Skipped(s.node, s.module, s.reason, self.name) for s in final.skipped]
+        return out
+
+    @staticmethod
+    def _sites(view: GraphView, layer: Node, mask: int, stream: set[Node]
+               ) -> tuple[list[tuple[Node, str]], int]:
+        """Where ``layer``'s output, carried through chunk/unsqueeze/casts, meets the data
+        path (a ``mul`` or ``add`` whose other operand depends on an input ``layer`` does not)."""
+        deps = view.input_deps
+        sites: list[tuple[Node, str]] = []
+        pieces = 1
+        seen = {layer}
+        stack = [layer]
+        while stack:
+            value = stack.pop()
+            for user in view.data_users[value]:
+                if user in seen:
+                    continue
+                seen.add(user)
+                name = _op_name(user)
+                others = [n for n in view.data_inputs[user] if n is not value]
+                if name in _CARRIER_OPS or (name in _ADD_OPS and not others):
+                    if name in _SPLIT_OPS:
+                        pieces = max(pieces, sum(1 for u in view.data_users[user]))
+                    stack.append(user)
+                    continue
+                kind = "mul" if name in _MUL_OPS else "add" if name in _ADD_OPS else None
+                if kind is None or user in stream:
+                    continue
+                if any(deps.get(o, 0) & ~mask for o in others):
+                    sites.append((user, kind))
+        return sorted(sites, key=lambda s: view.index[s[0]]), pieces
+
+
+# -- selection by module name, type or predicate ------------------------------------------
+class _ModuleRule(Rule):
+    """Base of rules that pick modules by FQN or type rather than by graph position.
+
+    A matching module's zeroable parameters are those a known layer type zeroes (a
+    MultiheadAttention's ``out_proj``) or, for other modules, its own direct parameters; each
+    graph node that uses them is listed. Containers without direct parameters are not
+    matches themselves (their children are).
+    """
+
+    def matches(self, fqn: str, module: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def what(self, fqn: str, module: nn.Module) -> str:
+        raise NotImplementedError
+
+    def select(self, view: GraphView) -> Selection:
+        out = Selection()
+        matched = False
+        for fqn, module in view.root.named_modules():
+            if not self.matches(fqn, module):
+                continue
+            matched = True
+            names = view.ops.layer_params_of_module(module)
+            if names is None:
+                names = tuple(n for n, _ in module.named_parameters(recurse=False))
+            prefix = f"{fqn}." if fqn else ""
+            params = tuple(prefix + n for n in names if prefix + n in view.params)
+            if not params:
+                if any(True for _ in module.parameters(recurse=False)) or \
+                        view.ops.layer_params_of_module(module) is not None:
+                    out.skipped.append(Skipped("", fqn, f"{self.what(fqn, module)}, but "
+                                               "has no weight or bias to zero", self.name))
+                continue
+            nodes = tuple(dict.fromkeys(n.name for p in params
+                                        for n in view.consumers.get(p, ())))
+            if not nodes:
+                out.skipped.append(Skipped("", owner_of(params), f"{self.what(fqn, module)}, "
+                                           "but is not used by the traced forward", self.name))
+                continue
+            out.targets.append(Target(owner_of(params), params, nodes,
+                                      self.what(fqn, module), self.name))
+        if not matched:
+            out.skipped.append(Skipped("", "", f"no module of `{type(view.root).__name__}` "
+                                       f"matches {self.name}", self.name))
+        return out
+
+
+class ByName(_ModuleRule):
+    """Modules whose FQN matches any of the glob ``patterns`` (``fnmatch``: ``*``, ``?``).
+
+    >>> import torch
+    >>> from zeta_fx import zero_init_pass
+    >>> from zeta_fx.models import GPT
+    >>> zero_init_pass(GPT(n_layer=1), rule=by_name("*.c_proj")).modules
+    ['h.0.attn.c_proj', 'h.0.mlp.c_proj']
+    """
+
+    def __init__(self, *patterns: str) -> None:
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"by_name needs one or more non-empty glob patterns, got "
+                             f"{patterns!r}")
+        self.patterns = patterns
+        self.name = f"by_name({', '.join(map(repr, patterns))})"
+        self.description = f"modules whose FQN matches {', '.join(patterns)}"
+
+    def matches(self, fqn: str, module: nn.Module) -> bool:
+        return bool(fqn) and any(fnmatch.fnmatchcase(fqn, p) for p in self.patterns)
+
+    def what(self, fqn: str, module: nn.Module) -> str:
+        hit = next(p for p in self.patterns if fnmatch.fnmatchcase(fqn, p))
+        return f"name matches `{hit}`"
+
+
+class ByType(_ModuleRule):
+    """Modules that are instances of any of ``types`` (``nn.BatchNorm2d``, ...)."""
+
+    def __init__(self, *types: type[nn.Module]) -> None:
+        if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+            raise TypeError(f"by_type needs one or more nn.Module subclasses, got {types!r}")
+        self.types = types
+        self.name = f"by_type({', '.join(t.__name__ for t in types)})"
+        self.description = f"modules of type {', '.join(t.__name__ for t in types)}"
+
+    def matches(self, fqn: str, module: nn.Module) -> bool:
+        return isinstance(module, self.types)
+
+    def what(self, fqn: str, module: nn.Module) -> str:
+        return f"is a {type(module).__name__}"
+
+
+class Where(_ModuleRule):
+    """Modules for which ``predicate(fqn, module)`` is true."""
+
+    def __init__(self, predicate: Callable[[str, nn.Module], bool],
+                 description: str | None = None) -> None:
+        if not callable(predicate):
+            raise TypeError(f"where needs a callable predicate(fqn, module), got "
+                            f"{type(predicate).__name__}")
+        self.predicate = predicate
+        label = getattr(predicate, "__name__", "predicate")
+        self.name = f"where({label})"
+        self.description = description or f"modules for which {label}(fqn, module) is true"
+
+    def matches(self, fqn: str, module: nn.Module) -> bool:
+        return bool(self.predicate(fqn, module))
+
+    def what(self, fqn: str, module: nn.Module) -> str:
+        return f"selected by {self.name}"
+
+
+class Scope(Rule):
+    """``rule`` restricted to modules under ``within`` (an FQN prefix) and not ``exclude``d.
+
+    ``exclude`` holds FQNs or glob patterns; a module is excluded when it or a module above
+    it matches. Targets outside the scope are reported as left alone, with the reason.
+
+    >>> import torch
+    >>> from zeta_fx import zero_init_pass
+    >>> from zeta_fx.models import GPT
+    >>> rule = Scope(ResidualBranchLast(), within="h.1", exclude="*.mlp")
+    >>> zero_init_pass(GPT(n_layer=2), rule=rule).modules
+    ['h.1.attn.c_proj']
+    """
+
+    def __init__(self, rule: "Rule | str", within: str | None = None,
+                 exclude: "str | Iterable[str]" = ()) -> None:
+        self.rule = _as_rule(rule)
+        self.within = (within or "").strip(".")
+        self.exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        parts = ([f"within={self.within!r}"] if self.within else []) + \
+            ([f"exclude={list(self.exclude)!r}"] if self.exclude else [])
+        self.name = f"{self.rule.name}[{', '.join(parts)}]" if parts else self.rule.name
+        self.description = self.rule.description
+
+    def _excluded_by(self, fqn: str) -> str | None:
+        parts = fqn.split(".") if fqn else []
+        for pattern in self.exclude:
+            for n in range(len(parts), 0, -1):
+                if fnmatch.fnmatchcase(".".join(parts[:n]), pattern):
+                    return pattern
+        return None
+
+    def _inside(self, fqn: str) -> bool:
+        return not self.within or fqn == self.within or fqn.startswith(self.within + ".")
+
+    def select(self, view: GraphView) -> Selection:
+        inner = self.rule.select(view)
+        out = Selection(skipped=[s for s in inner.skipped
+                                 if not s.module or (self._inside(s.module)
+                                                     and not self._excluded_by(s.module))])
+        for t in inner.targets:
+            if not self._inside(t.module):
+                out.skipped.append(Skipped(t.nodes[0], t.module, f"outside within="
+                                           f"{self.within!r} ({t.position})", self.name))
+            elif (pattern := self._excluded_by(t.module)) is not None:
+                out.skipped.append(Skipped(t.nodes[0], t.module, f"excluded by "
+                                           f"exclude={pattern!r} ({t.position})", self.name))
+            else:
+                out.targets.append(t)
+        return out
+
+
+def _scoped(rule: Rule, within: str | None, exclude: "str | Iterable[str]") -> Rule:
+    return Scope(rule, within, exclude) if within or exclude else rule
+
+
+def by_name(*patterns: str, within: str | None = None,
+            exclude: "str | Iterable[str]" = ()) -> Rule:
+    """Modules whose FQN matches a glob: ``by_name("*.c_proj")``; see :class:`ByName`."""
+    return _scoped(ByName(*patterns), within, exclude)
+
+
+def by_type(*types: type[nn.Module], within: str | None = None,
+            exclude: "str | Iterable[str]" = ()) -> Rule:
+    """Modules of the given types: ``by_type(nn.BatchNorm2d)``; see :class:`ByType`.
+
+    >>> from torch import nn
+    >>> from zeta_fx import zero_init_pass
+    >>> from zeta_fx.models import SEResNet
+    >>> zero_init_pass(SEResNet(depth=1), rule=by_type(nn.BatchNorm2d, within="blocks.0")).modules
+    ['blocks.0.bn1', 'blocks.0.bn2', 'blocks.0.bn3']
+    """
+    return _scoped(ByType(*types), within, exclude)
+
+
+def where(predicate: Callable[[str, nn.Module], bool], *, within: str | None = None,
+          exclude: "str | Iterable[str]" = (), description: str | None = None) -> Rule:
+    """Modules for which ``predicate(fqn, module)`` is true; see :class:`Where`."""
+    return _scoped(Where(predicate, description), within, exclude)
+
+
 # -- registry ---------------------------------------------------------------------------
 _REGISTRY: dict[str, Callable[[], Rule]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -270,5 +628,5 @@ def get_rule(rule: "Rule | str") -> Rule:
     return factory()
 
 
-for _cls in (ResidualBranchLast, OutputLayer):
+for _cls in (ResidualBranchLast, OutputLayer, AdaLNZero):
     register_rule(_cls.name, _cls, _cls.description)

@@ -1,0 +1,233 @@
+"""The rule library: output_layer, adaln_zero, by_name/by_type/where, scoping, registry, ties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from families_helpers import (assert_unchanged, params_of, run_and_check,
+                              snapshot)
+from zeta_fx import TiedParameterError, UnknownRuleError, zero_init_pass
+from zeta_fx.cli import main
+from zeta_fx.models import GPT, DiT, SEResNet, UNet
+from zeta_fx.rules import (AdaLNZero, OutputLayer, ResidualBranchLast, Scope, by_name,
+                           by_type, get_rule, list_rules, where)
+
+
+# -- output_layer ----------------------------------------------------------------------------
+def test_output_layer_classifier_head():
+    model = SEResNet().eval()
+    run_and_check(model, "output_layer", params_of("head"))
+    assert not model(torch.randn(2, 3, 32, 32)).any()
+
+
+def test_output_layer_unet_final_conv():
+    model = UNet().eval()
+    run_and_check(model, "output_layer", params_of("out.2"))
+    assert not model(torch.randn(2, 3, 16, 16), torch.rand(2) * 1000).any()
+
+
+def test_output_layer_dit_final_linear():
+    model = DiT().eval()
+    run_and_check(model, OutputLayer(), params_of("final_layer.linear"))
+    out = model(torch.randn(2, 4, 8, 8), torch.rand(2) * 1000, torch.tensor([1, 2]))
+    assert out.shape == (2, 4, 8, 8) and not out.any()
+
+
+# -- adaln_zero ------------------------------------------------------------------------------
+DIT_ZEROED = params_of("blocks.0.adaLN_modulation.1", "blocks.1.adaLN_modulation.1",
+                       "blocks.2.adaLN_modulation.1", "final_layer.adaLN_modulation.1",
+                       "final_layer.linear")
+
+
+def test_adaln_zero_matches_dits_own_initialisation():
+    torch.manual_seed(0)
+    model = DiT(depth=3).eval()
+    report = run_and_check(model, "adaln_zero", DIT_ZEROED)
+    positions = {row["module"]: row["position"] for row in report.touched}
+    assert "2 shift, 2 scale, 2 gate" in positions["blocks.0.adaLN_modulation.1"]
+    assert "chunked into 6" in positions["blocks.0.adaLN_modulation.1"]
+    assert "1 shift, 1 scale" in positions["final_layer.adaLN_modulation.1"]
+    # the timestep/label embedders only shift the conditioning: examined and left alone
+    left = {s.module: s.reason for s in report.skipped}
+    assert "never scales or gates" in left["t_embedder.2"]
+    assert "never scales or gates" in left["y_embedder"]
+    # every block is the identity and the model outputs zero, as with DiT's init
+    x, c = torch.randn(2, 16, 32), torch.randn(2, 32)
+    for block in model.blocks:
+        assert torch.equal(block(x, c), x)
+    assert not model(torch.randn(2, 4, 8, 8), torch.rand(2) * 1000, torch.tensor([0, 9])).any()
+
+
+class Renamed(nn.Module):
+    """adaLN-Zero with no telling names: found by what the layers do."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(dim, dim), nn.Linear(4, 3 * dim), nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.b(torch.nn.functional.silu(cond)).chunk(3, dim=-1)
+        h = torch.nn.functional.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
+        return self.c(x + gate * self.a(h))
+
+
+def test_adaln_zero_is_derived_from_the_graph_not_from_names():
+    model = Renamed()
+    report = run_and_check(model, "adaln_zero", params_of("b", "c"))
+    assert "1 shift, 1 scale, 1 gate" in report.touched[0]["position"]
+    x = torch.randn(3, 8)
+    assert not model(x, torch.randn(3, 4)).any()
+
+
+def test_adaln_zero_on_unet_leaves_additive_timestep_embedding():
+    model = UNet().eval()
+    report = run_and_check(model, AdaLNZero(), params_of("out.2"))
+    shifts = [s for s in report.skipped if "never scales or gates" in s.reason]
+    assert sorted(s.module for s in shifts) == sorted(
+        f"{b}.emb_layers.1" for b in ("down.0", "down.1", "mid_res1", "mid_res2", "up.0", "up.1"))
+    assert all("(from `t`)" in s.reason for s in shifts)
+
+
+class FiLMBlock(nn.Module):
+    """Unchunked gate and separate scale linears: adaLN-Zero's rule still finds them."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+        self.scale, self.gate = nn.Linear(4, dim), nn.Linear(4, dim)
+        self.out = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = x * (1 + self.scale(cond))
+        x = x + self.gate(cond) * self.fc(h)
+        return self.out(x)
+
+
+def test_adaln_zero_without_chunk():
+    model = FiLMBlock()
+    report = run_and_check(model, "adaln_zero", params_of("scale", "gate", "out"))
+    roles = {row["module"]: row["position"] for row in report.touched}
+    assert "1 gate" in roles["gate"] and "1 scale" in roles["scale"]
+
+
+# -- by_name / by_type / where / scoping / combination ------------------------------------
+def test_by_name_glob_on_fqns():
+    model = GPT(n_layer=2)
+    expected = params_of("h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj")
+    run_and_check(model, by_name("*.c_proj"), expected)
+    with pytest.raises(ValueError, match="glob"):
+        by_name()
+    typo = zero_init_pass(GPT(n_layer=1), rule=by_name("*.cproj"), dry_run=True)
+    assert typo.params == []
+    assert [s.reason for s in typo.skipped] == ["no module of `GPT` matches by_name('*.cproj')"]
+
+
+def test_by_type_batchnorm():
+    model = SEResNet(depth=1)
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) > 5
+    run_and_check(model, by_type(nn.BatchNorm2d), params_of(*bns))
+    with pytest.raises(TypeError, match="nn.Module subclasses"):
+        by_type("BatchNorm2d")
+
+
+def test_by_type_multihead_attention_zeroes_out_proj_only():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+    run_and_check(Net(), by_type(nn.MultiheadAttention), params_of("attn.out_proj"))
+
+
+def test_where_predicate_and_scoping():
+    model = GPT(n_layer=3)
+    rule = where(lambda fqn, m: isinstance(m, nn.Linear) and fqn.endswith("c_fc"),
+                 within="h.1")
+    report = run_and_check(model, rule, params_of("h.1.mlp.c_fc"))
+    outside = [s for s in report.skipped if "outside within='h.1'" in s.reason]
+    assert sorted(s.module for s in outside) == ["h.0.mlp.c_fc", "h.2.mlp.c_fc"]
+
+
+def test_scope_exclude_glob_and_prefix():
+    model = GPT(n_layer=2)
+    rule = ResidualBranchLast().scoped(exclude=["h.0", "*.mlp"])
+    report = run_and_check(model, rule, params_of("h.1.attn.c_proj"))
+    reasons = {s.module: s.reason for s in report.skipped if "excluded by" in s.reason}
+    assert set(reasons) == {"h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.mlp.c_proj"}
+    assert "exclude='h.0'" in reasons["h.0.attn.c_proj"]
+    assert "exclude='*.mlp'" in reasons["h.1.mlp.c_proj"]
+    scoped = Scope("residual_branch_last", within="h.1.")
+    assert zero_init_pass(GPT(n_layer=2), rule=scoped, dry_run=True).modules == [
+        "h.1.attn.c_proj", "h.1.mlp.c_proj"]
+
+
+def test_combinations_union_intersection_difference():
+    model = UNet()
+    both = zero_init_pass(model, rule=by_name("out.*") | "residual_branch_last", dry_run=True)
+    assert set(both.modules) == {"out.0", "out.2", "down.0.out_layers.3", "down.1.out_layers.3",
+                                 "mid_res1.out_layers.3", "mid_attn.proj_out",
+                                 "mid_res2.out_layers.3", "up.0.out_layers.3",
+                                 "up.1.out_layers.3"}
+    convs = ResidualBranchLast() & by_type(nn.Conv1d)
+    assert zero_init_pass(model, rule=convs, dry_run=True).modules == ["mid_attn.proj_out"]
+    minus = ResidualBranchLast() - by_name("up.*")
+    assert zero_init_pass(model, rule=minus, dry_run=True).modules == [
+        "down.0.out_layers.3", "down.1.out_layers.3", "mid_res1.out_layers.3",
+        "mid_attn.proj_out", "mid_res2.out_layers.3"]
+
+
+# -- registry --------------------------------------------------------------------------------
+def test_registry_lists_rules_with_descriptions(capsys):
+    rules = list_rules()
+    assert {"residual_branch_last", "output_layer", "adaln_zero"} <= set(rules)
+    assert all(desc and "\n" not in desc for desc in rules.values())
+    assert isinstance(get_rule("adaln_zero"), AdaLNZero)
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    for name, desc in rules.items():
+        assert any(line.startswith(name) and desc in line for line in out.splitlines())
+
+
+def test_unknown_rule_name_lists_valid_names_and_closest_match():
+    model = GPT(n_layer=1)
+    before = snapshot(model)
+    with pytest.raises(UnknownRuleError) as info:
+        zero_init_pass(model, rule="adaln_zer0")
+    message = str(info.value)
+    assert "'adaln_zer0'" in message and "Did you mean 'adaln_zero'?" in message
+    for name in list_rules():
+        assert name in message
+    assert_unchanged(model, before)
+
+
+# -- tied parameters -------------------------------------------------------------------------
+def test_tied_head_and_embedding_refused_naming_both():
+    model = GPT(n_layer=1, tie_weights=True)
+    before = snapshot(model)
+    with pytest.raises(TiedParameterError) as info:
+        zero_init_pass(model, rule="output_layer")
+    message = str(info.value)
+    assert "`lm_head.weight`" in message and "`wte.weight`" in message
+    assert "allow_tied=True" in message
+    assert_unchanged(model, before)
+
+
+def test_tied_allowed_zeroes_the_shared_tensor():
+    model = GPT(n_layer=1, tie_weights=True)
+    report = zero_init_pass(model, rule="output_layer", allow_tied=True)
+    assert report.params == ["lm_head.weight"]
+    assert not model.wte.weight.any() and model.lm_head.weight is model.wte.weight
+
+
+def test_tied_check_in_dry_run_and_by_name():
+    model = GPT(n_layer=1, tie_weights=True)
+    with pytest.raises(TiedParameterError, match="wte.weight"):
+        zero_init_pass(model, rule="output_layer", dry_run=True)
+    with pytest.raises(TiedParameterError, match="lm_head.weight"):
+        zero_init_pass(model, rule=by_name("wte"))
