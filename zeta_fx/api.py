@@ -36,7 +36,7 @@ from zeta_fx.plan import ZeroInitPlan, _has_nonzero, build_plan, dry_run_report,
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
 from zeta_fx.verify import check_runnable, graph_args, verified_apply
-from zeta_fx.wrappers import check_traceable, unwrap
+from zeta_fx.wrappers import check_not_sharded, check_traceable, unwrap
 
 __all__ = ["zero_init_pass", "plan_zero_init", "ZeroInitPass"]
 
@@ -79,6 +79,7 @@ def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
     gm = capture_graph(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
                        example_kwargs=example_kwargs, method=capture)
     view = GraphView(gm, model, ops)
+    check_not_sharded(model, view.params)
     selection = rule_obj.select(view)
     return gm, build_plan(view, selection, rule_obj.name, model), view
 

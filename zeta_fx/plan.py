@@ -193,8 +193,13 @@ def _zero_all_(tensors: list[torch.Tensor]) -> None:
 
 
 def _named_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter of the model inside any DDP / torch.compile wrapper, tied ones too."""
-    return dict(unwrap(model)[0].named_parameters(remove_duplicate=False))
+    """Every parameter of the model inside any DDP / torch.compile wrapper, tied ones too,
+    after refusing wrappers whose parameters no FQN can address (FSDP1)."""
+    if not isinstance(model, nn.Module):
+        raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
+    inner = unwrap(model)[0]
+    check_writable(inner)
+    return dict(inner.named_parameters(remove_duplicate=False))
 
 
 def _count_params(named: dict[str, torch.Tensor]) -> int:
@@ -231,10 +236,9 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
+    if named is None:  # a caller that lists the parameters has already checked the model
+        named = _named_params(model)
     model = unwrap(model)[0]  # DDP / torch.compile wrappers add FQN prefixes
-    check_writable(model)
-    if named is None:
-        named = dict(model.named_parameters(remove_duplicate=False))
     found: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     for entry in plan.entries:

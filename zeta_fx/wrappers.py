@@ -26,7 +26,7 @@ from torch import nn
 
 from zeta_fx.errors import UnsupportedWrapperError
 
-__all__ = ["unwrap", "check_traceable", "check_writable", "is_sharded"]
+__all__ = ["unwrap", "check_traceable", "check_not_sharded", "check_writable", "is_sharded"]
 
 
 def _is_compiled(module: nn.Module) -> bool:
@@ -94,22 +94,38 @@ def check_writable(model: nn.Module) -> None:
 def check_traceable(model: nn.Module) -> None:
     """Refuse models that cannot be traced as they are: FSDP1 and sharded (FSDP2/DTensor).
 
+    One walk over the modules; DTensor parameters without an FSDP2 module (tensor
+    parallelism) are caught by :func:`check_not_sharded` once the parameters are listed.
+
     >>> check_traceable(nn.Linear(2, 2))  # raises UnsupportedWrapperError on sharded models
     """
-    check_writable(model)
-    if is_sharded(model) or _has_fsdp2(model):
-        raise UnsupportedWrapperError(
-            f"`{type(model).__name__}` is sharded (FSDP2 fully_shard or DTensor parameters) "
-            "and cannot be traced: its forward gathers parameters across ranks. Make the plan "
-            "on an unsharded instance, ideally on the meta device: "
-            "`plan = zero_init_pass(meta_model, rule, dry_run=True).plan`, then "
-            "`plan.apply(sharded_model)` on every rank (in place, no gathering); nothing was "
-            "written")
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing can be FSDP-wrapped yet
+        return
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    for name, m in model.named_modules():
+        if isinstance(m, FullyShardedDataParallel):
+            check_writable(model)
+        if isinstance(m, FSDPModule):
+            _refuse_sharded(model)
 
 
-def _has_fsdp2(model: nn.Module) -> bool:
-    if "torch.distributed.fsdp" not in sys.modules:
-        return False
-    from torch.distributed.fsdp import FSDPModule
-    return any(isinstance(m, FSDPModule) for m in model.modules())
+def check_not_sharded(model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Refuse a model whose listed parameters include DTensors (see :func:`check_traceable`).
 
+    >>> check_not_sharded(nn.Linear(2, 2), dict(nn.Linear(2, 2).named_parameters()))
+    """
+    if "torch.distributed.tensor" not in sys.modules:
+        return
+    from torch.distributed.tensor import DTensor
+    if any(isinstance(p, DTensor) for p in params.values()):
+        _refuse_sharded(model)
+
+
+def _refuse_sharded(model: nn.Module) -> None:
+    raise UnsupportedWrapperError(
+        f"`{type(model).__name__}` is sharded (FSDP2 fully_shard or DTensor parameters) "
+        "and cannot be traced: its forward gathers parameters across ranks. Make the plan "
+        "on an unsharded instance, ideally on the meta device: "
+        "`plan = zero_init_pass(meta_model, rule, dry_run=True).plan`, then "
+        "`plan.apply(sharded_model)` on every rank (in place, no gathering); nothing was "
+        "written")
