@@ -44,3 +44,7 @@ class UnsupportedParameterError(ZetaFxError):
 
 class TiedParameterError(ZetaFxError):
     """A target parameter is shared with a module the rule did not select."""
+
+
+class RenderError(ZetaFxError):
+    """A picture of the graph cannot be made or rendered (no graph kept, Graphviz failed)."""

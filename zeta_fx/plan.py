@@ -36,6 +36,7 @@ from zeta_fx.utils import zero_tensor_
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
+    from zeta_fx.picture import PictureSource
     from zeta_fx.report import ZeroInitReport
     from zeta_fx.rules import Selection, Skipped
 
@@ -72,6 +73,8 @@ class ZeroInitPlan:
     rule: str
     model: str
     skipped: tuple["Skipped", ...] = field(default=(), compare=False)
+    # Kept for report.to_dot(); a reference to the view, nothing computed at pass time.
+    picture: "PictureSource | None" = field(default=None, compare=False, repr=False)
 
     @property
     def modules(self) -> list[str]:
@@ -234,6 +237,7 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
                ) -> ZeroInitPlan:
     """Merge a rule's targets by module and drop modules also used where they must not be
     zeroed (a shared module that is last-on-branch at one site and elsewhere in another)."""
+    from zeta_fx.picture import PictureSource
     from zeta_fx.rules import Skipped
 
     grouped: dict[str, dict[str, Any]] = {}
@@ -265,7 +269,8 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
         entries.append(PlanEntry(module, view.module_type(module), params,
                                  tuple(group["nodes"]), tuple(group["positions"]),
                                  ", ".join(group["rules"])))
-    return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped))
+    return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped),
+                        PictureSource(view))
 
 
 def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False
