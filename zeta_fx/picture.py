@@ -612,6 +612,7 @@ def _to_dot(summary: GraphSummary, focus: str | Sequence[str] | None, rankdir: s
             legend: bool) -> str:
     nodes = {n.id: n for n in summary.nodes}
     faded: set[str] = set()
+    title = summary.title
     if focus:
         prefixes = (focus,) if isinstance(focus, str) else tuple(focus)
         keep = {n.id for n in summary.nodes if n.kind != "note" and _in_focus(n, prefixes)}
@@ -624,9 +625,10 @@ def _to_dot(summary: GraphSummary, focus: str | Sequence[str] | None, rankdir: s
         keep |= faded
         keep |= {e.dst for e in summary.edges if e.kind == "note" and e.src in keep}
         nodes = {k: v for k, v in nodes.items() if k in keep}
+        title += f"\nshowing {', '.join(prefixes)} (neighbours faded)"
     out = ["digraph zeta_fx {",
            f"  graph [rankdir={rankdir}, fontname=\"Helvetica\", fontsize=13, labelloc=t, "
-           f"nodesep=0.25, ranksep=0.28, newrank=true, label={_q(summary.title)}];",
+           f"nodesep=0.25, ranksep=0.28, newrank=true, label={_q(title)}];",
            '  node [fontname="Helvetica", fontsize=10, margin="0.10,0.04", height=0.3];',
            '  edge [color="#616161", arrowsize=0.6];']
     # Residual blocks as nested clusters.
