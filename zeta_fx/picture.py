@@ -380,6 +380,8 @@ class _Summarizer:
         if node.op == "placeholder":
             return node.name
         name = target_name(node.target) if node.op == "call_function" else str(node.target)
+        if "::" in name:  # an ATen overload from torch.export: aten::add.Tensor -> add
+            return name.split("::", 1)[1].split(".", 1)[0]
         return name.rsplit(".", 1)[-1]
 
     def _single(self, ident: str, kind: str, members: tuple[Node, ...], group: str,
