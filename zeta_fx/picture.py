@@ -83,13 +83,13 @@ _EDGE_STYLE = {
     "note": 'color="#ef6c00", style=dotted, dir=none, weight=4',
 }
 _LEGEND = (
-    ("#ffcdd2", "#c62828", "layer zeroed by the rule"),
-    ("#c8e6c9", "#2e7d32", "(+) residual join"),
-    ("#eeeeee", "#757575", "(+) additive merge, not a residual join"),
-    ("#fff3e0", "#ef6c00", "candidate left alone (orange; note gives the reason)"),
-    ("#e3f2fd", "#1565c0", "projection on a skip path"),
-    ("#ffffff", "#424242", "fork: where a skip path leaves"),
-    ("#f5f5f5", "#9e9e9e", "operations collapsed into one box"),
+    ("zeroed", "#ffcdd2", "#c62828", "layer zeroed by the rule"),
+    ("join", "#c8e6c9", "#2e7d32", "(+) residual join"),
+    ("merge", "#eeeeee", "#757575", "(+) additive merge, not a residual join"),
+    ("left_alone", "#fff3e0", "#ef6c00", "candidate left alone (orange; the note says why)"),
+    ("skip_path", "#e3f2fd", "#1565c0", "projection on a skip path"),
+    ("fork", "#ffffff", "#424242", "fork: where a skip path leaves"),
+    ("ops", "#f5f5f5", "#9e9e9e", "operations collapsed into one box"),
 )
 
 
@@ -216,6 +216,16 @@ class _Summarizer:
         for fqn in blocks:
             blocks[fqn] = view.module_type(fqn)
         group = {n: _longest_prefix(paths[n], blocks) for n in self.drawn}
+        # A module holding several blocks (a ResNet stage) is drawn around them.
+        parents: dict[str, int] = {}
+        for fqn in blocks:
+            if "." in fqn:
+                parent = fqn.rsplit(".", 1)[0]
+                parents[parent] = parents.get(parent, 0) + 1
+        clusters = dict(blocks)
+        for parent, count in parents.items():
+            if count > 1 and parent not in clusters:
+                clusters[parent] = view.module_type(parent)
 
         zeroed: dict[str, Any] = {}
         for entry in self.plan.entries:
@@ -270,7 +280,7 @@ class _Summarizer:
             self._split(components, comp_of, max(cycle, key=lambda c: len(components[c])))
 
         # Boxes, in graph order.
-        summary = GraphSummary(self._title(), groups=dict(sorted(blocks.items())))
+        summary = GraphSummary(self._title(), groups=dict(sorted(clusters.items())))
         box: dict[Node, str] = {}
         done: set[int] = set()
         for n in self.drawn:
@@ -635,7 +645,9 @@ def _to_dot(summary: GraphSummary, focus: str | Sequence[str] | None, rankdir: s
            '  edge [color="#616161", arrowsize=0.6];']
     # Residual blocks as nested clusters.
     children: dict[str, list[str]] = {}
-    groups = [g for g in summary.groups if any(n.group == g for n in nodes.values())]
+    used = {n.group for n in nodes.values()}
+    groups = [g for g in summary.groups
+              if any(u == g or u.startswith(g + ".") for u in used)]
     for g in groups:
         parent = _longest_prefix(g.rsplit(".", 1)[0] if "." in g else "",
                                  dict.fromkeys(groups))
@@ -657,9 +669,11 @@ def _to_dot(summary: GraphSummary, focus: str | Sequence[str] | None, rankdir: s
 
     def emit_group(g: str, indent: str) -> None:
         out.append(f"{indent}subgraph {_q('cluster_' + g)} {{")
-        out.append(f"{indent}  label={_q(f'{g} · {summary.groups[g]}')}; labeljust=l; "
-                   f'fontsize=10; fontcolor="#616161"; style="rounded,dashed"; '
-                   f'color="#bdbdbd";')
+        if children.get(g) and not members.get(g):  # a stage around its blocks
+            look = 'fontsize=11; fontcolor="#424242"; style="rounded"; color="#9e9e9e";'
+        else:
+            look = 'fontsize=10; fontcolor="#616161"; style="rounded,dashed"; color="#bdbdbd";'
+        out.append(f"{indent}  label={_q(f'{g} · {summary.groups[g]}')}; labeljust=l; {look}")
         for n in members.get(g, []):
             emit_node(n, indent + "  ")
         for child in children.get(g, []):
@@ -675,18 +689,24 @@ def _to_dot(summary: GraphSummary, focus: str | Sequence[str] | None, rankdir: s
             style = _EDGE_STYLE[e.kind]
             out.append(f"  {e.src} -> {e.dst}" + (f" [{style}];" if style else ";"))
     if legend:
-        out.append(_legend())
+        kinds = {n.kind for n in nodes.values()}
+        kinds |= {"left_alone"} if any(n.left_alone for n in nodes.values()) else set()
+        kinds |= {e.kind for e in summary.edges if e.src in nodes and e.dst in nodes}
+        out.append(_legend(kinds))
     out.append("}")
     return "\n".join(out) + "\n"
 
 
-def _legend() -> str:
+def _legend(kinds: set[str]) -> str:
+    """A table explaining the marks that occur in the picture (and only those)."""
     rows = ['<TR><TD COLSPAN="2"><B>legend</B></TD></TR>']
-    for fill, color, text in _LEGEND:
-        rows.append(f'<TR><TD BGCOLOR="{fill}" COLOR="{color}" WIDTH="24"> </TD>'
-                    f'<TD ALIGN="LEFT" BORDER="0">{html.escape(text)}</TD></TR>')
-    rows.append('<TR><TD BORDER="0"><FONT COLOR="#1565c0"><B>- - &gt;</B></FONT></TD>'
-                '<TD ALIGN="LEFT" BORDER="0">skip path (identity or projection)</TD></TR>')
+    for kind, fill, color, text in _LEGEND:
+        if kind in kinds:
+            rows.append(f'<TR><TD BGCOLOR="{fill}" COLOR="{color}" WIDTH="24"> </TD>'
+                        f'<TD ALIGN="LEFT" BORDER="0">{html.escape(text)}</TD></TR>')
+    if "skip" in kinds:
+        rows.append('<TR><TD BORDER="0"><FONT COLOR="#1565c0"><B>- - &gt;</B></FONT></TD>'
+                    '<TD ALIGN="LEFT" BORDER="0">skip path (identity or projection)</TD></TR>')
     table = ('<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="3" CELLPADDING="2">'
              + "".join(rows) + "</TABLE>")
     return f'  legend [shape=plaintext, id="legend", fontsize=9, label=<{table}>];'
