@@ -634,8 +634,8 @@ def _to_dot(summary: GraphSummary, focus: str | Sequence[str] | None, rankdir: s
         context = {e.src for e in summary.edges if e.dst in keep and e.kind != "note"}
         context |= {e.dst for e in summary.edges if e.src in keep and e.kind != "note"}
         faded = context - keep
-        keep |= faded
         keep |= {e.dst for e in summary.edges if e.kind == "note" and e.src in keep}
+        keep |= faded
         nodes = {k: v for k, v in nodes.items() if k in keep}
         title += f"\nshowing {', '.join(prefixes)} (neighbours faded)"
     out = ["digraph zeta_fx {",
