@@ -386,7 +386,7 @@ class _Summarizer:
 
     def _short(self, node: Node, group: str, paths: dict[Node, str]) -> str:
         if node.op == "call_module":
-            return _relative(str(node.target), group) or str(node.target)
+            return _relative(str(node.target), group) or str(node.target).rsplit(".", 1)[-1]
         if node.op == "placeholder":
             return node.name
         name = target_name(node.target) if node.op == "call_function" else str(node.target)
@@ -440,7 +440,17 @@ class _Summarizer:
                    paths: dict[Node, str]) -> PictureNode:
         view = self.view
         chain = _is_chain(members, view)
+        module = _common_prefix([paths[m] for m in members])
         shorts = [self._short(m, group, paths) for m in members]
+        title: tuple[str, ...] = ()
+        if len(" · ".join(shorts)) > 40 and module and module != group and len(members) > 1:
+            # Long names under one submodule: name it once, its parts relative to it.
+            title = (_relative(module, group) or module,)
+            shorts = [self._short(m, module, paths) for m in members]
+            # Positions in a Sequential ("0.1") say less than the layer's class.
+            shorts = [view.module_type(str(m.target)) if m.op == "call_module"
+                      and s.rsplit(".", 1)[-1].isdigit() else s
+                      for m, s in zip(members, shorts)]
         shown = shorts if chain else list(dict.fromkeys(shorts))
         if len(shown) > 7:
             # Layers and compute ops tell a block apart; reshapes and indexing do not.
@@ -449,10 +459,9 @@ class _Summarizer:
                        or s not in _PLUMBING]
             telling = telling if chain else list(dict.fromkeys(telling))
             shown = telling if 0 < len(telling) <= 7 else shown[:3] + ["…"] + shown[-2:]
-        lines = _wrap_tokens(shown, " → " if chain else " · ", 40, 4)
+        lines = title + _wrap_tokens(shown, " → " if chain else " · ", 40, 4)
         if len(members) > len(shown):
             lines += (f"({len(members)} ops)",)
-        module = _common_prefix([paths[m] for m in members])
         detail = f"{module or '(root)'}: " + ", ".join(m.name for m in members)
         return PictureNode(ident, kind, lines, tuple(m.name for m in members), group, module,
                            detail)
