@@ -134,74 +134,89 @@ class GraphView:
         self.data_users: dict[Node, list[Node]] = {}
         self.param_roots: dict[Node, frozenset[str]] = {}
         self.consumers: dict[str, list[Node]] = {}
+        self.layer_nodes: set[Node] = set()  # data nodes that consume parameters
         self.params: dict[str, torch.Tensor] = dict(
             self.root.named_parameters(remove_duplicate=False))
-        self._module_params: dict[str, tuple[str, ...]] = {}
+        self._modules = dict(self.root.named_modules(remove_duplicate=False))
+        self._module_params = self._params_by_module()
         self._layers: dict[Node, Layer | None] = {}
         self._build()
 
     # -- construction: one sweep in topological order ---------------------------------
     def _build(self) -> None:
         empty: frozenset[str] = frozenset()
+        is_data, param_roots, data_users = self.is_data, self.param_roots, self.data_users
+        consumers = self.consumers
         for i, node in enumerate(self.nodes):
             self.index[node] = i
-            self.data_users[node] = []
+            data_users[node] = []
             roots = empty
-            if node.op == "placeholder":
+            op = node.op
+            if op == "placeholder":
                 data, inputs = True, ()
-            elif node.op == "get_attr":
+            elif op == "get_attr":
                 data, inputs = False, ()
                 if node.target in self.params:
                     roots = frozenset((node.target,))
             elif self._is_shape_query(node):
                 data, inputs = False, ()
             else:
-                inputs = tuple(n for n in node.all_input_nodes if self.is_data[n])
-                data = bool(inputs) and node.op != "output"
-                if node.op == "call_module":
-                    for fqn in self._params_of_module(node.target):
-                        self.consumers.setdefault(fqn, []).append(node)
-                side_roots = [self.param_roots[n] for n in node.all_input_nodes
-                              if not self.is_data[n] and self.param_roots[n]]
-                if side_roots:
-                    roots = frozenset().union(*side_roots)
-                    if data:
-                        for fqn in roots:
-                            self.consumers.setdefault(fqn, []).append(node)
+                all_inputs = node.all_input_nodes
+                inputs = tuple(n for n in all_inputs if is_data[n])
+                data = bool(inputs) and op != "output"
+                if op == "call_module":
+                    owned = self._params_of_module(node.target)
+                    for fqn in owned:
+                        consumers.setdefault(fqn, []).append(node)
+                    if owned and data:
+                        self.layer_nodes.add(node)
+                if len(inputs) < len(all_inputs):
+                    side_roots = [param_roots[n] for n in all_inputs
+                                  if not is_data[n] and param_roots[n]]
+                    if side_roots:
+                        roots = frozenset().union(*side_roots)
+                        if data:
+                            self.layer_nodes.add(node)
+                            for fqn in roots:
+                                consumers.setdefault(fqn, []).append(node)
                 if data:
                     roots = empty  # a data node's value is not a parameter
-            self.is_data[node] = data
+            is_data[node] = data
             self.data_inputs[node] = inputs
-            self.param_roots[node] = roots
+            param_roots[node] = roots
             for inp in inputs:
-                self.data_users[inp].append(node)
+                data_users[inp].append(node)
 
     def _is_shape_query(self, node: Node) -> bool:
         if node.op == "call_method":
             return node.target in _SHAPE_METHODS
         if node.op == "call_function":
-            name = target_name(node.target)
+            name = self.ops.name_of(node.target)
             if name == "builtins.getattr":
                 return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
             return name in _SHAPE_FUNCTIONS
         return False
 
-    def _params_of_module(self, target: str) -> tuple[str, ...]:
-        cached = self._module_params.get(target)
-        if cached is None:
-            module = self.module(target)
+    def _params_by_module(self) -> dict[str, list[str]]:
+        """Module FQN -> FQNs of the parameters it holds directly, from one listing."""
+        direct: dict[str, list[str]] = {}
+        for fqn in self.params:
+            direct.setdefault(fqn.rpartition(".")[0], []).append(fqn)
+        return direct
+
+    def _params_of_module(self, target: str) -> list[str]:
+        """FQNs of every parameter under the module ``target`` (its children's too)."""
+        module = self._modules.get(target)
+        if module is not None and module._modules:  # a composite leaf (MultiheadAttention)
             prefix = f"{target}." if target else ""
-            cached = tuple(prefix + n for n, _ in module.named_parameters(remove_duplicate=False))
-            self._module_params[target] = cached
-        return cached
+            return [fqn for fqn in self.params if fqn.startswith(prefix)]
+        return self._module_params.get(target, [])
 
     # -- modules ------------------------------------------------------------------------
     def module(self, fqn: str) -> nn.Module:
         """The user's module at ``fqn`` (falls back to the graph module's copy)."""
-        try:
-            return self.root.get_submodule(fqn)
-        except AttributeError:
-            return self.gm.get_submodule(fqn)
+        module = self._modules.get(fqn)
+        return module if module is not None else self.gm.get_submodule(fqn)
 
     def module_type(self, fqn: str) -> str:
         try:
@@ -360,7 +375,7 @@ class GraphView:
         if not self.is_data.get(node):
             return False
         if node.op == "call_function":
-            return target_name(node.target) in _ADDITIVE_FUNCTIONS
+            return self.ops.name_of(node.target) in _ADDITIVE_FUNCTIONS
         if node.op == "call_method":
             return node.target in _ADDITIVE_METHODS
         return False
@@ -412,7 +427,8 @@ class GraphView:
         sides = {t: frozenset(n for n in region if mask[n] == 1 << i)
                  for i, t in enumerate(terms)}
         join.sides = sides
-        layer_counts = {t: sum(1 for n in sides[t] if self.layer(n) is not None) for t in terms}
+        layer_nodes = self.layer_nodes
+        layer_counts = {t: len(sides[t] & layer_nodes) for t in terms}
         identity = [t for t in terms if layer_counts[t] == 0]
         if len(identity) == len(terms):
             join.reason = "no path between fork and merge has a parameterised layer"
@@ -422,8 +438,7 @@ class GraphView:
         elif len(terms) == 2 and layer_counts[terms[0]] != layer_counts[terms[1]]:
             join.skip = min(terms, key=lambda t: layer_counts[t])
             join.skip_kind = "projection"
-            join.skip_layers = tuple(n for n in self.nodes_in_order(sides[join.skip])
-                                     if self.layer(n) is not None)
+            join.skip_layers = tuple(self.nodes_in_order(sides[join.skip] & layer_nodes))
         else:
             counts = ", ".join(f"`{t.name}` ({layer_counts[t]} layers)" for t in terms)
             join.reason = (f"no path is clearly the skip: parallel paths {counts} from fork "

@@ -46,6 +46,13 @@ def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    leaf_modules: Iterable[LeafSpec] = (),
                    zero_preserving: Iterable[Any] = ()) -> ZeroInitPlan:
     """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written."""
+    return _plan(model, rule, example_inputs=example_inputs, example_kwargs=example_kwargs,
+                 leaf_modules=leaf_modules, zero_preserving=zero_preserving)[0]
+
+
+def _plan(model: nn.Module, rule: Rule | str, *, example_inputs: tuple[Any, ...] | None,
+          example_kwargs: dict[str, Any] | None, leaf_modules: Iterable[LeafSpec],
+          zero_preserving: Iterable[Any]) -> tuple[ZeroInitPlan, GraphView]:
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"zero_init_pass expects an nn.Module or a torch.fx.GraphModule, got "
@@ -55,7 +62,7 @@ def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     gm = capture(model, leaf_modules=leaf_modules)
     view = GraphView(gm, model, ops)
     selection = rule_obj.select(view)
-    return build_plan(view, selection, rule_obj.name, model)
+    return build_plan(view, selection, rule_obj.name, model), view
 
 
 def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
@@ -75,13 +82,13 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     opaque to tracing; ``zero_preserving`` declares more ops that map zero to zero;
     ``allow_tied`` lets a rule zero a parameter tied to one it did not select.
     """
-    plan = plan_zero_init(model, rule, example_inputs=example_inputs,
-                          example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                          zero_preserving=zero_preserving)
+    plan, view = _plan(model, rule, example_inputs=example_inputs,
+                       example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                       zero_preserving=zero_preserving)
     if dry_run:
-        report = dry_run_report(plan, model, allow_tied=allow_tied)
+        report = dry_run_report(plan, model, allow_tied=allow_tied, _named=view.params)
     else:
-        report = plan.apply(model, allow_tied=allow_tied)
+        report = plan.apply(model, allow_tied=allow_tied, _named=view.params)
     report.tablefmt = tablefmt
     return report
 

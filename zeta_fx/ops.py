@@ -255,6 +255,7 @@ class ZeroOps:
     layer_modules: dict[type[nn.Module], tuple[str, ...]] = field(default_factory=dict)
     layer_functions: dict[str, LayerSpec] = field(default_factory=dict)
     layer_methods: dict[str, LayerSpec] = field(default_factory=dict)
+    _names: dict[Any, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def default(cls) -> "ZeroOps":
@@ -288,8 +289,18 @@ class ZeroOps:
         ops.modules = ops.modules + tuple(extra_modules)
         return ops
 
+    def name_of(self, target: Any) -> str:
+        """``target_name(target)``, remembered for this table's lifetime."""
+        try:
+            return self._names[target]
+        except KeyError:
+            name = self._names[target] = target_name(target)
+            return name
+        except TypeError:  # unhashable target
+            return target_name(target)
+
     def spec_for_function(self, target: Callable[..., Any]) -> ZeroSpec | None:
-        return self.functions.get(target_name(target))
+        return self.functions.get(self.name_of(target))
 
     def spec_for_method(self, name: str) -> ZeroSpec | None:
         return self.methods.get(name)
@@ -301,6 +312,9 @@ class ZeroOps:
 
     def layer_params_of_module(self, module: nn.Module) -> tuple[str, ...] | None:
         """Local names of the parameters whose zeroing zeroes ``module``'s output."""
+        if type(module) in self.layer_modules:  # the common case, without the MRO walk
+            names = self.layer_modules[type(module)]
+            return tuple(n for n in names if isinstance(_get_param(module, n), torch.Tensor))
         for cls in type(module).__mro__:
             if cls in self.layer_modules:
                 names = self.layer_modules[cls]
@@ -312,7 +326,7 @@ class ZeroOps:
 
     def layer_spec(self, node: Node) -> LayerSpec | None:
         if node.op == "call_function":
-            return self.layer_functions.get(target_name(node.target))
+            return self.layer_functions.get(self.name_of(node.target))
         if node.op == "call_method":
             return self.layer_methods.get(node.target)
         return None

@@ -32,11 +32,11 @@ from torch.nn.parameter import UninitializedParameter
 
 from zeta_fx.errors import (NotAModuleError, PlanFormatError, PlanMismatchError,
                             TiedParameterError, UnsupportedParameterError)
+from zeta_fx.picture import PictureSource
 from zeta_fx.utils import zero_tensor_
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
-    from zeta_fx.picture import PictureSource
     from zeta_fx.report import ZeroInitReport
     from zeta_fx.rules import Selection, Skipped
 
@@ -122,7 +122,8 @@ class ZeroInitPlan:
             raise PlanFormatError(f"the plan's entries are malformed ({type(exc).__name__}: "
                                   f"{exc}); make the plan again") from None
 
-    def apply(self, model: nn.Module, *, allow_tied: bool = False) -> "ZeroInitReport":
+    def apply(self, model: nn.Module, *, allow_tied: bool = False,
+              _named: dict[str, torch.Tensor] | None = None) -> "ZeroInitReport":
         """Zero every planned parameter of ``model`` in place and return the report.
 
         All targets are resolved and validated first; if any is missing, has another shape,
@@ -130,25 +131,52 @@ class ZeroInitPlan:
         """
         from zeta_fx.report import ZeroInitReport
 
-        tensors = resolve(self, model, allow_tied=allow_tied)
-        changed = any(_has_nonzero(t) for t in tensors.values())
-        for tensor in tensors.values():
-            zero_tensor_(tensor)
+        named = _named if _named is not None else dict(model.named_parameters(remove_duplicate=False))
+        tensors = resolve(self, model, allow_tied=allow_tied, named=named)
+        changed = _any_nonzero(list(tensors.values()))
+        _zero_all_(list(tensors.values()))
         logger.info("zeta_fx: zeroed %d parameters in %d modules (rule %s)",
                     len(tensors), len(self.entries), self.rule)
         return ZeroInitReport(self, list(self.skipped), applied=True, changed=changed,
-                              total_params=_count_params(model))
+                              total_params=_count_params(named))
+
+
+def _plain(tensors: list[torch.Tensor]) -> bool:
+    """Plain dense tensors on one device, fit for the fused ``torch._foreach_*`` kernels."""
+    return bool(tensors) and all(type(t) in (torch.Tensor, nn.Parameter) and not t.is_meta
+                                 for t in tensors) and len({t.device for t in tensors}) == 1
+
+
+def _any_nonzero(tensors: list[torch.Tensor]) -> bool:
+    """Whether any value would change by zeroing (meta tensors: always, they hold none)."""
+    if not tensors:
+        return False
+    if _plain(tensors):
+        with torch.no_grad():
+            return bool(torch.stack(torch._foreach_norm(tensors)).any())
+    return any(_has_nonzero(t) for t in tensors)
 
 
 def _has_nonzero(tensor: torch.Tensor) -> bool:
     if tensor.is_meta:
-        return True  # a meta tensor holds no values; writing it counts as a change
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-    return bool(local.count_nonzero().item() if local.numel() else False)
+        return True
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # DTensor: own shard
+    return bool(local.numel() and local.count_nonzero().item())
 
 
-def _count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _zero_all_(tensors: list[torch.Tensor]) -> None:
+    """Zero in place: one fused kernel for plain tensors, else tensor by tensor."""
+    if _plain(tensors):
+        with torch.no_grad():
+            torch._foreach_zero_(tensors)
+        return
+    for tensor in tensors:
+        zero_tensor_(tensor)
+
+
+def _count_params(named: dict[str, torch.Tensor]) -> int:
+    """Parameter elements, each tied tensor counted once."""
+    return sum(p.numel() for p in {id(p): p for p in named.values()}.values())
 
 
 def _lookup(named: dict[str, torch.Tensor], fqn: str) -> tuple[str, torch.Tensor] | None:
@@ -171,12 +199,17 @@ def _is_parametrized(model: nn.Module, fqn: str) -> bool:
     return torch.nn.utils.parametrize.is_parametrized(module, name)
 
 
-def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False
-            ) -> dict[str, torch.Tensor]:
-    """Map each planned FQN to the model's own tensor, or raise listing every problem."""
+def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
+            named: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Map each planned FQN to the model's own tensor, or raise listing every problem.
+
+    ``named`` is ``dict(model.named_parameters(remove_duplicate=False))`` when the caller
+    already has it.
+    """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
-    named = dict(model.named_parameters(remove_duplicate=False))
+    if named is None:
+        named = dict(model.named_parameters(remove_duplicate=False))
     found: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     for entry in plan.entries:
@@ -221,15 +254,13 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False
 
 def _check_tied(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
                 allow_tied: bool) -> None:
-    by_tensor: dict[int, list[str]] = {}
-    for name, tensor in named.items():
-        by_tensor.setdefault(id(tensor), []).append(name)
-    for name, tensor in found.items():
-        aliases = [a for a in by_tensor.get(id(tensor), []) if a != name and a not in found]
-        if aliases and not allow_tied:
+    targets = {id(t): name for name, t in found.items()}
+    for alias, tensor in named.items():
+        name = targets.get(id(tensor))
+        if name is not None and alias not in found and not allow_tied:
             raise TiedParameterError(
-                f"`{name}` is tied to `{aliases[0]}` (the same tensor): zeroing it would also "
-                f"zero `{aliases[0]}`, which the rule did not select. Untie them, or pass "
+                f"`{name}` is tied to `{alias}` (the same tensor): zeroing it would also "
+                f"zero `{alias}`, which the rule did not select. Untie them, or pass "
                 "allow_tied=True to zero both; nothing was written")
 
 
@@ -237,7 +268,6 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
                ) -> ZeroInitPlan:
     """Merge a rule's targets by module and drop modules also used where they must not be
     zeroed (a shared module that is last-on-branch at one site and elsewhere in another)."""
-    from zeta_fx.picture import PictureSource
     from zeta_fx.rules import Skipped
 
     grouped: dict[str, dict[str, Any]] = {}
@@ -273,14 +303,18 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
                         PictureSource(view))
 
 
-def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False
-                   ) -> "ZeroInitReport":
-    """Validate ``plan`` against ``model`` and report without writing anything."""
+def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
+                   _named: dict[str, torch.Tensor] | None = None) -> "ZeroInitReport":
+    """Validate ``plan`` against ``model`` and report without writing anything.
+
+    The report's ``changed`` says whether applying the plan would change a value.
+    """
     from zeta_fx.report import ZeroInitReport
 
-    tensors = resolve(plan, model, allow_tied=allow_tied)
-    changed = any(_has_nonzero(t) for t in tensors.values())
-    return ZeroInitReport(plan, list(plan.skipped), applied=False, changed=changed,
-                          total_params=_count_params(model))
+    named = _named if _named is not None else dict(model.named_parameters(remove_duplicate=False))
+    tensors = resolve(plan, model, allow_tied=allow_tied, named=named)
+    return ZeroInitReport(plan, list(plan.skipped), applied=False,
+                          changed=lambda: _any_nonzero(list(tensors.values())),
+                          total_params=_count_params(named))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tabulate import tabulate
 
@@ -49,13 +49,21 @@ class ZeroInitReport:
     """
 
     def __init__(self, plan: "ZeroInitPlan", skipped: list["Skipped"], *, applied: bool,
-                 changed: bool, total_params: int, tablefmt: str = "simple") -> None:
+                 changed: "bool | Callable[[], bool]", total_params: int,
+                 tablefmt: str = "simple") -> None:
         self.plan = plan
         self.skipped = skipped
         self.applied = applied
-        self.changed = changed
+        self._changed = changed
         self.total_params = total_params
         self.tablefmt = tablefmt
+
+    @property
+    def changed(self) -> bool:
+        """Whether the pass changed a value (for a dry run: whether applying would)."""
+        if callable(self._changed):
+            self._changed = bool(self._changed())
+        return self._changed
 
     @property
     def modules(self) -> list[str]:

@@ -1,0 +1,410 @@
+"""``residual_branch_last`` on each block structure the core must understand.
+
+Each test asserts the exact set of zeroed modules, that nothing else changed by a bit, and
+that on a forward pass every zeroed branch outputs exactly zero (``check_pass``).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from zero_checks import branch_values, check_pass, snapshot, assert_only_zeroed
+from zeta_fx import zero_init_pass
+from zeta_fx.models import GPT, SEBottleneck, SEResNet
+
+IMG = (torch.randn(2, 8, 8, 8),)
+SEQ = (torch.randn(2, 5, 16),)
+
+
+def conv_bn(c_in, c_out, k=3):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out))
+
+
+# -- squeeze-excite ------------------------------------------------------------------------
+def test_squeeze_excite_zeroes_norm_before_gate_not_gate_conv():
+    torch.manual_seed(0)
+    model = nn.Sequential(SEBottleneck(8, 4, 8), SEBottleneck(8, 4, 16, stride=2))
+    report = check_pass(model, IMG, {"0.bn3", "1.bn3"})
+    assert not any("se." in m for m in report.modules)
+    assert "downsample" not in " ".join(report.params)
+    assert "skip: projection 1.downsample" in report.touched[1]["position"]
+
+
+def test_se_resnet_demo_model():
+    torch.manual_seed(0)
+    model = SEResNet()
+    report = check_pass(model, (torch.randn(2, 3, 16, 16),), {f"blocks.{i}.bn3" for i in range(6)})
+    assert report.skipped == []
+
+
+# -- functional layers -----------------------------------------------------------------------
+class FunctionalBN(nn.BatchNorm2d):
+    """A BatchNorm subclass whose forward calls F.batch_norm with its own weight (timm BNAct)."""
+
+    def __init__(self, c, act=True):
+        super().__init__(c)
+        self.act = nn.ReLU() if act else nn.Identity()
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, self.momentum, self.eps)
+        return self.act(x)
+
+
+class StdConv2d(nn.Conv2d):
+    """timm's weight-standardised conv: the weight is normalised before F.conv2d."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class FunctionalBlock(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), FunctionalBN(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), FunctionalBN(c, act=True)
+
+    def forward(self, x):
+        return x + self.bn2(self.conv2(self.bn1(self.conv1(x))))
+
+
+def test_functional_batchnorm_with_activation_after_the_norm():
+    torch.manual_seed(0)
+    report = check_pass(FunctionalBlock(), IMG, {"bn2"})
+    assert report.params == ["bn2.bias", "bn2.weight"]
+    assert report.touched[0]["type"] == "FunctionalBN"
+
+
+class StdConvBlock(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.conv1 = StdConv2d(c, c, 3, padding=1)
+        self.conv2 = StdConv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+def test_weight_standardised_conv_zeroes_its_raw_weight():
+    torch.manual_seed(0)
+    model = StdConvBlock()
+    report = check_pass(model, IMG, {"conv2"})
+    assert sorted(report.params) == ["conv2.bias", "conv2.weight"]
+    x = IMG[0]
+    assert torch.equal(model(x), x)  # standardising a zero weight gives zero, not NaN
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+
+
+def test_pre_activation_block_zeroes_the_last_conv():
+    torch.manual_seed(0)
+    check_pass(PreActBlock(), IMG, {"conv2"})
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim, init=1e-5, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+        self.gamma = nn.Parameter(init * torch.ones(dim))
+
+    def forward(self, x):
+        return x.mul_(self.gamma) if self.inplace else x * self.gamma
+
+
+class ViTBlock(nn.Module):
+    """timm's Block: x + drop_path(ls(mlp(norm(x)))) with a Mlp of fc1, GELU, fc2."""
+
+    def __init__(self, dim=16, inplace=False):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        self.ls = LayerScale(dim, inplace=inplace)
+
+    def forward(self, x):
+        return x + self.ls(self.fc2(self.act(self.fc1(self.norm(x)))))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_layerscale_gamma_is_the_branch_end(inplace):
+    torch.manual_seed(0)
+    model = nn.Sequential(ViTBlock(inplace=inplace), ViTBlock(inplace=inplace))
+    report = check_pass(model, SEQ, {"0.ls", "1.ls"})
+    assert report.params == ["0.ls.gamma", "1.ls.gamma"]
+    assert [r["type"] for r in report.touched] == ["LayerScale", "LayerScale"]
+
+
+# -- drop-path -------------------------------------------------------------------------------
+def drop_path(x, drop_prob: float = 0.0, training: bool = False):
+    """timm's drop_path: the random mask is built from x's shape, not its values."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = x.new_empty(shape).bernoulli_(keep).div_(keep)
+    return x * mask
+
+
+class DropPath(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return drop_path(x, self.p, self.training)
+
+
+class DropPathBlock(nn.Module):
+    def __init__(self, dim=16, p=0.2):
+        super().__init__()
+        self.fc1, self.fc2, self.drop_path = nn.Linear(dim, dim), nn.Linear(dim, dim), DropPath(p)
+
+    def forward(self, x):
+        return x + self.drop_path(self.fc2(F.gelu(self.fc1(x))))
+
+
+def test_drop_path_in_training_mode_passes_zero():
+    torch.manual_seed(0)
+    model = DropPathBlock().train()  # traced in training mode: the mask multiply is in the graph
+    gm = fx.symbolic_trace(model)
+    assert any(n.target == "bernoulli_" for n in gm.graph.nodes)
+    before = snapshot(model)
+    report = zero_init_pass(gm)
+    assert report.modules == ["fc2"]
+    assert_only_zeroed(model, before, {"fc2.weight", "fc2.bias"})
+    x = SEQ[0]
+    assert torch.equal(model(x), x)
+
+
+def test_torchvision_stochastic_depth():
+    from torchvision.ops import StochasticDepth
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.sd = nn.Linear(16, 16), StochasticDepth(0.5, "row")
+
+        def forward(self, x):
+            return x + self.sd(self.fc(x))
+
+    torch.manual_seed(0)
+    check_pass(Block().train(), SEQ, {"fc"})
+
+
+# -- shared modules ----------------------------------------------------------------------------
+class Residual(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + self.fc2(F.relu(self.fc1(x)))
+
+
+class SharedBlockTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Residual()
+
+    def forward(self, x):
+        return self.block(self.block(x))
+
+
+def test_shared_block_is_zeroed_once_and_every_site_listed():
+    torch.manual_seed(0)
+    model = SharedBlockTwice()
+    report = check_pass(model, SEQ, {"block.fc2"})
+    assert [row["node"] for row in report.touched] == ["block_fc2", "block_fc2_1"]
+    assert all(row["shared"] for row in report.touched)
+    assert report.elements == 16 * 16 + 16  # counted once
+
+
+class SharedLastAndElsewhere(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.proj = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = x + self.proj(F.relu(self.fc(x)))
+        return self.proj(h)  # the same module again, outside any branch
+
+
+def test_shared_module_used_elsewhere_is_left_alone_with_reason():
+    torch.manual_seed(0)
+    model = SharedLastAndElsewhere()
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    assert report.modules == []
+    assert_only_zeroed(model, before, set())
+    reasons = [s.reason for s in report.skipped]
+    assert any("`proj` is also used at `proj_1`" in r for r in reasons), reasons
+
+
+# -- not residual ----------------------------------------------------------------------------
+class NoSkip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(8, 8), nn.ReLU(), conv_bn(8, 8))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_block_without_skip_is_not_touched_and_report_says_so():
+    model = NoSkip()
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    assert report.modules == [] and report.skipped == []
+    assert_only_zeroed(model, before, set())
+    assert "found nothing to zero" in str(report)
+    assert not report.changed
+
+
+class FPN(nn.Module):
+    """Top-down sum: p4 = lat4(c4) + up(p5); p5 is also an output, so no join."""
+
+    def __init__(self):
+        super().__init__()
+        self.body4, self.body5 = conv_bn(8, 8), conv_bn(8, 8)
+        self.lat4, self.lat5 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.out4 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        c4 = self.body4(x)
+        c5 = self.body5(F.max_pool2d(c4, 2))
+        p5 = self.lat5(c5)
+        p4 = self.lat4(c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest")
+        return self.out4(p4), p5
+
+
+def test_fpn_top_down_sum_is_not_a_join():
+    model = FPN()
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    assert report.modules == []
+    assert_only_zeroed(model, before, set())
+    (skip,) = report.skipped
+    assert skip.node == "add" and "not a residual join" in skip.reason
+    assert "`lat5` is also used by `output`" in skip.reason
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, c_in, growth=4):
+        super().__init__()
+        self.conv = conv_bn(c_in, growth)
+
+    def forward(self, x):
+        return torch.cat([x, self.conv(F.relu(x))], dim=1)
+
+
+def test_cat_merges_are_never_joins():
+    model = nn.Sequential(DenseLayer(8), DenseLayer(12))
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    assert report.modules == [] and report.skipped == []
+    assert_only_zeroed(model, before, set())
+
+
+class SigmoidEnd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return x + torch.sigmoid(self.fc(x))
+
+
+def test_branch_ending_in_sigmoid_is_left_alone_naming_the_op():
+    model = SigmoidEnd()
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    assert report.modules == []
+    assert_only_zeroed(model, before, set())
+    (skip,) = report.skipped
+    assert "`torch.sigmoid` at `sigmoid` is not known to map zero to zero" in skip.reason
+
+
+class RepVGGBlock(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.dense, self.one = conv_bn(c, c, 3), conv_bn(c, c, 1)
+
+    def forward(self, x):
+        return F.relu(self.dense(x) + self.one(x))
+
+
+def test_parallel_branches_of_equal_weight_are_ambiguous():
+    model = RepVGGBlock()
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    assert report.modules == []
+    assert_only_zeroed(model, before, set())
+    assert "no path is clearly the skip" in report.skipped[0].reason
+
+
+class ParallelBlock(nn.Module):
+    """GPT-J style: x + attn(ln(x)) + mlp(ln(x)); the shared ln belongs to neither branch."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.attn_in, self.attn_out = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.mlp_in, self.mlp_out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        h = self.ln(x)
+        return x + self.attn_out(torch.tanh(self.attn_in(h))) + self.mlp_out(F.gelu(self.mlp_in(h)))
+
+
+def test_parallel_transformer_block_zeroes_both_branches():
+    torch.manual_seed(0)
+    model = ParallelBlock()
+    check_pass(model, SEQ, {"attn_out", "mlp_out"})
+    x = SEQ[0]
+    assert torch.equal(model(x), x)
+
+
+# -- transformers and shape queries --------------------------------------------------------------
+def test_gpt_zeroes_attention_and_mlp_projections_only():
+    torch.manual_seed(0)
+    model = GPT(n_layer=3, dim=32)
+    idx = torch.randint(0, 64, (2, 8))
+    report = check_pass(model, (idx,), {f"h.{i}.{part}.c_proj" for i in range(3)
+                                         for part in ("attn", "mlp")})
+    assert report.skipped == []  # wte + wpe(arange(T)) is not a merge of two data paths
+
+
+class ShapeQueries(nn.Module):
+    """The branch reads x's shape and asserts on it: metadata, not data flow."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        torch._assert(x.dim() == 3, "expects (B, T, C)")
+        h = self.fc1(x.reshape(b * t, c))
+        return x + self.fc2(F.silu(h)).view(b, t, x.size(-1))
+
+
+def test_shape_queries_are_not_data_flow():
+    torch.manual_seed(0)
+    check_pass(ShapeQueries(), SEQ, {"fc2"})
+
+
+def test_pre_and_post_join_branch_values_match_forward():
+    torch.manual_seed(0)
+    model = nn.Sequential(Residual(), Residual()).eval()
+    values = branch_values(model, SEQ[0])
+    assert set(values) == {"add", "add_1"} and all(v[0].any() for v in values.values())
