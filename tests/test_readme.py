@@ -49,3 +49,19 @@ def test_custom_rule_zeroes_attention_branches_only():
         assert torch.equal(block.attn(block.ln_1(x)), torch.zeros_like(x))
         assert block.mlp(block.ln_2(x)).abs().sum() > 0
     assert all(row["position"].startswith("attention branch into") for row in report.touched)
+
+
+def test_tour_shows_the_demo_output_as_it_is(capsys):
+    from zeta_fx.cli import main
+
+    m = re.search(r"<!-- demo-output -->\n```text\n(.*?)\n```", README, re.S)
+    assert m, "no demo output block in README.md"
+    assert main(["demo", "se_resnet"]) == 0
+    assert capsys.readouterr().out.rstrip() == m.group(1)
+
+
+def test_tour_picture_is_committed_and_shown():
+    docs = Path(__file__).resolve().parents[1] / "docs" / "resnet50.svg"
+    assert "](docs/resnet50.svg)" in README
+    text = docs.read_text()
+    assert "<svg" in text and text.count('class="node zeroed"') == 2  # layer1.0/1.1 bn3
