@@ -26,6 +26,17 @@ def build(width: int = 8, classes: int = 3) -> nn.Module:
     return model
 
 
+class Branchy(nn.Module):
+    """Data-dependent control flow: symbolic tracing cannot follow it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else x
+
+
 NOT_CALLABLE = 42
 ME = __name__
 
@@ -108,6 +119,8 @@ def test_meta_device_builds_no_storage(capsys):
     ([f"{ME}:build", "--format", "githb"], "did you mean 'github'?"),
     ([f"{ME}:build", "--dtype", "float8"], "--dtype 'float8' is not one of"),
     (["zeta_fx.models:SqueezeExcite"], "missing 1 required positional argument"),
+    ([f"{ME}:Branchy"], "symbolic tracing failed in the model's own forward (Branchy)"),
+    ([f"{ME}:Branchy"], "(on the command line: --input-shape with the shape of each input"),
 ])
 def test_errors_are_one_line_exit_2_without_traceback(capsys, argv, message):
     code, out, err = run(capsys, "plan", *argv)

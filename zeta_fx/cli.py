@@ -26,7 +26,7 @@ from tabulate import tabulate_formats
 from torch import nn
 
 from zeta_fx.api import zero_init_pass
-from zeta_fx.errors import ZetaFxError
+from zeta_fx.errors import CaptureError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.rules import get_rule, list_rules
 
@@ -180,8 +180,14 @@ def _plan(args: argparse.Namespace) -> int:
         raise UsageError(f"--device {args.device!r}: {_one_line(exc)}") from exc
     model = _build_model(args.factory, kwargs, args.device)
     inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
-    report = zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
-                            tablefmt="simple" if fmt == "json" else fmt)
+    try:
+        report = zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
+                                tablefmt="simple" if fmt == "json" else fmt)
+    except CaptureError as exc:
+        if inputs:
+            raise
+        raise UsageError(f"{_one_line(exc)} (on the command line: --input-shape with the "
+                         "shape of each input, e.g. --input-shape 1,3,224,224)") from exc
     print(report.to_json() if fmt == "json" else report.table())
     if args.save_plan:
         with open(args.save_plan, "w") as f:
