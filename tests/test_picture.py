@@ -174,6 +174,13 @@ def test_left_alone_candidates_and_merges_have_notes_with_reasons():
         assert note.detail == reason
         assert attr(nodes[note.id], "class") == "note"
     assert "RepVGG" in " ".join(l for n in notes.values() for l in n.lines)
+    # A focused picture keeps the notes of the boxes in focus only.
+    focused, _ = parse_dot(report.to_dot(focus="g"))
+    shown_notes = [summary.nodes[int(i[1:])] for i in focused
+                   if summary.nodes[int(i[1:])].kind == "note"]
+    assert [n.detail for n in shown_notes] == [
+        next(s.reason for s in report.skipped if s.node == "sigmoid")]
+    assert "rankdir=LR" in report.to_dot(rankdir="LR")
 
 
 def test_squeeze_excite_collapses_without_cycles():
