@@ -8,7 +8,7 @@
 from zeta_fx import rules
 from zeta_fx.api import ZeroInitPass, plan_zero_init, zero_init_pass
 from zeta_fx.errors import (CaptureError, NotAModuleError, NoWeightError, PlanError,
-                            PlanFormatError, PlanMismatchError, TiedParameterError,
+                            PlanFormatError, PlanMismatchError, RenderError, TiedParameterError,
                             UnknownRuleError, UnsupportedParameterError, ZetaFxError)
 from zeta_fx.errors import ExampleInputsError, UnsupportedWrapperError, VerificationError
 from zeta_fx.ops import ZeroOps
@@ -23,5 +23,5 @@ __all__ = [
     "ZeroOps", "rules", "init_zero_", "exists", "ZetaFxError", "CaptureError",
     "NotAModuleError", "NoWeightError", "PlanError", "PlanFormatError", "PlanMismatchError",
     "TiedParameterError", "UnknownRuleError", "UnsupportedParameterError",
-    "UnsupportedWrapperError", "VerificationError", "ExampleInputsError",
+    "UnsupportedWrapperError", "VerificationError", "ExampleInputsError", "RenderError",
 ]

@@ -1,23 +1,45 @@
-"""The ``zeta-fx`` command line: ``demo`` and ``rules``.
+"""The ``zeta-fx`` command line: ``demo``, ``rules`` and ``plan``.
 
     $ zeta-fx demo            # reports for the built-in models, nothing to pass
     $ zeta-fx rules           # the registered rules with one-line descriptions
+    $ zeta-fx plan torchvision.models:resnet50 --draw resnet50.svg
+    $ zeta-fx plan my_pkg.models:build --kw depth=12 --input-shape 1,3,224,224 --format json
+
+``plan`` builds the user's model from ``package.module:factory`` (keyword arguments with
+``--kw name=value``, values read as Python literals), runs the pass as a dry run, and
+prints the report; it never writes the model's weights anywhere, it only prints and saves
+the plan and the picture. Errors are one line on stderr and exit code 2 (``--debug``
+shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
+import importlib
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from tabulate import tabulate_formats
 from torch import nn
 
 from zeta_fx.api import zero_init_pass
+from zeta_fx.errors import CaptureError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
-from zeta_fx.rules import list_rules
+from zeta_fx.rules import get_rule, list_rules
 
-__all__ = ["main", "DEMO_MODELS"]
+__all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape"]
+
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+           "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "bool": torch.bool}
+
+
+class UsageError(Exception):
+    """A bad argument of the command line: printed as one line, exit code 2."""
 
 DEMO_MODELS: dict[str, Callable[[], nn.Module]] = {
     "se_resnet": SEResNet,
@@ -47,6 +69,136 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_factory(spec: str) -> Callable[..., Any]:
+    """The callable named by ``package.module:attr`` (``attr`` may be dotted).
+
+    >>> load_factory("torch.nn:Linear").__name__
+    'Linear'
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{spec!r} is not package.module:factory (for example "
+                         "torchvision.models:resnet50)")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc} (is it installed, or "
+                         "on PYTHONPATH?)") from exc
+    where = module_name
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"{where!r} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+        where = f"{where}:{part}" if where == module_name else f"{where}.{part}"
+    if not callable(obj):
+        raise UsageError(f"{spec!r} is a {type(obj).__name__}, not a callable that returns an "
+                         "nn.Module")
+    return obj
+
+
+def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``["num_classes=10", "norm=batch"]`` -> ``{"num_classes": 10, "norm": "batch"}``.
+
+    Values are Python literals (``10``, ``None``, ``(1, 2)``, ``'x'``); anything else is
+    taken as a plain string.
+
+    >>> parse_kwargs(["num_classes=10", "weights=None", "norm=batch", "dims=(2, 2)"])
+    {'num_classes': 10, 'weights': None, 'norm': 'batch', 'dims': (2, 2)}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise UsageError(f"--kw {item!r}: expected name=value (for example "
+                             "--kw num_classes=10)")
+        try:
+            out[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            out[name] = text.strip()
+    return out
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``; ``x`` works as a separator too.
+
+    >>> parse_shape("1,3,224,224"), parse_shape("2x8")
+    ((1, 3, 224, 224), (2, 8))
+    """
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 0 for d in shape):
+        raise UsageError(f"--input-shape {text!r}: expected comma-separated non-negative "
+                         "integers, like 1,3,224,224")
+    return shape
+
+
+def _example_input(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)  # valid token ids, valid masks
+
+
+def _build_model(spec: str, kwargs: dict[str, Any], device: str) -> nn.Module:
+    factory = load_factory(spec)
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    try:
+        with torch.device(device):
+            model = factory(**kwargs)
+    except Exception as exc:
+        raise UsageError(f"calling {spec}({shown}) failed: {type(exc).__name__}: "
+                         f"{_one_line(exc)}") from exc
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{spec}({shown}) returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _plan(args: argparse.Namespace) -> int:
+    fmt = args.format
+    if fmt != "json" and fmt not in tabulate_formats:
+        close = difflib.get_close_matches(fmt, tabulate_formats + ["json"], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"--format {fmt!r} is not json or a tabulate format{hint}")
+    if args.dtype not in _DTYPES:
+        raise UsageError(f"--dtype {args.dtype!r} is not one of {', '.join(_DTYPES)}")
+    rule = get_rule(args.rule)
+    kwargs = parse_kwargs(args.kw)
+    shapes = [parse_shape(s) for s in args.input_shape]
+    try:
+        torch.device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {args.device!r}: {_one_line(exc)}") from exc
+    model = _build_model(args.factory, kwargs, args.device)
+    inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
+    try:
+        report = zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
+                                tablefmt="simple" if fmt == "json" else fmt)
+    except CaptureError as exc:
+        if inputs:
+            raise
+        raise UsageError(f"{_one_line(exc)} (on the command line: --input-shape with the "
+                         "shape of each input, e.g. --input-shape 1,3,224,224)") from exc
+    print(report.to_json() if fmt == "json" else report.table())
+    if args.save_plan:
+        with open(args.save_plan, "w") as f:
+            f.write(report.plan.to_json())
+        print(f"zeta-fx: wrote the plan to {args.save_plan}", file=sys.stderr)
+    if args.draw:
+        result = report.draw(args.draw, focus=args.focus or None, rankdir=args.rankdir)
+        print(f"zeta-fx: {result}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zeta-fx",
                                      description="Zero-initialise layers by graph position.")
@@ -59,12 +211,51 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     rules = sub.add_parser("rules", help="list the rules with one-line descriptions")
     rules.set_defaults(func=_rules)
+    plan = sub.add_parser(
+        "plan", help="plan the zero-init of your own model (a dry run: weights are never written)",
+        description="Build a model with package.module:factory, run the pass as a dry run "
+                    "and print the report. Nothing is written to the model's weights; the "
+                    "plan and the picture are saved only when asked.")
+    plan.add_argument("factory", help="package.module:factory, e.g. torchvision.models:resnet50")
+    plan.add_argument("--rule", default="residual_branch_last",
+                      help=f"a rule name ({', '.join(list_rules())})")
+    plan.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE",
+                      help="keyword argument for the factory, a Python literal (repeatable)")
+    plan.add_argument("--input-shape", action="append", default=[], metavar="1,3,224,224",
+                      help="shape of one example input, for models captured with inputs "
+                           "(repeatable, in argument order)")
+    plan.add_argument("--dtype", default="float32", help="dtype of the example inputs "
+                                                         "(float32, int64 for token ids, ...)")
+    plan.add_argument("--device", default="cpu",
+                      help="device to build the model on; 'meta' allocates no memory")
+    plan.add_argument("--format", default="simple", help="json, or any tabulate table format")
+    plan.add_argument("--save-plan", metavar="PLAN.json", help="write the plan as JSON")
+    plan.add_argument("--draw", metavar="OUT.svg",
+                      help="draw the graph (svg, png, pdf with Graphviz; .dot otherwise)")
+    plan.add_argument("--focus", action="append", default=[], metavar="PREFIX",
+                      help="draw only the modules under this FQN prefix (repeatable)")
+    plan.add_argument("--rankdir", default="TB", choices=("TB", "LR"),
+                      help="picture direction: top to bottom or left to right")
+    plan.add_argument("--dry-run", action="store_true", default=True,
+                      help="the default, and the only mode: plan never writes weights")
+    plan.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    plan.set_defaults(func=_plan)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a bad argument or model)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        known = isinstance(exc, (UsageError, ZetaFxError, OSError))
+        what = _one_line(exc) if known else f"{type(exc).__name__}: {_one_line(exc)}"
+        print(f"zeta-fx {args.command}: error: {what}"
+              + ("" if known else " (run with --debug for the traceback)"), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

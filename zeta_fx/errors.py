@@ -59,3 +59,7 @@ class VerificationError(ZetaFxError):
 
 class ExampleInputsError(ZetaFxError, ValueError):
     """``verify=True`` without example inputs, or on a model whose values cannot be run."""
+
+
+class RenderError(ZetaFxError):
+    """A picture of the graph cannot be made or rendered (no graph kept, Graphviz failed)."""

@@ -32,6 +32,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from zeta_fx.errors import (NotAModuleError, PlanFormatError, PlanMismatchError,
                             TiedParameterError, UnsupportedParameterError)
+from zeta_fx.picture import PictureSource
 from zeta_fx.utils import zero_tensor_
 from zeta_fx.wrappers import check_writable, unwrap
 
@@ -80,6 +81,8 @@ class ZeroInitPlan:
     rule: str
     model: str
     skipped: tuple["Skipped", ...] = field(default=(), compare=False)
+    # Kept for report.to_dot(); a reference to the view, nothing computed at pass time.
+    picture: "PictureSource | None" = field(default=None, compare=False, repr=False)
 
     @property
     def modules(self) -> list[str]:
@@ -330,7 +333,8 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
                                  tuple(group["nodes"]), tuple(group["positions"]),
                                  ", ".join(group["rules"]),
                                  tuple(group["zero_at"][n] for n in group["nodes"])))
-    return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped))
+    return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped),
+                        PictureSource(view))
 
 
 def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,

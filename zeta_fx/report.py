@@ -13,11 +13,15 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tabulate import tabulate
 
+from zeta_fx.errors import RenderError
+
 if TYPE_CHECKING:
+    from zeta_fx.picture import DrawResult, GraphSummary
     from zeta_fx.plan import ZeroInitPlan
     from zeta_fx.rules import Skipped
 
@@ -150,6 +154,58 @@ class ZeroInitReport:
 
     def __str__(self) -> str:
         return self.table()
+
+    # -- pictures -------------------------------------------------------------------------
+    def picture(self) -> "GraphSummary":
+        """The condensed graph behind :meth:`to_dot`, as plain data (built on first call).
+
+        >>> from torch import nn
+        >>> from zeta_fx import zero_init_pass
+        >>> report = zero_init_pass(nn.Sequential(nn.Linear(2, 2)), rule="output_layer")
+        >>> [(n.kind, n.module) for n in report.picture().nodes]
+        [('input', ''), ('zeroed', '0'), ('output', '')]
+        """
+        cached = getattr(self, "_picture", None)
+        if cached is None:
+            source = self.plan.picture
+            if source is None:
+                raise RenderError(
+                    "this report's plan holds no graph (it was loaded with "
+                    "ZeroInitPlan.from_json); run zero_init_pass(model, dry_run=True) to get "
+                    "a report that can be drawn")
+            cached = self._picture = source.summary(self.plan, self.skipped)
+        return cached
+
+    def to_dot(self, *, focus: str | Sequence[str] | None = None, rankdir: str = "TB",
+               legend: bool = True) -> str:
+        """Graphviz DOT of the analysed graph, condensed to what the pass looked at.
+
+        Zeroed layers (red), residual joins (green ``+``), other additive merges (grey
+        ``+``), skip paths (blue, dashed), candidates left alone (orange, with a note giving
+        the reason) and a legend; runs of plain operations inside a residual block are one
+        box. ``focus="layer1"`` draws only the boxes under that module prefix and their
+        neighbours.
+
+        >>> from torch import nn
+        >>> from zeta_fx import zero_init_pass
+        >>> report = zero_init_pass(nn.Sequential(nn.Linear(2, 2)), rule="output_layer")
+        >>> 'class="zeroed"' in report.to_dot()
+        True
+        """
+        return self.picture().to_dot(focus=focus, rankdir=rankdir, legend=legend)
+
+    def draw(self, path: str | Path, *, format: str | None = None,
+             focus: str | Sequence[str] | None = None, rankdir: str = "TB") -> "DrawResult":
+        """Write the picture to ``path``; the format comes from the suffix (svg, png, pdf).
+
+        Renders with the Graphviz ``dot`` program when it is installed. Otherwise the DOT
+        text goes to ``path`` with a ``.dot`` suffix, and the returned
+        :class:`~zeta_fx.picture.DrawResult` says so and gives the command to render it.
+        A ``.dot`` suffix always writes the text.
+        """
+        from zeta_fx.picture import draw_dot
+
+        return draw_dot(self.to_dot(focus=focus, rankdir=rankdir), path, format=format)
 
     def __format__(self, spec: str) -> str:
         return self.table(spec or None)

@@ -1,0 +1,37 @@
+"""Every script in examples/ runs to completion and prints what it is meant to show."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+# The summary line every report prints (str(report) ends its touched table with it).
+REPORT_LINE = re.compile(r"rule \S.* (zeroed|would zero \(dry run\)) \d+ parameters in \d+ "
+                         r"modules|rule \S.* found nothing to zero")
+ZERO_TENSOR = re.compile(r"tensor\(\[[\[\]0.,\s]*\]")
+
+
+def test_there_are_examples():
+    names = {p.name for p in EXAMPLES}
+    assert {"torchvision_resnet.py", "seed_single_linear.py", "seed_all_layers.py"} <= names
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs(script, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    if script.name.startswith("seed_"):
+        # The seed examples print the layers they zeroed: every tensor printed is all zeros.
+        tensors = re.findall(r"tensor\(\[.*?\](?=,\s*requires_grad|\))", proc.stdout, re.S)
+        assert tensors, proc.stdout
+        assert all(ZERO_TENSOR.fullmatch(t) for t in tensors), proc.stdout
+    else:
+        assert REPORT_LINE.search(proc.stdout), f"{script.name} printed no report:\n{proc.stdout}"
