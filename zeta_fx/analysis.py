@@ -29,7 +29,7 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.ops import ZeroOps, layer_inputs, spec_inputs, target_name
+from zeta_fx.ops import ZeroOps, layer_inputs, nonzero_offset, spec_inputs, target_name
 
 __all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
 
@@ -276,6 +276,8 @@ class GraphView:
         spec = self._zero_spec(node)
         if spec is None or (spec.check is not None and spec.check(node) is not None):
             return False
+        if nonzero_offset(node, lambda n: bool(self.param_roots.get(n))):
+            return False  # `1 + gamma` is not zero when gamma is
         rooted = [n for n in spec_inputs(node, spec, lambda n: True) if self.param_roots.get(n)]
         if not rooted:
             return False
@@ -333,6 +335,9 @@ class GraphView:
                 refusal = spec.check(node)
                 if refusal:
                     return Blocked(node, f"{what} at `{node.name}` {refusal}")
+            offset = nonzero_offset(node, self.is_data.__getitem__)
+            if offset:
+                return Blocked(node, f"{what} at `{node.name}` {offset}")
             inputs = spec_inputs(node, spec, self.is_data.__getitem__)
             mode = spec.mode
         if not inputs:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
-__all__ = ["ZeroSpec", "ZeroOps", "LayerSpec", "target_name"]
+__all__ = ["ZeroSpec", "ZeroOps", "LayerSpec", "target_name", "nonzero_offset"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,32 @@ def target_name(target: Any) -> str:
     if name.startswith("_VariableFunctionsClass."):
         module, name = "torch", name.split(".", 1)[1]
     return f"{module}.{name}" if module else name
+
+
+_OFFSET_OPS = frozenset({"operator.add", "operator.iadd", "operator.sub", "operator.isub",
+                         "torch.add", "torch.sub", "torch.subtract",
+                         ".add", ".add_", ".sub", ".sub_"})
+
+
+def nonzero_offset(node: Node, becomes_zero: Callable[[Node], bool]) -> str | None:
+    """For an add or sub, say which operand stays non-zero when the others are zeroed.
+
+    ``x + 3`` (a hard sigmoid's ``relu6(x + 3) / 6``), ``1 + scale`` or ``x + buffer`` do not
+    map zero to zero; ``becomes_zero`` tells whether a node operand is one the search can
+    make zero (a data value, or a parameter for weight chains). ``None`` when every
+    operand can be zero, or when ``node`` is not an add or sub.
+    """
+    if node.op not in ("call_function", "call_method") or target_name(node.target) not in _OFFSET_OPS:
+        return None
+    operands = list(node.args[:2]) + [node.kwargs[k] for k in ("input", "other") if k in node.kwargs]
+    for value in operands:
+        if isinstance(value, Node):
+            if not becomes_zero(value):
+                return f"adds `{value.name}`, a value that does not become zero"
+        elif isinstance(value, torch.Tensor) or (isinstance(value, (int, float, complex))
+                                                 and value != 0):
+            return f"adds the constant {value!r}, not zero"
+    return None
 
 
 def _arg(node: Node, key: int | str, default: Any = None) -> Any:
