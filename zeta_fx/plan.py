@@ -212,17 +212,30 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False
             f"the plan (rule {plan.rule}, made for `{plan.model}`) does not fit this "
             f"`{type(model).__name__}`:\n  {shown}{more}\nMake the plan on the same "
             "architecture; nothing was written")
-    _check_tied(found, named, allow_tied)
+    _check_tied(found, named, allow_tied, model)
     return found
 
 
+def _same_module_slot(model: nn.Module, a: str, b: str) -> bool:
+    """Whether FQNs ``a`` and ``b`` name one parameter of one module object registered under
+    two paths (a shared block): that is sharing the graph analysis already saw, not a tie."""
+    (pa, _, na), (pb, _, nb) = a.rpartition("."), b.rpartition(".")
+    if na != nb:
+        return False
+    try:
+        return model.get_submodule(pa) is model.get_submodule(pb)
+    except AttributeError:
+        return False
+
+
 def _check_tied(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
-                allow_tied: bool) -> None:
+                allow_tied: bool, model: nn.Module | None = None) -> None:
     by_tensor: dict[int, list[str]] = {}
     for name, tensor in named.items():
         by_tensor.setdefault(id(tensor), []).append(name)
     for name, tensor in found.items():
-        aliases = [a for a in by_tensor.get(id(tensor), []) if a != name and a not in found]
+        aliases = [a for a in by_tensor.get(id(tensor), []) if a != name and a not in found
+                   and not (model is not None and _same_module_slot(model, a, name))]
         if aliases and not allow_tied:
             raise TiedParameterError(
                 f"`{name}` is tied to `{aliases[0]}` (the same tensor): zeroing it would also "
