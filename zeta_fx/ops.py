@@ -126,12 +126,12 @@ def _norm_without_affine(weight_pos: int, bias_pos: int | None) -> Callable[[Nod
 def _batch_norm_check(node: Node) -> str | None:
     # In eval mode batch_norm(0) = -mean/std: zero only when normalising by batch statistics.
     running_mean = _arg(node, 1) if len(node.args) > 1 else node.kwargs.get("running_mean")
-    training = _arg(node, 5, False) if len(node.args) > 5 else node.kwargs.get("training", False)
     bias = _arg(node, 4) if len(node.args) > 4 else node.kwargs.get("bias")
     if bias is not None:
         return "adds a bias that is not zeroed"
-    if running_mean is not None and training is not True:
-        return "normalises with running statistics, so batch_norm(0) = -mean/std"
+    if running_mean is not None:
+        # ``training`` is the trace-time constant; in eval the running statistics are used.
+        return "normalises with running statistics in eval mode, so batch_norm(0) = -mean/std"
     return None
 
 
@@ -321,6 +321,8 @@ class ZeroOps:
         return self.methods.get(name)
 
     def module_preserves_zero(self, module: nn.Module) -> bool:
+        if getattr(module, "track_running_stats", False) is True:
+            return False  # an InstanceNorm with running stats: in eval norm(0) = -mean/std
         if isinstance(module, nn.Module) and type(module) in self.modules:
             return True
         return isinstance(module, self.modules) and not any(True for _ in module.parameters())
