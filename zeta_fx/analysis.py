@@ -385,17 +385,25 @@ class GraphView:
     @cached_property
     def _joins(self) -> list[Join]:
         joins = []
-        for node in self.nodes:
+        separate: set[Node] = set()  # adds examined on their own, not as part of a longer sum
+        for node in reversed(self.nodes):  # outermost add of a longer sum first
             if not self.is_additive(node):
                 continue
             users = self.data_users[node]
-            if len(users) == 1 and self.is_additive(users[0]):
+            if len(users) == 1 and self.is_additive(users[0]) and users[0] not in separate:
                 continue  # part of a longer sum; examined with its outermost add
             inner: list[Node] = []
             terms = self._terms(node, inner)
+            if inner and len(set(terms)) < len(terms):
+                # x + (x + f(x)): a residual block whose input is also the outer skip; the
+                # flat sum adds x twice, so each add is examined as a join of its own.
+                separate.add(node)
+                inner = []
+                terms = [a for a in node.args[:2] if isinstance(a, Node) and self.is_data[a]]
             if len(terms) < 2:
                 continue  # adds a constant, a parameter or a shape-derived value
             joins.append(self._classify_join(node, tuple(terms), inner))
+        joins.reverse()
         return joins
 
     def joins(self) -> list[Join]:
