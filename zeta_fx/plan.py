@@ -148,6 +148,55 @@ def _count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _planned_params(view: "GraphView", fqns: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """The stored parameters to zero for a layer's ``fqns``, with their shapes.
+
+    ``weight_norm`` (``torch.nn.utils.parametrizations`` or the legacy hook) computes
+    ``weight = g * v / ||v||``: zeroing the magnitude ``g`` gives an exact zero, finite
+    weight, so ``g`` is planned instead. Other computed weights (``spectral_norm``: W / sigma(W)
+    is never zero) and uninitialised lazy parameters are refused before anything is written.
+    """
+    params: dict[str, tuple[int, ...]] = {}
+    for fqn in fqns:
+        stored = fqn if fqn in view.params else _weight_norm_magnitude(view.root, fqn)
+        tensor = view.params[stored]
+        if isinstance(tensor, UninitializedParameter):
+            raise UnsupportedParameterError(
+                f"`{stored}` is an uninitialised lazy parameter; run one forward pass to "
+                "materialise the lazy modules, then apply the pass; nothing was written")
+        params[stored] = tuple(tensor.shape)
+    return params
+
+
+def _weight_norm_magnitude(model: nn.Module, fqn: str) -> str:
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    owner, _, name = fqn.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    prefix = f"{owner}." if owner else ""
+    if parametrize.is_parametrized(module, name):
+        chain = list(module.parametrizations[name])
+        if len(chain) == 1 and type(chain[0]).__name__ == "_WeightNorm":
+            return f"{prefix}parametrizations.{name}.original0"
+        kinds = ", ".join(type(p).__name__.lstrip("_") for p in chain)
+        raise UnsupportedParameterError(
+            f"`{fqn}` (module `{owner}`) is computed by the parametrization {kinds}; no "
+            "stored tensor can be zeroed to make it an exact, finite zero (spectral_norm "
+            "divides by the largest singular value). Remove it with torch.nn.utils.parametrize"
+            f".remove_parametrizations(module, {name!r}) before the pass, or leave this layer "
+            "out of the rule; nothing was written")
+    hooks = list(module._forward_pre_hooks.values())
+    if any(isinstance(h, WeightNorm) and h.name == name for h in hooks):
+        return f"{prefix}{name}_g"
+    kinds = ", ".join(type(h).__name__ for h in hooks if getattr(h, "name", None) == name)
+    raise UnsupportedParameterError(
+        f"`{fqn}` (module `{owner}`) is not a stored parameter"
+        + (f" but computed by a {kinds} hook" if kinds else "")
+        + f"; zeroing it would not last. Remove the reparametrisation (e.g. "
+        "torch.nn.utils.remove_spectral_norm) before the pass; nothing was written")
+
+
 def _lookup(named: dict[str, torch.Tensor], fqn: str) -> tuple[str, torch.Tensor] | None:
     """Find ``fqn`` in ``named``, allowing for a DDP ``module.`` prefix on either side."""
     for candidate in (fqn, f"module.{fqn}", fqn.removeprefix("module.")):
@@ -274,7 +323,7 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
                 f"`{module}` is also used at {sites}, where the rule does not select it; "
                 "zeroing it would change that use too", ", ".join(group["rules"])))
             continue
-        params = {fqn: tuple(view.params[fqn].shape) for fqn in group["params"]}
+        params = _planned_params(view, group["params"])
         entries.append(PlanEntry(module, view.module_type(module), params,
                                  tuple(group["nodes"]), tuple(group["positions"]),
                                  ", ".join(group["rules"])))
