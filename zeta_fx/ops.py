@@ -349,6 +349,10 @@ class ZeroOps:
 def _get_param(module: nn.Module, dotted: str) -> Any:
     obj: Any = module
     for part in dotted.split("."):
+        if torch.nn.utils.parametrize.is_parametrized(obj, part):
+            # Reading the attribute would run the parametrization (spectral_norm's power
+            # iteration updates its buffers): report the stored original instead.
+            return next(obj.parametrizations[part].parameters(), None)
         obj = getattr(obj, part, None)
         if obj is None:
             return None
