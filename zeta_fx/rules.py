@@ -120,6 +120,7 @@ class ResidualBranchLast(Rule):
                 if j.ok:
                     for node in j.region:
                         inside_other.setdefault(node, j.merge)
+        skip_of = {n: j.merge for j in joins if j.ok for n in j.skip_layers}
         for join in joins:
             merge = join.merge.name
             if not join.ok:
@@ -139,6 +140,17 @@ class ResidualBranchLast(Rule):
                         branch.name, layer.owner if layer else "",
                         f"branch into `{merge}` from `{join.fork.name}` left alone: "
                         f"{result.reason}", self.name))
+                    continue
+                on_skip = [n for n in result.layers if n in skip_of]
+                if on_skip:
+                    # The branch ends in a residual block with a projection shortcut: making
+                    # it zero would zero that block's skip, which is never done.
+                    n = on_skip[0]
+                    out.skipped.append(Skipped(
+                        branch.name, view.layer(n).owner,
+                        f"branch into `{merge}` from `{join.fork.name}` left alone: zeroing it "
+                        f"needs `{n.name}`, on the projection skip of the join into "
+                        f"`{skip_of[n].name}`", self.name))
                     continue
                 for node in result.layers:
                     layer = view.layer(node)
