@@ -1,0 +1,257 @@
+"""Generated architectures: the pass is never wrong silently.
+
+Hypothesis draws random networks of residual blocks (``tests/netgen.py``): branches mixing
+convs, channels-last linears, module and functional norms, activations, dropout and
+drop-path, squeeze-excite gates (sigmoid and hard-sigmoid), LayerScale, projection
+shortcuts, nested residual blocks, conditioning side inputs, shared blocks and a shared conv,
+``cat`` merges and FPN-style sums. For each model, after ``residual_branch_last``:
+
+- the zeroed modules are exactly the ones the generator's own oracle names;
+- every branch the report claims is zero outputs exactly zero (eval mode, random inputs,
+  recorded with forward hooks), at every call site;
+- every parameter not in the plan and every buffer is bit-identical, the planned ones zero;
+- nothing on a skip path (a projection shortcut, an FPN lateral) is zeroed;
+- the model still runs forward and backward with finite values.
+
+Profiles (``HYPOTHESIS_PROFILE``): "ci" (default) runs a fixed number of examples,
+derandomised; "dev" runs many more with fresh randomness.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import fx, nn
+
+import netgen
+from netgen import Block, Net, Op
+from zeta_fx import zero_init_pass
+
+CI_EXAMPLES = 150
+DEV_EXAMPLES = 3000
+
+settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, derandomize=True,
+                          print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=DEV_EXAMPLES, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+if PROFILE not in ("ci", "dev"):
+    PROFILE = "ci"
+
+_SIMPLE = ("conv3", "conv1", "lin", "fconv", "wsconv", "bn", "fbn", "gn", "fln", "ls",
+           "shared", "relu", "gelu", "silu", "tanh", "f_relu", "f_gelu", "t_tanh", "drop",
+           "droppath", "sd", "gn0", "se", "hse", "slice_pad", "sigmoid", "bn0", "fbn0",
+           "in_track")
+
+
+@st.composite
+def ops(draw, depth: int, cond: bool) -> tuple[Op, ...]:
+    kinds = list(_SIMPLE) + (list(netgen.COND_OPS) if cond else []) + ["cat"]
+    if depth < 2:
+        kinds.append("nested")
+    out = []
+    for kind in draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=5)):
+        if kind in ("conv3", "conv1", "ls"):
+            out.append(Op(kind, draw(st.booleans())))
+        elif kind == "cat":
+            out.append(Op(kind, draw(st.tuples(st.sampled_from(("conv", "slice")),
+                                               st.sampled_from(("conv", "slice"))))))
+        elif kind == "nested":
+            out.append(Op(kind, draw(blocks(depth + 1, cond))))
+        else:
+            out.append(Op(kind))
+    return tuple(out)
+
+
+@st.composite
+def blocks(draw, depth: int, cond: bool) -> Block:
+    skip = draw(st.sampled_from((0, 0, 1, 2)))
+    n_branches = 1 if skip else draw(st.sampled_from((1, 1, 2)))
+    branches = []
+    for _ in range(n_branches):
+        b = draw(ops(depth, cond))
+        # The pass tells the skip from the branch by their layer counts: make the branch
+        # the heavier path, as in every real block, so the generator's skip is the skip.
+        while netgen.layer_nodes(b) <= skip:
+            b = (Op("conv1", False),) + b
+        # A branch ending in an add (a nested block without post-activation, a `+ emb`)
+        # flattens into the merge's longer sum; see the README's limitations. Keep the
+        # drawn structure, but end it with an activation so the sum stays binary.
+        if b[-1].kind == "cond_add" or (b[-1].kind == "nested" and b[-1].arg.post is None):
+            b = b + (Op("relu"),)
+        branches.append(b)
+    return Block(tuple(branches), skip, draw(st.sampled_from(("op", "torch", "method"))),
+                 draw(st.booleans()), draw(st.sampled_from((None, "relu"))))
+
+
+@st.composite
+def nets(draw) -> Net:
+    cond = draw(st.booleans())
+    units: list = []
+    n_blocks = 0
+    for kind in draw(st.lists(st.sampled_from(("block", "block", "block", "repeat", "fpn",
+                                               "conv", "shared")), min_size=1, max_size=4)):
+        if kind == "block":
+            units.append(("block", draw(blocks(0, cond))))
+        elif kind == "repeat":
+            done = [i for i, (k, _) in enumerate(units) if k == "block"]
+            if not done:
+                continue
+            units.append(("repeat", draw(st.sampled_from(done))))
+        elif kind == "fpn":
+            units.append(("fpn", draw(st.booleans())))
+        else:
+            units.append((kind, None))
+    return Net(draw(st.sampled_from((4, 8))), cond, tuple(units))
+
+
+# -- checking one model ---------------------------------------------------------------
+
+_MERGE = re.compile(r"branch into `([^`]+)`")
+
+
+def _merge_owners(model: nn.Module) -> dict[str, nn.Module]:
+    """Graph node name of each additive merge -> the module whose forward made it."""
+    gm = fx.symbolic_trace(model)
+    owners = {}
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            path = list(stack.values())[-1][0]
+            owners[node.name] = model.get_submodule(path)
+    return owners
+
+
+def _claimed_branches(model: nn.Module, report) -> set[int]:
+    """``id``s of the branch modules the report claims are now zero."""
+    owners = _merge_owners(model)
+    claimed = set()
+    for entry in report.plan.entries:
+        module = model.get_submodule(entry.module)
+        for position in entry.positions:
+            merge = _MERGE.search(position).group(1)
+            block = owners[merge]
+            assert isinstance(block, (netgen.ResBlock, netgen.FPN)), (merge, type(block))
+            inside = [b for b in block.branches if any(m is module for m in b.modules())]
+            # The zeroed layer must lie on a branch of that join, never on its skip.
+            assert inside, f"`{entry.module}` is not on a branch of the join `{merge}`"
+            if block.skip is not None:
+                assert not any(m is module for m in block.skip.modules()), entry.module
+            claimed.update(id(b) for b in inside)
+    return claimed
+
+
+def check_model(spec: Net, seed: int = 0) -> None:
+    model = netgen.build(spec, seed)
+    x, cond = netgen.example_inputs(spec)
+    before = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
+
+    report = zero_init_pass(model, rule="residual_branch_last")
+
+    # Exactly what the generator's oracle says, by module identity.
+    zeroed = {id(model.get_submodule(m)) for m in report.modules}
+    expected = netgen.expected_modules(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    assert zeroed == expected, (
+        f"zeroed {sorted(names[i] for i in zeroed)}, expected {sorted(names[i] for i in expected)}"
+        f"\n{report}")
+
+    # Planned parameters are zero; everything else, buffers included, is bit-identical.
+    # (A module registered under two paths has its tensors under both names.)
+    planned = {id(model.get_parameter(n)) for n in report.params}
+    after = model.state_dict(keep_vars=True)
+    for name, value in after.items():
+        if id(value) in planned:
+            assert not value.any(), name
+        else:
+            assert torch.equal(value, before[name]), f"{name} changed but is not in the plan"
+
+    # Nothing on a projection skip or an FPN lateral.
+    for name, m in model.named_modules():
+        if isinstance(m, (netgen.ResBlock, netgen.FPN)) and m.skip is not None:
+            for p in m.skip.parameters():
+                assert p.any(), f"a parameter of the skip `{name}.skip` was zeroed"
+
+    # Each claimed branch outputs exactly zero, at every call site.
+    claimed = _claimed_branches(model, report)
+    outputs: dict[int, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out: outputs.setdefault(id(mod), []).append(out))
+             for m in model.modules() if id(m) in claimed]
+    model.eval()
+    with torch.no_grad():
+        model(x, cond)
+    for h in hooks:
+        h.remove()
+    assert set(outputs) == claimed
+    for key, outs in outputs.items():
+        for out in outs:
+            assert not out.any(), f"branch `{names[key]}` is claimed zero but outputs {out.abs().max()}"
+
+    # The model still runs, forward and backward, with finite values.
+    model.train()
+    out = model(x, cond)
+    out = out[0] if isinstance(out, tuple) else out
+    out.square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@settings(settings.get_profile(PROFILE))
+@given(spec=nets())
+def test_generated_networks(spec: Net) -> None:
+    check_model(spec)
+
+
+# -- shrunk failures, kept as regular tests ---------------------------------------------
+
+def _block(*ops: Op, skip: int = 0, post: str | None = None) -> Block:
+    return Block((tuple(ops),), skip, "op", False, post)
+
+
+def test_hard_sigmoid_gate_is_not_a_zero_path() -> None:
+    """relu6(g + 3) / 6 is 0.5 at g = 0: the gate's conv must not be taken as the last layer
+    (the pass used to zero `hse.fc2` and claim the branch zero)."""
+    check_model(Net(4, False, (("block", _block(Op("conv3", False))),
+                               ("block", _block(Op("hse")))))),
+    check_model(Net(4, False, (("block", _block(Op("conv1", False), Op("sigmoid"), Op("hse"))),)))
+
+
+def test_shared_conv_registered_under_two_paths() -> None:
+    """One conv object in two ModuleLists is a shared module, not a tied parameter."""
+    check_model(Net(4, False, (("block", _block(Op("shared"))),)))
+    check_model(Net(4, False, (("block", _block(Op("shared"))), ("shared", None))))
+
+
+def test_functional_batch_norm_with_running_stats_traced_in_train_mode() -> None:
+    """F.batch_norm(training=self.training) is traced with training=True, but in eval mode
+    batch_norm(0) = -mean/std: the conv before it is not a last layer."""
+    check_model(Net(4, False, (("block", _block(Op("conv1", False), Op("conv1", False),
+                                                Op("fbn0"), skip=1)),)))
+
+
+def test_instance_norm_tracking_running_stats() -> None:
+    check_model(Net(4, False, (("block", _block(Op("conv1", False), Op("conv1", False),
+                                                Op("in_track"), skip=1)),)))
+
+
+def test_branch_ending_in_a_block_with_a_projection_shortcut() -> None:
+    """Zeroing the outer branch would need the inner block's projection zeroed: never."""
+    inner = _block(Op("conv1", False), Op("lin"), skip=1, post="relu")
+    check_model(Net(4, False, (("block", _block(Op("cat", ("conv", "conv")),
+                                                Op("nested", inner), skip=1)),)))
+
+
+def test_residual_block_wrapped_directly_in_a_residual() -> None:
+    """x + (x + f(x)): the flat sum adds x twice; the inner block is still a join."""
+    spec = Net(4, False, (("block", _block(Op("nested", _block(Op("lin"))))),))
+    check_model(spec)
+    model = netgen.build(spec)
+    report = zero_init_pass(model)
+    assert report.modules == ["units.0.branches.0.ops.0.branches.0.ops.0.lin"]
+    assert any("outside the branch" in s.reason for s in report.skipped)
