@@ -137,6 +137,7 @@ class GraphView:
         self.params: dict[str, torch.Tensor] = dict(
             self.root.named_parameters(remove_duplicate=False))
         self._module_params: dict[str, tuple[str, ...]] = {}
+        self._modules: dict[str, nn.Module] = {}
         self._layers: dict[Node, Layer | None] = {}
         self._build()
 
@@ -191,17 +192,24 @@ class GraphView:
         if cached is None:
             module = self.module(target)
             prefix = f"{target}." if target else ""
-            cached = tuple(prefix + n for n, _ in module.named_parameters(remove_duplicate=False))
+            if module._modules:
+                cached = tuple(prefix + n for n, _ in module.named_parameters(remove_duplicate=False))
+            else:  # a leaf (most call_module targets): its own parameters, without recursion
+                cached = tuple(prefix + n for n, p in module._parameters.items() if p is not None)
             self._module_params[target] = cached
         return cached
 
     # -- modules ------------------------------------------------------------------------
     def module(self, fqn: str) -> nn.Module:
         """The user's module at ``fqn`` (falls back to the graph module's copy)."""
-        try:
-            return self.root.get_submodule(fqn)
-        except AttributeError:
-            return self.gm.get_submodule(fqn)
+        cached = self._modules.get(fqn)
+        if cached is None:
+            try:
+                cached = self.root.get_submodule(fqn)
+            except AttributeError:
+                cached = self.gm.get_submodule(fqn)
+            self._modules[fqn] = cached  # looked up per node and per query otherwise
+        return cached
 
     def module_type(self, fqn: str) -> str:
         try:

@@ -321,7 +321,7 @@ class ZeroOps:
         return self.methods.get(name)
 
     def module_preserves_zero(self, module: nn.Module) -> bool:
-        if getattr(module, "track_running_stats", False) is True:
+        if vars(module).get("track_running_stats") is True:
             return False  # an InstanceNorm with running stats: in eval norm(0) = -mean/std
         if isinstance(module, nn.Module) and type(module) in self.modules:
             return True
@@ -349,7 +349,8 @@ class ZeroOps:
 def _get_param(module: nn.Module, dotted: str) -> Any:
     obj: Any = module
     for part in dotted.split("."):
-        if torch.nn.utils.parametrize.is_parametrized(obj, part):
+        if isinstance(obj, nn.Module) and part in getattr(
+                obj._modules.get("parametrizations"), "_modules", ()):
             # Reading the attribute would run the parametrization (spectral_norm's power
             # iteration updates its buffers): report the stored original instead.
             return next(obj.parametrizations[part].parameters(), None)
