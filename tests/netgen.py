@@ -459,7 +459,8 @@ def expected_modules(model: GenNet) -> set[int]:
     Per branch, walk back from its end: a layer ends the walk (it is the last layer); an op
     that maps zero to zero continues it; a blocking op, the fork itself, or a nested block
     with a projection skip (zeroing it would zero a skip) gives up on the branch. A nested
-    block with an identity skip needs both its input and its branches zero. Then, as the
+    block with an identity skip needs both its input and its branches zero (a walk in its
+    branch that reaches its fork goes on in the outer branch). Then, as the
     pass does, a module also used where no kept branch selects it is dropped, and with it
     every branch whose zeroing needed it, until nothing changes.
     """
@@ -471,21 +472,23 @@ def expected_modules(model: GenNet) -> set[int]:
         uses.setdefault(id(pm), set()).add(key)
         return key, id(pm)
 
-    def walk(branch: Branch, i: int) -> frozenset | None:
+    def walk(branch: Branch, i: int, at_fork: frozenset | None = None) -> frozenset | None:
+        # ``at_fork``: what makes the fork zero, for a nested block walked from an outer
+        # branch (its fork lies inside that branch); None at a join's own fork.
         if i < 0:
-            return None  # reached the fork
+            return at_fork
         kind, mod = branch.kinds[i], branch.ops[i]
         if kind in LAYER_OPS:
             return frozenset({use(mod, kind, (id(branch), i))})
         if kind in PRESERVING_OPS:
-            return walk(branch, i - 1)
+            return walk(branch, i - 1, at_fork)
         if kind in BLOCKING_OPS:
             return None
         if kind == "cat":
             parts: set = set()
             for part in (mod.a, mod.b):
                 if part is None:
-                    prev = walk(branch, i - 1)
+                    prev = walk(branch, i - 1, at_fork)
                     if prev is None:
                         return None
                     parts |= prev
@@ -495,9 +498,11 @@ def expected_modules(model: GenNet) -> set[int]:
         if kind == "nested":
             if mod.skip is not None:
                 return None
-            prev = walk(branch, i - 1)
-            inner = [walk(b, len(b.kinds) - 1) for b in mod.branches]
-            if prev is None or any(c is None for c in inner):
+            prev = walk(branch, i - 1, at_fork)
+            if prev is None:
+                return None
+            inner = [walk(b, len(b.kinds) - 1, prev) for b in mod.branches]
+            if any(c is None for c in inner):
                 return None
             return prev.union(*inner)
         raise ValueError(kind)

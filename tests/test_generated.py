@@ -255,3 +255,13 @@ def test_residual_block_wrapped_directly_in_a_residual() -> None:
     report = zero_init_pass(model)
     assert report.modules == ["units.0.branches.0.ops.0.branches.0.ops.0.lin"]
     assert any("outside the branch" in s.reason for s in report.skipped)
+
+
+def test_outer_branch_zeroed_through_an_inner_gate_block() -> None:
+    """The inner block h + se(h) cannot be zeroed on its own (its branch reaches its fork),
+    but zeroing the conv before it zeroes the whole outer branch: se(0) = 0 * gate."""
+    inner = _block(Op("se"))
+    spec = Net(4, False, (("block", _block(Op("conv3", False), Op("conv3", False),
+                                           Op("nested", inner), Op("relu"))),))
+    check_model(spec)
+    assert zero_init_pass(netgen.build(spec)).modules == ["units.0.branches.0.ops.1"]
