@@ -134,10 +134,15 @@ class GraphView:
         self.data_users: dict[Node, list[Node]] = {}
         self.param_roots: dict[Node, frozenset[str]] = {}
         self.consumers: dict[str, list[Node]] = {}
-        self.params: dict[str, torch.Tensor] = dict(
-            self.root.named_parameters(remove_duplicate=False))
-        self._module_params: dict[str, tuple[str, ...]] = {}
+        self.params: dict[str, torch.Tensor] = {}
         self._modules: dict[str, nn.Module] = {}
+        for prefix, module in self.root.named_modules(remove_duplicate=False):
+            # named_parameters(remove_duplicate=False) and a module index in one sweep
+            self._modules[prefix] = module
+            for name, param in module._parameters.items():
+                if param is not None:
+                    self.params[f"{prefix}.{name}" if prefix else name] = param
+        self._module_params: dict[str, tuple[str, ...]] = {}
         self._layers: dict[Node, Layer | None] = {}
         self._build()
 
