@@ -265,3 +265,15 @@ def test_outer_branch_zeroed_through_an_inner_gate_block() -> None:
                                            Op("nested", inner), Op("relu"))),))
     check_model(spec)
     assert zero_init_pass(netgen.build(spec)).modules == ["units.0.branches.0.ops.1"]
+
+
+def test_conditioning_add_is_not_a_join_over_the_embedding() -> None:
+    """h = conv(x * (1 + scale(emb))) + proj(emb): both paths leave `emb`, but proj(emb) is
+    conditioning, not a skip; the pass used to zero the conv as that 'join's branch."""
+    spec = Net(4, True, (("block", _block(Op("cond_mod"), Op("conv3", False), Op("cond_add"),
+                                          Op("relu"))),))
+    check_model(spec)
+    report = zero_init_pass(netgen.build(spec))
+    assert report.modules == []
+    assert any("computed from conditioning inputs only, not from the data input `x`" in s.reason
+               for s in report.skipped)

@@ -455,9 +455,42 @@ class GraphView:
             join.reason = (f"no path is clearly the skip: parallel paths {counts} from fork "
                            f"`{fork.name}` (RepVGG-style); left alone")
             return join
+        if join.skip_kind == "projection" and self._conditioning_only(join.skip, terms):
+            data = [n for n in self.nodes if n.op == "placeholder" and self.is_data[n]][0]
+            join.reason = (f"not a residual join: `{join.skip.name}` is computed from "
+                           f"conditioning inputs only, not from the data input `{data.name}`; "
+                           "adding it brings a side input (timestep, class embedding) into "
+                           "the path")
+            return join
         join.branches = tuple(t for t in terms if t is not join.skip)
         join.ok = True
         return join
+
+    @cached_property
+    def _input_deps(self) -> dict[Node, int]:
+        """For each data node, a bit mask of the graph inputs it depends on (bit i: the
+        i-th data placeholder); empty when the graph has a single data input."""
+        inputs = [n for n in self.nodes if n.op == "placeholder" and self.is_data[n]]
+        if len(inputs) < 2:
+            return {}
+        bit = {n: 1 << i for i, n in enumerate(inputs)}
+        deps: dict[Node, int] = {}
+        for node in self.nodes:
+            if self.is_data[node]:
+                mask = bit.get(node, 0)
+                for inp in self.data_inputs[node]:
+                    mask |= deps[inp]
+                deps[node] = mask
+        return deps
+
+    def _conditioning_only(self, skip: Node, terms: tuple[Node, ...]) -> bool:
+        """Whether the projection 'skip' is computed without the first graph input (by
+        convention the data, ``x``) while another term is computed from it: in
+        ``conv(x * scale(emb)) + proj(emb)`` both paths leave ``emb``, but ``proj(emb)`` is
+        conditioning brought into the data path, not a shortcut. (An identity skip from a
+        second input, as a decoder's ``tgt + cross_attn(tgt, memory)``, stays a join.)"""
+        deps = self._input_deps
+        return bool(deps) and not deps[skip] & 1 and any(deps[t] & 1 for t in terms)
 
     def _find_fork(self, merge: Node, terms: tuple[Node, ...], merge_set: set[Node]
                    ) -> tuple[Node | None, frozenset[Node], dict[Node, int], str]:
