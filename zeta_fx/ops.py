@@ -349,6 +349,9 @@ class ZeroOps:
 def _get_param(module: nn.Module, dotted: str) -> Any:
     obj: Any = module
     for part in dotted.split("."):
+        if isinstance(obj, nn.Module) and part in obj._parameters:
+            obj = obj._parameters[part]  # the common case, without nn.Module.__getattr__
+            continue
         if isinstance(obj, nn.Module) and part in getattr(
                 obj._modules.get("parametrizations"), "_modules", ()):
             # Reading the attribute would run the parametrization (spectral_norm's power
