@@ -277,3 +277,11 @@ def test_conditioning_add_is_not_a_join_over_the_embedding() -> None:
     assert report.modules == []
     assert any("computed from conditioning inputs only, not from the data input `x`" in s.reason
                for s in report.skipped)
+
+
+def test_inner_block_inside_a_sum_with_a_side_input() -> None:
+    """(x + conv(x)) + proj(emb): the flat sum is no join, but the inner block still is."""
+    spec = Net(4, True, (("block", _block(Op("nested", _block(Op("conv3", False))),
+                                          Op("cond_add"), Op("relu"))),))
+    check_model(spec)
+    assert zero_init_pass(netgen.build(spec)).modules == ["units.0.branches.0.ops.0.branches.0.ops.0"]

@@ -407,12 +407,19 @@ class GraphView:
                 continue  # part of a longer sum; examined with its outermost add
             inner: list[Node] = []
             terms = self._terms(node, inner)
-            if inner and len(set(terms)) < len(terms):
-                # x + (x + f(x)): a residual block whose input is also the outer skip; the
-                # flat sum adds x twice, so each add is examined as a join of its own.
+            flat = None
+            if inner and len(set(terms)) == len(terms):
+                flat = self._classify_join(node, tuple(terms), inner)
+            if inner and (flat is None or not flat.ok):
+                # The flat sum is no join: x + (x + f(x)) adds x twice; (x + f(x)) + emb
+                # brings in a side input. Examine each add as a join of its own, so that an
+                # inner residual block is still found.
                 separate.add(node)
                 inner = []
                 terms = [a for a in node.args[:2] if isinstance(a, Node) and self.is_data[a]]
+            elif flat is not None:
+                joins.append(flat)
+                continue
             if len(terms) < 2:
                 continue  # adds a constant, a parameter or a shape-derived value
             joins.append(self._classify_join(node, tuple(terms), inner))
