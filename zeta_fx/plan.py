@@ -141,6 +141,8 @@ def _has_nonzero(tensor: torch.Tensor) -> bool:
     if tensor.is_meta:
         return True  # a meta tensor holds no values; writing it counts as a change
     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    if local.numel() > 4096 and local.is_contiguous() and bool(local.view(-1)[:4096].any()):
+        return True  # a trained or freshly initialised tensor: no need to read all of it
     return bool(local.count_nonzero().item() if local.numel() else False)
 
 
