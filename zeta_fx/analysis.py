@@ -231,6 +231,19 @@ class GraphView:
         self._layers[node] = layer
         return layer
 
+    def _consumes_params(self, node: Node) -> bool:
+        """Whether ``node`` is a layer, without classifying it (counting layers on paths
+        touches every node of every join; only the few nearest a merge are classified)."""
+        layer = self._layers.get(node, False)
+        if layer is not False:
+            return layer is not None
+        if not self.is_data.get(node):
+            return False
+        if node.op == "call_module":
+            return bool(self._params_of_module(node.target))
+        side = [n for n in node.all_input_nodes if not self.is_data[n] and self.param_roots[n]]
+        return bool(side) and self.layer(node) is not None  # rare: classify to be exact
+
     def _classify_layer(self, node: Node) -> Layer | None:
         if node.op == "call_module":
             owned = self._params_of_module(node.target)
@@ -445,7 +458,7 @@ class GraphView:
         sides = {t: frozenset(n for n in region if mask[n] == 1 << i)
                  for i, t in enumerate(terms)}
         join.sides = sides
-        layer_counts = {t: sum(1 for n in sides[t] if self.layer(n) is not None) for t in terms}
+        layer_counts = {t: sum(1 for n in sides[t] if self._consumes_params(n)) for t in terms}
         identity = [t for t in terms if layer_counts[t] == 0]
         if len(identity) == len(terms):
             join.reason = "no path between fork and merge has a parameterised layer"
