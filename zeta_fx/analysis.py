@@ -144,6 +144,7 @@ class GraphView:
                     self.params[f"{prefix}.{name}" if prefix else name] = param
         self._module_params: dict[str, tuple[str, ...]] = {}
         self._layers: dict[Node, Layer | None] = {}
+        self._shape_functions: dict[Any, bool] = {}
         self._build()
 
     # -- construction: one sweep in topological order ---------------------------------
@@ -162,12 +163,13 @@ class GraphView:
             elif self._is_shape_query(node):
                 data, inputs = False, ()
             else:
-                inputs = tuple(n for n in node.all_input_nodes if self.is_data[n])
+                ins = node.all_input_nodes  # a property that builds a list each time
+                inputs = tuple(n for n in ins if self.is_data[n])
                 data = bool(inputs) and node.op != "output"
                 if node.op == "call_module":
                     for fqn in self._params_of_module(node.target):
                         self.consumers.setdefault(fqn, []).append(node)
-                side_roots = [self.param_roots[n] for n in node.all_input_nodes
+                side_roots = [self.param_roots[n] for n in ins
                               if not self.is_data[n] and self.param_roots[n]]
                 if side_roots:
                     roots = frozenset().union(*side_roots)
@@ -186,10 +188,16 @@ class GraphView:
         if node.op == "call_method":
             return node.target in _SHAPE_METHODS
         if node.op == "call_function":
-            name = target_name(node.target)
-            if name == "builtins.getattr":
+            if node.target is getattr:
                 return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
-            return name in _SHAPE_FUNCTIONS
+            try:
+                known = self._shape_functions.get(node.target)
+            except TypeError:  # an unhashable callable
+                return target_name(node.target) in _SHAPE_FUNCTIONS
+            if known is None:
+                known = self._shape_functions[node.target] = (
+                    target_name(node.target) in _SHAPE_FUNCTIONS)
+            return known
         return False
 
     def _params_of_module(self, target: str) -> tuple[str, ...]:

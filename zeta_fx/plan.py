@@ -147,7 +147,12 @@ def _has_nonzero(tensor: torch.Tensor) -> bool:
 
 
 def _count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    seen: dict[int, torch.Tensor] = {}  # model.parameters() without its generator layers
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None:
+                seen[id(param)] = param
+    return sum(p.numel() for p in seen.values())
 
 
 def _planned_params(view: "GraphView", fqns: Iterable[str]) -> dict[str, tuple[int, ...]]:
