@@ -285,3 +285,19 @@ def test_inner_block_inside_a_sum_with_a_side_input() -> None:
                                           Op("cond_add"), Op("relu"))),))
     check_model(spec)
     assert zero_init_pass(netgen.build(spec)).modules == ["units.0.branches.0.ops.0.branches.0.ops.0"]
+
+
+def test_cover_with_a_shared_member_is_dropped_whole() -> None:
+    """cat([a(h), h[:, 2:]]) with h = shared(x): zeroing the branch needs both `a` and the
+    shared conv, which is also used on the trunk and so left alone; `a` must not be zeroed
+    alone (the branch would not be zero, yet the report claimed it)."""
+    spec = Net(4, False, (("block", _block(Op("shared"), Op("cat", ("conv", "slice")), skip=1)),
+                          ("shared", None)))
+    check_model(spec)
+    report = zero_init_pass(netgen.build(spec))
+    assert report.modules == []
+    assert any("is only zero if `shared` is zeroed too" in s.reason for s in report.skipped)
+    spec = Net(4, False, (("block", Block(((Op("shared"), Op("nested", _block(Op("conv3", False))),
+                                            Op("relu")),), 1, "op", False, None)),
+                          ("shared", None)))
+    check_model(spec)

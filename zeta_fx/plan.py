@@ -305,8 +305,9 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
     zeroed (a shared module that is last-on-branch at one site and elsewhere in another)."""
     from zeta_fx.rules import Skipped
 
+    targets, partial = _without_partial_covers(view, list(selection.targets))
     grouped: dict[str, dict[str, Any]] = {}
-    for target in selection.targets:
+    for target in targets:
         group = grouped.setdefault(target.module, {"params": {}, "nodes": {}, "positions": {},
                                                    "rules": {}})
         for fqn in target.params:
@@ -315,7 +316,7 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
             group["nodes"][node] = None
         group["positions"][target.position] = None
         group["rules"][target.rule] = None
-    skipped = list(selection.skipped)
+    skipped = list(selection.skipped) + partial
     entries = []
     node_names = {n.name: n for n in view.nodes}
     for module, group in grouped.items():
@@ -335,6 +336,34 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
                                  tuple(group["nodes"]), tuple(group["positions"]),
                                  ", ".join(group["rules"])))
     return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped))
+
+
+def _without_partial_covers(view: "GraphView", targets: list) -> tuple[list, list]:
+    """Drop the targets of every cover (the layers that together zero one branch) that
+    lost a member: a module also used where the rule does not select it is left alone
+    (``build_plan`` reports it), and then zeroing the others would not make that branch
+    zero. Repeats until stable, since dropping a target can leave its module with an
+    unselected use."""
+    from zeta_fx.rules import Skipped
+
+    left_alone: list = []
+    while True:
+        nodes: dict[str, set[str]] = {}
+        params: dict[str, set[str]] = {}
+        for t in targets:
+            nodes.setdefault(t.module, set()).update(t.nodes)
+            params.setdefault(t.module, set()).update(t.params)
+        shared = {m for m in nodes for fqn in params[m] for c in view.consumers.get(fqn, ())
+                  if c.name not in nodes[m]}
+        broken = {t.cover: t.module for t in targets if t.module in shared and t.cover}
+        partners = [t for t in targets if t.cover in broken and t.module not in shared]
+        if not partners:
+            return targets, left_alone
+        left_alone += [Skipped(t.nodes[0], t.module,
+                               f"left alone: the branch it ends ({t.position}) is only zero "
+                               f"if `{broken[t.cover]}` is zeroed too, and that is also used "
+                               "where the rule does not select it", t.rule) for t in partners]
+        targets = [t for t in targets if not (t.cover in broken and t.module not in shared)]
 
 
 def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False

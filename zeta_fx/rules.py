@@ -42,6 +42,9 @@ class Target:
     nodes: tuple[str, ...]
     position: str
     rule: str
+    # Targets with the same non-empty ``cover`` zero one value together (the layers that
+    # end one branch): the plan keeps all of them or none.
+    cover: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class ResidualBranchLast(Rule):
                 for node in result.layers:
                     layer = view.layer(node)
                     out.targets.append(Target(layer.owner, layer.params, (node.name,),
-                                              position, self.name))
+                                              position, self.name, f"{merge}:{branch.name}"))
         return out
 
 
@@ -179,7 +182,8 @@ class OutputLayer(Rule):
             for node in result.layers:
                 layer = view.layer(node)
                 out.targets.append(Target(layer.owner, layer.params, (node.name,),
-                                          f"last layer before {label} `{value.name}`", self.name))
+                                          f"last layer before {label} `{value.name}`", self.name,
+                                          f"output:{value.name}"))
         return out
 
 
