@@ -32,8 +32,8 @@ import netgen
 from netgen import Block, Net, Op
 from zeta_fx import zero_init_pass
 
-CI_EXAMPLES = 150
-DEV_EXAMPLES = 3000
+CI_EXAMPLES = 400
+DEV_EXAMPLES = 10000
 
 settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, derandomize=True,
                           print_blob=True,
