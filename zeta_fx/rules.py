@@ -158,7 +158,7 @@ class ResidualBranchLast(Rule):
                 for node in result.layers:
                     layer = view.layer(node)
                     out.targets.append(Target(layer.owner, layer.params, (node.name,),
-                                              position, self.name, f"{merge}:{branch.name}"))
+                                              position, self.name, cover=f"{merge}:{branch.name}"))
         return out
 
 
@@ -183,7 +183,7 @@ class OutputLayer(Rule):
                 layer = view.layer(node)
                 out.targets.append(Target(layer.owner, layer.params, (node.name,),
                                           f"last layer before {label} `{value.name}`", self.name,
-                                          f"output:{value.name}"))
+                                          cover=f"output:{value.name}"))
         return out
 
 
