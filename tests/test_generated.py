@@ -20,17 +20,18 @@ derandomised; "dev" runs many more with fresh randomness.
 from __future__ import annotations
 
 import os
-import re
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch import fx, nn
+from torch import nn
 
 import netgen
 from netgen import Block, Net, Op
 from zeta_fx import zero_init_pass
+from zeta_fx.analysis import GraphView
+from zeta_fx.capture import capture
+from zeta_fx.rules import ResidualBranchLast
 
 CI_EXAMPLES = 400
 DEV_EXAMPLES = 10000
@@ -113,37 +114,35 @@ def nets(draw) -> Net:
 
 # -- checking one model ---------------------------------------------------------------
 
-_MERGE = re.compile(r"branch into `([^`]+)`")
-
-
-def _merge_owners(model: nn.Module) -> dict[str, nn.Module]:
-    """Graph node name of each additive merge -> the module whose forward made it."""
-    gm = fx.symbolic_trace(model)
-    owners = {}
-    for node in gm.graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        if stack:
-            path = list(stack.values())[-1][0]
-            owners[node.name] = model.get_submodule(path)
-    return owners
-
-
 def _claimed_branches(model: nn.Module, report) -> set[int]:
-    """``id``s of the branch modules the report claims are now zero."""
-    owners = _merge_owners(model)
+    """``id``s of the branch modules the report claims are now zero.
+
+    The plan lists modules and join positions; which branch each zeroed node ends is read
+    from the rule's targets (node, join, branch term) for the covers the plan kept whole,
+    and mapped to the generator's modules through each node's ``nn_module_stack``.
+    """
+    gm = capture(model)
+    stacks = {n.name: [path for path, _ in n.meta.get("nn_module_stack", {}).values()]
+              for n in gm.graph.nodes}
+    planned = set(report.modules)
+    covers: dict[str, list] = {}
+    for t in ResidualBranchLast().select(GraphView(gm, model)).targets:
+        covers.setdefault(t.cover, []).append(t)
     claimed = set()
-    for entry in report.plan.entries:
-        module = model.get_submodule(entry.module)
-        for position in entry.positions:
-            merge = _MERGE.search(position).group(1)
-            block = owners[merge]
-            assert isinstance(block, (netgen.ResBlock, netgen.FPN)), (merge, type(block))
-            inside = [b for b in block.branches if any(m is module for m in b.modules())]
-            # The zeroed layer must lie on a branch of that join, never on its skip.
-            assert inside, f"`{entry.module}` is not on a branch of the join `{merge}`"
-            if block.skip is not None:
-                assert not any(m is module for m in block.skip.modules()), entry.module
-            claimed.update(id(b) for b in inside)
+    for cover, targets in covers.items():
+        if not all(t.module in planned for t in targets):
+            continue  # dropped whole: not claimed
+        merge, term = cover.split(":")
+        block_path = stacks[merge][-1]
+        block = model.get_submodule(block_path)
+        assert isinstance(block, (netgen.ResBlock, netgen.FPN)), (merge, type(block))
+        ends = [b for k, b in enumerate(block.branches)
+                if f"{block_path}.branches.{k}" in stacks[term]]
+        assert len(ends) == 1, f"branch term `{term}` of `{merge}` is not on one branch"
+        for t in targets:
+            # The zeroed layer lies on that branch of the join, never on its skip.
+            assert f"{block_path}.skip" not in stacks[t.nodes[0]], t
+        claimed.add(id(ends[0]))
     return claimed
 
 
@@ -301,3 +300,12 @@ def test_cover_with_a_shared_member_is_dropped_whole() -> None:
                                             Op("relu")),), 1, "op", False, None)),
                           ("shared", None)))
     check_model(spec)
+
+
+def test_shared_conv_in_two_branches_of_one_block() -> None:
+    """The shared conv ends one branch and an inner block of the other: both its sites are
+    selected; the outer second branch (relu(x + shared(x))) is not claimed."""
+    inner = _block(Op("shared"))
+    check_model(Net(4, True, (("block", Block(((Op("shared"),),
+                                               (Op("nested", inner), Op("relu"))),
+                                              0, "op", False, None)),)))
