@@ -30,7 +30,7 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.ops import ZeroOps, layer_inputs, spec_inputs, target_name
+from zeta_fx.ops import ZeroOps, layer_inputs, nonzero_offset, spec_inputs, target_name
 
 __all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
 
@@ -154,11 +154,17 @@ class GraphView:
         self.param_roots: dict[Node, frozenset[str]] = {}
         self.consumers: dict[str, list[Node]] = {}
         self.layer_nodes: set[Node] = set()  # data nodes that consume parameters
-        self.params: dict[str, torch.Tensor] = dict(
-            self.root.named_parameters(remove_duplicate=False))
-        self._modules = dict(self.root.named_modules(remove_duplicate=False))
-        self._module_params = self._params_by_module()
+        self.params: dict[str, torch.Tensor] = {}
+        self._modules: dict[str, nn.Module] = {}
+        for prefix, module in self.root.named_modules(remove_duplicate=False):
+            # named_parameters(remove_duplicate=False) and a module index in one sweep
+            self._modules[prefix] = module
+            for name, param in module._parameters.items():
+                if param is not None:
+                    self.params[f"{prefix}.{name}" if prefix else name] = param
+        self._module_params: dict[str, tuple[str, ...]] = {}
         self._layers: dict[Node, Layer | None] = {}
+        self._shape_functions: dict[Any, bool] = {}
         self._build()
 
     # -- construction: one sweep in topological order ---------------------------------
@@ -210,32 +216,42 @@ class GraphView:
         if node.op == "call_method":
             return node.target in _SHAPE_METHODS
         if node.op == "call_function":
-            name = self.ops.name_of(node.target)
-            if name == "builtins.getattr":
+            if node.target is getattr:
                 return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
-            return name in _SHAPE_FUNCTIONS
+            try:
+                known = self._shape_functions.get(node.target)
+            except TypeError:  # an unhashable callable
+                return target_name(node.target) in _SHAPE_FUNCTIONS
+            if known is None:
+                known = self._shape_functions[node.target] = (
+                    target_name(node.target) in _SHAPE_FUNCTIONS)
+            return known
         return False
 
-    def _params_by_module(self) -> dict[str, list[str]]:
-        """Module FQN -> FQNs of the parameters it holds directly, from one listing."""
-        direct: dict[str, list[str]] = {}
-        for fqn in self.params:
-            direct.setdefault(fqn.rpartition(".")[0], []).append(fqn)
-        return direct
-
-    def _params_of_module(self, target: str) -> list[str]:
+    def _params_of_module(self, target: str) -> tuple[str, ...]:
         """FQNs of every parameter under the module ``target`` (its children's too)."""
-        module = self._modules.get(target)
-        if module is not None and module._modules:  # a composite leaf (MultiheadAttention)
+        cached = self._module_params.get(target)
+        if cached is None:
+            module = self.module(target)
             prefix = f"{target}." if target else ""
-            return [fqn for fqn in self.params if fqn.startswith(prefix)]
-        return self._module_params.get(target, [])
+            if module._modules:  # a composite leaf (MultiheadAttention)
+                cached = tuple(prefix + n for n, _ in module.named_parameters(remove_duplicate=False))
+            else:  # a leaf (most call_module targets): its own parameters, without recursion
+                cached = tuple(prefix + n for n, p in module._parameters.items() if p is not None)
+            self._module_params[target] = cached
+        return cached
 
     # -- modules ------------------------------------------------------------------------
     def module(self, fqn: str) -> nn.Module:
         """The user's module at ``fqn`` (falls back to the graph module's copy)."""
-        module = self._modules.get(fqn)
-        return module if module is not None else self.gm.get_submodule(fqn)
+        cached = self._modules.get(fqn)
+        if cached is None:
+            try:
+                cached = self.root.get_submodule(fqn)
+            except AttributeError:
+                cached = self.gm.get_submodule(fqn)
+            self._modules[fqn] = cached  # looked up per node and per query otherwise
+        return cached
 
     def module_type(self, fqn: str) -> str:
         try:
@@ -310,6 +326,8 @@ class GraphView:
         spec = self._zero_spec(node)
         if spec is None or (spec.check is not None and spec.check(node) is not None):
             return False
+        if nonzero_offset(node, lambda n: bool(self.param_roots.get(n))):
+            return False  # `1 + gamma` is not zero when gamma is
         rooted = [n for n in spec_inputs(node, spec, lambda n: True) if self.param_roots.get(n)]
         if not rooted:
             return False
@@ -367,6 +385,9 @@ class GraphView:
                 refusal = spec.check(node)
                 if refusal:
                     return Blocked(node, f"{what} at `{node.name}` {refusal}")
+            offset = nonzero_offset(node, self.is_data.__getitem__)
+            if offset:
+                return Blocked(node, f"{what} at `{node.name}` {offset}")
             inputs = spec_inputs(node, spec, self.is_data.__getitem__)
             mode = spec.mode
         if not inputs:
@@ -414,17 +435,32 @@ class GraphView:
     @cached_property
     def _joins(self) -> list[Join]:
         joins = []
-        for node in self.nodes:
+        separate: set[Node] = set()  # adds examined on their own, not as part of a longer sum
+        for node in reversed(self.nodes):  # outermost add of a longer sum first
             if not self.is_additive(node):
                 continue
             users = self.data_users[node]
-            if len(users) == 1 and self.is_additive(users[0]):
+            if len(users) == 1 and self.is_additive(users[0]) and users[0] not in separate:
                 continue  # part of a longer sum; examined with its outermost add
             inner: list[Node] = []
             terms = self._terms(node, inner)
+            flat = None
+            if inner and len(set(terms)) == len(terms):
+                flat = self._classify_join(node, tuple(terms), inner)
+            if inner and (flat is None or not flat.ok):
+                # The flat sum is no join: x + (x + f(x)) adds x twice; (x + f(x)) + emb
+                # brings in a side input. Examine each add as a join of its own, so that an
+                # inner residual block is still found.
+                separate.add(node)
+                inner = []
+                terms = [a for a in node.args[:2] if isinstance(a, Node) and self.is_data[a]]
+            elif flat is not None:
+                joins.append(flat)
+                continue
             if len(terms) < 2:
                 continue  # adds a constant, a parameter or a shape-derived value
             joins.append(self._classify_join(node, tuple(terms), inner))
+        joins.reverse()
         return joins
 
     def joins(self) -> list[Join]:
@@ -522,9 +558,27 @@ class GraphView:
             join.reason = (f"no path is clearly the skip: parallel paths {counts} from fork "
                            f"`{fork.name}` (RepVGG-style); left alone")
             return join
+        if join.skip_kind == "projection" and self._conditioning_only(join.skip, terms):
+            join.reason = (f"not a residual join: `{join.skip.name}` is computed from "
+                           f"conditioning inputs only, not from the data input "
+                           f"`{self.inputs[0].name}`; "
+                           "adding it brings a side input (timestep, class embedding) into "
+                           "the path")
+            return join
         join.branches = tuple(t for t in terms if t is not join.skip)
         join.ok = True
         return join
+
+    def _conditioning_only(self, skip: Node, terms: tuple[Node, ...]) -> bool:
+        """Whether the projection 'skip' is computed without the first graph input (by
+        convention the data, ``x``) while another term is computed from it: in
+        ``conv(x * scale(emb)) + proj(emb)`` both paths leave ``emb``, but ``proj(emb)`` is
+        conditioning brought into the data path, not a shortcut. (An identity skip from a
+        second input, as a decoder's ``tgt + cross_attn(tgt, memory)``, stays a join.)"""
+        if len(self.inputs) < 2:
+            return False
+        deps = self.input_deps
+        return not deps[skip] & 1 and any(deps[t] & 1 for t in terms)
 
     def _find_fork(self, merge: Node, terms: tuple[Node, ...], merge_set: set[Node]
                    ) -> tuple[Node | None, frozenset[Node], dict[Node, int], str]:

@@ -27,7 +27,7 @@ from torch.fx import Node
 
 from zeta_fx.composite import CompositeFn, default_composites
 
-__all__ = ["ZeroSpec", "ZeroOps", "LayerSpec", "target_name"]
+__all__ = ["ZeroSpec", "ZeroOps", "LayerSpec", "target_name", "nonzero_offset"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,32 @@ def target_name(target: Any) -> str:
     return f"{module}.{name}" if module else name
 
 
+_OFFSET_OPS = frozenset({"operator.add", "operator.iadd", "operator.sub", "operator.isub",
+                         "torch.add", "torch.sub", "torch.subtract",
+                         ".add", ".add_", ".sub", ".sub_"})
+
+
+def nonzero_offset(node: Node, becomes_zero: Callable[[Node], bool]) -> str | None:
+    """For an add or sub, say which operand stays non-zero when the others are zeroed.
+
+    ``x + 3`` (a hard sigmoid's ``relu6(x + 3) / 6``), ``1 + scale`` or ``x + buffer`` do not
+    map zero to zero; ``becomes_zero`` tells whether a node operand is one the search can
+    make zero (a data value, or a parameter for weight chains). ``None`` when every
+    operand can be zero, or when ``node`` is not an add or sub.
+    """
+    if node.op not in ("call_function", "call_method") or target_name(node.target) not in _OFFSET_OPS:
+        return None
+    operands = list(node.args[:2]) + [node.kwargs[k] for k in ("input", "other") if k in node.kwargs]
+    for value in operands:
+        if isinstance(value, Node):
+            if not becomes_zero(value):
+                return f"adds `{value.name}`, a value that does not become zero"
+        elif isinstance(value, torch.Tensor) or (isinstance(value, (int, float, complex))
+                                                 and value != 0):
+            return f"adds the constant {value!r}, not zero"
+    return None
+
+
 def _arg(node: Node, key: int | str, default: Any = None) -> Any:
     if isinstance(key, int):
         return node.args[key] if key < len(node.args) else default
@@ -104,12 +130,12 @@ def _norm_without_affine(weight_pos: int, bias_pos: int | None) -> Callable[[Nod
 def _batch_norm_check(node: Node) -> str | None:
     # In eval mode batch_norm(0) = -mean/std: zero only when normalising by batch statistics.
     running_mean = _arg(node, 1) if len(node.args) > 1 else node.kwargs.get("running_mean")
-    training = _arg(node, 5, False) if len(node.args) > 5 else node.kwargs.get("training", False)
     bias = _arg(node, 4) if len(node.args) > 4 else node.kwargs.get("bias")
     if bias is not None:
         return "adds a bias that is not zeroed"
-    if running_mean is not None and training is not True:
-        return "normalises with running statistics, so batch_norm(0) = -mean/std"
+    if running_mean is not None:
+        # ``training`` is the trace-time constant; in eval the running statistics are used.
+        return "normalises with running statistics in eval mode, so batch_norm(0) = -mean/std"
     return None
 
 
@@ -421,6 +447,8 @@ class ZeroOps:
         return self.methods.get(name)
 
     def module_preserves_zero(self, module: nn.Module) -> bool:
+        if vars(module).get("track_running_stats") is True:
+            return False  # an InstanceNorm with running stats: in eval norm(0) = -mean/std
         if isinstance(module, nn.Module) and type(module) in self.modules:
             return True
         return isinstance(module, self.modules) and not any(True for _ in module.parameters())
@@ -454,6 +482,14 @@ class ZeroOps:
 def _get_param(module: nn.Module, dotted: str) -> Any:
     obj: Any = module
     for part in dotted.split("."):
+        if isinstance(obj, nn.Module) and part in obj._parameters:
+            obj = obj._parameters[part]  # the common case, without nn.Module.__getattr__
+            continue
+        if isinstance(obj, nn.Module) and part in getattr(
+                obj._modules.get("parametrizations"), "_modules", ()):
+            # Reading the attribute would run the parametrization (spectral_norm's power
+            # iteration updates its buffers): report the stored original instead.
+            return next(obj.parametrizations[part].parameters(), None)
         obj = getattr(obj, part, None)
         if obj is None:
             return None

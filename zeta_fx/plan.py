@@ -180,8 +180,10 @@ def _refuse_meta(tensors: dict[str, torch.Tensor]) -> None:
 
 def _has_nonzero(tensor: torch.Tensor) -> bool:
     if tensor.is_meta:
-        return True
+        return True  # a meta tensor holds no values; writing it counts as a change
     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # DTensor: own shard
+    if local.numel() > 4096 and local.is_contiguous() and bool(local.view(-1)[:4096].any()):
+        return True  # a trained or freshly initialised tensor: no need to read all of it
     return bool(local.numel() and local.count_nonzero().item())
 
 
@@ -208,6 +210,55 @@ def _named_params(model: nn.Module) -> dict[str, torch.Tensor]:
 def _count_params(named: dict[str, torch.Tensor]) -> int:
     """Parameter elements, each tied tensor counted once."""
     return sum(p.numel() for p in {id(p): p for p in named.values()}.values())
+
+
+def _planned_params(view: "GraphView", fqns: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """The stored parameters to zero for a layer's ``fqns``, with their shapes.
+
+    ``weight_norm`` (``torch.nn.utils.parametrizations`` or the legacy hook) computes
+    ``weight = g * v / ||v||``: zeroing the magnitude ``g`` gives an exact zero, finite
+    weight, so ``g`` is planned instead. Other computed weights (``spectral_norm``: W / sigma(W)
+    is never zero) and uninitialised lazy parameters are refused before anything is written.
+    """
+    params: dict[str, tuple[int, ...]] = {}
+    for fqn in fqns:
+        stored = fqn if fqn in view.params else _weight_norm_magnitude(view.root, fqn)
+        tensor = view.params[stored]
+        if isinstance(tensor, UninitializedParameter):
+            raise UnsupportedParameterError(
+                f"`{stored}` is an uninitialised lazy parameter; run one forward pass to "
+                "materialise the lazy modules, then apply the pass; nothing was written")
+        params[stored] = tuple(tensor.shape)
+    return params
+
+
+def _weight_norm_magnitude(model: nn.Module, fqn: str) -> str:
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    owner, _, name = fqn.rpartition(".")
+    module = model.get_submodule(owner) if owner else model
+    prefix = f"{owner}." if owner else ""
+    if parametrize.is_parametrized(module, name):
+        chain = list(module.parametrizations[name])
+        if len(chain) == 1 and type(chain[0]).__name__ == "_WeightNorm":
+            return f"{prefix}parametrizations.{name}.original0"
+        kinds = ", ".join(type(p).__name__.lstrip("_") for p in chain)
+        raise UnsupportedParameterError(
+            f"`{fqn}` (module `{owner}`) is computed by the parametrization {kinds}; no "
+            "stored tensor can be zeroed to make it an exact, finite zero (spectral_norm "
+            "divides by the largest singular value). Remove it with torch.nn.utils.parametrize"
+            f".remove_parametrizations(module, {name!r}) before the pass, or leave this layer "
+            "out of the rule; nothing was written")
+    hooks = list(module._forward_pre_hooks.values())
+    if any(isinstance(h, WeightNorm) and h.name == name for h in hooks):
+        return f"{prefix}{name}_g"
+    kinds = ", ".join(type(h).__name__ for h in hooks if getattr(h, "name", None) == name)
+    raise UnsupportedParameterError(
+        f"`{fqn}` (module `{owner}`) is not a stored parameter"
+        + (f" but computed by a {kinds} hook" if kinds else "")
+        + f"; zeroing it would not last. Remove the reparametrisation (e.g. "
+        "torch.nn.utils.remove_spectral_norm) before the pass; nothing was written")
 
 
 def _lookup(named: dict[str, torch.Tensor], fqn: str) -> tuple[str, torch.Tensor] | None:
@@ -280,20 +331,35 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
             f"the plan (rule {plan.rule}, made for `{plan.model}`) does not fit this "
             f"`{type(model).__name__}`:\n  {shown}{more}\nMake the plan on the same "
             "architecture; nothing was written")
-    _check_tied(found, named, allow_tied)
+    _check_tied(found, named, allow_tied, model)
     return found
 
 
+def _same_module_slot(model: nn.Module, a: str, b: str) -> bool:
+    """Whether FQNs ``a`` and ``b`` name one parameter of one module object registered under
+    two paths (a shared block): that is sharing the graph analysis already saw, not a tie."""
+    (pa, _, na), (pb, _, nb) = a.rpartition("."), b.rpartition(".")
+    if na != nb:
+        return False
+    try:
+        return model.get_submodule(pa) is model.get_submodule(pb)
+    except AttributeError:
+        return False
+
+
 def _check_tied(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
-                allow_tied: bool) -> None:
+                allow_tied: bool, model: nn.Module | None = None) -> None:
     targets = {id(t): name for name, t in found.items()}
     for alias, tensor in named.items():
         name = targets.get(id(tensor))
-        if name is not None and alias not in found and not allow_tied:
-            raise TiedParameterError(
-                f"`{name}` is tied to `{alias}` (the same tensor): zeroing it would also "
-                f"zero `{alias}`, which the rule did not select. Untie them, or pass "
-                "allow_tied=True to zero both; nothing was written")
+        if name is None or alias in found or allow_tied:
+            continue
+        if model is not None and _same_module_slot(model, alias, name):
+            continue  # one module registered under two paths: shared, not tied
+        raise TiedParameterError(
+            f"`{name}` is tied to `{alias}` (the same tensor): zeroing it would also "
+            f"zero `{alias}`, which the rule did not select. Untie them, or pass "
+            "allow_tied=True to zero both; nothing was written")
 
 
 def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.Module
@@ -302,8 +368,9 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
     zeroed (a shared module that is last-on-branch at one site and elsewhere in another)."""
     from zeta_fx.rules import Skipped
 
+    targets, partial = _without_partial_covers(view, list(selection.targets))
     grouped: dict[str, dict[str, Any]] = {}
-    for target in selection.targets:
+    for target in targets:
         group = grouped.setdefault(target.module, {"params": {}, "nodes": {}, "positions": {},
                                                    "rules": {}, "zero_at": {}})
         for fqn in target.params:
@@ -313,7 +380,7 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
             group["zero_at"].setdefault(node, getattr(target, "zero_at", ""))
         group["positions"][target.position] = None
         group["rules"][target.rule] = None
-    skipped = list(selection.skipped)
+    skipped = list(selection.skipped) + partial
     entries = []
     node_names = {n.name: n for n in view.nodes}
     for module, group in grouped.items():
@@ -328,13 +395,41 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
                 f"`{module}` is also used at {sites}, where the rule does not select it; "
                 "zeroing it would change that use too", ", ".join(group["rules"])))
             continue
-        params = {fqn: tuple(view.params[fqn].shape) for fqn in group["params"]}
+        params = _planned_params(view, group["params"])
         entries.append(PlanEntry(module, view.module_type(module), params,
                                  tuple(group["nodes"]), tuple(group["positions"]),
                                  ", ".join(group["rules"]),
                                  tuple(group["zero_at"][n] for n in group["nodes"])))
     return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped),
                         PictureSource(view))
+
+
+def _without_partial_covers(view: "GraphView", targets: list) -> tuple[list, list]:
+    """Drop the targets of every cover (the layers that together zero one branch) that
+    lost a member: a module also used where the rule does not select it is left alone
+    (``build_plan`` reports it), and then zeroing the others would not make that branch
+    zero. Repeats until stable, since dropping a target can leave its module with an
+    unselected use."""
+    from zeta_fx.rules import Skipped
+
+    left_alone: list = []
+    while True:
+        nodes: dict[str, set[str]] = {}
+        params: dict[str, set[str]] = {}
+        for t in targets:
+            nodes.setdefault(t.module, set()).update(t.nodes)
+            params.setdefault(t.module, set()).update(t.params)
+        shared = {m for m in nodes for fqn in params[m] for c in view.consumers.get(fqn, ())
+                  if c.name not in nodes[m]}
+        broken = {t.cover: t.module for t in targets if t.module in shared and t.cover}
+        partners = [t for t in targets if t.cover in broken and t.module not in shared]
+        if not partners:
+            return targets, left_alone
+        left_alone += [Skipped(t.nodes[0], t.module,
+                               f"left alone: the branch it ends ({t.position}) is only zero "
+                               f"if `{broken[t.cover]}` is zeroed too, and that is also used "
+                               "where the rule does not select it", t.rule) for t in partners]
+        targets = [t for t in targets if not (t.cover in broken and t.module not in shared)]
 
 
 def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,

@@ -20,6 +20,7 @@ second selects).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class Target:
     position: str
     rule: str
     zero_at: str = ""  # the graph value this zeroing makes exactly zero (checked by verify=True)
+    # Targets with the same non-empty ``cover`` zero one value together (the layers that
+    # end one branch): the plan keeps all of them or none.
+    cover: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class ResidualBranchLast(Rule):
                 if j.ok:
                     for node in j.region:
                         inside_other.setdefault(node, j.merge)
+        skip_of = {n: j.merge for j in joins if j.ok for n in j.skip_layers}
         for join in joins:
             merge = join.merge.name
             if not join.ok:
@@ -150,10 +155,22 @@ class ResidualBranchLast(Rule):
                         f"branch into `{merge}` from `{join.fork.name}` left alone: "
                         f"{result.reason}", self.name))
                     continue
+                on_skip = [n for n in result.layers if n in skip_of]
+                if on_skip:
+                    # The branch ends in a residual block with a projection shortcut: making
+                    # it zero would zero that block's skip, which is never done.
+                    n = on_skip[0]
+                    out.skipped.append(Skipped(
+                        branch.name, view.layer(n).owner,
+                        f"branch into `{merge}` from `{join.fork.name}` left alone: zeroing it "
+                        f"needs `{n.name}`, on the projection skip of the join into "
+                        f"`{skip_of[n].name}`", self.name))
+                    continue
                 for node in result.layers:
                     layer = view.layer(node)
                     out.targets.append(Target(layer.owner, layer.params, (node.name,),
-                                              position, self.name, branch.name))
+                                              position, self.name, branch.name,
+                                              cover=f"{merge}:{branch.name}"))
         self._select_composites(view, inside_other, out)
         return out
 
@@ -210,7 +227,7 @@ class OutputLayer(Rule):
                 layer = view.layer(node)
                 out.targets.append(Target(layer.owner, layer.params, (node.name,),
                                           f"last layer before {label} `{value.name}`", self.name,
-                                          value.name))
+                                          value.name, cover=f"output:{value.name}"))
         return out
 
 
@@ -364,8 +381,7 @@ class AdaLNZero(Rule):
                 layer.owner, layer.params, (node.name,),
                 f"adaLN modulation from {source}: {counts} of the data path{split}", self.name))
         final = OutputLayer().select(view)
-        out.targets += [Target(t.module, t.params, t.nodes, t.position, self.name)
-                        for t in final.targets]
+        out.targets += [dataclasses.replace(t, rule=self.name) for t in final.targets]
         out.skipped += [Skipped(s.node, s.module, s.reason, self.name) for s in final.skipped]
         return out
 

@@ -1,0 +1,541 @@
+"""Random residual networks built from a spec, and what ``residual_branch_last`` must do on them.
+
+A spec is plain data (frozen dataclasses of tuples), so hypothesis shrinks it and prints it
+readably. :func:`build` turns a spec into a real ``nn.Module`` whose ``forward`` interprets
+the spec; ``torch.fx.symbolic_trace`` unrolls the interpretation, so the traced graph has
+exactly the structure the spec describes (functional norms, ``x * gamma``, permutes for
+channels-last linears, squeeze-excite gates, side inputs, shared modules, ...).
+
+:func:`expected_modules` is the oracle: from the spec alone it derives which modules the
+pass must zero (the last layer of every branch that can provably be made zero, nothing on a
+skip path, nothing shared with a use the rule does not select).
+
+The benchmarks import this module too (a 1000-block generated network).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zeta_fx.models import SqueezeExcite
+
+# -- the spec --------------------------------------------------------------------------
+
+# Ops with parameters whose zeroing zeroes their output (one layer node each).
+LAYER_OPS = ("conv3", "conv1", "lin", "fconv", "wsconv", "bn", "fbn", "gn", "fln", "ls",
+             "shared")
+# Ops that map zero to zero in eval mode (a gate's own path never counts).
+PRESERVING_OPS = ("relu", "gelu", "silu", "tanh", "f_relu", "f_gelu", "t_tanh", "drop",
+                  "droppath", "sd", "gn0", "se", "hse", "slice_pad", "cond_mod")
+# Ops that do not map zero to zero in eval mode (or bring in a side value).
+BLOCKING_OPS = ("sigmoid", "bn0", "fbn0", "in_track", "cond_add")
+COND_OPS = ("cond_mod", "cond_add")
+# Layer nodes an op puts in the branch region (the pass tells skip from branch by them).
+_LAYER_NODES = {**{k: 1 for k in LAYER_OPS}, "se": 2, "hse": 2}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a branch. ``arg``: a ``Block`` for "nested", part kinds for "cat"."""
+
+    kind: str
+    arg: Any = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """A residual block: ``skip(x) + sum(branch(x))``.
+
+    ``skip`` is 0 (identity), 1 (1x1 conv) or 2 (1x1 conv + BatchNorm); ``form`` is how the
+    sum is written ("op", "torch", "method"); ``skip_first`` its order; ``post`` an
+    activation after the merge (ResNet style) or None.
+    """
+
+    branches: tuple[tuple[Op, ...], ...]
+    skip: int = 0
+    form: str = "op"
+    skip_first: bool = True
+    post: str | None = None
+
+
+@dataclass(frozen=True)
+class Net:
+    """``units``: ("block", Block) | ("repeat", i) re-calls the i-th unit (a block) |
+    ("fpn", tap) an FPN-style top-down sum, its top path also an output when ``tap`` |
+    ("conv", None) a trunk conv | ("shared", None) the shared conv on the trunk."""
+
+    channels: int
+    cond: bool
+    units: tuple[tuple[str, Any], ...]
+
+
+def layer_nodes(ops: tuple[Op, ...]) -> int:
+    """How many parameter-consuming nodes ``ops`` put between fork and merge."""
+    n = 0
+    for op in ops:
+        if op.kind == "nested":
+            n += sum(layer_nodes(b) for b in op.arg.branches) + op.arg.skip
+        elif op.kind == "cat":
+            n += sum(1 for part in op.arg if part == "conv")
+        else:
+            n += _LAYER_NODES.get(op.kind, 0)
+    return n
+
+
+# -- the modules ------------------------------------------------------------------------
+
+def _randomise_stats(module: nn.Module, gen: torch.Generator) -> None:
+    if getattr(module, "running_mean", None) is not None:
+        module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen))
+        module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
+
+
+def _randomise_affine(module: nn.Module, gen: torch.Generator) -> None:
+    for p in module.parameters(recurse=False):
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen))
+
+
+class ChannelsLastLinear(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class FConv(nn.Module):
+    """A conv written with ``F.conv2d`` and its own parameters."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c, c, 3, 3) * 0.2)
+        self.bias = nn.Parameter(torch.randn(c) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=1)
+
+
+class WSConv(nn.Conv2d):
+    """Weight-standardised conv (timm's StdConv2d): the weight is normalised before use."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, padding=1)
+
+
+class FBatchNorm(nn.BatchNorm2d):
+    """timm's BatchNormAct style: ``F.batch_norm`` with the module's own tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
+
+
+class FLayerNorm(nn.Module):
+    """Channels-last ``F.layer_norm`` with its own weight and bias."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c))
+        self.bias = nn.Parameter(torch.randn(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, c: int, gamma_first: bool) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.gamma_first = gamma_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * x if self.gamma_first else x * self.gamma
+
+
+class Act(nn.Module):
+    """Functional activations, so the graph has call_function nodes."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "f_relu":
+            return F.relu(x)
+        if self.kind == "f_gelu":
+            return F.gelu(x)
+        return torch.tanh(x)
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """timm's drop_path, verbatim in structure."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    random_tensor = x.new_empty(shape).bernoulli_(keep_prob)
+    return x.div(keep_prob) * random_tensor
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.2) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.p, self.training)
+
+
+class HardSE(nn.Module):
+    """MobileNetV3-style gate with the hard sigmoid written out: relu6(g + 3) / 6."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, 4, 1), nn.Conv2d(4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * (F.relu6(g + 3.0) / 6.0)
+
+
+class SlicePad(nn.Module):
+    """Keep half the channels and pad back with zeros (an option-A shortcut's op)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x[:, : x.shape[1] // 2]
+        return F.pad(half, (0, 0, 0, 0, 0, x.shape[1] - x.shape[1] // 2))
+
+
+class CondMod(nn.Module):
+    """FiLM-style scale from the conditioning: ``x * (1 + scale(emb))``."""
+
+    def __init__(self, c: int, e: int) -> None:
+        super().__init__()
+        self.scale = nn.Linear(e, c)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return x * (1 + self.scale(emb)[:, :, None, None])
+
+
+class CondAdd(nn.Module):
+    """UNet-style timestep injection: ``x + proj(emb)``."""
+
+    def __init__(self, c: int, e: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(e, c)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(emb)[:, :, None, None]
+
+
+class Cat(nn.Module):
+    """``cat`` of two half-width parts: a 1x1 conv ("conv") or a channel slice ("slice")."""
+
+    def __init__(self, c: int, parts: tuple[str, str]) -> None:
+        super().__init__()
+        self.parts = parts
+        self.a = nn.Conv2d(c, c // 2, 1) if parts[0] == "conv" else None
+        self.b = nn.Conv2d(c, c // 2, 1) if parts[1] == "conv" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[1] // 2
+        a = self.a(x) if self.a is not None else x[:, :half]
+        b = self.b(x) if self.b is not None else x[:, half:]
+        return torch.cat([a, b], dim=1)
+
+
+class Branch(nn.Module):
+    def __init__(self, ops: tuple[Op, ...], ctx: "_Ctx") -> None:
+        super().__init__()
+        self.kinds = tuple(op.kind for op in ops)
+        self.ops = nn.ModuleList(ctx.make(op) for op in ops)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        for kind, op in zip(self.kinds, self.ops):
+            x = op(x, emb) if kind in COND_OPS or kind == "nested" else op(x)
+        return x
+
+
+class ResBlock(nn.Module):
+    def __init__(self, spec: Block, ctx: "_Ctx") -> None:
+        super().__init__()
+        self.spec = spec
+        self.branches = nn.ModuleList(Branch(b, ctx) for b in spec.branches)
+        c = ctx.channels
+        self.skip: nn.Module | None = None
+        if spec.skip:
+            layers: list[nn.Module] = [nn.Conv2d(c, c, 1, bias=False)]
+            if spec.skip == 2:
+                layers.append(ctx.bn(nn.BatchNorm2d(c)))
+            self.skip = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        skip = x if self.skip is None else self.skip(x)
+        outs = [b(x, emb) for b in self.branches]
+        terms = [skip, *outs] if self.spec.skip_first else [*outs, skip]
+        acc = terms[0]
+        for t in terms[1:]:
+            if self.spec.form == "torch":
+                acc = torch.add(acc, t)
+            elif self.spec.form == "method":
+                acc = acc.add(t)
+            else:
+                acc = acc + t
+        if self.spec.post == "relu":
+            acc = F.relu(acc)
+        return acc
+
+
+class FPN(nn.Module):
+    """``lat1(f1) + lat2(b(f1))`` with ``f1 = a(x)``; with ``tap`` the top path is an output."""
+
+    def __init__(self, c: int, tap: bool) -> None:
+        super().__init__()
+        self.tap = tap
+        self.a = nn.Conv2d(c, c, 1)
+        self.skip = nn.Conv2d(c, c, 1)                                   # lateral
+        self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1))])
+
+    def forward(self, x: torch.Tensor, taps: list) -> torch.Tensor:
+        f1 = self.a(x)
+        top = self.branches[0](f1)
+        if self.tap:
+            taps.append(top)
+        return self.skip(f1) + top
+
+
+class GenNet(nn.Module):
+    """The interpreter: stem, units, pooled linear head; returns ``(logits, *taps)``."""
+
+    def __init__(self, spec: Net, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        c, e = spec.channels, 6
+        self.spec = spec
+        self.shared = nn.Conv2d(c, c, 1)  # registered first: its FQN is "shared"
+        ctx = _Ctx(c, e, self.shared, gen)
+        self.stem = nn.Conv2d(c, c, 1)
+        self.embed = nn.Sequential(nn.Linear(4, e), nn.SiLU()) if spec.cond else None
+        units: list[nn.Module] = []
+        for kind, arg in spec.units:
+            if kind == "block":
+                units.append(ResBlock(arg, ctx))
+            elif kind == "repeat":
+                units.append(units[arg])
+            elif kind == "fpn":
+                units.append(FPN(c, arg))
+            elif kind == "conv":
+                units.append(nn.Conv2d(c, c, 3, padding=1))
+            elif kind == "shared":
+                units.append(self.shared)
+            else:
+                raise ValueError(kind)
+        self.unit_kinds = tuple(k for k, _ in spec.units)
+        self.units = nn.ModuleList(units)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> Any:
+        emb = self.embed(cond) if self.embed is not None else None
+        h = self.stem(x)
+        taps: list[torch.Tensor] = []
+        for kind, unit in zip(self.unit_kinds, self.units):
+            if kind in ("block", "repeat"):
+                h = unit(h, emb)
+            elif kind == "fpn":
+                h = unit(h, taps)
+            else:
+                h = unit(h)
+        out = self.head(h.mean((2, 3)))
+        return (out, *taps) if taps else out
+
+
+@dataclass
+class _Ctx:
+    channels: int
+    emb: int
+    shared: nn.Module
+    gen: torch.Generator
+    made: dict = field(default_factory=dict)
+
+    def bn(self, m: nn.Module) -> nn.Module:
+        _randomise_stats(m, self.gen)
+        _randomise_affine(m, self.gen)
+        return m
+
+    def make(self, op: Op) -> nn.Module:
+        c, k = self.channels, op.kind
+        if k == "conv3":
+            m: nn.Module = nn.Conv2d(c, c, 3, padding=1, bias=bool(op.arg))
+        elif k == "conv1":
+            m = nn.Conv2d(c, c, 1, bias=bool(op.arg))
+        elif k == "lin":
+            m = ChannelsLastLinear(c)
+        elif k == "fconv":
+            m = FConv(c)
+        elif k == "wsconv":
+            m = WSConv(c, c, 3, padding=1)
+        elif k == "bn":
+            m = self.bn(nn.BatchNorm2d(c))
+        elif k == "bn0":
+            m = self.bn(nn.BatchNorm2d(c, affine=False))
+        elif k == "fbn":
+            m = self.bn(FBatchNorm(c))
+        elif k == "fbn0":
+            m = self.bn(FBatchNorm(c, affine=False))
+        elif k == "in_track":
+            m = self.bn(nn.InstanceNorm2d(c, track_running_stats=True))
+        elif k == "gn":
+            m = self.bn(nn.GroupNorm(2, c))
+        elif k == "gn0":
+            m = nn.GroupNorm(2, c, affine=False)
+        elif k == "fln":
+            m = FLayerNorm(c)
+        elif k == "ls":
+            m = LayerScale(c, bool(op.arg))
+        elif k == "shared":
+            m = self.shared
+        elif k in ("relu", "gelu", "silu", "tanh", "sigmoid"):
+            m = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+                 "sigmoid": nn.Sigmoid}[k]()
+        elif k in ("f_relu", "f_gelu", "t_tanh"):
+            m = Act(k)
+        elif k == "drop":
+            m = nn.Dropout(0.2)
+        elif k == "droppath":
+            m = DropPath(0.2)
+        elif k == "sd":
+            from torchvision.ops import StochasticDepth
+            m = StochasticDepth(0.2, "row")
+        elif k == "se":
+            m = SqueezeExcite(c, reduction=2)
+        elif k == "hse":
+            m = HardSE(c)
+        elif k == "slice_pad":
+            m = SlicePad()
+        elif k == "cond_mod":
+            m = CondMod(c, self.emb)
+        elif k == "cond_add":
+            m = CondAdd(c, self.emb)
+        elif k == "cat":
+            m = Cat(c, op.arg)
+        elif k == "nested":
+            m = ResBlock(op.arg, self)
+        else:
+            raise ValueError(k)
+        self.made[id(op)] = m
+        return m
+
+
+def build(spec: Net, seed: int = 0) -> GenNet:
+    """The model for ``spec``; parameter values are random but fixed by ``seed``."""
+    torch.manual_seed(seed)
+    return GenNet(spec, seed)
+
+
+def example_inputs(spec: Net, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, spec.channels, 4, 4, generator=gen), torch.randn(2, 4, generator=gen))
+
+
+# -- the oracle -------------------------------------------------------------------------
+
+def _param_module(model: GenNet, op_module: nn.Module, kind: str) -> nn.Module:
+    return op_module.lin if kind == "lin" else op_module
+
+
+def expected_modules(model: GenNet) -> set[int]:
+    """``id``s of the modules ``residual_branch_last`` must zero in ``model`` (nested="all").
+
+    Per branch, walk back from its end: a layer ends the walk (it is the last layer); an op
+    that maps zero to zero continues it; a blocking op, the fork itself, or a nested block
+    with a projection skip (zeroing it would zero a skip) gives up on the branch. A nested
+    block with an identity skip needs both its input and its branches zero (a walk in its
+    branch that reaches its fork goes on in the outer branch). Then, as the
+    pass does, a module also used where no kept branch selects it is dropped, and with it
+    every branch whose zeroing needed it, until nothing changes.
+    """
+    covers: list[frozenset] = []         # sets of (use key, module id)
+    uses: dict[int, set] = {}            # module id -> use keys
+
+    def use(op_module: nn.Module, kind: str, key: tuple) -> tuple[tuple, int]:
+        pm = _param_module(model, op_module, kind)
+        uses.setdefault(id(pm), set()).add(key)
+        return key, id(pm)
+
+    def walk(branch: Branch, i: int, at_fork: frozenset | None = None) -> frozenset | None:
+        # ``at_fork``: what makes the fork zero, for a nested block walked from an outer
+        # branch (its fork lies inside that branch); None at a join's own fork.
+        if i < 0:
+            return at_fork
+        kind, mod = branch.kinds[i], branch.ops[i]
+        if kind in LAYER_OPS:
+            return frozenset({use(mod, kind, (id(branch), i))})
+        if kind in PRESERVING_OPS:
+            return walk(branch, i - 1, at_fork)
+        if kind in BLOCKING_OPS:
+            return None
+        if kind == "cat":
+            parts: set = set()
+            for part in (mod.a, mod.b):
+                if part is None:
+                    prev = walk(branch, i - 1, at_fork)
+                    if prev is None:
+                        return None
+                    parts |= prev
+                else:
+                    parts.add(use(part, "conv1", (id(part), 0)))
+            return frozenset(parts)
+        if kind == "nested":
+            if mod.skip is not None:
+                return None
+            prev = walk(branch, i - 1, at_fork)
+            if prev is None:
+                return None
+            inner = [walk(b, len(b.kinds) - 1, prev) for b in mod.branches]
+            if any(c is None for c in inner):
+                return None
+            return prev.union(*inner)
+        raise ValueError(kind)
+
+    def block(b: ResBlock) -> None:
+        for branch in b.branches:
+            cover = walk(branch, len(branch.kinds) - 1)
+            if cover is not None:
+                covers.append(cover)
+            for kind, mod in zip(branch.kinds, branch.ops):
+                if kind == "nested":
+                    block(mod)
+
+    seen: set[int] = set()
+    for kind, unit in zip(model.unit_kinds, model.units):
+        if kind in ("block", "repeat") and id(unit) not in seen:
+            seen.add(id(unit))
+            block(unit)
+        elif kind == "fpn" and not unit.tap:
+            covers.append(frozenset({use(unit.branches[0][1], "conv1", (id(unit), 0))}))
+        elif kind == "shared":
+            uses.setdefault(id(model.shared), set()).add(("trunk", 0))  # a trunk use, never selected
+    # The shared conv's uses inside branches that were never walked count too.
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, Branch):
+            for i, kind in enumerate(m.kinds):
+                if kind == "shared":
+                    uses.setdefault(id(model.shared), set()).add((id(m), i))
+    while True:
+        chosen = {u for c in covers for u, _ in c}
+        dropped = {mid for mid, keys in uses.items() if not keys <= chosen}
+        kept = [c for c in covers if not any(mid in dropped for _, mid in c)]
+        if len(kept) == len(covers):
+            break
+        covers = kept
+    return {mid for c in covers for _, mid in c}
