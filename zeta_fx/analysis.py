@@ -597,22 +597,28 @@ class GraphView:
                 heapq.heappush(heap, (-self.index[term], term))
             mask[term] |= 1 << i
         merge_set = merge_set | {merge}
+        # Nodes known to lead only to the merge: expanded ones, the merge itself, and unused
+        # tuple items (``x, _ = attn(x, x, x)``), which lead nowhere.
+        inside = merge_set | self._unused_items
         expanded: set[Node] = set()
         boundary: list[Node] = []
         fork = None
+        data_users, data_inputs, index = self.data_users, self.data_inputs, self.index
         while heap:
             _, node = heapq.heappop(heap)
-            if mask[node] == full:
+            node_mask = mask[node]
+            if node_mask == full:
                 fork = node
                 break
-            if all(u in expanded or u in merge_set or _unused_item(u)
-                   for u in self.data_users[node]):
+            if inside.issuperset(data_users[node]):
                 expanded.add(node)
-                for inp in self.data_inputs[node]:
+                inside.add(node)
+                for inp in data_inputs[node]:
                     if inp not in mask:
-                        mask[inp] = 0
-                        heapq.heappush(heap, (-self.index[inp], inp))
-                    mask[inp] |= mask[node]
+                        mask[inp] = node_mask
+                        heapq.heappush(heap, (-index[inp], inp))
+                    else:
+                        mask[inp] |= node_mask
             else:
                 boundary.append(node)
         if fork is None:
@@ -626,7 +632,8 @@ class GraphView:
                     f"by {', '.join(f'`{n}`' for n in outside[:3])})")
             return None, frozenset(), mask, (f"not a residual join: the paths into `{merge.name}` "
                                        "share no common input")
-        leaking = [u for u in self.data_users[fork] if u in boundary]
+        boundary_set = set(boundary)
+        leaking = [u for u in self.data_users[fork] if u in boundary_set]
         if leaking:
             u = leaking[0]
             outside = [w.name for w in self.data_users[u] if w not in expanded and w not in merge_set]
@@ -635,6 +642,10 @@ class GraphView:
                 f"`{merge.name}`, is also used by {', '.join(f'`{n}`' for n in outside[:3])}")
         region = self._descendants_within(fork, expanded)
         return fork, region, mask, ""
+
+    @cached_property
+    def _unused_items(self) -> frozenset[Node]:
+        return frozenset(n for n in self.nodes if self.is_data[n] and _unused_item(n))
 
     def _descendants_within(self, fork: Node, allowed: set[Node]) -> frozenset[Node]:
         seen: set[Node] = set()

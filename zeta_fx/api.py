@@ -73,7 +73,8 @@ def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
             f"zero_init_pass expects an nn.Module or a torch.fx.GraphModule, got "
             f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
     model = unwrap(model)[0]
-    check_traceable(model)
+    if not isinstance(model, fx.GraphModule):  # already traced: sharding is checked below
+        check_traceable(model)
     rule_obj = get_rule(rule)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
     gm = capture_graph(model, leaf_modules=leaf_modules, example_inputs=example_inputs,

@@ -180,14 +180,12 @@ class ResidualBranchLast(Rule):
         if not view.ops.composites:
             return
         kinds = tuple(view.ops.composites)
-        leaves = {fqn for fqn, m in view.root.named_modules() if isinstance(m, kinds)}
-        if not leaves:
-            return
         for node in view.nodes:
-            if node.op != "call_module" or node.target not in leaves \
-                    or not view.is_data.get(node):
+            if node.op != "call_module" or not view.is_data.get(node):
                 continue
             module = view.module(node.target)
+            if not isinstance(module, kinds):
+                continue
             branches = composite_branches(module, view.ops.composites)
             if branches is None:
                 continue
