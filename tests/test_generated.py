@@ -33,7 +33,7 @@ from zeta_fx.analysis import GraphView
 from zeta_fx.capture import capture
 from zeta_fx.rules import ResidualBranchLast
 
-CI_EXAMPLES = 400
+CI_EXAMPLES = 250
 DEV_EXAMPLES = 10000
 
 settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, derandomize=True,
