@@ -145,8 +145,10 @@ class TakesAFlag(nn.Module):
 def test_non_tensor_input_in_control_flow() -> None:
     model = TakesAFlag()
     before = snapshot(model)
-    with pytest.raises(CaptureError, match=r"the model's own forward \(TakesAFlag\)"):
+    with pytest.raises(CaptureError, match=r"the model's own forward \(TakesAFlag\)") as info:
         zero_init_pass(model)
+    assert "example_inputs=(...)" in str(info.value)
+    assert "leaf_modules" not in str(info.value)  # the root cannot be a leaf of its own trace
     assert_unchanged(model, before)
 
 

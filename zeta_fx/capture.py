@@ -101,12 +101,14 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
                 return export_capture(model, example_inputs, example_kwargs)
             except CaptureError as export_exc:
                 raise CaptureError(f"{failure}\nand then {export_exc}") from exc
+        # The model itself cannot be a leaf of its own trace: only offer that for submodules.
+        leaf = (f"; or mark it as a leaf (leaf_modules=[{cls.__name__}] or [{where!r}]) if "
+                "its parameters are not the ones to zero") if where else ""
         raise CaptureError(
             f"{failure}\n"
             f"What to do: pass example_inputs=(...) (and example_kwargs={{...}}) so that the "
-            "model is captured with torch.export instead, which follows data-dependent "
-            f"Python; or mark it as a leaf (leaf_modules=[{cls.__name__}] or [{where!r}]) if "
-            "its parameters are not the ones to zero"
+            f"model is captured with torch.export instead, which follows data-dependent "
+            f"Python{leaf}"
         ) from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
