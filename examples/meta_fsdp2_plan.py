@@ -78,6 +78,7 @@ def rank_main(rank: int, port: int, plan_path: str) -> None:
                   f"{zero}; all others untouched and non-zero: {live}")
         if not (in_place and zero and live):
             raise SystemExit(f"rank {rank}: the plan was not applied as expected")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
