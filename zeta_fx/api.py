@@ -32,7 +32,7 @@ from zeta_fx.capture import LeafSpec
 from zeta_fx.capture import capture as capture_graph
 from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
 from zeta_fx.ops import ZeroOps
-from zeta_fx.plan import ZeroInitPlan, _has_nonzero, build_plan, dry_run_report, resolve
+from zeta_fx.plan import ZeroInitPlan, _any_nonzero, build_plan, dry_run_report, resolve
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
 from zeta_fx.verify import check_runnable, graph_args, verified_apply
@@ -188,7 +188,7 @@ class ZeroInitPass(PassBase):
             tensors = resolve(self.last_report.plan, graph_module)
         except ZetaFxError:
             return False
-        return not any(_has_nonzero(t) for t in tensors.values())
+        return not _any_nonzero(list(tensors.values()))
 
 
 def _graph_key(gm: fx.GraphModule) -> int:
