@@ -7,14 +7,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from zero_checks import assert_unchanged, snapshot  # noqa: F401  (re-exported)
 from zeta_fx import zero_init_pass
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer, by FQN (tied tensors under each name), cloned."""
-    out = {n: t.detach().clone() for n, t in model.named_parameters(remove_duplicate=False)}
-    out.update({n: t.detach().clone() for n, t in model.named_buffers(remove_duplicate=False)})
-    return out
 
 
 def params_of(*modules: str, names: Iterable[str] = ("weight", "bias")) -> set[str]:
@@ -36,13 +30,6 @@ def run_and_check(model: nn.Module, rule: Any, expected: set[str], **options: An
         else:
             assert torch.equal(value, before[name]), f"{name} changed"
     return report
-
-
-def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = snapshot(model)
-    assert set(after) == set(before)
-    for name, value in after.items():
-        assert torch.equal(value, before[name]), f"{name} changed"
 
 
 class OutputRecorder:

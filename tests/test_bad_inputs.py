@@ -21,6 +21,7 @@ from zeta_fx import (CaptureError, NotAModuleError, NoWeightError, PlanFormatErr
                      zero_init_pass)
 from zeta_fx.models import GPT
 from zeta_fx.utils import init_zero_
+from zero_checks import assert_unchanged, snapshot
 
 
 class Block(nn.Module):
@@ -42,17 +43,6 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(x))
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-
-
-def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    after = model.state_dict(keep_vars=True)
-    assert after.keys() == before.keys()
-    for k, v in after.items():
-        assert torch.equal(v.detach(), before[k]), f"{k} changed"
 
 
 def test_not_a_module() -> None:

@@ -11,12 +11,9 @@ from zeta_fx.errors import ExampleInputsError, UnsupportedParameterError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.plan import ZeroInitPlan
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
+from zero_checks import snapshot as _snapshot
 
 RULE = ResidualBranchLast() | OutputLayer()
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def _init_like_new(model: nn.Module, seed: int) -> None:

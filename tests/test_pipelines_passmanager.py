@@ -11,6 +11,7 @@ from torch.fx.passes.infra.pass_manager import PassManager
 
 from zeta_fx import ZeroInitPass
 from zeta_fx.models import SEResNet
+from zero_checks import snapshot as _snapshot
 
 EXPECTED = [f"blocks.{i}.bn3.{k}" for i in range(6) for k in ("weight", "bias")]
 
@@ -42,10 +43,6 @@ class AddToTorchAdd(PassBase):
 def _traced(seed: int = 0) -> fx.GraphModule:
     torch.manual_seed(seed)
     return fx.symbolic_trace(SEResNet())
-
-
-def _snapshot(gm: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in gm.state_dict().items()}
 
 
 def test_one_report_and_no_duplicate_work_over_steps():

@@ -10,17 +10,8 @@ from zeta_fx import zero_init_pass
 from zeta_fx.errors import ExampleInputsError, VerificationError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _assert_same(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
-    state = model.state_dict()
-    assert state.keys() == snapshot.keys()
-    for name, value in state.items():
-        assert torch.equal(value, snapshot[name]), name
+from zero_checks import assert_unchanged as _assert_same
+from zero_checks import snapshot as _snapshot
 
 
 class CosBranch(nn.Module):

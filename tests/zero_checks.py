@@ -9,19 +9,27 @@ from zeta_fx.analysis import GraphView
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+    """Every parameter and buffer, by FQN (tied tensors under each name), cloned."""
+    out = {n: t.detach().clone() for n, t in model.named_parameters(remove_duplicate=False)}
+    out.update({n: t.detach().clone() for n, t in model.named_buffers(remove_duplicate=False)})
+    return out
 
 
 def assert_only_zeroed(model: nn.Module, before: dict[str, torch.Tensor], params: set[str]) -> None:
-    """``params`` are exactly zero now; every other tensor of the state is bit-identical."""
-    after = model.state_dict(keep_vars=True)
+    """``params`` are exactly zero now; every other parameter and buffer is bit-identical."""
+    after = snapshot(model)
     assert set(after) == set(before)
     for name, value in after.items():
         if name in params:
-            assert not value.detach().any(), f"{name} should be zero"
+            assert not value.any(), f"{name} should be zero"
             assert value.dtype == before[name].dtype
         else:
-            assert torch.equal(value.detach(), before[name]), f"{name} changed"
+            assert torch.equal(value, before[name]), f"{name} changed"
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    """Every parameter and buffer is bit-identical to ``before`` (a :func:`snapshot`)."""
+    assert_only_zeroed(model, before, set())
 
 
 def branch_values(model: nn.Module, *inputs: torch.Tensor) -> dict[str, list[torch.Tensor]]:
