@@ -56,6 +56,8 @@ class PlanEntry:
     ``zero_at[i]`` names the graph value that zeroing makes exactly zero at site
     ``nodes[i]`` (the branch term of a residual join, the model output); ``verify=True``
     checks it. Empty where the rule names none: the layer's own output is checked then.
+    ``merges[i]``/``skips[i]``, for a residual site, name the merge node and its skip
+    operand: the claim is that the merge now equals the skip value exactly.
     """
 
     module: str
@@ -65,12 +67,15 @@ class PlanEntry:
     positions: tuple[str, ...]
     rule: str
     zero_at: tuple[str, ...] = ()
+    merges: tuple[str, ...] = ()
+    skips: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"module": self.module, "module_type": self.module_type,
                 "params": {k: list(v) for k, v in self.params.items()},
                 "nodes": list(self.nodes), "positions": list(self.positions), "rule": self.rule,
-                "zero_at": list(self.zero_at)}
+                "zero_at": list(self.zero_at), "merges": list(self.merges),
+                "skips": list(self.skips)}
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,9 @@ class ZeroInitPlan:
                           {str(k): tuple(int(d) for d in v) for k, v in e["params"].items()},
                           tuple(str(n) for n in e["nodes"]),
                           tuple(str(p) for p in e["positions"]), str(e["rule"]),
-                          tuple(str(z) for z in e.get("zero_at", ())))
+                          tuple(str(z) for z in e.get("zero_at", ())),
+                          tuple(str(m) for m in e.get("merges", ())),
+                          tuple(str(k) for k in e.get("skips", ())))
                 for e in data["entries"])
             return cls(entries, str(data["rule"]), str(data["model"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -372,12 +379,13 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
     grouped: dict[str, dict[str, Any]] = {}
     for target in targets:
         group = grouped.setdefault(target.module, {"params": {}, "nodes": {}, "positions": {},
-                                                   "rules": {}, "zero_at": {}})
+                                                   "rules": {}, "zero_at": {}, "claims": {}})
         for fqn in target.params:
             group["params"][fqn] = None
         for node in target.nodes:
             group["nodes"][node] = None
             group["zero_at"].setdefault(node, getattr(target, "zero_at", ""))
+            group["claims"].setdefault(node, (target.merge, target.skip))
         group["positions"][target.position] = None
         group["rules"][target.rule] = None
     skipped = list(selection.skipped) + partial
@@ -399,7 +407,9 @@ def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.M
         entries.append(PlanEntry(module, view.module_type(module), params,
                                  tuple(group["nodes"]), tuple(group["positions"]),
                                  ", ".join(group["rules"]),
-                                 tuple(group["zero_at"][n] for n in group["nodes"])))
+                                 tuple(group["zero_at"][n] for n in group["nodes"]),
+                                 tuple(group["claims"][n][0] for n in group["nodes"]),
+                                 tuple(group["claims"][n][1] for n in group["nodes"])))
     return ZeroInitPlan(tuple(entries), rule, type(model).__name__, tuple(skipped),
                         PictureSource(view))
 

@@ -93,6 +93,8 @@ class ZeroInitReport:
                     "params": {k: list(v) for k, v in entry.params.items()},
                     "elements": elements, "shared": len(entry.nodes) > 1, "rule": entry.rule,
                     "zero_at": entry.zero_at[i] if i < len(entry.zero_at) else "",
+                    "merge": entry.merges[i] if i < len(entry.merges) else "",
+                    "skip": entry.skips[i] if i < len(entry.skips) else "",
                     "verified": self._verified(node),
                 })
         return rows

@@ -51,6 +51,11 @@ class Target:
     # Targets with the same non-empty ``cover`` zero one value together (the layers that
     # end one branch): the plan keeps all of them or none.
     cover: str = ""
+    # The claim, for a residual row: after zeroing, graph node ``merge`` equals its operand
+    # ``skip`` exactly (verify=True checks it on a forward pass). Empty for other rows,
+    # whose claim is that ``zero_at`` is exactly zero.
+    merge: str = ""
+    skip: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,8 @@ class ResidualBranchLast(Rule):
                     layer = view.layer(node)
                     out.targets.append(Target(layer.owner, layer.params, (node.name,),
                                               position, self.name, branch.name,
-                                              cover=f"{merge}:{branch.name}"))
+                                              cover=f"{merge}:{branch.name}", merge=merge,
+                                              skip=join.skip.name))
         self._select_composites(view, inside_other, out)
         return out
 
