@@ -168,7 +168,7 @@ def test_leaf_modules_make_untraceable_submodules_opaque():
     report = zero_init_pass(model, leaf_modules=[Gate])
     # the Gate leaf is not known to preserve zero: the branch is left alone, and says why
     assert report.modules == []
-    assert "`Gate` (inner.1) at `inner_1` is not known to map zero to zero" in report.skipped[0].reason
+    assert "`Gate` (inner.1) at `inner_1` is opaque: `Gate` is not a known layer" in report.skipped[0].reason
     assert zero_init_pass(Untraceable(), leaf_modules=["inner.1"]).skipped
 
 

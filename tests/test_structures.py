@@ -331,7 +331,7 @@ def test_branch_ending_in_sigmoid_is_left_alone_naming_the_op():
     assert report.modules == []
     assert_only_zeroed(model, before, set())
     (skip,) = report.skipped
-    assert "`torch.sigmoid` at `sigmoid` is not known to map zero to zero" in skip.reason
+    assert "`torch.sigmoid` at `sigmoid` maps zero to a non-zero value" in skip.reason
 
 
 class RepVGGBlock(nn.Module):

@@ -20,9 +20,8 @@ parameters, buffers and anything computed from those alone are not data.
 
 from __future__ import annotations
 
-import heapq
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Iterable
 
@@ -30,7 +29,9 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.ops import ZeroOps, layer_inputs, nonzero_offset, spec_inputs, target_name
+from zeta_fx.facts import (LAYER_PARAMS, Fact, ZeroFacts, bind, known_module, op_key)
+from zeta_fx.joins import Join, additive_operands, find_joins
+from zeta_fx.ops import ZeroOps, target_name
 
 __all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
 
@@ -57,9 +58,6 @@ _SHAPE_FUNCTIONS = frozenset({
     "aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default",
     "aten.new_full.default", "aten.dim.default", "aten.numel.default",
 })
-_ADDITIVE_FUNCTIONS = frozenset({"operator.add", "operator.iadd", "torch.add",
-                                 "aten.add.Tensor", "aten.add_.Tensor"})
-_ADDITIVE_METHODS = frozenset({"add", "add_"})
 
 
 def _unused_item(node: Node) -> bool:
@@ -91,7 +89,8 @@ class Layer:
     """A graph node that consumes parameters.
 
     ``params`` are the FQNs whose zeroing makes the node output zero (empty when
-    ``zeroable`` is false, and then ``why_not`` says why).
+    ``zeroable`` is false, and then ``why_not`` says why); ``chain`` the parameter-only
+    nodes between those parameters and the node (a computed weight).
     """
 
     node: Node
@@ -99,14 +98,27 @@ class Layer:
     params: tuple[str, ...]
     zeroable: bool
     why_not: str = ""
+    chain: tuple[Node, ...] = ()
 
 
 @dataclass(frozen=True)
 class Found:
-    """Zeroing ``layers`` provably makes the searched value zero."""
+    """Zeroing the parameters of ``sites`` (node, parameter FQNs) makes the searched value zero.
 
-    layers: tuple[Node, ...]
+    ``chain`` holds the parameter-only nodes the search went through (computed weights).
+    """
+
+    sites: tuple[tuple[Node, tuple[str, ...]], ...]
     depth: int
+    chain: tuple[Node, ...] = ()
+
+    @property
+    def layers(self) -> tuple[Node, ...]:
+        return tuple(node for node, _ in self.sites)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p for _, ps in self.sites for p in ps))
 
 
 @dataclass(frozen=True)
@@ -117,28 +129,48 @@ class Blocked:
     reason: str
 
 
-@dataclass
-class Join:
-    """An additive merge of paths from a common fork, classified into skip and branches."""
+@dataclass(frozen=True)
+class _Params:
+    """A parameter-only operand that becomes zero once ``params`` are (through ``chain``)."""
 
-    merge: Node
-    terms: tuple[Node, ...]
-    fork: Node | None = None
-    ok: bool = False
-    reason: str = ""
-    skip: Node | None = None
-    skip_kind: str = ""
-    skip_layers: tuple[Node, ...] = ()
-    branches: tuple[Node, ...] = ()
-    sides: dict[Node, frozenset[Node]] = field(default_factory=dict)
-    region: frozenset[Node] = frozenset()
+    params: tuple[str, ...]
+    chain: tuple[Node, ...]
+
+
+# op keys whose parameter operands are weights/biases of a structured layer (a projection)
+_STRUCTURED = frozenset({
+    "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+    "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution", "batch_norm",
+    "instance_norm", "layer_norm", "group_norm", "rms_norm", "native_layer_norm",
+    "native_group_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit_functional", "native_batch_norm", "addmm", "embedding",
+    "shifted_window_attention",
+})
+_STRUCTURED_KINDS = frozenset({"linear", "conv", "bilinear", "batch_norm", "layer_norm",
+                               "embedding", "local_response_norm"})
+_PRODUCTS = frozenset({"mul", "multiply", "matmul", "mm", "bmm", "outer", "kron", "einsum",
+                       "dot", "vdot"})
+_NORMS = frozenset({"layer_norm", "group_norm", "rms_norm", "native_layer_norm",
+                    "native_group_norm"})
+_BATCH_NORMS = frozenset({"batch_norm", "instance_norm", "_native_batch_norm_legit",
+                          "_native_batch_norm_legit_no_training", "native_batch_norm",
+                          "_native_batch_norm_legit_functional"})
+_CONVS = frozenset({"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                    "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution"})
+# views: an in-place write through one of these writes its base
+_VIEWS = frozenset({"view", "reshape", "transpose", "permute", "unsqueeze", "squeeze",
+                    "flatten", "unflatten", "narrow", "select", "slice", "expand", "t",
+                    "getitem", "chunk", "split", "unbind", "view_as", "reshape_as",
+                    "contiguous", "detach", "alias", "as_strided", "diagonal", "movedim",
+                    "swapaxes", "swapdims", "split_with_sizes", "tensor_split", "_unsafe_view"})
 
 
 class GraphView:
-    """Value flow, layers and residual joins of ``gm``; ``root`` holds the real modules.
+    """The value-flow index of ``gm``, its layers, zero search and residual joins.
 
-    ``root`` is the model the user passed (module types and parameters come from it);
-    it defaults to ``gm``. ``ops`` is the zero-propagation table.
+    ``root`` is the model the user passed (module types and parameters come from it); it
+    defaults to ``gm``. ``ops`` carries what users declared with ``zero_preserving=`` and
+    the composite leaves.
     """
 
     def __init__(self, gm: fx.GraphModule, root: nn.Module | None = None,
@@ -154,6 +186,8 @@ class GraphView:
         self.param_roots: dict[Node, frozenset[str]] = {}
         self.consumers: dict[str, list[Node]] = {}
         self.layer_nodes: set[Node] = set()  # data nodes that consume parameters
+        # value -> the node that writes it in place while a later node still reads it
+        self.clobbered: dict[Node, Node] = {}
         self.params: dict[str, torch.Tensor] = {}
         self._modules: dict[str, nn.Module] = {}
         for prefix, module in self.root.named_modules(remove_duplicate=False):
@@ -165,7 +199,11 @@ class GraphView:
         self._module_params: dict[str, tuple[str, ...]] = {}
         self._layers: dict[Node, Layer | None] = {}
         self._shape_functions: dict[Any, bool] = {}
+        self._kinds: dict[str, tuple[str | None, str]] = {}
+        self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
+        self.declared.update({cls: "composite" for cls in self.ops.composites})
         self._build()
+        self._find_in_place_writes()
 
     # -- construction: one sweep in topological order ---------------------------------
     def _build(self) -> None:
@@ -211,6 +249,44 @@ class GraphView:
             param_roots[node] = roots
             for inp in inputs:
                 data_users[inp].append(node)
+
+    def _find_in_place_writes(self) -> None:
+        """Values written in place (``relu_``, ``+=``, ``ReLU(inplace=True)``) while a later
+        node still reads them: the graph's value edges do not tell what that node sees."""
+        for node in self.nodes:
+            if not self.is_data[node] or node.op not in ("call_function", "call_method",
+                                                         "call_module"):
+                continue
+            if node.op == "call_module":
+                module = self.module(node.target)
+                if getattr(module, "inplace", False) is not True:
+                    continue
+            elif not op_key(node)[1]:
+                continue
+            written = node.args[0] if node.args else None
+            if not isinstance(written, Node):
+                continue
+            # the write reaches the base of a view, and every view of it
+            base = written
+            while base.op in ("call_function", "call_method") and op_key(base)[0] in _VIEWS \
+                    and base.args and isinstance(base.args[0], Node):
+                base = base.args[0]
+            family = self._views_of(base)
+            here = self.index[node]
+            for value in family:
+                if any(self.index[u] > here and u is not node for u in value.users):
+                    self.clobbered.setdefault(value, node)
+
+    def _views_of(self, base: Node) -> list[Node]:
+        out, stack = [base], [base]
+        while stack and len(out) < 256:
+            value = stack.pop()
+            for user in value.users:
+                if user.op in ("call_function", "call_method") and op_key(user)[0] in _VIEWS \
+                        and user.args and user.args[0] is value:
+                    out.append(user)
+                    stack.append(user)
+        return out
 
     def _is_shape_query(self, node: Node) -> bool:
         if node.op == "call_method":
@@ -259,12 +335,32 @@ class GraphView:
         except AttributeError:
             return "?"
 
+    def module_kind(self, fqn: str) -> tuple[str | None, str]:
+        """``(kind, why_not)`` of the leaf module at ``fqn`` (see ``zeta_fx.facts``)."""
+        cached = self._kinds.get(fqn)
+        if cached is None:
+            cached = self._kinds[fqn] = known_module(self.module(fqn), self.declared)
+        return cached
+
+    def structured_layer(self, node: Node) -> bool:
+        """A conv, linear, norm or embedding: a layer a projection shortcut is made of."""
+        if node.op == "call_module":
+            return self.module_kind(node.target)[0] in _STRUCTURED_KINDS
+        return op_key(node)[0] in _STRUCTURED
+
+    # -- zero facts -----------------------------------------------------------------------
+    def facts(self, zeroed: Iterable[str], nodes: Iterable[Node] | None = None) -> ZeroFacts:
+        """The :class:`~zeta_fx.facts.ZeroFacts` of this graph once ``zeroed`` are zero."""
+        return ZeroFacts(self.gm, self.root, zeroed=zeroed, nodes=nodes, data=self.is_data,
+                         weights=self.param_roots, declared=self.declared,
+                         preserving=self.ops.declared_keys)
+
     # -- layers -------------------------------------------------------------------------
     def layer(self, node: Node) -> Layer | None:
         """The layer at ``node`` (a data node consuming parameters), or ``None``."""
         if node in self._layers:
             return self._layers[node]
-        layer = self._classify_layer(node) if self.is_data.get(node) else None
+        layer = self._classify_layer(node) if node in self.layer_nodes else None
         self._layers[node] = layer
         return layer
 
@@ -274,136 +370,279 @@ class GraphView:
             if not owned:
                 return None
             module = self.module(node.target)
-            names = self.ops.layer_params_of_module(module)
-            if not names:
-                return Layer(node, node.target, (), False,
-                             f"`{type(module).__name__}` is not known to output zero when its "
-                             "parameters are zero; declare it with zero_preserving=[...] if it does")
+            kind, why_not = self.module_kind(node.target)
             prefix = f"{node.target}." if node.target else ""
+            if kind in LAYER_PARAMS:
+                names = tuple(n for n in LAYER_PARAMS[kind] if _has_tensor(module, n))
+            elif kind == "declared":
+                names = tuple(n for n, _ in module.named_parameters(recurse=False))
+            else:
+                names = ()
+            if not names:
+                why = why_not or (f"`{type(module).__name__}` ({node.target}) does not output "
+                                  "zero when its parameters are zero")
+                return Layer(node, node.target, (), False, why)
             params = tuple(prefix + n for n in names)
+            facts = self.facts(params, [node])
+            if facts[node] != Fact.ZERO:
+                return Layer(node, owner_of(params), (), False, facts.why(node))
             return Layer(node, owner_of(params), params, True)
         side = [n for n in node.all_input_nodes if not self.is_data[n] and self.param_roots[n]]
         if not side:
             return None
-        all_roots = frozenset().union(*(self.param_roots[n] for n in side))
-        owner = owner_of(sorted(all_roots))
-        spec = self.ops.layer_spec(node)
-        what = f"`{target_name(node.target)}`"
-        if spec is None:
-            return Layer(node, owner, (), False,
-                         f"{what} uses parameters {sorted(all_roots)} but is not known to output "
-                         "zero when they are zero")
-        if spec.mode == "any":
-            for inp in side:
-                if self._param_chain_zero(inp):
-                    params = tuple(sorted(self.param_roots[inp]))
-                    return Layer(node, owner_of(params), params, True)
-            return Layer(node, owner, (), False,
-                         f"{what}: no parameter operand stays zero through the ops applied to it")
-        params: dict[str, None] = {}  # in argument order: weight, then bias
-        for value in layer_inputs(node, spec):
-            if value is None or (isinstance(value, (int, float)) and value == 0):
-                continue
-            if not isinstance(value, Node) or self.is_data[value]:
+        all_roots = sorted(frozenset().union(*(self.param_roots[n] for n in side)))
+        owner = owner_of(all_roots)
+        groups = self._groups(node)
+        if isinstance(groups, str):
+            return Layer(node, owner, (), False, groups)
+        chosen: list[_Params] = []
+        for group in groups:
+            picked = None
+            for operand in group:
+                if isinstance(operand, Node) and not self.is_data[operand]:
+                    result = self._param_operand(operand)
+                    if isinstance(result, _Params) and (
+                            picked is None or len(result.chain) < len(picked.chain)):
+                        picked = result
+                elif operand is None or _is_zero_constant(operand):
+                    picked = _Params((), ())
+                    break
+            if picked is None:
                 return Layer(node, owner, (), False,
-                             f"{what} takes a weight or bias that is not a parameter ({value!r})")
-            if not self.param_roots[value]:
-                return Layer(node, owner, (), False,
-                             f"{what} takes `{value.name}`, a buffer or constant, as weight or bias")
-            if not self._param_chain_zero(value):
-                return Layer(node, owner, (), False,
-                             f"{what}: its weight passes through ops that do not keep zero")
-            params.update(dict.fromkeys(sorted(self.param_roots[value])))
+                             f"`{node.name}` ({op_key(node)[0]}) uses parameters {all_roots} but "
+                             "zeroing them does not make it zero")
+            chosen.append(picked)
+        params = tuple(dict.fromkeys(p for c in chosen for p in c.params))
+        chain = tuple(dict.fromkeys(n for c in chosen for n in c.chain))
         if not params:
             return None
-        ordered = tuple(params)
-        return Layer(node, owner_of(ordered), ordered, True)
+        facts = self.facts(params, list(chain) + [node])
+        if facts[node] != Fact.ZERO:
+            return Layer(node, owner_of(params), (), False, facts.why(node))
+        return Layer(node, owner_of(params), params, True, chain=chain)
 
-    def _param_chain_zero(self, node: Node) -> bool:
-        """Whether ``node`` (computed from parameters only) is zero once its roots are."""
+    def _groups(self, node: Node) -> list[list[Any]] | str:
+        """What must be zero for ``node`` to be zero: every group, one operand of each.
+
+        A string says why no choice of operands can make it zero.
+        """
+        what = self._describe_op(node)
+        if node.op == "call_module":
+            kind, why_not = self.module_kind(node.target)
+            data = [a for a in node.args if isinstance(a, Node)]
+            if kind is None:
+                return f"{what} at `{node.name}` is opaque: {why_not}"
+            if kind in ("preserving", "hardtanh", "threshold", "constant_pad", "prelu",
+                        "local_response_norm") or (kind == "declared" and not self._params_of_module(node.target)):
+                return [data[:1]]
+            if kind == "finite":
+                return f"{what} at `{node.name}` maps zero to a non-zero value"
+            return f"{what} at `{node.name}` is not known to output zero"
+        if node.op not in ("call_function", "call_method"):
+            return f"`{node.name}` is not an op"
+        key, _ = op_key(node)
+        a = bind(node)
+        if key in ("add", "sub", "subtract", "rsub"):
+            return [[a.get("input")], [a.get("other")]]
+        if key == "sum" and additive_operands(self, node) is not None:
+            return [[v] for v, _ in additive_operands(self, node)]
+        if key in _PRODUCTS:
+            operands = list(a["operands"]) if "operands" in a else \
+                [v for k, v in a.items() if k in ("input", "other", "mat2", "vec2")]
+            return [operands]
+        if key in ("div", "divide", "true_divide", "floor_divide"):
+            return [[a.get("input")]]
+        if key in _CONVS:
+            groups = [[a.get("input"), a.get("weight")]]
+            if key == "bilinear":
+                groups = [[a.get("input1"), a.get("input2"), a.get("weight")]]
+            if a.get("bias") is not None:
+                groups.append([a.get("bias")])
+            return groups
+        if key in _NORMS or key in _BATCH_NORMS:
+            batch = key in _NORMS
+            if key in _BATCH_NORMS:
+                running = a.get("running_mean")
+                batch = running is None or a.get("training", a.get("use_input_stats")) is True
+            first = [a.get("weight")] if a.get("weight") is not None else []
+            if batch:
+                first.append(a.get("input"))
+            groups = [first] if first else [[a.get("input")]]
+            if a.get("bias") is not None:
+                groups.append([a.get("bias")])
+            return groups
+        if key in ("addmm", "baddbmm"):
+            return [[a.get("mat1", a.get("batch1")), a.get("mat2", a.get("batch2"))],
+                    [a.get("input")]]
+        if key == "embedding":
+            return [[a.get("weight")]]
+        if key == "shifted_window_attention":
+            return [[a.get("proj_weight")]] + ([[a["proj_bias"]]] if a.get("proj_bias") is not None else [])
+        if key.startswith("_scaled_dot_product") or key == "scaled_dot_product_attention":
+            return [[a.get("value")]]
+        if key in ("where",):
+            return [[a.get("input")], [a.get("other")]]
+        if key in ("cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"):
+            tensors = a.get("tensors", a.get("input"))
+            return [[t] for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors])]
+        if key == "getitem":
+            return [[node.args[0]]]
+        if key == "pow":
+            exponent = a.get("exponent")
+            if isinstance(exponent, (int, float)) and exponent > 0:
+                return [[a.get("input")]]
+            return f"{what} at `{node.name}` is a power that does not keep zero"
+        from zeta_fx.facts import _FINITE, _PRESERVING, _SINGULAR
+        if key in ("masked_fill", "clamp", "clip", "clamp_min", "clamp_max", "hardtanh",
+                   "threshold", "pad", "constant_pad_nd", "nan_to_num", "relu6", "maximum",
+                   "minimum", "max", "min", "prelu", "_prelu_kernel", "normalize", "getattr") \
+                or key in _PRESERVING or key in self.ops.declared_keys:
+            first = a.get("input", node.args[0] if node.args else None)
+            return [[first]]
+        if key in _FINITE:
+            return f"{what} at `{node.name}` maps zero to a non-zero value"
+        if key in _SINGULAR:
+            return f"{what} at `{node.name}` is not finite at zero"
+        return (f"{what} at `{node.name}` is not known to map zero to zero; declare it with "
+                "zero_preserving=[...] if it does")
+
+    def _param_operand(self, value: Node) -> _Params | str:
+        """The parameters whose zeroing makes the parameter-only ``value`` zero, or why not."""
+        results: dict[Node, _Params | str] = {}
+        order = self._backward_closure(value, lambda n: not self.is_data[n] and n.op != "placeholder")
+        for node in order:
+            results[node] = self._param_step(node, results)
+        return results[value]
+
+    def _param_step(self, node: Node, results: dict[Node, Any]) -> _Params | str:
         if node.op == "get_attr":
-            return bool(self.param_roots[node])
-        spec = self._zero_spec(node)
-        if spec is None or (spec.check is not None and spec.check(node) is not None):
-            return False
-        if nonzero_offset(node, lambda n: bool(self.param_roots.get(n))):
-            return False  # `1 + gamma` is not zero when gamma is
-        rooted = [n for n in spec_inputs(node, spec, lambda n: True) if self.param_roots.get(n)]
-        if not rooted:
-            return False
-        results = [self._param_chain_zero(n) for n in rooted]
-        return all(results) if spec.mode == "all" else any(results)
+            if node.target in self.params:
+                return _Params((node.target,), (node,))
+            return f"`{node.name}` is a buffer or constant, not a parameter"
+        if not self.param_roots.get(node):
+            return f"`{node.name}` is computed from no parameter"
+        groups = self._groups(node)
+        if isinstance(groups, str):
+            return groups
+        params: dict[str, None] = {}
+        chain: dict[Node, None] = {node: None}
+        for group in groups:
+            picked: _Params | str | None = None
+            for operand in group:
+                if isinstance(operand, Node):
+                    got = results.get(operand, f"`{operand.name}` is outside the weight")
+                elif operand is None or _is_zero_constant(operand):
+                    got = _Params((), ())
+                else:
+                    got = f"`{node.name}` adds the constant {operand!r}, not zero"
+                if isinstance(got, _Params):
+                    if not isinstance(picked, _Params) or len(got.chain) < len(picked.chain):
+                        picked = got
+                    continue
+                picked = picked or got
+            if not isinstance(picked, _Params):
+                return picked or f"`{node.name}` has nothing to zero"
+            params.update(dict.fromkeys(picked.params))
+            chain.update(dict.fromkeys(picked.chain))
+        return _Params(tuple(params), tuple(chain))
 
-    def _zero_spec(self, node: Node):
-        if node.op == "call_function":
-            return self.ops.spec_for_function(node.target)
-        if node.op == "call_method":
-            return self.ops.spec_for_method(node.target)
-        return None
+    def _backward_closure(self, start: Node, follow: Callable[[Node], bool]) -> list[Node]:
+        """``start`` and the inputs it reaches through nodes ``follow`` admits, in
+        topological order (iteratively)."""
+        seen = {start}
+        stack = [start]
+        while stack:
+            node = stack.pop()
+            for inp in node.all_input_nodes:
+                if inp not in seen and follow(inp):
+                    seen.add(inp)
+                    stack.append(inp)
+        return sorted(seen, key=self.index.__getitem__)
 
-    # -- zero propagation ---------------------------------------------------------------
-    def zero_cover(self, start: Node, inside: Callable[[Node], bool]) -> Found | Blocked:
+    # -- zero search ---------------------------------------------------------------------
+    def zero_cover(self, start: Any, inside: Callable[[Node], bool]) -> Found | Blocked:
         """The zeroable layers nearest ``start`` whose zeroing makes ``start`` zero.
 
-        The search walks backwards through ops that map zero to zero and never leaves the
-        nodes for which ``inside`` is true (a residual branch, say).
+        ``start`` is a data node, a parameter-only node or a constant. The search walks
+        backwards through what must be zero for each value to be zero and never leaves the
+        data nodes for which ``inside`` is true. Iterative: its depth is not bounded by
+        Python's recursion limit. A :class:`Found` is a proposal; the zero facts prove it.
         """
-        memo: dict[Node, Found | Blocked] = {}
-
-        def visit(node: Node, depth: int) -> Found | Blocked:
-            if node in memo:
-                return memo[node]
-            memo[node] = result = self._cover_step(node, inside, visit, depth)
-            return result
-
-        return visit(start, 0)
+        if not isinstance(start, Node):
+            if start is None or _is_zero_constant(start):
+                return Found((), 0)
+            return Blocked(self.nodes[-1], f"adds the constant {start!r}, not zero")
+        if not self.is_data.get(start):
+            got = self._param_operand(start)
+            if isinstance(got, str):
+                return Blocked(start, got)
+            return Found(((start, got.params),), 0, got.chain)
+        order = self._backward_closure(
+            start, lambda n: self.is_data.get(n, False) and inside(n) and n.op != "placeholder")
+        results: dict[Node, Found | Blocked] = {}
+        for node in order:
+            results[node] = self._cover_step(node, inside, results)
+        return results[start]
 
     def _cover_step(self, node: Node, inside: Callable[[Node], bool],
-                    visit: Callable[[Node, int], Found | Blocked], depth: int) -> Found | Blocked:
-        if not inside(node):
+                    results: dict[Node, Found | Blocked]) -> Found | Blocked:
+        if not inside(node) or node.op == "placeholder":
             return Blocked(node, f"the path reaches `{node.name}`, outside the branch, "
                                  "without passing a layer that can be zeroed")
         layer = self.layer(node)
-        if layer is not None:
+        if layer is not None and node.op == "call_module":
             if layer.zeroable:
-                return Found((node,), 0)
+                return Found(((node, layer.params),), 0, layer.chain)
             return Blocked(node, f"`{node.name}`: {layer.why_not}")
-        if depth > 2000:
-            return Blocked(node, "the branch is too deep to search")
-        what = self._describe_op(node)
-        if node.op == "call_module":
-            if self.ops.module_preserves_zero(self.module(node.target)):
-                inputs = list(self.data_inputs[node])
-                mode = "all"
+        groups = self._groups(node)
+        if isinstance(groups, str):
+            return Blocked(node, groups)
+        sites: list[tuple[Node, tuple[str, ...]]] = []
+        chain: list[Node] = []
+        own: list[str] = []
+        depth = 0
+        for group in groups:
+            best: Found | _Params | None = None
+            blocked: Blocked | None = None
+            for operand in group:
+                if isinstance(operand, Node) and self.is_data.get(operand):
+                    got = results.get(operand) or Blocked(
+                        operand, f"the path reaches `{operand.name}`, outside the branch, "
+                                 "without passing a layer that can be zeroed")
+                    if isinstance(got, Found):
+                        if best is None or (isinstance(best, Found) and got.depth < best.depth):
+                            best = got
+                    elif blocked is None:
+                        blocked = got
+                elif isinstance(operand, Node):
+                    got_p = self._param_operand(operand)
+                    if isinstance(got_p, _Params):
+                        # the node itself is the layer: nearest possible; among parameter
+                        # operands the one with the shortest chain (a gain, not the weight
+                        # it scales)
+                        if not isinstance(best, _Params) or len(got_p.chain) < len(best.chain):
+                            best = got_p
+                        continue
+                    if blocked is None:
+                        blocked = Blocked(node, f"`{node.name}`: {got_p}")
+                elif operand is None or _is_zero_constant(operand):
+                    best = _Params((), ())
+                    break
+                elif blocked is None:
+                    blocked = Blocked(node, f"`{node.name}` adds the constant {operand!r}, "
+                                            "not zero")
+            if best is None:
+                return blocked or Blocked(node, f"`{node.name}` has nothing to zero")
+            if isinstance(best, _Params):
+                own.extend(best.params)
+                chain.extend(best.chain)
             else:
-                return Blocked(node, f"{what} at `{node.name}` is not known to map zero to zero")
-        else:
-            spec = self._zero_spec(node)
-            if spec is None:
-                return Blocked(node, f"{what} at `{node.name}` is not known to map zero to zero")
-            if spec.check is not None:
-                refusal = spec.check(node)
-                if refusal:
-                    return Blocked(node, f"{what} at `{node.name}` {refusal}")
-            offset = nonzero_offset(node, self.is_data.__getitem__)
-            if offset:
-                return Blocked(node, f"{what} at `{node.name}` {offset}")
-            inputs = spec_inputs(node, spec, self.is_data.__getitem__)
-            mode = spec.mode
-        if not inputs:
-            return Blocked(node, f"{what} at `{node.name}` has no data input to zero")
-        results = [visit(inp, depth + 1) for inp in inputs]
-        if mode == "all":
-            for result in results:
-                if isinstance(result, Blocked):
-                    return result
-            layers = tuple(dict.fromkeys(n for r in results for n in r.layers))
-            return Found(layers, 1 + max(r.depth for r in results))
-        found = [r for r in results if isinstance(r, Found)]
-        if not found:
-            return results[0]
-        best = min(found, key=lambda r: r.depth)
-        return Found(best.layers, best.depth + 1)
+                sites.extend(best.sites)
+                chain.extend(best.chain)
+                depth = max(depth, best.depth + 1)
+        if own:
+            sites.append((node, tuple(dict.fromkeys(own))))
+        return Found(tuple(dict.fromkeys(sites)), depth, tuple(dict.fromkeys(chain)))
 
     def _describe_op(self, node: Node) -> str:
         if node.op == "call_module":
@@ -412,60 +651,20 @@ class GraphView:
 
     # -- residual joins -----------------------------------------------------------------
     def is_additive(self, node: Node) -> bool:
-        if not self.is_data.get(node):
-            return False
-        if node.op == "call_function":
-            return self.ops.name_of(node.target) in _ADDITIVE_FUNCTIONS
-        if node.op == "call_method":
-            return node.target in _ADDITIVE_METHODS
-        return False
-
-    def _terms(self, merge: Node, inner: list[Node]) -> list[Node]:
-        terms: list[Node] = []
-        for inp in merge.args[:2]:
-            if not isinstance(inp, Node) or not self.is_data[inp]:
-                continue
-            if self.is_additive(inp) and self.data_users[inp] == [merge]:
-                inner.append(inp)
-                terms.extend(self._terms(inp, inner))
-            else:
-                terms.append(inp)
-        return terms
+        return additive_operands(self, node) is not None
 
     @cached_property
     def _joins(self) -> list[Join]:
-        joins = []
-        separate: set[Node] = set()  # adds examined on their own, not as part of a longer sum
-        for node in reversed(self.nodes):  # outermost add of a longer sum first
-            if not self.is_additive(node):
-                continue
-            users = self.data_users[node]
-            if len(users) == 1 and self.is_additive(users[0]) and users[0] not in separate:
-                continue  # part of a longer sum; examined with its outermost add
-            inner: list[Node] = []
-            terms = self._terms(node, inner)
-            flat = None
-            if inner and len(set(terms)) == len(terms):
-                flat = self._classify_join(node, tuple(terms), inner)
-            if inner and (flat is None or not flat.ok):
-                # The flat sum is no join: x + (x + f(x)) adds x twice; (x + f(x)) + emb
-                # brings in a side input. Examine each add as a join of its own, so that an
-                # inner residual block is still found.
-                separate.add(node)
-                inner = []
-                terms = [a for a in node.args[:2] if isinstance(a, Node) and self.is_data[a]]
-            elif flat is not None:
-                joins.append(flat)
-                continue
-            if len(terms) < 2:
-                continue  # adds a constant, a parameter or a shape-derived value
-            joins.append(self._classify_join(node, tuple(terms), inner))
-        joins.reverse()
-        return joins
+        return find_joins(self)
 
     def joins(self) -> list[Join]:
         """Every additive merge of two or more data paths, valid residual joins or not."""
         return self._joins
+
+    @cached_property
+    def unused_items(self) -> frozenset[Node]:
+        """Elements of tuple outputs that nothing uses (``x, _ = attn(x, x, x)``)."""
+        return frozenset(n for n in self.nodes if self.is_data[n] and _unused_item(n))
 
     # -- graph inputs -------------------------------------------------------------------
     @cached_property
@@ -524,52 +723,7 @@ class GraphView:
                         "(conditioning such as a timestep or class embedding) into the path")
         return None
 
-    def _classify_join(self, merge: Node, terms: tuple[Node, ...], inner: list[Node]) -> Join:
-        join = Join(merge, terms)
-        if len(set(terms)) < len(terms):
-            join.reason = "adds a value to itself"
-            return join
-        fork, region, mask, why = self._find_fork(merge, terms, set(inner))
-        if fork is None:
-            join.reason = why
-            return join
-        join.fork, join.region = fork, region
-        # A node reached from one term only belongs to that term's path; nodes shared by
-        # several terms (a norm feeding parallel attention and MLP) belong to none.
-        sides = {t: frozenset(n for n in region if mask[n] == 1 << i)
-                 for i, t in enumerate(terms)}
-        join.sides = sides
-        layer_nodes = self.layer_nodes
-        layer_counts = {t: len(sides[t] & layer_nodes) for t in terms}
-        identity = [t for t in terms if layer_counts[t] == 0]
-        if len(identity) == len(terms):
-            join.reason = (f"no path between fork `{fork.name}` and the merge has a "
-                           "parameterised layer: a parameter-free computation (a polynomial, a "
-                           "rotary embedding, ...), not a residual block")
-            return join
-        if identity:
-            join.skip, join.skip_kind = identity[0], "identity"
-        elif len(terms) == 2 and layer_counts[terms[0]] != layer_counts[terms[1]]:
-            join.skip = min(terms, key=lambda t: layer_counts[t])
-            join.skip_kind = "projection"
-            join.skip_layers = tuple(self.nodes_in_order(sides[join.skip] & layer_nodes))
-        else:
-            counts = ", ".join(f"`{t.name}` ({layer_counts[t]} layers)" for t in terms)
-            join.reason = (f"no path is clearly the skip: parallel paths {counts} from fork "
-                           f"`{fork.name}` (RepVGG-style); left alone")
-            return join
-        if join.skip_kind == "projection" and self._conditioning_only(join.skip, terms):
-            join.reason = (f"not a residual join: `{join.skip.name}` is computed from "
-                           f"conditioning inputs only, not from the data input "
-                           f"`{self.inputs[0].name}`; "
-                           "adding it brings a side input (timestep, class embedding) into "
-                           "the path")
-            return join
-        join.branches = tuple(t for t in terms if t is not join.skip)
-        join.ok = True
-        return join
-
-    def _conditioning_only(self, skip: Node, terms: tuple[Node, ...]) -> bool:
+    def conditioning_only(self, skip: Node, terms: tuple[Node, ...]) -> bool:
         """Whether the projection 'skip' is computed without the first graph input (by
         convention the data, ``x``) while another term is computed from it: in
         ``conv(x * scale(emb)) + proj(emb)`` both paths leave ``emb``, but ``proj(emb)`` is
@@ -580,84 +734,6 @@ class GraphView:
         deps = self.input_deps
         return not deps[skip] & 1 and any(deps[t] & 1 for t in terms)
 
-    def _find_fork(self, merge: Node, terms: tuple[Node, ...], merge_set: set[Node]
-                   ) -> tuple[Node | None, frozenset[Node], dict[Node, int], str]:
-        """Walk back from ``merge`` in reverse topological order until all paths meet.
-
-        A node is expanded only when every one of its users is already known to lead to
-        the merge; so the walk stays inside the region and costs what the region costs.
-        The first node reached from every term is the fork.
-        """
-        full = (1 << len(terms)) - 1
-        mask: dict[Node, int] = {}
-        heap: list[tuple[int, Node]] = []
-        for i, term in enumerate(terms):
-            if term not in mask:
-                mask[term] = 0
-                heapq.heappush(heap, (-self.index[term], term))
-            mask[term] |= 1 << i
-        merge_set = merge_set | {merge}
-        # Nodes known to lead only to the merge: expanded ones, the merge itself, and unused
-        # tuple items (``x, _ = attn(x, x, x)``), which lead nowhere.
-        inside = merge_set | self._unused_items
-        expanded: set[Node] = set()
-        boundary: list[Node] = []
-        fork = None
-        data_users, data_inputs, index = self.data_users, self.data_inputs, self.index
-        while heap:
-            _, node = heapq.heappop(heap)
-            node_mask = mask[node]
-            if node_mask == full:
-                fork = node
-                break
-            if inside.issuperset(data_users[node]):
-                expanded.add(node)
-                inside.add(node)
-                for inp in data_inputs[node]:
-                    if inp not in mask:
-                        mask[inp] = node_mask
-                        heapq.heappush(heap, (-index[inp], inp))
-                    else:
-                        mask[inp] |= node_mask
-            else:
-                boundary.append(node)
-        if fork is None:
-            if boundary:
-                b = max(boundary, key=self.index.__getitem__)
-                outside = [u.name for u in self.data_users[b]
-                           if u not in expanded and u not in merge_set]
-                return None, frozenset(), mask, (
-                    f"not a residual join: the paths into `{merge.name}` do not meet at a fork "
-                    f"whose intermediate values feed only this merge (`{b.name}` is also used "
-                    f"by {', '.join(f'`{n}`' for n in outside[:3])})")
-            return None, frozenset(), mask, (f"not a residual join: the paths into `{merge.name}` "
-                                       "share no common input")
-        boundary_set = set(boundary)
-        leaking = [u for u in self.data_users[fork] if u in boundary_set]
-        if leaking:
-            u = leaking[0]
-            outside = [w.name for w in self.data_users[u] if w not in expanded and w not in merge_set]
-            return None, frozenset(), mask, (
-                f"not a residual join: `{u.name}`, between fork `{fork.name}` and merge "
-                f"`{merge.name}`, is also used by {', '.join(f'`{n}`' for n in outside[:3])}")
-        region = self._descendants_within(fork, expanded)
-        return fork, region, mask, ""
-
-    @cached_property
-    def _unused_items(self) -> frozenset[Node]:
-        return frozenset(n for n in self.nodes if self.is_data[n] and _unused_item(n))
-
-    def _descendants_within(self, fork: Node, allowed: set[Node]) -> frozenset[Node]:
-        seen: set[Node] = set()
-        stack = [u for u in self.data_users[fork] if u in allowed]
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            stack.extend(u for u in self.data_users[node] if u in allowed and u not in seen)
-        return frozenset(seen)
-
     def nodes_in_order(self, nodes: Iterable[Node]) -> list[Node]:
         return sorted(nodes, key=self.index.__getitem__)
 
@@ -666,3 +742,22 @@ class GraphView:
         """The data values the graph returns, in order."""
         out = [n for n in self.nodes if n.op == "output"]
         return [n for n in out[0].all_input_nodes if self.is_data[n]] if out else []
+
+
+def _has_tensor(module: nn.Module, dotted: str) -> bool:
+    obj: Any = module
+    for part in dotted.split("."):
+        if isinstance(obj, nn.Module) and part in obj._parameters:
+            obj = obj._parameters[part]
+            continue
+        if isinstance(obj, nn.Module) and "parametrizations" in obj._modules and \
+                part in obj.parametrizations._modules:
+            return True
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return isinstance(obj, torch.Tensor)
+
+
+def _is_zero_constant(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0

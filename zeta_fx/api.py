@@ -32,6 +32,7 @@ from zeta_fx.capture import LeafSpec
 from zeta_fx.capture import capture as capture_graph
 from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
 from zeta_fx.ops import ZeroOps
+from zeta_fx.proof import settle
 from zeta_fx.plan import ZeroInitPlan, _any_nonzero, build_plan, dry_run_report, resolve
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
@@ -81,7 +82,7 @@ def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
                        example_kwargs=example_kwargs, method=capture)
     view = GraphView(gm, model, ops)
     check_not_sharded(model, view.params)
-    selection = rule_obj.select(view)
+    selection = settle(view, rule_obj.select(view))
     return gm, build_plan(view, selection, rule_obj.name, model), view
 
 

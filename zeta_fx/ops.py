@@ -393,6 +393,10 @@ class ZeroOps:
     # opaque leaf type -> its hidden residual branches (zeta_fx.composite)
     composites: dict[type[nn.Module], CompositeFn] = field(default_factory=dict)
     _names: dict[Any, str] = field(default_factory=dict, repr=False, compare=False)
+    # what users declared with ``zero_preserving=``: op keys (zeta_fx.facts.op_key) and
+    # module classes, read by the zero facts
+    declared_keys: frozenset[str] = frozenset()
+    declared_modules: tuple[type[nn.Module], ...] = ()
 
     @classmethod
     def default(cls) -> "ZeroOps":
@@ -407,6 +411,7 @@ class ZeroOps:
         parameters, it maps zero to zero; with parameters, it outputs zero once all of its
         own ``weight``/``bias`` are zero.
         """
+        entries = list(entries)
         ops = ZeroOps(dict(self.functions), dict(self.methods), self.modules,
                       dict(self.layer_modules), dict(self.layer_functions),
                       dict(self.layer_methods), dict(self.composites))
@@ -424,6 +429,14 @@ class ZeroOps:
                     f"subclasses; got {entry!r}"
                 )
         ops.modules = ops.modules + tuple(extra_modules)
+        ops.declared_modules = self.declared_modules + tuple(extra_modules)
+        keys = set(self.declared_keys)
+        for entry in entries:
+            if isinstance(entry, str):
+                keys.add(entry.rstrip("_") if not entry.endswith("__") else entry)
+            elif callable(entry) and not isinstance(entry, type):
+                keys.add(getattr(entry, "__name__", ""))
+        ops.declared_keys = frozenset(keys)
         return ops
 
     def name_of(self, target: Any) -> str:

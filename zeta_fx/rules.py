@@ -29,7 +29,8 @@ from typing import Callable, Iterable
 from torch import nn
 from torch.fx import Node
 
-from zeta_fx.analysis import Blocked, GraphView, Join, owner_of
+from zeta_fx.analysis import Blocked, Found, GraphView, Join, owner_of
+from zeta_fx.facts import Fact, opaque_reason
 from zeta_fx.composite import composite_branches
 from zeta_fx.errors import UnknownRuleError
 
@@ -114,6 +115,55 @@ def _join_position(view: GraphView, join: Join) -> str:
     return f"branch into `{join.merge.name}` from `{join.fork.name}`, skip: {skip}"
 
 
+def _zero_at(join: Join) -> str:
+    """The value the branch zeroing makes zero: the one data branch term, if there is one."""
+    return join.branches[0].name if len(join.branch_operands) == 1 and join.branches else ""
+
+
+def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
+    """The layers whose zeroing makes every branch operand of ``join`` exactly zero, proved.
+
+    Each operand other than the skip (data branches, parameters, buffers and constants
+    added beside the join) is searched for its nearest zeroable layers; the zero facts then
+    check, over the region between fork and merge, that with those parameters zero every
+    such operand is exactly ``ZERO``. A proposal the facts do not prove is left alone with
+    the reason the facts give.
+    """
+    sites: list[tuple[Node, tuple[str, ...]]] = []
+    chain: list[Node] = []
+    for operand in join.branch_operands:
+        if isinstance(operand, Node) and view.is_data[operand]:
+            side = join.sides.get(operand, frozenset())
+            found = view.zero_cover(operand, side.__contains__)
+        else:
+            found = view.zero_cover(operand, lambda n: False)
+        if isinstance(found, Blocked):
+            return found
+        sites.extend(found.sites)
+        chain.extend(found.chain)
+    sites = list(dict.fromkeys(sites))
+    if not sites:
+        return Blocked(join.merge, "no branch operand has a parameter to zero")
+    on_skip = [n for n, _ in sites if n in join.sides.get(join.skip, ())]
+    if on_skip:
+        return Blocked(on_skip[0], f"zeroing it needs `{on_skip[0].name}`, on the skip path")
+    params = tuple(dict.fromkeys(p for _, ps in sites for p in ps))
+    sweep = set(join.region) | set(join.inner) | {join.merge} | set(chain) | \
+        {n for n, _ in sites}
+    facts = view.facts(params, sweep)
+    bad = [op for op in join.branch_operands if facts.fact(op) != Fact.ZERO]
+    if bad:
+        op = bad[0]
+        name = f"`{op.name}`" if isinstance(op, Node) else repr(op)
+        why = facts.why(op) if isinstance(op, Node) else f"the constant {op!r} is not zero"
+        return Blocked(op if isinstance(op, Node) else join.merge,
+                       f"zeroing {', '.join(f'`{p}`' for p in params[:4])} does not make "
+                       f"{name} exactly zero: {why}")
+    if facts.fact(join.skip) == Fact.UNKNOWN:
+        return Blocked(join.skip, f"the skip `{join.skip.name}` may become non-finite")
+    return Found(tuple(sites), 0, tuple(dict.fromkeys(chain)))
+
+
 class ResidualBranchLast(Rule):
     """The last layer of each residual branch, so that every residual block starts as identity.
 
@@ -131,14 +181,13 @@ class ResidualBranchLast(Rule):
 
     def select(self, view: GraphView) -> Selection:
         out = Selection()
-        joins = [j for j in view.joins()]
+        joins = view.joins()
         inside_other: dict[Node, Node] = {}
         if self.nested == "outermost":
             for j in joins:
                 if j.ok:
                     for node in j.region:
                         inside_other.setdefault(node, j.merge)
-        skip_of = {n: j.merge for j in joins if j.ok for n in j.skip_layers}
         for join in joins:
             merge = join.merge.name
             if not join.ok:
@@ -150,33 +199,19 @@ class ResidualBranchLast(Rule):
                     merge, "", f"nested inside the branch into `{inside_other[join.merge].name}` "
                                "(nested='outermost')", self.name))
                 continue
+            found = branch_cover(view, join)
+            if isinstance(found, Blocked):
+                layer = view.layer(found.node) if found.node in view.layer_nodes else None
+                out.skipped.append(Skipped(
+                    merge, layer.owner if layer is not None and layer.owner else "",
+                    f"branch into `{merge}` from `{join.fork.name}` left alone: "
+                    f"{found.reason}", self.name))
+                continue
             position = _join_position(view, join)
-            for branch in join.branches:
-                result = view.zero_cover(branch, join.sides[branch].__contains__)
-                if isinstance(result, Blocked):
-                    layer = view.layer(result.node)
-                    out.skipped.append(Skipped(
-                        branch.name, layer.owner if layer else "",
-                        f"branch into `{merge}` from `{join.fork.name}` left alone: "
-                        f"{result.reason}", self.name))
-                    continue
-                on_skip = [n for n in result.layers if n in skip_of]
-                if on_skip:
-                    # The branch ends in a residual block with a projection shortcut: making
-                    # it zero would zero that block's skip, which is never done.
-                    n = on_skip[0]
-                    out.skipped.append(Skipped(
-                        branch.name, view.layer(n).owner,
-                        f"branch into `{merge}` from `{join.fork.name}` left alone: zeroing it "
-                        f"needs `{n.name}`, on the projection skip of the join into "
-                        f"`{skip_of[n].name}`", self.name))
-                    continue
-                for node in result.layers:
-                    layer = view.layer(node)
-                    out.targets.append(Target(layer.owner, layer.params, (node.name,),
-                                              position, self.name, branch.name,
-                                              cover=f"{merge}:{branch.name}", merge=merge,
-                                              skip=join.skip.name))
+            for node, params in found.sites:
+                out.targets.append(Target(owner_of(params), params, (node.name,), position,
+                                          self.name, _zero_at(join), cover=f"join:{merge}",
+                                          merge=merge, skip=join.skip.name))
         self._select_composites(view, inside_other, out)
         return out
 
@@ -196,6 +231,15 @@ class ResidualBranchLast(Rule):
             if branches is None:
                 continue
             kind = type(module).__name__
+            why = view.module_kind(node.target)[1] or next(
+                (f"`{fqn}`: {r}" for fqn, sub in module.named_modules() if fqn
+                 for r in [opaque_reason(sub)] if r), "")
+            if why:
+                out.skipped.append(Skipped(node.name, node.target,
+                                           f"`{node.target}` ({kind}) is left alone: {why}; "
+                                           "its hidden residual branches are only known for "
+                                           "the class's own forward", self.name))
+                continue
             for branch in branches:
                 owner = f"{node.target}.{branch.module}" if node.target else branch.module
                 if node in inside_other:
@@ -207,7 +251,7 @@ class ResidualBranchLast(Rule):
                 out.targets.append(Target(
                     owner, tuple(f"{owner}.{p}" for p in branch.params), (node.name,),
                     f"{branch.what} inside `{node.target}` ({kind}, opaque to tracing)",
-                    self.name))
+                    self.name, cover=f"composite:{node.name}:{branch.module}"))
 
 
 class OutputLayer(Rule):
@@ -222,14 +266,18 @@ class OutputLayer(Rule):
         for i, value in enumerate(outputs):
             result = view.zero_cover(value, lambda n: view.is_data[n] and n.op != "placeholder")
             label = f"output {i}" if len(outputs) > 1 else "the output"
+            if isinstance(result, Found):
+                facts = view.facts(result.params)
+                if facts[value] != Fact.ZERO:
+                    result = Blocked(value, f"zeroing {', '.join(f'`{p}`' for p in result.params[:4])}"
+                                            f" does not make it exactly zero: {facts.why(value)}")
             if isinstance(result, Blocked):
-                layer = view.layer(result.node)
+                layer = view.layer(result.node) if result.node in view.layer_nodes else None
                 out.skipped.append(Skipped(value.name, layer.owner if layer else "",
                                            f"{label} left alone: {result.reason}", self.name))
                 continue
-            for node in result.layers:
-                layer = view.layer(node)
-                out.targets.append(Target(layer.owner, layer.params, (node.name,),
+            for node, params in result.sites:
+                out.targets.append(Target(owner_of(params), params, (node.name,),
                                           f"last layer before {label} `{value.name}`", self.name,
                                           value.name, cover=f"output:{value.name}"))
         return out
@@ -383,7 +431,8 @@ class AdaLNZero(Rule):
             split = f", chunked into {pieces}" if pieces > 1 else ""
             out.targets.append(Target(
                 layer.owner, layer.params, (node.name,),
-                f"adaLN modulation from {source}: {counts} of the data path{split}", self.name))
+                f"adaLN modulation from {source}: {counts} of the data path{split}", self.name,
+                cover=f"adaln:{node.name}"))
         final = OutputLayer().select(view)
         out.targets += [dataclasses.replace(t, rule=self.name) for t in final.targets]
         out.skipped += [Skipped(s.node, s.module, s.reason, self.name) for s in final.skipped]

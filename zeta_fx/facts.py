@@ -1,0 +1,1104 @@
+"""Zero facts: what zeroing a set of parameters does to every value of the graph.
+
+A forward abstract interpretation over the value graph, one sweep in topological order, on
+a small lattice of facts about a value *after* the zeroing:
+
+- ``ZERO``: exactly zero, every element, for every input;
+- ``FINITE``: finite, and not forced to zero anywhere (the model's own value, or a constant
+  such as ``sigmoid(0) = 0.5``);
+- ``PARTLY_ZERO``: finite, but possibly forced to zero in places (``cat([zero, y])``);
+- ``UNKNOWN``: possibly non-finite (``0 / 0``, ``rsqrt(0)``), or an op the table does not know
+  applied to a changed value.
+
+``ZERO`` and ``FINITE`` lie below ``PARTLY_ZERO``, which lies below ``UNKNOWN``; where two
+values meet (``where``, ``cat``) their facts are joined. Values the zeroing does not reach
+are as they were, and are taken to be finite: the model as given computes finite values
+(tensors stored in the model, and literal constants, are looked at instead).
+
+The rules of the table: ``0 * y`` is zero only where ``y`` is finite; division, ``rsqrt``,
+reciprocal, ``log`` and negative powers of a value that may be zero are ``UNKNOWN``;
+``where``, clamps, ``pad`` and ``masked_fill`` join their fills and bounds; norms divide by
+``sqrt(var + eps)``, so with ``eps = 0`` a zero input is ``UNKNOWN``; a module counts as a
+known layer only if its ``forward`` is the known class's own and no hook runs around it.
+One table serves torch functions, tensor methods and aten ops; arguments are bound to
+names once (``alpha``, keyword forms, aten's ``self``).
+
+>>> import torch
+>>> from torch import fx, nn
+>>> class Block(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.fc = nn.Linear(4, 4)
+...     def forward(self, x):
+...         h = self.fc(x)
+...         return x + h, h / h.norm(), torch.sigmoid(h)
+>>> gm = fx.symbolic_trace(Block())
+>>> facts = ZeroFacts(gm, gm, zeroed={"fc.weight", "fc.bias"})
+>>> [facts[n].name for n in gm.graph.nodes if n.op == "call_function"][:1]
+['FINITE']
+>>> {n.name: facts[n].name for n in gm.graph.nodes if n.op in ("call_module", "call_method")}
+{'fc': 'ZERO', 'norm': 'ZERO'}
+>>> facts.fact_of("truediv").name, facts.fact_of("sigmoid").name
+('UNKNOWN', 'FINITE')
+>>> print(facts.why("truediv"))
+`truediv` divides by `norm`, which may be zero
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import operator
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import fx, nn
+from torch.fx import Node
+
+__all__ = ["Fact", "ZeroFacts", "op_key", "bind", "known_module", "opaque_reason",
+           "IN_PLACE_METHODS"]
+
+
+class Fact(enum.IntEnum):
+    """What is known of a value after the zeroing (see the module docstring)."""
+
+    ZERO = 0
+    FINITE = 1
+    PARTLY_ZERO = 2
+    UNKNOWN = 3
+
+    def __bool__(self) -> bool:  # a fact is a fact: ``ZERO`` is not falsy
+        return True
+
+
+Z, F_, P, U = Fact.ZERO, Fact.FINITE, Fact.PARTLY_ZERO, Fact.UNKNOWN
+
+
+def join(*facts: Fact) -> Fact:
+    """The least fact above all of ``facts`` (``ZERO`` joined with ``FINITE`` is partly zero)."""
+    out: Fact | None = None
+    for f in facts:
+        if out is None or out == f:
+            out = f
+        elif U in (out, f):
+            out = U
+        else:
+            out = P
+    return Z if out is None else out
+
+
+def product(*facts: Fact) -> Fact:
+    """The fact of a product (``mul``, ``matmul``, a conv with its weight) of ``facts``."""
+    if U in facts:
+        return U
+    if Z in facts:
+        return Z
+    return P if P in facts else F_
+
+
+def total(*facts: Fact) -> Fact:
+    """The fact of a sum of ``facts``: zero terms drop out."""
+    if U in facts:
+        return U
+    rest = [f for f in facts if f != Z]
+    if not rest:
+        return Z
+    return P if all(f == P for f in rest) else F_
+
+
+def singular(f: Fact) -> Fact:
+    """``1 / f``, ``rsqrt(f)``, ``log(f)``: non-finite where ``f`` may be zero."""
+    return F_ if f == F_ else U
+
+
+def finite(f: Fact) -> Fact:
+    """``exp``, ``sigmoid``, ``softmax``: finite and never forced to zero on finite input."""
+    return U if f == U else F_
+
+
+# -- ops: a key per op, arguments bound to names ------------------------------------------
+
+_OPERATOR_KEYS = {
+    "add": "add", "iadd": "add", "sub": "sub", "isub": "sub", "mul": "mul", "imul": "mul",
+    "truediv": "div", "itruediv": "div", "floordiv": "floor_divide", "matmul": "matmul",
+    "imatmul": "matmul", "neg": "neg", "pos": "pos", "getitem": "getitem", "pow": "pow",
+    "ipow": "pow", "mod": "remainder", "abs": "abs",
+}
+_IN_PLACE_OPERATORS = frozenset({"iadd", "isub", "imul", "itruediv", "ifloordiv", "ipow",
+                                 "imatmul", "imod"})
+
+#: Tensor methods that write their ``self`` in place (``add_``, ``relu_``, ...), by name.
+IN_PLACE_METHODS = "methods whose name ends in a single underscore"
+
+
+def op_key(node: Node) -> tuple[str, bool]:
+    """``(key, in_place)``: one key for ``torch.relu``, ``F.relu``, ``x.relu()``,
+    ``aten.relu.default`` and their in-place forms; ``operator.iadd`` is ``add``.
+
+    >>> gm = fx.symbolic_trace(lambda x: (x + 1).relu_())
+    >>> [op_key(n) for n in gm.graph.nodes if n.op.startswith("call")]
+    [('add', False), ('relu', True)]
+    """
+    if node.op == "call_method":
+        return _strip_in_place(node.target)
+    if node.op != "call_function":
+        return node.op, False
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        key, in_place = _strip_in_place(target._schema.name.split("::")[-1])
+        return key, in_place or target._schema.is_mutable and key not in _FUNCTIONAL_MUTABLE
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return _strip_in_place(str(target).split(".")[-1])
+    name = getattr(target, "__name__", "") or ""
+    module = getattr(target, "__module__", "") or ""
+    if module in ("_operator", "operator"):
+        return _OPERATOR_KEYS.get(name, name), name in _IN_PLACE_OPERATORS
+    key, in_place = _strip_in_place(name)
+    if key in ("relu", "elu", "leaky_relu", "hardtanh", "threshold", "rrelu", "celu",
+               "selu", "dropout", "alpha_dropout", "feature_alpha_dropout",
+               "dropout1d", "dropout2d", "dropout3d") and node.kwargs.get("inplace") is True:
+        in_place = True
+    return key, in_place
+
+
+# aten ops that are mutable in schema but whose data output is a fresh value
+_FUNCTIONAL_MUTABLE = frozenset({"_native_batch_norm_legit", "native_batch_norm",
+                                 "_native_batch_norm_legit_functional", "batch_norm"})
+
+
+def _strip_in_place(name: str) -> tuple[str, bool]:
+    if name.endswith("_") and not name.endswith("__") and not name.startswith("_"):
+        return name[:-1], True
+    return name, False
+
+
+# Positional argument names for torch functions and methods whose arguments beyond the
+# first matter. aten ops are bound from their schemas (``self`` is called ``input``).
+_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "add": ("input", "other", "alpha"), "sub": ("input", "other", "alpha"),
+    "subtract": ("input", "other", "alpha"), "rsub": ("input", "other", "alpha"),
+    "mul": ("input", "other"), "multiply": ("input", "other"), "div": ("input", "other"),
+    "divide": ("input", "other"), "true_divide": ("input", "other"),
+    "floor_divide": ("input", "other"), "remainder": ("input", "other"),
+    "fmod": ("input", "other"), "matmul": ("input", "other"), "mm": ("input", "mat2"),
+    "bmm": ("input", "mat2"), "outer": ("input", "vec2"), "kron": ("input", "other"),
+    "pow": ("input", "exponent"), "float_power": ("input", "exponent"),
+    "where": ("condition", "input", "other"), "masked_fill": ("input", "mask", "value"),
+    "clamp": ("input", "min", "max"), "clip": ("input", "min", "max"),
+    "clamp_min": ("input", "min"), "clamp_max": ("input", "max"),
+    "hardtanh": ("input", "min_val", "max_val"), "threshold": ("input", "threshold", "value"),
+    "pad": ("input", "pad", "mode", "value"), "maximum": ("input", "other"),
+    "minimum": ("input", "other"), "fmax": ("input", "other"), "fmin": ("input", "other"),
+    "linear": ("input", "weight", "bias"), "bilinear": ("input1", "input2", "weight", "bias"),
+    **{c: ("input", "weight", "bias") for c in (
+        "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+        "conv_transpose3d")},
+    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+    "group_norm": ("input", "num_groups", "weight", "bias", "eps"),
+    "rms_norm": ("input", "normalized_shape", "weight", "eps"),
+    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training",
+                   "momentum", "eps"),
+    "instance_norm": ("input", "running_mean", "running_var", "weight", "bias",
+                      "use_input_stats", "momentum", "eps"),
+    "normalize": ("input", "p", "dim", "eps"),
+    "local_response_norm": ("input", "size", "alpha", "beta", "k"),
+    "embedding": ("input", "weight"),
+    "addmm": ("input", "mat1", "mat2"), "baddbmm": ("input", "batch1", "batch2"),
+    "scaled_dot_product_attention": ("query", "key", "value", "attn_mask", "dropout_p",
+                                     "is_causal", "scale"),
+    "cat": ("tensors", "dim"), "concat": ("tensors", "dim"), "concatenate": ("tensors", "dim"),
+    "stack": ("tensors", "dim"), "hstack": ("tensors",), "vstack": ("tensors",),
+    "dstack": ("tensors",), "sum": ("input", "dim", "keepdim"),
+    "einsum": ("equation", "operands"),
+    "prelu": ("input", "weight"), "nan_to_num": ("input", "nan", "posinf", "neginf"),
+    # torchvision's Swin attention, an fx-wrapped (opaque) function whose output is
+    # ``dropout(linear(..., proj_weight, proj_bias))`` with the windows put back in place
+    "shifted_window_attention": ("input", "qkv_weight", "proj_weight",
+                                 "relative_position_bias", "window_size", "num_heads",
+                                 "shift_size", "attention_dropout", "dropout", "qkv_bias",
+                                 "proj_bias", "logit_scale", "training"),
+}
+# torch.batch_norm / torch.instance_norm / torch.layer_norm follow the aten order
+_TORCH_ATEN_ORDER = frozenset({"batch_norm", "instance_norm", "embedding"})
+
+
+def bind(node: Node) -> dict[str, Any]:
+    """``node``'s arguments by name (``input``, ``other``, ``weight``, ...).
+
+    >>> gm = fx.symbolic_trace(lambda x, y: torch.add(x, other=y, alpha=2))
+    >>> add = next(n for n in gm.graph.nodes if n.op == "call_function")
+    >>> {k: getattr(v, "name", v) for k, v in bind(add).items()}
+    {'input': 'x', 'other': 'y', 'alpha': 2}
+    """
+    key, _ = op_key(node)
+    target = node.target
+    names: tuple[str, ...] | None = None
+    if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+        names = tuple("input" if a.name == "self" else a.name
+                      for a in target._schema.arguments)
+    elif node.op == "call_function" and key in _TORCH_ATEN_ORDER and \
+            getattr(target, "__module__", "") in ("torch", "torch._C._VariableFunctions", None) \
+            and not _is_functional(target):
+        overload = getattr(torch.ops.aten, key).default
+        names = tuple("input" if a.name == "self" else a.name
+                      for a in overload._schema.arguments)
+    else:
+        names = _SIGNATURES.get(key)
+    out: dict[str, Any] = {}
+    args = node.args
+    if node.op == "call_function" and key == "einsum" and args and isinstance(args[0], str):
+        out["equation"] = args[0]
+        rest = args[1:]
+        out["operands"] = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) \
+            else list(rest)
+        return out
+    if key in ("cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack") \
+            and node.op == "call_method":
+        names = None
+    for i, value in enumerate(args):
+        name = names[i] if names is not None and i < len(names) else f"arg{i}"
+        if i == 0 and name == "arg0":
+            name = "input"
+        out[name] = value
+    for k, v in node.kwargs.items():
+        out["input" if k == "self" else k] = v
+    return out
+
+
+def _is_functional(target: Any) -> bool:
+    return (getattr(target, "__module__", "") or "").startswith("torch.nn.functional")
+
+
+# -- categories ------------------------------------------------------------------------
+
+# f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
+_PRESERVING = frozenset("""
+relu relu6 leaky_relu rrelu gelu silu mish hardswish elu selu celu softsign tanhshrink
+softshrink hardshrink tanh sin sinh asin asinh atan atanh tan neg negative pos abs sign sgn
+square sqrt erf erfinv expm1 log1p sinc_ deg2rad rad2deg trunc fix round floor ceil frac
+dropout dropout1d dropout2d dropout3d feature_dropout native_dropout alpha_dropout_
+interpolate upsample upsample_nearest upsample_bilinear upsample_nearest1d upsample_nearest2d
+upsample_nearest3d _upsample_nearest_exact1d _upsample_nearest_exact2d
+_upsample_nearest_exact3d upsample_bilinear2d upsample_linear1d upsample_bicubic2d
+upsample_trilinear3d avg_pool1d avg_pool2d avg_pool3d max_pool1d max_pool2d max_pool3d
+max_pool2d_with_indices max_pool3d_with_indices adaptive_avg_pool1d adaptive_avg_pool2d
+adaptive_avg_pool3d _adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool1d
+adaptive_max_pool2d adaptive_max_pool3d pixel_shuffle pixel_unshuffle channel_shuffle
+native_channel_shuffle unfold fold im2col col2im lp_pool1d lp_pool2d
+flatten unflatten reshape view view_as reshape_as _unsafe_view _reshape_alias permute
+transpose swapaxes swapdims t numpy_T T mT mH adjoint squeeze unsqueeze expand expand_as
+broadcast_to repeat repeat_interleave tile chunk split split_with_sizes tensor_split unbind
+narrow select slice roll flip fliplr flipud rot90 movedim moveaxis contiguous clone detach
+alias lift_fresh_copy to type type_as float half bfloat16 double _to_copy cpu cuda
+pin_memory requires_grad_ real conj resolve_conj resolve_neg view_as_real view_as_complex
+as_strided diagonal diag tril triu cumsum sum nansum mean nanmean trace amax amin max min
+index_select gather take take_along_dim index masked_select
+stochastic_depth diag_embed block_diag unsqueeze_copy squeeze_copy view_copy permute_copy
+expand_copy clone_ nan_to_num_ std var norm linalg_vector_norm linalg_norm frobenius_norm
+""".split())
+# finite on finite input, and never forced to zero (f(0) != 0)
+_FINITE = frozenset("""
+sigmoid exp exp2 cos cosh softmax log_softmax _softmax _log_softmax _safe_softmax
+hardsigmoid softplus logsigmoid erfc silu_backward ones_like full_like rand_like randn_like
+arccos acos
+""".split())
+# non-finite where the input is zero
+_SINGULAR = frozenset("reciprocal rsqrt log log2 log10 digamma lgamma acosh".split())
+# ops that read only shapes or metadata of their data input, or make fresh values
+_FRESH = frozenset("""
+zeros_like empty_like new_zeros new_empty new_ones new_full arange full zeros ones empty
+rand randn randint scalar_tensor tensor
+""".split())
+
+# Known leaf modules: the class whose own ``forward`` a module must run, and how it acts.
+_MODULE_KINDS: dict[type[nn.Module], str] = {}
+
+
+def _register_modules(kind: str, names: Iterable[str]) -> None:
+    for name in names:
+        cls = getattr(nn, name, None)
+        if cls is not None:
+            _MODULE_KINDS[cls] = kind
+
+
+_register_modules("preserving", """ReLU ReLU6 LeakyReLU RReLU GELU SiLU Mish Hardswish ELU
+SELU CELU Tanh Softsign Tanhshrink Softshrink Hardshrink Dropout Dropout1d Dropout2d Dropout3d
+AlphaDropout FeatureAlphaDropout Identity Flatten Unflatten MaxPool1d MaxPool2d MaxPool3d
+AvgPool1d AvgPool2d AvgPool3d AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d
+AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d Upsample UpsamplingNearest2d
+UpsamplingBilinear2d PixelShuffle PixelUnshuffle ZeroPad1d ZeroPad2d ZeroPad3d ChannelShuffle
+LPPool1d LPPool2d LPPool3d Fold Unfold ReflectionPad1d ReflectionPad2d ReflectionPad3d
+ReplicationPad1d ReplicationPad2d ReplicationPad3d CircularPad1d CircularPad2d CircularPad3d
+""".split())
+_register_modules("finite", "Sigmoid Softmax LogSoftmax Softmax2d Hardsigmoid Softplus LogSigmoid"
+                  .split())
+_register_modules("hardtanh", ["Hardtanh"])
+_register_modules("threshold", ["Threshold"])
+_register_modules("constant_pad", ["ConstantPad1d", "ConstantPad2d", "ConstantPad3d"])
+_register_modules("linear", ["Linear", "LazyLinear"])
+_register_modules("conv", """Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d
+LazyConv1d LazyConv2d LazyConv3d LazyConvTranspose1d LazyConvTranspose2d LazyConvTranspose3d
+""".split())
+_register_modules("bilinear", ["Bilinear"])
+_register_modules("batch_norm", """BatchNorm1d BatchNorm2d BatchNorm3d SyncBatchNorm LazyBatchNorm1d
+LazyBatchNorm2d LazyBatchNorm3d InstanceNorm1d InstanceNorm2d InstanceNorm3d LazyInstanceNorm1d
+LazyInstanceNorm2d LazyInstanceNorm3d""".split())
+_register_modules("layer_norm", ["LayerNorm", "GroupNorm", "RMSNorm"])
+_register_modules("local_response_norm", ["LocalResponseNorm", "CrossMapLRN2d"])
+_register_modules("embedding", ["Embedding"])
+_register_modules("prelu", ["PReLU"])
+_register_modules("mha", ["MultiheadAttention"])
+
+#: Known layer kinds: the local names of the parameters whose zeroing zeroes the output.
+LAYER_PARAMS = {"linear": ("weight", "bias"), "conv": ("weight", "bias"),
+                "bilinear": ("weight", "bias"), "batch_norm": ("weight", "bias"),
+                "layer_norm": ("weight", "bias"), "embedding": ("weight",),
+                "mha": ("out_proj.weight", "out_proj.bias")}
+
+
+def known_module(module: nn.Module, declared: Mapping[type, str] | None = None
+                 ) -> tuple[str | None, str]:
+    """``(kind, why_not)``: the kind of a known leaf module, or ``None`` and the reason.
+
+    A module is what its class computes only if its ``forward`` is that class's own, and no
+    hook runs around it.
+
+    >>> class Lora(nn.Linear):
+    ...     def forward(self, x):
+    ...         return super().forward(x) + 1
+    >>> known_module(nn.Linear(2, 2))[0], known_module(Lora(2, 2))
+    ('linear', (None, '`Lora` overrides `Linear.forward`'))
+    """
+    why = opaque_reason(module)
+    if why:
+        return None, why
+    cls = type(module)
+    table = dict(_MODULE_KINDS)
+    if declared:
+        table.update(declared)
+    for base in cls.__mro__:
+        kind = table.get(base)
+        if kind is None:
+            continue
+        if cls.forward is not base.forward and not _parametrized_class(cls, base):
+            return None, f"`{cls.__name__}` overrides `{base.__name__}.forward`"
+        return kind, ""
+    return None, f"`{cls.__name__}` is not a known layer"
+
+
+def _parametrized_class(cls: type, base: type) -> bool:
+    # torch.nn.utils.parametrize swaps in a subclass ``ParametrizedLinear`` that keeps forward
+    return cls.__name__ == f"Parametrized{base.__name__}" and cls.forward is base.forward
+
+
+def opaque_reason(module: nn.Module) -> str:
+    """Why ``module`` cannot be read as its class computes it (hooks), or ``""``."""
+    name = type(module).__name__
+    if module._forward_hooks or getattr(module, "_forward_hooks_with_kwargs", None):
+        return f"`{name}` has a forward hook ({_hook_names(module._forward_hooks)})"
+    pre = [h for h in module._forward_pre_hooks.values() if not _weight_norm_hook(h)]
+    if pre:
+        kinds = _hook_names(dict(enumerate(pre)))
+        if any(type(h).__module__.startswith("torch.nn.utils.prune") for h in pre):
+            return (f"`{name}` is pruned (a {kinds} forward pre-hook computes its weight); "
+                    "call torch.nn.utils.prune.remove(module, 'weight') first")
+        return f"`{name}` has a forward pre-hook ({kinds})"
+    from torch.nn.modules import module as module_mod
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return "a global module forward hook is registered (register_module_forward_hook)"
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        for pname, chain in module.parametrizations.items():
+            kinds = [type(p).__name__ for p in chain]
+            if kinds != ["_WeightNorm"]:
+                return (f"`{name}`.{pname} is computed by the parametrization "
+                        f"{', '.join(k.lstrip('_') for k in kinds)}")
+    return ""
+
+
+def _weight_norm_hook(hook: Any) -> bool:
+    from torch.nn.utils.weight_norm import WeightNorm
+    return isinstance(hook, WeightNorm)
+
+
+def _hook_names(hooks: Mapping[Any, Any]) -> str:
+    names = [getattr(h, "__qualname__", None) or type(h).__name__ for h in hooks.values()]
+    return ", ".join(f"`{n}`" for n in names[:3])
+
+
+# -- the interpretation -------------------------------------------------------------------
+
+class ZeroFacts:
+    """The fact of every value of ``gm`` once the parameters ``zeroed`` (FQNs) are zero.
+
+    ``root`` holds the real modules and tensors (the model the user passed). ``nodes``
+    restricts the sweep to a part of the graph (a residual region); values it reads from
+    outside that part count as they were. ``data`` (node -> bool) tells data values from
+    parameters and shape queries, and ``weights`` (node -> parameter FQNs) the values
+    computed from parameters alone, as the value-flow index does; nodes that are neither
+    (shape queries, fresh tensors) carry no value of the zeroed parameters. By default
+    every node is followed. ``declared`` maps extra module classes to
+    a kind and ``preserving`` holds extra op keys that map zero to zero (``zero_preserving=``).
+
+    ``facts[node]`` is a :class:`Fact`; ``why(node)`` explains one that is not ``ZERO``
+    where its inputs were; ``changed(node)`` tells whether the zeroing reaches it at all.
+    """
+
+    def __init__(self, gm: fx.GraphModule, root: nn.Module | None = None, *,
+                 zeroed: Iterable[str] = (), nodes: Iterable[Node] | None = None,
+                 data: Mapping[Node, bool] | None = None,
+                 weights: Mapping[Node, Any] | None = None,
+                 declared: Mapping[type, str] | None = None,
+                 preserving: Iterable[str] = ()) -> None:
+        self.gm = gm
+        self.root = root if root is not None else gm
+        self.zeroed = frozenset(zeroed)
+        self.declared = dict(declared or {})
+        self.preserving = frozenset(preserving)
+        self._data = data
+        self._weights = weights
+        self._facts: dict[Node, Fact] = {}
+        self._items: dict[Node, dict[int, Fact]] = {}
+        self._changed: set[Node] = set()
+        self._why: dict[Node, str] = {}
+        self._by_name: dict[str, Node] = {}
+        self._literal_cache: dict[int, Fact] = {}
+        order = list(gm.graph.nodes) if nodes is None else \
+            sorted(nodes, key=_position(gm))
+        for node in order:
+            self._by_name[node.name] = node
+            self._visit(node)
+
+    # -- queries ---------------------------------------------------------------------
+    def __getitem__(self, node: Node) -> Fact:
+        return self.fact(node)
+
+    def fact(self, value: Any) -> Fact:
+        """The fact of a node, constant or (nested) list of them."""
+        if isinstance(value, Node):
+            got = self._facts.get(value)
+            if got is None:  # outside the swept part: as it was
+                return self._unchanged_fact(value)
+            return got
+        if isinstance(value, (list, tuple)):
+            return join(*(self.fact(v) for v in value)) if value else Z
+        return _constant_fact(value)
+
+    def fact_of(self, name: str) -> Fact:
+        return self.fact(self._by_name[name])
+
+    def changed(self, value: Any) -> bool:
+        """Whether the zeroing reaches ``value`` (a node, or a list holding nodes)."""
+        if isinstance(value, Node):
+            return value in self._changed
+        if isinstance(value, (list, tuple)):
+            return any(self.changed(v) for v in value)
+        if isinstance(value, dict):
+            return any(self.changed(v) for v in value.values())
+        return False
+
+    def why(self, value: Node | str) -> str:
+        """Why ``value`` is not ``ZERO``: the first node on its way that lost zero."""
+        node = self._by_name[value] if isinstance(value, str) else value
+        seen: set[Node] = set()
+        while node not in seen:
+            seen.add(node)
+            reason = self._why.get(node)
+            if reason:
+                return reason
+            worse = [i for i in node.all_input_nodes if self.changed(i) and self.fact(i) != Z]
+            if not worse:
+                break
+            node = worse[0]
+        return f"`{node.name}` is {self.fact(node).name.lower().replace('_', ' ')}"
+
+    # -- the sweep ---------------------------------------------------------------------
+    def _is_data(self, node: Node) -> bool:
+        if self._data is not None:
+            return bool(self._data.get(node))
+        return node.op != "get_attr"
+
+    def _unchanged_fact(self, node: Node) -> Fact:
+        if node.op == "get_attr":
+            return self._literal(node)
+        return F_
+
+    def _literal(self, node: Node) -> Fact:
+        try:
+            value = _fetch(self.root, node.target)
+        except AttributeError:
+            try:
+                value = _fetch(self.gm, node.target)
+            except AttributeError:
+                return F_
+        return self._tensor_fact(value)
+
+    def _tensor_fact(self, value: Any) -> Fact:
+        if not isinstance(value, torch.Tensor):
+            return _constant_fact(value)
+        cached = self._literal_cache.get(id(value))
+        if cached is None:
+            if isinstance(value, nn.parameter.UninitializedTensorMixin) or value.is_meta or \
+                    not (value.is_floating_point() or value.is_complex()):
+                cached = F_
+            elif value.numel() and not bool(torch.isfinite(value.detach()).all()):
+                cached = U
+            elif value.numel() == 0 or not bool(value.detach().any()):
+                cached = Z
+            else:
+                cached = F_
+            self._literal_cache[id(value)] = cached
+        return cached
+
+    def _set(self, node: Node, fact: Fact, why: str = "") -> None:
+        self._facts[node] = fact
+        self._changed.add(node)
+        if why and fact != Z:
+            self._why[node] = why
+
+    def _visit(self, node: Node) -> None:
+        op = node.op
+        if op in ("placeholder", "output"):
+            return
+        if op == "get_attr":
+            if node.target in self.zeroed:
+                self._set(node, Z)
+            return
+        if op == "call_module":
+            owned = self._module_zeroed(node.target)
+            if not owned and not self.changed(list(node.all_input_nodes)):
+                return
+            self._module(node, owned)
+            return
+        if not self.changed(list(node.all_input_nodes)):
+            return  # the zeroing does not reach it: as it was
+        if self._data is not None and not self._data.get(node) and \
+                not (self._weights is not None and self._weights.get(node)):
+            return  # a shape or metadata query: no values flow through it
+        self._function(node)
+
+    def _module_zeroed(self, target: str) -> tuple[str, ...]:
+        prefix = f"{target}." if target else ""
+        return tuple(p[len(prefix):] for p in self.zeroed if p.startswith(prefix))
+
+    # -- modules -----------------------------------------------------------------------
+    def _module(self, node: Node, owned: tuple[str, ...]) -> None:
+        try:
+            module = self.root.get_submodule(node.target)
+        except AttributeError:
+            module = self.gm.get_submodule(node.target)
+        kind, why_not = known_module(module, self.declared)
+        data = [a for a in node.args if isinstance(a, Node)] + \
+            [v for v in node.kwargs.values() if isinstance(v, Node)]
+        x = self.fact(data[0]) if data else F_
+        name = f"`{node.name}` ({type(module).__name__})"
+        if kind is None:
+            inputs = [self.fact(d) for d in data if self.changed(d)]
+            if not owned and all(f == F_ for f in inputs):
+                self._set(node, F_)  # a changed but finite input: finite, as before
+                return
+            self._set(node, U, f"{name} is opaque: {why_not}; it is not known what it computes "
+                               "from a value that may be zero")
+            return
+
+        def param(local: str) -> Fact | None:
+            obj = _get_local(module, local)
+            if obj is None:
+                return None
+            if local in owned:
+                return Z
+            return self._tensor_fact(obj)
+
+        if kind == "declared":
+            facts = [param(n) for n, _ in module.named_parameters(recurse=False)]
+            if not facts:
+                self._set(node, x, f"{name}")
+                return
+            if all(f == Z for f in facts if f is not None):
+                self._set(node, Z if x != U else U)
+            else:
+                self._set(node, U if Z in (x,) + tuple(f for f in facts if f is not None)
+                          else finite(x), f"{name}: declared zero-preserving, but not all of "
+                                          "its parameters are zero")
+            return
+        if kind == "preserving":
+            self._set(node, self._preserving_fact(x), f"{name} at `{node.name}`")
+            return
+        if kind == "finite":
+            self._set(node, finite(x), f"{name} maps zero to a non-zero value")
+            return
+        if kind == "hardtanh":
+            self._set(node, *_clamp(x, module.min_val, module.max_val, name))
+            return
+        if kind == "threshold":
+            self._set(node, *_threshold(x, module.threshold, module.value, name))
+            return
+        if kind == "constant_pad":
+            fill = _constant_fact(module.value)
+            self._set(node, join(x, fill) if x != U else U, f"{name} pads with {module.value!r}")
+            return
+        if kind == "prelu":
+            self._set(node, self._preserving_fact(x), name)
+            return
+        if kind == "local_response_norm":
+            self._set(node, self._preserving_fact(x) if module.k > 0 else singular(x),
+                      f"{name} divides by k + ... with k = {module.k}")
+            return
+        if kind in ("linear", "conv"):
+            self._affine(node, product(x, param("weight")), param("bias"), name)
+            return
+        if kind == "bilinear":
+            x2 = self.fact(data[1]) if len(data) > 1 else F_
+            self._affine(node, product(x, x2, param("weight")), param("bias"), name)
+            return
+        if kind == "embedding":
+            self._set(node, param("weight") or F_, f"{name}: its weight is not zero")
+            return
+        if kind == "mha":
+            inputs = [self.fact(d) for d in data]
+            out = product(join(*inputs) if U in inputs else F_, param("out_proj.weight") or F_)
+            out = total(out, param("out_proj.bias") or Z)
+            self._set(node, out, f"{name}: out_proj is not zeroed")
+            self._items[node] = {0: out, 1: finite(join(*inputs)) if inputs else F_}
+            return
+        if kind == "batch_norm":
+            batch_stats = module.training or module.running_mean is None
+            stats = getattr(module, "track_running_stats", True)
+            normed = _normalised(x, module.eps, batch_stats and not (stats and not module.training)
+                                 if module.running_mean is not None else True)
+            self._affine(node, product(normed, param("weight") or F_)
+                         if getattr(module, "affine", True) and param("weight") is not None
+                         else normed, param("bias"), name)
+            return
+        if kind == "layer_norm":
+            eps = getattr(module, "eps", 1e-5)
+            normed = _normalised(x, torch.finfo(torch.float32).eps if eps is None else eps, True)
+            w = param("weight")
+            self._affine(node, product(normed, w) if w is not None else normed,
+                         param("bias"), name)
+            return
+        self._set(node, U, f"{name}: no rule for kind {kind}")
+
+    def _affine(self, node: Node, scaled: Fact, bias: Fact | None, name: str) -> None:
+        out = total(scaled, bias) if bias is not None else scaled
+        why = ""
+        if out != Z:
+            if bias is not None and bias != Z and scaled == Z:
+                why = f"{name} adds a bias that is not zeroed"
+            elif scaled == U:
+                why = f"{name}: its input may be non-finite, and 0 * inf is not zero"
+            else:
+                why = f"{name}: its weight is not zeroed"
+        self._set(node, out, why)
+
+    def _preserving_fact(self, x: Fact) -> Fact:
+        return x
+
+    # -- functions and methods -------------------------------------------------------------
+    def _function(self, node: Node) -> None:
+        key, in_place = op_key(node)
+        args = bind(node)
+        x = self.fact(args.get("input"))
+        what = f"`{node.name}` ({key})"
+        if key == "getitem":
+            source, index = node.args[0], node.args[1] if len(node.args) > 1 else None
+            items = self._items.get(source) if isinstance(source, Node) else None
+            if items is not None and isinstance(index, int):
+                self._set(node, items.get(index, F_), f"{what}: item {index}")
+            else:
+                self._set(node, self.fact(source) if not isinstance(source, (list, tuple))
+                          else self.fact(source[index] if isinstance(index, int) else source))
+            return
+        handler = _HANDLERS.get(key)
+        if handler is not None:
+            self._set(node, *handler(self, node, args, what))
+            return
+        if key in _PRESERVING or key in self.preserving:
+            if key == "nan_to_num":
+                self._set(node, F_ if x == U else x)
+                return
+            self._set(node, x, f"{what}")
+            return
+        if key in _FINITE:
+            self._set(node, finite(x), f"{what} maps zero to a non-zero value")
+            return
+        if key in _SINGULAR:
+            self._set(node, singular(x), f"{what} of a value that may be zero is not finite")
+            return
+        if key in _FRESH:
+            self._set(node, F_)
+            return
+        if key == "native_layer_norm" or key == "native_group_norm":
+            fact = _normalised(x, args.get("eps", 1e-5), True)
+            fact = product(fact, self.fact(args["weight"])) if args.get("weight") is not None \
+                else fact
+            fact = total(fact, self.fact(args["bias"])) if args.get("bias") is not None else fact
+            self._set(node, fact, f"{what}")
+            self._items[node] = {0: fact}
+            return
+        if key.startswith(("_native_batch_norm_legit", "native_batch_norm")) or \
+                key == "batch_norm" and isinstance(node.target, torch._ops.OpOverload):
+            fact = self._batch_norm(args, key)
+            self._set(node, fact, f"{what}")
+            self._items[node] = {0: fact}
+            return
+        inputs = [self.fact(i) for i in node.all_input_nodes if self.changed(i)]
+        if all(f == F_ for f in inputs):
+            # an op the table does not know, on values changed but finite and not forced
+            # to zero: finite, as the model's own values are
+            self._set(node, F_)
+            return
+        self._set(node, U, f"{what} is not in the table of ops: it is not known what it "
+                           "computes from a value that may be zero (declare it with "
+                           "zero_preserving=[...] if it maps zero to zero)")
+
+    def _batch_norm(self, args: dict[str, Any], key: str) -> Fact:
+        x = self.fact(args.get("input"))
+        running = args.get("running_mean")
+        training = args.get("training", args.get("use_input_stats", key in (
+            "_native_batch_norm_legit", "_native_batch_norm_legit_functional")))
+        if key == "_native_batch_norm_legit_no_training":
+            training = False
+        batch_stats = running is None or training is True
+        fact = _normalised(x, args.get("eps", 1e-5), batch_stats)
+        if args.get("weight") is not None:
+            fact = product(fact, self.fact(args["weight"]))
+        if args.get("bias") is not None:
+            fact = total(fact, self.fact(args["bias"]))
+        return fact
+
+
+def _position(gm: fx.GraphModule) -> Callable[[Node], int]:
+    index = {n: i for i, n in enumerate(gm.graph.nodes)}
+    return index.__getitem__
+
+
+def _fetch(root: nn.Module, dotted: str) -> Any:
+    obj: Any = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _get_local(module: nn.Module, dotted: str) -> Any:
+    obj: Any = module
+    for part in dotted.split("."):
+        if isinstance(obj, nn.Module) and part in obj._parameters:
+            obj = obj._parameters[part]
+            continue
+        if isinstance(obj, nn.Module) and "parametrizations" in obj._modules and \
+                part in obj.parametrizations._modules:
+            return next(obj.parametrizations[part].parameters(), None)
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _constant_fact(value: Any) -> Fact:
+    if value is None:
+        return F_
+    if isinstance(value, bool):
+        return F_ if value else Z
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return U
+        return Z if value == 0 else F_
+    if isinstance(value, complex):
+        return Z if value == 0 else (F_ if math.isfinite(abs(value)) else U)
+    if isinstance(value, torch.Tensor):
+        if isinstance(value, nn.parameter.UninitializedTensorMixin) or value.is_meta or \
+                not (value.is_floating_point() or value.is_complex()):
+            return F_
+        if value.numel() and not bool(torch.isfinite(value).all()):
+            return U
+        return Z if not bool(value.any()) else F_
+    return F_
+
+
+def _normalised(x: Fact, eps: Any, batch_stats: bool) -> Fact:
+    """``(x - mean) / sqrt(var + eps)``: with batch statistics a zero input stays zero."""
+    eps_zero = isinstance(eps, (int, float)) and eps == 0
+    if x == U:
+        return U
+    if not batch_stats:
+        return F_ if x in (Z, F_) else P  # (0 - running_mean) / std: finite, not zero
+    if x in (Z, P) and eps_zero:
+        return U  # 0 / sqrt(0 + 0)
+    return x
+
+
+def _bound_fact(bound: Any) -> tuple[bool | None, Fact]:
+    """(whether the bound admits 0 as lower/upper, fact of the bound)."""
+    return None, _constant_fact(bound)
+
+
+def _clamp(x: Fact, low: Any, high: Any, what: str) -> tuple[Fact, str]:
+    if x == U:
+        return U, f"{what}: input may be non-finite"
+    numeric = all(b is None or isinstance(b, (int, float)) for b in (low, high))
+    if numeric:
+        if (low is None or low <= 0) and (high is None or high >= 0):
+            return x, ""
+        bound = low if low is not None and low > 0 else high
+        return (F_ if x == Z else P), f"{what} clamps to [{low}, {high}], so zero becomes {bound}"
+    return (P if x != U else U), f"{what} clamps to a tensor bound: zero does not stay zero"
+
+
+def _threshold(x: Fact, threshold: Any, value: Any, what: str) -> tuple[Fact, str]:
+    if x == U:
+        return U, ""
+    if isinstance(threshold, (int, float)) and isinstance(value, (int, float)):
+        if threshold < 0 or value == 0:
+            return x, ""
+        return (F_ if x == Z else P), f"{what} replaces values <= {threshold} by {value}"
+    return P, f"{what} has a tensor threshold"
+
+
+# -- handlers: (facts, node, bound args, description) -> (fact, why) -----------------------
+
+def _h_add(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    key, _ = op_key(node)
+    x, other = f.fact(a.get("input")), f.fact(a.get("other"))
+    alpha = a.get("alpha", 1)
+    scaled = other
+    if isinstance(alpha, Node):
+        scaled = product(other, f.fact(alpha))
+    elif alpha is not None and alpha != 1:
+        scaled = product(other, _constant_fact(alpha))
+    if key == "rsub":  # other - alpha * input
+        x, scaled = other, product(x, _constant_fact(alpha)) if alpha != 1 else x
+    out = total(x, scaled)
+    why = ""
+    if out != Z:
+        nonzero = [n for n in (a.get("input"), a.get("other")) if f.fact(n) != Z]
+        names = ", ".join(f"`{n.name}`" if isinstance(n, Node) else repr(n) for n in nonzero)
+        why = f"{what} adds {names}, which is not zero"
+    return out, why
+
+
+def _h_mul(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    operands = [v for k, v in a.items() if k in ("input", "other", "mat2", "vec2", "mat1")]
+    if "operands" in a:
+        operands = list(a["operands"])
+    facts = [f.fact(v) for v in operands]
+    out = product(*facts)
+    why = ""
+    if out == U and Z in facts:
+        why = f"{what} multiplies a zero by a value that may be non-finite (0 * inf is NaN)"
+    elif out != Z:
+        why = f"{what}: no factor is zero"
+    return out, why
+
+
+def _h_div(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    num, den = f.fact(a.get("input")), f.fact(a.get("other"))
+    d = a.get("other")
+    if den == U or den in (Z, P):
+        name = f"`{d.name}`" if isinstance(d, Node) else repr(d)
+        return U, f"`{node.name}` divides by {name}, which may be zero"
+    return num, f"{what}: its numerator is not zero"
+
+
+def _h_pow(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    base, exponent = a.get("input"), a.get("exponent")
+    if isinstance(exponent, (int, float)):
+        x = f.fact(base)
+        if exponent > 0:
+            return x, what
+        if exponent == 0:
+            return finite(x), f"{what}: x ** 0 is 1"
+        return singular(x), f"{what}: a negative power of a value that may be zero"
+    if isinstance(base, (int, float)):  # 2 ** x
+        return finite(f.fact(exponent)), f"{what}: c ** x is not zero"
+    x, e = f.fact(base), f.fact(exponent)
+    if x == F_ and e != U:
+        return F_, what
+    return U, f"{what}: a tensor power of a value that may be zero"
+
+
+def _h_where(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    x, y = a.get("input"), a.get("other")
+    out = join(f.fact(x), f.fact(y))
+    return out, f"{what} selects between `{getattr(x, 'name', x)}` and `{getattr(y, 'name', y)}`, " \
+                "not both zero"
+
+
+def _h_masked_fill(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    value = a.get("value")
+    out = join(f.fact(a.get("input")), f.fact(value))
+    return out, f"{what} fills with {getattr(value, 'name', value)!r}, not zero"
+
+
+def _h_clamp(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    key, _ = op_key(node)
+    x = f.fact(a.get("input"))
+    if key == "hardtanh":
+        return _clamp(x, a.get("min_val", -1.0), a.get("max_val", 1.0), what)
+    if key == "relu6":
+        return x, ""
+    low, high = a.get("min"), a.get("max")
+    if key == "clamp_min":
+        high = None
+    if key == "clamp_max":
+        low = None
+    if isinstance(low, Node) or isinstance(high, Node):
+        return join(x, f.fact(low) if isinstance(low, Node) else x,
+                    f.fact(high) if isinstance(high, Node) else x, P), \
+            f"{what} clamps to a tensor bound"
+    return _clamp(x, low, high, what)
+
+
+def _h_threshold(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    return _threshold(f.fact(a.get("input")), a.get("threshold"), a.get("value"), what)
+
+
+def _h_pad(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    key, _ = op_key(node)
+    x = f.fact(a.get("input"))
+    mode = a.get("mode", "constant")
+    value = a.get("value", 0)
+    if key == "constant_pad_nd" or mode == "constant":
+        value = 0 if value is None else value
+        return join(x, _constant_fact(value)) if x != U else U, \
+            f"{what} pads with {value!r}, not zeros"
+    return x, what
+
+
+def _h_cat(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    tensors = a.get("tensors", a.get("input"))
+    return f.fact(tensors), f"{what} joins pieces that are not all zero"
+
+
+def _h_linear(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    key, _ = op_key(node)
+    weight = a.get("weight")
+    scaled = product(f.fact(a.get("input")), f.fact(weight))
+    if key == "bilinear":
+        scaled = product(scaled, f.fact(a.get("input2")))
+    bias = a.get("bias")
+    out = total(scaled, f.fact(bias)) if bias is not None else scaled
+    why = f"{what} adds a bias that is not zeroed" if scaled == Z and out != Z else \
+        f"{what}: its weight is not zero" if out != Z else ""
+    if scaled == U:
+        why = f"{what}: its input may be non-finite"
+    return out, why
+
+
+def _h_addmm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    m1 = a.get("mat1", a.get("batch1"))
+    m2 = a.get("mat2", a.get("batch2"))
+    prod = product(f.fact(m1), f.fact(m2))
+    beta = a.get("beta", 1)
+    bias = f.fact(a.get("input")) if beta != 0 else Z
+    return total(prod, bias), f"{what} adds `{getattr(a.get('input'), 'name', '')}`"
+
+
+def _h_embedding(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    return f.fact(a.get("weight")), f"{what}: its weight is not zero"
+
+
+def _h_getattr(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    attr = node.args[1] if len(node.args) > 1 else None
+    if attr in ("T", "mT", "H", "mH", "real", "data"):
+        return f.fact(node.args[0]), what
+    return U, f"{what}: attribute {attr!r} of a changed value"
+
+
+def _h_extremum(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    other = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    if isinstance(other, Node) and getattr(other, "op", "") != "":
+        return join(f.fact(a.get("input")), f.fact(other)), what
+    return f.fact(a.get("input")), what
+
+
+def _h_layer_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    key, _ = op_key(node)
+    eps = a.get("eps", 1e-5)
+    if key == "rms_norm" and eps is None:
+        eps = torch.finfo(torch.float32).eps
+    fact = _normalised(f.fact(a.get("input")), eps, True)
+    if a.get("weight") is not None:
+        fact = product(fact, f.fact(a["weight"]))
+    if a.get("bias") is not None:
+        fact = total(fact, f.fact(a["bias"]))
+    return fact, f"{what}: eps = {eps!r}" if fact == U else f"{what}"
+
+
+def _h_batch_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    key, _ = op_key(node)
+    fact = f._batch_norm(a, key)
+    return fact, f"{what} normalises with running statistics: zero becomes -mean/std" \
+        if fact not in (Z, U) else f"{what}"
+
+
+def _h_normalize(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    eps = a.get("eps", 1e-12)
+    x = f.fact(a.get("input"))
+    return _normalised(x, eps, True), f"{what} with eps = {eps!r} divides zero by zero"
+
+
+def _h_sdpa(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    q, k, v = (f.fact(a.get(n)) for n in ("query", "key", "value"))
+    mask = f.fact(a.get("attn_mask")) if a.get("attn_mask") is not None else F_
+    weights = U if U in (q, k, mask) else F_
+    return product(weights, v), f"{what}: its value input is not zero"
+
+
+def _h_window_attention(f: ZeroFacts, node: Node, a: dict[str, Any], what: str
+                        ) -> tuple[Fact, str]:
+    inputs = [f.fact(a.get(k)) for k in ("input", "qkv_weight", "relative_position_bias",
+                                          "qkv_bias", "logit_scale") if a.get(k) is not None]
+    attended = U if U in inputs else F_
+    out = product(attended, f.fact(a.get("proj_weight")))
+    if a.get("proj_bias") is not None:
+        out = total(out, f.fact(a.get("proj_bias")))
+    return out, f"{what}: its output projection is not zero"
+
+
+def _h_binary_max(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    return join(f.fact(a.get("input")), f.fact(a.get("other"))), what
+
+
+def _h_sum(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    return f.fact(a.get("input")), what
+
+
+def _h_prelu(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    return f.fact(a.get("input")), what
+
+
+def _h_remainder(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    den = f.fact(a.get("other"))
+    if den != F_:
+        return U, f"{what} by a value that may be zero"
+    return f.fact(a.get("input")), what
+
+
+_HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
+    "add": _h_add, "sub": _h_add, "subtract": _h_add, "rsub": _h_add,
+    "mul": _h_mul, "multiply": _h_mul, "matmul": _h_mul, "mm": _h_mul, "bmm": _h_mul,
+    "outer": _h_mul, "kron": _h_mul, "einsum": _h_mul, "dot": _h_mul, "vdot": _h_mul,
+    "div": _h_div, "divide": _h_div, "true_divide": _h_div, "floor_divide": _h_div,
+    "remainder": _h_remainder, "fmod": _h_remainder,
+    "pow": _h_pow, "float_power": _h_pow,
+    "where": _h_where, "masked_fill": _h_masked_fill,
+    "clamp": _h_clamp, "clip": _h_clamp, "clamp_min": _h_clamp, "clamp_max": _h_clamp,
+    "hardtanh": _h_clamp, "threshold": _h_threshold,
+    "pad": _h_pad, "constant_pad_nd": _h_pad,
+    "cat": _h_cat, "concat": _h_cat, "concatenate": _h_cat, "stack": _h_cat, "hstack": _h_cat,
+    "vstack": _h_cat, "dstack": _h_cat,
+    "linear": _h_linear, "bilinear": _h_linear, "conv1d": _h_linear, "conv2d": _h_linear,
+    "conv3d": _h_linear, "conv_transpose1d": _h_linear, "conv_transpose2d": _h_linear,
+    "conv_transpose3d": _h_linear, "convolution": _h_linear, "_convolution": _h_linear,
+    "addmm": _h_addmm, "baddbmm": _h_addmm, "embedding": _h_embedding,
+    "layer_norm": _h_layer_norm, "group_norm": _h_layer_norm, "rms_norm": _h_layer_norm,
+    "batch_norm": _h_batch_norm, "instance_norm": _h_batch_norm,
+    "normalize": _h_normalize,
+    "scaled_dot_product_attention": _h_sdpa, "_scaled_dot_product_flash_attention": _h_sdpa,
+    "_scaled_dot_product_flash_attention_for_cpu": _h_sdpa,
+    "_scaled_dot_product_efficient_attention": _h_sdpa,
+    "_scaled_dot_product_cudnn_attention": _h_sdpa,
+    "maximum": _h_binary_max, "minimum": _h_binary_max, "fmax": _h_binary_max,
+    "fmin": _h_binary_max, "prelu": _h_prelu, "_prelu_kernel": _h_prelu,
+    "getattr": _h_getattr, "shifted_window_attention": _h_window_attention, "max": _h_extremum, "min": _h_extremum,
+}

@@ -1,0 +1,328 @@
+"""Residual joins: additive merges of paths that leave a common fork, with skip and branches.
+
+A merge is any additive op (``+``, ``+=``, ``-``, ``torch.add`` with ``alpha``, ``.add_``,
+``torch.stack([...]).sum(0)``) whose operands include two or more data values. A flattened
+sum keeps every operand, data or not: a parameter, buffer or constant added beside the
+join (``fc2(h) + self.b + x``) is part of the branch, and must be zero too.
+
+A skip carries only the fork's own value to the merge: every value on it has exactly one
+data input, its own predecessor (or the fork), nothing on it is written in place, and its
+layers are structured ones (a projection: conv, linear, norm, pooling). It enters the merge
+with coefficient +1. A path that another data value enters (``q @ kᵀ``, an SSM scan), or
+that scales by a parameter of its own (``D * x``), is not a skip. The branch is every other
+operand.
+
+>>> import torch
+>>> from torch import fx, nn
+>>> from zeta_fx.analysis import GraphView
+>>> class Block(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.fc = nn.Linear(4, 4)
+...         self.b = nn.Parameter(torch.zeros(4))
+...     def forward(self, x):
+...         return self.fc(x) + self.b + x
+>>> [(j.merge.name, j.skip.name, [getattr(v, "name", v) for v in j.branch_operands])
+...  for j in GraphView(fx.symbolic_trace(Block())).joins() if j.ok]
+[('add_1', 'x', ['fc', 'b'])]
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch.fx import Node
+
+from zeta_fx.facts import bind, op_key
+
+if TYPE_CHECKING:
+    from zeta_fx.analysis import GraphView
+
+__all__ = ["Join", "find_joins", "additive_operands"]
+
+
+@dataclass
+class Join:
+    """An additive merge of paths from a common fork, classified into skip and branches.
+
+    ``operands`` are every operand of the flattened sum with its coefficient (``x - f`` has
+    ``(f, -1)``); ``terms`` the data ones. ``branch_operands`` are the operands that must be
+    zero for the merge to equal its skip (data values, parameters, constants).
+    """
+
+    merge: Node
+    terms: tuple[Node, ...]
+    operands: tuple[tuple[Any, float], ...] = ()
+    inner: tuple[Node, ...] = ()
+    fork: Node | None = None
+    ok: bool = False
+    reason: str = ""
+    skip: Node | None = None
+    skip_kind: str = ""
+    skip_layers: tuple[Node, ...] = ()
+    branches: tuple[Node, ...] = ()
+    branch_operands: tuple[Any, ...] = ()
+    sides: dict[Node, frozenset[Node]] = field(default_factory=dict)
+    region: frozenset[Node] = frozenset()
+
+
+_ADD = frozenset({"add", "sub", "subtract", "rsub"})
+
+
+def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
+    """``[(operand, coefficient)]`` of an additive data node, or ``None`` for other nodes.
+
+    ``torch.stack([a, b]).sum(0)`` counts as ``a + b``.
+    """
+    if not view.is_data.get(node) or node.op not in ("call_function", "call_method"):
+        return None
+    key, _ = op_key(node)
+    if key in _ADD:
+        args = bind(node)
+        if "input" not in args or "other" not in args:
+            return None
+        alpha = args.get("alpha", 1)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+            return None  # a tensor alpha: not a plain sum
+        if key == "rsub":
+            return [(args["other"], 1.0), (args["input"], -float(alpha))]
+        sign = -1.0 if key in ("sub", "subtract") else 1.0
+        return [(args["input"], 1.0), (args["other"], sign * float(alpha))]
+    if key in ("sum", "nansum") and key == "sum":
+        return _stack_sum(view, node)
+    return None
+
+
+def _stack_sum(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
+    args = bind(node)
+    source = args.get("input")
+    dim = args.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if isinstance(dim, (list, tuple)) and len(dim) == 1:
+        dim = dim[0]
+    if not isinstance(source, Node) or args.get("keepdim") or args.get("dtype") is not None \
+            or view.data_users.get(source) != [node]:
+        return None
+    skey, _ = op_key(source)
+    if skey != "stack" or not view.is_data.get(source):
+        return None
+    sargs = bind(source)
+    sdim = sargs.get("dim", 0)
+    tensors = sargs.get("tensors")
+    if not isinstance(dim, int) or sdim != dim or not isinstance(tensors, (list, tuple)):
+        return None
+    return [(t, 1.0) for t in tensors]
+
+
+def find_joins(view: "GraphView") -> list[Join]:
+    """Every additive merge of two or more data paths, valid residual joins or not."""
+    joins: list[Join] = []
+    separate: set[Node] = set()
+    operands_of: dict[Node, list[tuple[Any, float]] | None] = {}
+
+    def operands(node: Node) -> list[tuple[Any, float]] | None:
+        if node not in operands_of:
+            operands_of[node] = additive_operands(view, node)
+        return operands_of[node]
+
+    for node in reversed(view.nodes):  # outermost add of a longer sum first
+        ops = operands(node)
+        if ops is None:
+            continue
+        users = view.data_users[node]
+        if len(users) == 1 and operands(users[0]) is not None and users[0] not in separate \
+                and node not in view.clobbered:
+            continue  # part of a longer sum; examined with its outermost add
+        flat, inner = _flatten(view, node, operands)
+        data_terms = [v for v, _ in flat if isinstance(v, Node) and view.is_data[v]]
+        join = None
+        if inner and len(set(data_terms)) == len(data_terms) and len(data_terms) >= 2:
+            join = _classify(view, node, flat, inner)
+        if inner and (join is None or not join.ok):
+            # The flat sum is no join: x + (x + f(x)) adds x twice; (x + f(x)) + emb
+            # brings in a side input. Examine each add as a join of its own, so that an
+            # inner residual block is still found.
+            separate.add(node)
+            flat, inner = list(ops), []
+            data_terms = [v for v, _ in flat if isinstance(v, Node) and view.is_data[v]]
+            join = None
+        elif join is not None:
+            joins.append(join)
+            continue
+        if len(data_terms) < 2:
+            continue  # adds a constant, a parameter or a shape-derived value
+        joins.append(_classify(view, node, flat, inner))
+    joins.reverse()
+    return joins
+
+
+def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, float]], list[Node]]:
+    """The operands of the longest sum ending at ``merge`` (iteratively: no recursion)."""
+    flat: list[tuple[Any, float]] = []
+    inner: list[Node] = []
+    stack: list[tuple[Any, float, Node]] = [(v, c, merge) for v, c in reversed(operands(merge))]
+    while stack:
+        value, coeff, parent = stack.pop()
+        if isinstance(value, Node) and view.is_data.get(value) and \
+                view.data_users[value] == [parent] and value not in view.clobbered:
+            sub = operands(value)
+            if sub is not None:
+                inner.append(value)
+                stack.extend((v, c * coeff, value) for v, c in reversed(sub))
+                continue
+        flat.append((value, coeff))
+    return flat, inner
+
+
+def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
+              inner: list[Node]) -> Join:
+    terms = tuple(v for v, _ in flat if isinstance(v, Node) and view.is_data[v])
+    join = Join(merge, terms, tuple(flat), tuple(inner))
+    if len(set(terms)) < len(terms):
+        join.reason = "adds a value to itself"
+        return join
+    fork, region, mask, why = _find_fork(view, merge, terms, set(inner))
+    if fork is None:
+        join.reason = why
+        return join
+    join.fork, join.region = fork, region
+    # A node reached from one term only belongs to that term's path; nodes shared by
+    # several terms (a norm feeding parallel attention and MLP) belong to none.
+    sides = {t: frozenset(n for n in region if mask[n] == 1 << i) for i, t in enumerate(terms)}
+    join.sides = sides
+    coeff = {v: c for v, c in flat if isinstance(v, Node)}
+    layer_nodes = view.layer_nodes
+    counts = {t: len(sides[t] & layer_nodes) for t in terms}
+    verdicts = {t: _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner))
+                for t in terms}
+    candidates = [t for t in terms if verdicts[t] is None]
+    identity = [t for t in candidates if counts[t] == 0]
+    if all(counts[t] == 0 for t in terms) and not any(
+            isinstance(v, Node) and not view.is_data[v] for v, _ in flat):
+        join.reason = (f"no path between fork `{fork.name}` and the merge has a "
+                       "parameterised layer: a parameter-free computation (a polynomial, a "
+                       "rotary embedding, ...), not a residual block")
+        return join
+    if identity:
+        join.skip, join.skip_kind = identity[0], "identity"
+    elif candidates and all(counts[min(candidates, key=counts.__getitem__)] < counts[t]
+                            for t in terms if t is not min(candidates, key=counts.__getitem__)):
+        join.skip, join.skip_kind = min(candidates, key=counts.__getitem__), "projection"
+        join.skip_layers = tuple(view.nodes_in_order(sides[join.skip] & layer_nodes))
+    else:
+        if not candidates:
+            why = "; ".join(f"`{t.name}`: {verdicts[t]}" for t in terms[:3])
+            join.reason = (f"not a residual join: no operand of `{merge.name}` is a skip that "
+                           f"carries only the value of fork `{fork.name}` ({why})")
+        else:
+            counts_text = ", ".join(f"`{t.name}` ({counts[t]} layers)" for t in terms)
+            join.reason = (f"no path is clearly the skip: parallel paths {counts_text} from "
+                           f"fork `{fork.name}` (RepVGG-style); left alone")
+        return join
+    if join.skip_kind == "projection" and view.conditioning_only(join.skip, terms):
+        join.reason = (f"not a residual join: `{join.skip.name}` is computed from "
+                       f"conditioning inputs only, not from the data input "
+                       f"`{view.inputs[0].name}`; adding it brings a side input (timestep, "
+                       "class embedding) into the path")
+        return join
+    join.branches = tuple(t for t in terms if t is not join.skip)
+    join.branch_operands = tuple(v for v, _ in flat if v is not join.skip)
+    join.ok = True
+    return join
+
+
+def _skip_verdict(view: "GraphView", fork: Node, term: Node, side: frozenset[Node],
+                  coeff: float, merge: Node, inner: set[Node]) -> str | None:
+    """Why ``term`` cannot be the skip, or ``None`` if it carries only the fork's value."""
+    if coeff != 1.0:
+        return f"it enters the merge scaled by {coeff:g}"
+    for node in view.nodes_in_order(side | {term} if term is not fork else side):
+        inputs = view.data_inputs[node]
+        if len(inputs) != 1 or (inputs[0] not in side and inputs[0] is not fork):
+            others = [i.name for i in inputs if i not in side and i is not fork]
+            return (f"`{node.name}` combines it with another data value "
+                    f"({', '.join(f'`{o}`' for o in others[:2]) or 'several inputs'})")
+        if node in view.layer_nodes and not view.structured_layer(node):
+            return f"`{node.name}` scales it by a parameter of its own, not a projection layer"
+    watched = set(side) | {fork}
+    for value in watched:
+        writer = view.clobbered.get(value)
+        if writer is not None and view.index[writer] < view.index[merge] and \
+                writer is not merge and writer not in inner:
+            return (f"`{writer.name}` writes `{value.name}` in place before the merge reads "
+                    "it, so the merge does not see the fork's value")
+    return None
+
+
+def _find_fork(view: "GraphView", merge: Node, terms: tuple[Node, ...], merge_set: set[Node]
+               ) -> tuple[Node | None, frozenset[Node], dict[Node, int], str]:
+    """Walk back from ``merge`` in reverse topological order until all paths meet.
+
+    A node is expanded only when every one of its users is already known to lead to the
+    merge; so the walk stays inside the region and costs what the region costs. The first
+    node reached from every term is the fork.
+    """
+    full = (1 << len(terms)) - 1
+    mask: dict[Node, int] = {}
+    heap: list[tuple[int, Node]] = []
+    for i, term in enumerate(terms):
+        if term not in mask:
+            mask[term] = 0
+            heapq.heappush(heap, (-view.index[term], term))
+        mask[term] |= 1 << i
+    merge_set = merge_set | {merge}
+    inside = merge_set | view.unused_items
+    expanded: set[Node] = set()
+    boundary: list[Node] = []
+    fork = None
+    data_users, data_inputs, index = view.data_users, view.data_inputs, view.index
+    while heap:
+        _, node = heapq.heappop(heap)
+        node_mask = mask[node]
+        if node_mask == full:
+            fork = node
+            break
+        if inside.issuperset(data_users[node]):
+            expanded.add(node)
+            inside.add(node)
+            for inp in data_inputs[node]:
+                if inp not in mask:
+                    mask[inp] = node_mask
+                    heapq.heappush(heap, (-index[inp], inp))
+                else:
+                    mask[inp] |= node_mask
+        else:
+            boundary.append(node)
+    if fork is None:
+        if boundary:
+            b = max(boundary, key=view.index.__getitem__)
+            outside = [u.name for u in view.data_users[b] if u not in expanded and u not in merge_set]
+            return None, frozenset(), mask, (
+                f"not a residual join: the paths into `{merge.name}` do not meet at a fork "
+                f"whose intermediate values feed only this merge (`{b.name}` is also used "
+                f"by {', '.join(f'`{n}`' for n in outside[:3])})")
+        return None, frozenset(), mask, (f"not a residual join: the paths into `{merge.name}` "
+                                         "share no common input")
+    boundary_set = set(boundary)
+    leaking = [u for u in view.data_users[fork] if u in boundary_set]
+    if leaking:
+        u = leaking[0]
+        outside = [w.name for w in view.data_users[u] if w not in expanded and w not in merge_set]
+        return None, frozenset(), mask, (
+            f"not a residual join: `{u.name}`, between fork `{fork.name}` and merge "
+            f"`{merge.name}`, is also used by {', '.join(f'`{n}`' for n in outside[:3])}")
+    region = _descendants_within(view, fork, expanded)
+    return fork, region, mask, ""
+
+
+def _descendants_within(view: "GraphView", fork: Node, allowed: set[Node]) -> frozenset[Node]:
+    seen: set[Node] = set()
+    stack = [u for u in view.data_users[fork] if u in allowed]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(u for u in view.data_users[node] if u in allowed and u not in seen)
+    return frozenset(seen)
