@@ -128,7 +128,8 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     if verify:
         check_runnable(model)
         args = graph_args(gm, example_inputs, example_kwargs)
-        report = verified_apply(plan, model, gm, args, allow_tied=allow_tied, keep=not dry_run)
+        report = verified_apply(plan, model, gm, args, allow_tied=allow_tied, keep=not dry_run,
+                                named=view.params)
     elif dry_run:
         report = dry_run_report(plan, model, allow_tied=allow_tied, _named=view.params)
     else:
