@@ -350,7 +350,9 @@ def _claims(plan: ZeroInitPlan, gm: fx.GraphModule) -> list[_Claim]:
             if (n is not None and n.op == "call_module"
                     and entry.module.startswith(f"{n.target}." if n.target else "")
                     and entry.module != n.target):
-                claims.append(_Claim(node, entry.module, node, node, "composite"))
+                first = n.args[0] if n.args else next(iter(n.kwargs.values()), None)
+                source = first.name if isinstance(first, fx.Node) else ""
+                claims.append(_Claim(node, entry.module, node, source, "composite"))
                 continue
             zero_at = entry.zero_at[i] if i < len(entry.zero_at) and entry.zero_at[i] else node
             claims.append(_Claim(node, entry.module, zero_at, "", "zero"))
@@ -466,7 +468,10 @@ def verified_apply(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, arg
     checks = check_claims(plan, model, gm, args, targets)
     failed = [c for c in checks.values() if not c.ok]
     if failed:
-        modules = {n: e.module for e in plan.entries for n in e.nodes}
+        modules: dict[str, list[str]] = {}
+        for entry in plan.entries:
+            for node in entry.nodes:
+                modules.setdefault(node, []).append(entry.module)
         raise VerificationError(_failure_message(failed, modules))
     if keep:
         report = write_resolved(plan, targets, named)
@@ -478,10 +483,10 @@ def verified_apply(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, arg
     return report
 
 
-def _failure_message(failed: list[SiteCheck], modules: dict[str, str]) -> str:
+def _failure_message(failed: list[SiteCheck], modules: dict[str, list[str]]) -> str:
     lines = []
     for check in failed[:5]:
-        module = modules.get(check.node, "?")
+        module = "`, `".join(modules.get(check.node, ["?"]))
         gap = ("was not computed as a tensor of a fitting shape" if check.max_abs is None
                else f"largest difference {check.max_abs:g}")
         if check.kind == "residual":
