@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from zeta_fx import zero_init_pass
-from zeta_fx.errors import ExampleInputsError, VerificationError
+from zeta_fx.errors import ExampleInputsError, TiedParameterError, VerificationError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
 from zero_checks import assert_unchanged as _assert_same
@@ -103,9 +103,10 @@ def test_failed_verification_restores_bit_exactly_and_names_the_node():
         zero_init_pass(model, zero_preserving=[torch.cos], verify=True,
                        example_inputs=(torch.randn(3, 4),))
     message = str(info.value)
-    assert "zeroing `fc2` at node `fc2` should make `cos` exactly zero" in message
-    assert "largest magnitude 1 " in message
-    assert "zero_preserving" in message and "restored bit-exactly" in message
+    # The claim is at the merge: add = x + cos(0) = x + 1, one away from its skip x.
+    assert "zeroing `fc2` (node `fc2`) should make merge `add` equal its skip `x`" in message
+    assert "largest difference 1" in message
+    assert "zero_preserving" in message and "Nothing was written" in message
     _assert_same(model, before)
     # Without the wrong declaration the rule leaves the branch alone, and says why.
     report = zero_init_pass(model, verify=True, example_inputs=(torch.randn(3, 4),))
@@ -125,13 +126,13 @@ def test_state_changed_by_the_check_forward_is_put_back():
         assert torch.equal(value, before[name]) != (name in report.params), name
 
 
-def test_storage_shared_with_a_zeroed_parameter_fails_and_is_restored():
+def test_storage_shared_with_a_zeroed_parameter_is_refused_before_writing():
     torch.manual_seed(0)
     model = Counter()
     model.probe = nn.Linear(4, 4)  # unused in forward; its weight is a view of fc2.weight
     model.probe.weight = nn.Parameter(model.fc2.weight.detach()[:, :])
     before = _snapshot(model)
-    with pytest.raises(VerificationError, match=r"also changed `probe.weight`.*shares storage"):
+    with pytest.raises(TiedParameterError, match=r"`fc2.weight` shares storage.*`probe.weight`"):
         zero_init_pass(model, verify=True, example_inputs=(torch.randn(3, 4),),
                        leaf_modules=[Tally])
     _assert_same(model, before)

@@ -10,7 +10,8 @@ from zeta_fx.api import ZeroInitPass, plan_zero_init, zero_init_pass
 from zeta_fx.errors import (CaptureError, NotAModuleError, NoWeightError, PlanError,
                             PlanFormatError, PlanMismatchError, RenderError, TiedParameterError,
                             UnknownRuleError, UnsupportedParameterError, ZetaFxError)
-from zeta_fx.errors import ExampleInputsError, UnsupportedWrapperError, VerificationError
+from zeta_fx.errors import (ExampleInputsError, PartialWriteError, UnsupportedWrapperError,
+                            VerificationError)
 from zeta_fx.ops import ZeroOps
 from zeta_fx.plan import ZeroInitPlan
 from zeta_fx.report import ZeroInitReport
@@ -23,5 +24,5 @@ __all__ = [
     "ZeroOps", "rules", "init_zero_", "exists", "ZetaFxError", "CaptureError",
     "NotAModuleError", "NoWeightError", "PlanError", "PlanFormatError", "PlanMismatchError",
     "TiedParameterError", "UnknownRuleError", "UnsupportedParameterError",
-    "UnsupportedWrapperError", "VerificationError", "ExampleInputsError", "RenderError",
+    "UnsupportedWrapperError", "VerificationError", "PartialWriteError", "ExampleInputsError", "RenderError",
 ]

@@ -129,7 +129,8 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     if verify:
         check_runnable(model)
         args = graph_args(gm, example_inputs, example_kwargs)
-        report = verified_apply(plan, model, gm, args, allow_tied=allow_tied, keep=not dry_run)
+        report = verified_apply(plan, model, gm, args, allow_tied=allow_tied, keep=not dry_run,
+                                named=view.params)
     elif dry_run:
         report = dry_run_report(plan, model, allow_tied=allow_tied, _named=view.params)
     else:
@@ -141,7 +142,8 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
 class ZeroInitPass(PassBase):
     """``zero_init_pass`` as a ``torch.fx.passes.infra`` pass.
 
-    ``modified`` is true only when a parameter value changed. Inside a ``PassManager`` with
+    ``modified`` is true only when a parameter value changed, decided exactly before the
+    write (a weight of 1e-30, a subnormal or a NaN counts as non-zero). Inside a ``PassManager`` with
     ``steps > 1`` the pass does its work once: a later call on an unchanged graph whose
     planned parameters are still zero returns ``modified=False`` without tracing or analysing
     again (``analyses`` counts the runs that did). If another pass changed the graph, or the

@@ -46,14 +46,30 @@ class TiedParameterError(ZetaFxError):
     """A target parameter is shared with a module the rule did not select."""
 
 
+class PartialWriteError(ZetaFxError):
+    """Writing a plan failed part-way: some tensors were zeroed, the rest were not.
+
+    Zeroing is idempotent, so applying the same plan again (once the cause is fixed)
+    completes it. ``written`` and ``unwritten`` list the parameter FQNs.
+    """
+
+    def __init__(self, message: str, written: list[str] | None = None,
+                 unwritten: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.written = list(written or [])
+        self.unwritten = list(unwritten or [])
+
+
 class UnsupportedWrapperError(ZetaFxError, TypeError):
     """The model is wrapped in a way the pass cannot trace or write through (FSDP1, FSDP2)."""
 
 
 class VerificationError(ZetaFxError):
-    """``verify=True``: a zeroed branch did not output exactly zero, or another value changed.
+    """``verify=True``: a claim did not hold on the example inputs (a merge did not equal its
+    skip value, or a value promised to be zero was not).
 
-    The touched parameters have been restored bit-exactly before this is raised.
+    The check runs with the zeroed values substituted, before anything is written: when this
+    is raised, the model has not been changed.
     """
 
 

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from zeta_fx.errors import (NotAModuleError, PlanFormatError, PlanMismatchError,
-                            TiedParameterError, UnsupportedParameterError)
+from zeta_fx.errors import (NotAModuleError, PartialWriteError, PlanFormatError,
+                            PlanMismatchError, TiedParameterError, UnsupportedParameterError)
 from zeta_fx.picture import PictureSource
 from zeta_fx.utils import zero_tensor_
 from zeta_fx.wrappers import check_writable, unwrap
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from zeta_fx.report import ZeroInitReport
     from zeta_fx.rules import Selection, Skipped
 
-__all__ = ["PlanEntry", "ZeroInitPlan", "build_plan"]
+__all__ = ["PlanEntry", "ZeroInitPlan", "build_plan", "resolve", "write_resolved",
+           "dry_run_report"]
 
 logger = logging.getLogger("zeta_fx")
 
@@ -106,9 +107,22 @@ class ZeroInitPlan:
 
     @classmethod
     def from_json(cls, text: str) -> "ZeroInitPlan":
-        """Read a plan written by :meth:`to_json`; a corrupted text raises ``PlanFormatError``."""
+        """Read a plan written by :meth:`to_json`; a corrupted text raises ``PlanFormatError``.
+
+        Non-finite numbers (``Infinity``, ``NaN``, ``1e999``), shapes that are not
+        non-negative integers, and pathologically deep nesting are refused as corrupted.
+
+        >>> ZeroInitPlan.from_json('{"format": "zeta_fx.plan", "version": Infinity}')
+        Traceback (most recent call last):
+        ...
+        zeta_fx.errors.PlanFormatError: the plan is not valid JSON (Infinity is not a number ...
+        """
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        except RecursionError:
+            raise PlanFormatError("the plan's JSON is nested too deeply to be a zeta_fx plan; "
+                                  "write plans with ZeroInitPlan.to_json() and load them "
+                                  "unchanged") from None
         except (TypeError, ValueError) as exc:
             raise PlanFormatError(f"the plan is not valid JSON ({exc}); write plans with "
                                   "ZeroInitPlan.to_json() and load them unchanged") from None
@@ -116,6 +130,8 @@ class ZeroInitPlan:
 
     @classmethod
     def from_dict(cls, data: Any) -> "ZeroInitPlan":
+        """Read a plan from :meth:`to_dict`'s plain data; malformed data raises
+        ``PlanFormatError``."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise PlanFormatError(f"not a zeta_fx plan: expected a JSON object with "
                                   f"\"format\": \"{PLAN_FORMAT}\"")
@@ -125,16 +141,19 @@ class ZeroInitPlan:
                                   "again with this version")
         try:
             entries = tuple(
-                PlanEntry(str(e["module"]), str(e["module_type"]),
-                          {str(k): tuple(int(d) for d in v) for k, v in e["params"].items()},
-                          tuple(str(n) for n in e["nodes"]),
-                          tuple(str(p) for p in e["positions"]), str(e["rule"]),
-                          tuple(str(z) for z in e.get("zero_at", ())),
-                          tuple(str(m) for m in e.get("merges", ())),
-                          tuple(str(k) for k in e.get("skips", ())))
+                PlanEntry(_text(e["module"]), _text(e["module_type"]),
+                          {_text(k): tuple(_dim(d) for d in v) for k, v in e["params"].items()},
+                          tuple(_text(n) for n in e["nodes"]),
+                          tuple(_text(p) for p in e["positions"]), _text(e["rule"]),
+                          tuple(_text(z) for z in e.get("zero_at", ())),
+                          tuple(_text(m) for m in e.get("merges", ())),
+                          tuple(_text(k) for k in e.get("skips", ())))
                 for e in data["entries"])
-            return cls(entries, str(data["rule"]), str(data["model"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return cls(entries, _text(data["rule"]), _text(data["model"]))
+        except RecursionError:
+            raise PlanFormatError("the plan's entries are nested too deeply; make the plan "
+                                  "again") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise PlanFormatError(f"the plan's entries are malformed ({type(exc).__name__}: "
                                   f"{exc}); make the plan again") from None
 
@@ -145,17 +164,50 @@ class ZeroInitPlan:
         All targets are resolved and validated first; if any is missing, has another shape,
         or cannot be written in place, an error lists every problem and nothing is written.
         """
-        from zeta_fx.report import ZeroInitReport
-
         named = _named if _named is not None else _named_params(model)
         tensors = resolve(self, model, allow_tied=allow_tied, named=named)
-        _refuse_meta(tensors)
-        changed = _any_nonzero(list(tensors.values()))
-        _zero_all_(list(tensors.values()))
-        logger.info("zeta_fx: zeroed %d parameters in %d modules (rule %s)",
-                    len(tensors), len(self.entries), self.rule)
-        return ZeroInitReport(self, list(self.skipped), applied=True, changed=changed,
-                              total_params=_count_params(named))
+        return write_resolved(self, tensors, named)
+
+
+def write_resolved(plan: ZeroInitPlan, tensors: dict[str, torch.Tensor],
+                   named: dict[str, torch.Tensor]) -> "ZeroInitReport":
+    """Zero ``tensors`` (what :func:`resolve` returned for ``plan``) and report.
+
+    ``changed`` is decided exactly before the first write. A failure part-way raises
+    :class:`~zeta_fx.errors.PartialWriteError` naming what was and was not written.
+    """
+    from zeta_fx.report import ZeroInitReport
+
+    _refuse_meta(tensors)
+    changed = _any_nonzero(list(tensors.values()))
+    _zero_all_(tensors)
+    logger.info("zeta_fx: zeroed %d parameters in %d modules (rule %s)",
+                len(tensors), len(plan.entries), plan.rule)
+    return ZeroInitReport(plan, list(plan.skipped), applied=True, changed=changed,
+                          total_params=_count_params(named))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a plan can hold")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _dim(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"a shape holds non-negative integers, got {value!r}")
+    return value
 
 
 def _plain(tensors: list[torch.Tensor]) -> bool:
@@ -165,13 +217,35 @@ def _plain(tensors: list[torch.Tensor]) -> bool:
 
 
 def _any_nonzero(tensors: list[torch.Tensor]) -> bool:
-    """Whether any value would change by zeroing (meta tensors: always, they hold none)."""
-    if not tensors:
-        return False
-    if _plain(tensors):
-        with torch.no_grad():
-            return bool(torch.stack(torch._foreach_norm(tensors)).any())
-    return any(_has_nonzero(t) for t in tensors)
+    """Whether zeroing would change any value, decided exactly: any element whose bits are
+    not a (signed) zero counts, however small (1e-30, subnormals) and NaN too. Meta tensors
+    hold no values: writing them counts as a change."""
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor.is_meta:
+                return True
+            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # own shard
+            if local.numel():
+                flags.setdefault(local.device, []).append(_nonzero_flag(local.detach()))
+        return any(bool(torch.stack(group).any()) for group in flags.values())
+
+
+_SIGNLESS = {1: (torch.uint8, 0x7F), 2: (torch.int16, 0x7FFF), 4: (torch.int32, 0x7FFFFFFF),
+             8: (torch.int64, 0x7FFFFFFFFFFFFFFF)}
+
+
+def _nonzero_flag(tensor: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor: whether ``tensor`` holds a value other than +0 or -0.
+
+    Floats are read as bit patterns, so a flush-denormals setting cannot hide a subnormal.
+    """
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    if tensor.is_floating_point() and tensor.element_size() in _SIGNLESS:
+        ints, mask = _SIGNLESS[tensor.element_size()]
+        return tensor.view(ints).bitwise_and(mask).ne(0).any()
+    return tensor.ne(0).any()
 
 
 def _refuse_meta(tensors: dict[str, torch.Tensor]) -> None:
@@ -185,23 +259,42 @@ def _refuse_meta(tensors: dict[str, torch.Tensor]) -> None:
             "written")
 
 
-def _has_nonzero(tensor: torch.Tensor) -> bool:
-    if tensor.is_meta:
-        return True  # a meta tensor holds no values; writing it counts as a change
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # DTensor: own shard
-    if local.numel() > 4096 and local.is_contiguous() and bool(local.view(-1)[:4096].any()):
-        return True  # a trained or freshly initialised tensor: no need to read all of it
-    return bool(local.numel() and local.count_nonzero().item())
+def _zero_all_(tensors: dict[str, torch.Tensor]) -> None:
+    """Zero in place: one fused kernel for plain tensors, else tensor by tensor.
+
+    If a write fails part-way, :class:`PartialWriteError` says which tensors were zeroed and
+    which were not; zeroing is idempotent, so applying the plan again completes it.
+    """
+    items = list(tensors.values())
+    if _plain(items):
+        try:
+            with torch.no_grad():
+                torch._foreach_zero_(items)
+            return
+        except Exception:  # write one by one below, which says exactly where it stops
+            logger.debug("zeta_fx: fused zeroing failed; zeroing tensor by tensor", exc_info=True)
+    written: list[str] = []
+    for name, tensor in tensors.items():
+        try:
+            zero_tensor_(tensor)
+        except Exception as exc:
+            unwritten = [n for n in tensors if n not in written]
+            raise PartialWriteError(
+                f"zeroing stopped at `{name}` ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}): "
+                f"{len(written)} of {len(tensors)} planned tensors were zeroed "
+                f"({_names(written)}), {len(unwritten)} were not ({_names(unwritten)}). "
+                "The model is half-initialised: fix the cause and apply the plan again "
+                "(`plan.apply(model)`), which completes it (zeroing is idempotent)",
+                written, unwritten) from exc
+        written.append(name)
 
 
-def _zero_all_(tensors: list[torch.Tensor]) -> None:
-    """Zero in place: one fused kernel for plain tensors, else tensor by tensor."""
-    if _plain(tensors):
-        with torch.no_grad():
-            torch._foreach_zero_(tensors)
-        return
-    for tensor in tensors:
-        zero_tensor_(tensor)
+def _names(names: list[str], limit: int = 8) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f", ... {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _named_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -257,6 +350,7 @@ def _weight_norm_magnitude(model: nn.Module, fqn: str) -> str:
             "divides by the largest singular value). Remove it with torch.nn.utils.parametrize"
             f".remove_parametrizations(module, {name!r}) before the pass, or leave this layer "
             "out of the rule; nothing was written")
+    _refuse_pruned(module, owner, name)
     hooks = list(module._forward_pre_hooks.values())
     if any(isinstance(h, WeightNorm) and h.name == name for h in hooks):
         return f"{prefix}{name}_g"
@@ -266,6 +360,60 @@ def _weight_norm_magnitude(model: nn.Module, fqn: str) -> str:
         + (f" but computed by a {kinds} hook" if kinds else "")
         + f"; zeroing it would not last. Remove the reparametrisation (e.g. "
         "torch.nn.utils.remove_spectral_norm) before the pass; nothing was written")
+
+
+def _refuse_pruned(module: nn.Module, owner: str, name: str) -> None:
+    """``torch.nn.utils.prune`` keeps ``{name}_orig`` and a ``{name}_mask`` buffer and
+    recomputes ``name`` in a forward pre-hook: refuse, and say how to make it permanent."""
+    from torch.nn.utils.prune import BasePruningMethod
+
+    base = name.removesuffix("_orig")
+    pruned = any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == base
+                 for h in module._forward_pre_hooks.values())
+    if not pruned and not (f"{base}_mask" in module._buffers
+                           and f"{base}_orig" in module._parameters):
+        return
+    where = f"model.get_submodule({owner!r})" if owner else "model"
+    raise UnsupportedParameterError(
+        f"`{owner + '.' if owner else ''}{base}` (module `{owner or '(root)'}`, "
+        f"{type(module).__name__}) is pruned with torch.nn.utils.prune: its `{base}` is "
+        f"recomputed as `{base}_orig * {base}_mask` by a forward pre-hook on every call, so "
+        "no stored tensor is the weight the rule would zero. Make the pruning permanent "
+        f"first: `torch.nn.utils.prune.remove({where}, {base!r})`, then run the pass; "
+        "nothing was written")
+
+
+def _pruning_owner(model: nn.Module, fqn: str) -> tuple[nn.Module, str, str] | None:
+    owner, _, name = fqn.rpartition(".")
+    for path in (owner, owner.removeprefix("module."), f"module.{owner}" if owner else owner):
+        try:
+            return (model.get_submodule(path) if path else model), path, name
+        except AttributeError:
+            continue
+    return None
+
+
+def _zeroable(dtype: torch.dtype) -> str | None:
+    """Why a tensor of ``dtype`` cannot be zeroed in place to an exact zero, or None.
+
+    Bool and integer tensors are not weights an initialisation writes; some narrow float
+    formats cannot hold a zero (``float8_e8m0fnu``: ``zero_()`` writes 2**-127) or cannot be
+    written in place at all. Probed on a one-element CPU tensor.
+    """
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return f"its dtype {dtype} is not a floating-point type, so it is not a weight to zero"
+    if dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return None
+    try:  # an explicit device: the caller may be inside `with torch.device("meta")`
+        probe = torch.ones(1, dtype=torch.float32, device="cpu").to(dtype)
+        probe.zero_()
+        value = float(probe.to(torch.float32).item())
+    except Exception as exc:
+        return (f"torch cannot zero {dtype} in place here ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})")
+    if value != 0.0:
+        return f"{dtype} cannot represent zero (`zero_()` writes {value:g})"
+    return None
 
 
 def _lookup(named: dict[str, torch.Tensor], fqn: str) -> tuple[str, torch.Tensor] | None:
@@ -302,9 +450,13 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
     model = unwrap(model)[0]  # DDP / torch.compile wrappers add FQN prefixes
     found: dict[str, torch.Tensor] = {}
     problems: list[str] = []
+    reasons: dict[torch.dtype, str | None] = {}
     for entry in plan.entries:
         for fqn, shape in entry.params.items():
             hit = _lookup(named, fqn)
+            pruning = _pruning_owner(model, fqn)
+            if pruning is not None:
+                _refuse_pruned(*pruning)
             if hit is None:
                 if _is_parametrized(model, fqn):
                     raise UnsupportedParameterError(
@@ -330,6 +482,13 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
                     f"`{name}` (module `{entry.module}`) was created under "
                     "torch.inference_mode() and cannot be written in place; build the model "
                     "outside inference_mode; nothing was written")
+            if tensor.dtype not in reasons:
+                reasons[tensor.dtype] = _zeroable(tensor.dtype)
+            if reasons[tensor.dtype] is not None:
+                raise UnsupportedParameterError(
+                    f"`{name}` (module `{entry.module}`, {entry.module_type}) cannot be "
+                    f"zeroed: {reasons[tensor.dtype]}. Leave this layer out of the rule, or "
+                    "zero it after casting the model to a float dtype; nothing was written")
             found[name] = tensor
     if problems:
         shown = "\n  ".join(problems[:10])
@@ -339,6 +498,8 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
             f"`{type(model).__name__}`:\n  {shown}{more}\nMake the plan on the same "
             "architecture; nothing was written")
     _check_tied(found, named, allow_tied, model)
+    if not allow_tied:
+        _check_shared_storage(found, named, model)
     return found
 
 
@@ -367,6 +528,55 @@ def _check_tied(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
             f"`{name}` is tied to `{alias}` (the same tensor): zeroing it would also "
             f"zero `{alias}`, which the rule did not select. Untie them, or pass "
             "allow_tied=True to zero both; nothing was written")
+
+
+def _byte_span(tensor: torch.Tensor) -> tuple[tuple[Any, int], int, int] | None:
+    """(storage key, first byte, end byte) of the memory ``tensor`` can address, or None
+    for tensors with no storage of their own to share (meta, empty, wrapper subclasses)."""
+    try:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if local.is_meta or local.numel() == 0:
+            return None
+        storage = local.untyped_storage()
+        size = local.element_size()
+        start = local.storage_offset() * size
+        extent = sum((n - 1) * abs(st) for n, st in zip(local.shape, local.stride())) + 1
+        key = (local.device, storage.data_ptr())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return key, start, start + extent * size
+
+
+def _check_shared_storage(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
+                          model: nn.Module) -> None:
+    """Refuse a target whose memory another parameter or buffer outside the plan also uses
+    (a view, ``p.data = q.data[...]``): zeroing it would silently change that one too."""
+    spans: dict[Any, list[tuple[int, int, str]]] = {}
+    for name, tensor in found.items():
+        span = _byte_span(tensor)
+        if span is not None:
+            spans.setdefault(span[0], []).append((span[1], span[2], name))
+    if not spans:
+        return
+    targets = {id(t) for t in found.values()}
+    others = [(n, t, "parameter") for n, t in named.items() if n not in found]
+    others += [(n, t, "buffer") for n, t in model.named_buffers(remove_duplicate=False)
+               if t is not None]
+    for other, tensor, kind in others:
+        if id(tensor) in targets:
+            continue  # the same tensor: _check_tied has decided about it
+        span = _byte_span(tensor)
+        if span is None or span[0] not in spans:
+            continue
+        for start, end, name in spans[span[0]]:
+            if start < span[2] and span[1] < end:
+                raise TiedParameterError(
+                    f"`{name}` shares storage with the {kind} `{other}` (a view of it, or "
+                    f"made with `.data = ...[...]`): zeroing `{name}` in place would also "
+                    f"change `{other}`, which the plan does not name. Give `{name}` its own "
+                    "storage (`module.weight = nn.Parameter(module.weight.detach().clone())`), "
+                    "or pass allow_tied=True to zero the shared memory anyway; nothing was "
+                    "written")
 
 
 def build_plan(view: "GraphView", selection: "Selection", rule: str, model: nn.Module
@@ -446,14 +656,15 @@ def dry_run_report(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = F
                    _named: dict[str, torch.Tensor] | None = None) -> "ZeroInitReport":
     """Validate ``plan`` against ``model`` and report without writing anything.
 
-    The report's ``changed`` says whether applying the plan would change a value.
+    The report's ``changed`` says whether applying the plan would change a value; it is
+    decided now, exactly, and does not change when the plan is applied later.
     """
     from zeta_fx.report import ZeroInitReport
 
     named = _named if _named is not None else _named_params(model)
     tensors = resolve(plan, model, allow_tied=allow_tied, named=named)
     return ZeroInitReport(plan, list(plan.skipped), applied=False,
-                          changed=lambda: _any_nonzero(list(tensors.values())),
+                          changed=_any_nonzero(list(tensors.values())),
                           total_params=_count_params(named))
 
 

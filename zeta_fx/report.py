@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tabulate import tabulate
 
@@ -49,22 +49,27 @@ class ZeroInitReport:
     """
 
     def __init__(self, plan: "ZeroInitPlan", skipped: list["Skipped"], *, applied: bool,
-                 changed: "bool | Callable[[], bool]", total_params: int,
+                 changed: bool, total_params: int,
                  tablefmt: str = "simple") -> None:
         self.plan = plan
         self.skipped = skipped
         self.applied = applied
+        if not isinstance(changed, bool):  # decided before any write, never later
+            raise TypeError(f"changed must be a bool decided before writing, got "
+                            f"{type(changed).__name__}")
         self._changed = changed
         self.total_params = total_params
         self.tablefmt = tablefmt
-        # node -> zeta_fx.verify.SiteCheck, set when the pass ran with verify=True
+        # node -> zeta_fx.verify.SiteCheck (all of that node's claims), set by verify=True
         self.verification: dict[str, Any] | None = None
 
     @property
     def changed(self) -> bool:
-        """Whether the pass changed a value (for a dry run: whether applying would)."""
-        if callable(self._changed):
-            self._changed = bool(self._changed())
+        """Whether the pass changed a value (for a dry run: whether applying would).
+
+        Decided exactly before anything was written: any element other than +0/-0 counts
+        (1e-30 and NaN too). A dry run's answer stays what it was when the plan is applied.
+        """
         return self._changed
 
     @property

@@ -1,12 +1,18 @@
-"""Verification: zero, run the captured graph once, and check what the rule promised.
+"""Verification: check every claim of a plan by substitution, before anything is written.
 
-The rule promises, per touched site, that one graph value (the branch term entering a
-residual join, the model output) is now exactly zero, and the pass promises that nothing
-else in the model changed. :func:`verified_apply` checks both on example inputs with a
-``torch.fx.Interpreter`` over the captured graph (eval mode, no grad, values freed as soon
-as they are dead); state the forward itself changes (counters, caches) is put back after
-it. If any check fails, every tensor is put back bit-exactly and
-:class:`~zeta_fx.errors.VerificationError` names the node.
+Each report row is a claim. A residual row claims that, once its layer is zeroed, the graph
+value of its merge node equals the value of its skip operand exactly (no NaN/Inf the skip
+does not have); an output or adaLN row claims its ``zero_at`` value is exactly zero; a row
+inside an opaque ``nn.TransformerEncoderLayer``/``DecoderLayer`` (or a stack of them)
+claims the layer now computes its skip (its input for ``norm_first=True``, the input through
+its norms for post-LN).
+
+:func:`check_claims` runs the captured graph with a ``torch.fx.Interpreter`` while the
+planned parameters are swapped for zeros and every buffer for a clone (the
+``torch.func.functional_call`` idea, applied to every module object the graph reaches):
+eval mode, no grad, the global RNG state forked. The caller's tensors are never written,
+so their values and ``._version`` counters are unchanged and autograd graphs built before
+stay valid. :func:`verified_apply` writes only if every claim held.
 
 >>> import torch
 >>> from torch import nn
@@ -25,35 +31,47 @@ it. If any check fails, every tensor is put back bit-exactly and
 from __future__ import annotations
 
 import logging
+import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from torch import fx, nn
 
 from zeta_fx.errors import ExampleInputsError, VerificationError
-from zeta_fx.plan import ZeroInitPlan, resolve
+from zeta_fx.plan import (ZeroInitPlan, _any_nonzero, _byte_span, _count_params, _named_params,
+                          _nonzero_flag, resolve, write_resolved)
 from zeta_fx.wrappers import is_sharded
 
 if TYPE_CHECKING:
     from zeta_fx.report import ZeroInitReport
 
-__all__ = ["SiteCheck", "verified_apply", "graph_args", "check_runnable"]
+__all__ = ["SiteCheck", "verified_apply", "check_claims", "graph_args", "check_runnable"]
 
 logger = logging.getLogger("zeta_fx")
 
 
 @dataclass(frozen=True)
 class SiteCheck:
-    """Whether the value ``value`` that zeroing at ``node`` promised to zero came out zero."""
+    """The outcome of one row's claim: at ``node``, graph value ``value`` equals ``skip``
+    (residual and composite rows) or is exactly zero (``skip == ""``).
+
+    ``max_abs`` is the largest difference from the expected value (for a zero claim: the
+    largest magnitude); NaN when a NaN/Inf appeared where none was expected; None when the
+    value was not a tensor. ``kind`` is ``"residual"``, ``"zero"`` or ``"composite"``.
+    """
 
     node: str
     value: str
-    max_abs: float | None  # largest magnitude seen; None when the value was not a tensor
+    max_abs: float | None
     ok: bool
+    skip: str = ""
+    kind: str = "zero"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "value": self.value, "max_abs": self.max_abs, "ok": self.ok}
+        return {"node": self.node, "value": self.value, "skip": self.skip, "kind": self.kind,
+                "max_abs": self.max_abs, "ok": self.ok}
 
 
 def check_runnable(model: nn.Module) -> None:
@@ -121,155 +139,371 @@ def graph_args(gm: fx.GraphModule, example_inputs: Any, example_kwargs: dict[str
     return args
 
 
-class _ZeroWatcher(fx.Interpreter):
-    """Runs the graph and keeps only the largest magnitude of each watched value."""
+# -- substitution: the planned values without writing the caller's tensors ----------------
 
-    def __init__(self, gm: fx.GraphModule, watch: set[str]) -> None:
+class _Substitution:
+    """Swaps, inside every module of ``modules``, each planned tensor for a zeroed copy and
+    every buffer for a clone, and puts the caller's own tensors back on exit.
+
+    A target that shares memory with other parameters or buffers (``allow_tied=True``) is
+    copied together with them: the whole storage is cloned once and every tensor that uses
+    it becomes a view of the clone, so the substituted model sees what the write would give.
+    Plain tensor attributes (what legacy reparametrisation hooks set) are put back too.
+    """
+
+    def __init__(self, modules: Iterable[nn.Module], zeros: Iterable[torch.Tensor]) -> None:
+        self.modules = list({id(m): m for m in modules}.values())
+        self.swap: dict[int, torch.Tensor] = {}
+        clones: dict[Any, Any] = {}
+        zeros = list(zeros)
+        for t in zeros:
+            span = _byte_span(t)
+            if span is None or type(t) not in (torch.Tensor, nn.Parameter):
+                self.swap[id(t)] = torch.zeros_like(t.detach())
+                continue
+            if span[0] not in clones:
+                clones[span[0]] = t.untyped_storage().clone()
+            view = self._view(t, clones[span[0]])
+            view.zero_()
+            self.swap[id(t)] = view
+        for m in self.modules:  # everything else sharing a cloned storage follows the clone
+            for t in (*m._parameters.values(), *m._buffers.values()):
+                if t is None or id(t) in self.swap:
+                    continue
+                span = _byte_span(t) if type(t) in (torch.Tensor, nn.Parameter) else None
+                if span is not None and span[0] in clones:
+                    self.swap[id(t)] = self._view(t, clones[span[0]])
+        self.zeroed = {id(self.swap[id(t)]) for t in zeros} | {id(t) for t in zeros}
+        self.saved: list[tuple[dict[str, Any], str, Any]] = []
+
+    @staticmethod
+    def _view(t: torch.Tensor, storage: Any) -> torch.Tensor:
+        return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+            storage, t.storage_offset(), t.shape, t.stride())
+
+    def __enter__(self) -> "_Substitution":
+        for m in self.modules:
+            for name, t in list(m._parameters.items()):
+                if t is not None and id(t) in self.swap:
+                    self._set(m._parameters, name, self.swap[id(t)])
+            for name, b in list(m._buffers.items()):
+                if b is not None:  # a forward that updates a buffer updates a clone
+                    self._set(m._buffers, name, self.swap.get(id(b), b.detach().clone()))
+            for name, value in list(vars(m).items()):
+                if isinstance(value, torch.Tensor):
+                    self.saved.append((vars(m), name, value))
+        return self
+
+    def _set(self, table: dict[str, Any], name: str, value: torch.Tensor) -> None:
+        self.saved.append((table, name, table[name]))
+        table[name] = value
+
+    def __exit__(self, *exc: Any) -> None:
+        for table, name, value in reversed(self.saved):
+            table[name] = value
+        self.saved.clear()
+
+
+@contextmanager
+def _quiet_forward(modules: list[nn.Module]) -> Iterator[None]:
+    """Eval mode (running stats used, dropout off), no grad, and the global RNG state
+    (CPU and initialised CUDA devices) as it was; ``training`` flags restored after."""
+    modes = [(m, m.training) for m in modules]
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    try:
+        for m, _ in modes:
+            m.training = False
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _clone_inputs(value: Any) -> Any:
+    """Example inputs as clones, so that an in-place merge (``x += f(x)``) leaves the
+    caller's tensors alone."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_clone_inputs(v) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _clone_inputs(v) for k, v in value.items()}
+    return value
+
+
+# -- comparisons ----------------------------------------------------------------------------
+
+def _difference(actual: Any, expected: torch.Tensor) -> tuple[bool, float | None]:
+    """Whether ``actual`` equals ``expected`` broadcast to its shape (NaN where and only
+    where the expected value has NaN), and the largest absolute difference."""
+    if not isinstance(actual, torch.Tensor) or actual.is_nested:
+        return False, None
+    try:
+        expected = expected.detach().to(actual.dtype).broadcast_to(actual.shape)
+    except RuntimeError:
+        return False, None
+    actual = actual.detach()
+    same = actual.eq(expected)
+    if actual.is_floating_point() or actual.is_complex():
+        same |= actual.isnan() & expected.isnan()
+    if actual.numel() == 0 or bool(same.all()):
+        return True, 0.0
+    wide = torch.complex128 if actual.is_complex() else torch.float64
+    gap = (actual.to(wide) - expected.to(wide)).abs().masked_fill(same, 0)
+    return False, float(gap.max())  # NaN/Inf stay: a non-finite value where none belongs
+
+
+def _zero_check(value: Any) -> tuple[bool, float | None]:
+    if not isinstance(value, torch.Tensor) or value.is_nested:
+        return False, None
+    if value.numel() == 0:
+        return True, 0.0
+    if not bool(_nonzero_flag(value.detach())):
+        return True, 0.0
+    wide = torch.complex128 if value.is_complex() else torch.float64
+    return False, float(value.detach().to(wide).abs().max())
+
+
+# -- composite leaves: what the layer computes once its hidden branches are zero ------------
+
+def _bound(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return dict(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _encoder_layer_skip(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x if layer.norm_first else layer.norm2(layer.norm1(x))
+
+
+def _decoder_layer_skip(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x if layer.norm_first else layer.norm3(layer.norm2(layer.norm1(x)))
+
+
+def _layer_skip(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.TransformerDecoderLayer):
+        return _decoder_layer_skip(layer, x)
+    if isinstance(layer, nn.TransformerEncoderLayer):
+        return _encoder_layer_skip(layer, x)
+    raise TypeError(f"{type(layer).__name__} is not a torch transformer layer")
+
+
+def _stack_skip(stack: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    for layer in stack.layers:
+        x = _layer_skip(layer, x)
+    return stack.norm(x) if stack.norm is not None else x
+
+
+def _composite_skip(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+                    ) -> torch.Tensor | None:
+    """The value ``module`` computes once all its hidden residual branches are zero, from
+    its recorded inputs; None for a leaf type whose skip is not known here."""
+    bound = _bound(module, args, kwargs)
+    if isinstance(module, nn.Transformer):
+        return _stack_skip(module.decoder, bound["tgt"]) if "tgt" in bound else None
+    if isinstance(module, nn.TransformerEncoderLayer) and "src" in bound:
+        return _encoder_layer_skip(module, bound["src"])
+    if isinstance(module, nn.TransformerDecoderLayer) and "tgt" in bound:
+        return _decoder_layer_skip(module, bound["tgt"])
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)):
+        x = bound.get("src", bound.get("tgt"))
+        return _stack_skip(module, x) if isinstance(x, torch.Tensor) else None
+    return None
+
+
+def _composite_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors that end the hidden residual branches of ``module``."""
+    from zeta_fx.composite import composite_branches, default_composites
+
+    out = []
+    for branch in composite_branches(module, default_composites()) or ():
+        sub = module.get_submodule(branch.module)
+        out.extend(getattr(sub, p) for p in branch.params)
+    return out
+
+
+# -- the claims -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Claim:
+    row: str      # the row's node (the layer node, or the composite call)
+    module: str   # the module whose parameters the row zeroes
+    value: str    # the node whose value is checked
+    skip: str     # the node it must equal; "" for a zero claim
+    kind: str
+
+
+def _claims(plan: ZeroInitPlan, gm: fx.GraphModule) -> list[_Claim]:
+    nodes = {n.name: n for n in gm.graph.nodes}
+    claims = []
+    for entry in plan.entries:
+        for i, node in enumerate(entry.nodes):
+            merge = entry.merges[i] if i < len(entry.merges) else ""
+            if merge:
+                skip = entry.skips[i] if i < len(entry.skips) else ""
+                claims.append(_Claim(node, entry.module, merge, skip, "residual"))
+                continue
+            n = nodes.get(node)
+            if (n is not None and n.op == "call_module"
+                    and entry.module.startswith(f"{n.target}." if n.target else "")
+                    and entry.module != n.target):
+                first = n.args[0] if n.args else next(iter(n.kwargs.values()), None)
+                source = first.name if isinstance(first, fx.Node) else ""
+                claims.append(_Claim(node, entry.module, node, source, "composite"))
+                continue
+            zero_at = entry.zero_at[i] if i < len(entry.zero_at) and entry.zero_at[i] else node
+            claims.append(_Claim(node, entry.module, zero_at, "", "zero"))
+    return claims
+
+
+class _ClaimChecker(fx.Interpreter):
+    """Runs the graph once and checks each claim as soon as its values exist."""
+
+    def __init__(self, gm: fx.GraphModule, claims: list[_Claim], zeros: set[int]) -> None:
         super().__init__(gm, garbage_collect_values=True)
-        self.watch = watch
-        self.max_abs: dict[str, float | None] = {}
+        self.by_value: dict[str, list[_Claim]] = {}
+        for c in claims:
+            self.by_value.setdefault(c.value, []).append(c)
+        self.pending: dict[str, int] = {}  # skip -> merges still to check against it
+        for c in claims:
+            if c.kind == "residual":
+                self.pending[c.skip] = self.pending.get(c.skip, 0) + 1
+        self.kept: dict[str, Any] = {}  # skip values, held until their merges have run
+        self.zeros = zeros
+        self.results: dict[_Claim, tuple[bool, float | None]] = {}
         self.current: fx.Node | None = None
 
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
+        claims = self.by_value.get(n.name, ())
+        # An in-place merge (``x += f(x)``) overwrites its skip: compare with a copy.
+        before = {c.skip: _copy(self.kept.get(c.skip)) for c in claims if c.kind == "residual"}
+        if any(c.kind == "composite" for c in claims):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
         out = super().run_node(n)
-        if n.name in self.watch:
-            self.max_abs[n.name] = _max_abs(out)
+        if n.name in self.pending:
+            self.kept[n.name] = out
+        for c in claims:
+            if c.kind == "residual":
+                skip = before.get(c.skip)
+                self.results[c] = (_difference(out, skip) if isinstance(skip, torch.Tensor)
+                                   else (False, None))
+                self.pending[c.skip] -= 1
+                if not self.pending[c.skip]:
+                    self.kept.pop(c.skip, None)
+            elif c.kind == "zero":
+                self.results[c] = _zero_check(out)
+            else:
+                self.results[c] = self._composite(n, out, args, kwargs)
         return out
 
-
-def _max_abs(value: Any) -> float | None:
-    if not isinstance(value, torch.Tensor):
-        return None
-    if value.numel() == 0:
-        return 0.0
-    return float(value.detach().abs().max())  # NaN stays NaN: not zero
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """A view that compares bit patterns (so NaN == NaN and -0.0 != 0.0)."""
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-    if t.dtype.is_floating_point and t.element_size() in ints:
-        return t.detach().view(ints[t.element_size()])
-    return t.detach()
+    def _composite(self, n: fx.Node, out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[bool, float | None]:
+        module = self.fetch_attr(n.target)
+        expected = _composite_skip(module, args, kwargs)
+        if expected is None:
+            return False, None
+        rest = [t for t in _composite_tensors(module) if id(t) not in self.zeros]
+        if rest:  # only some branches are planned: check each with all of them zeroed
+            with _Substitution(module.modules(), rest):
+                out = module(*args, **kwargs)
+        return _difference(out, expected)
 
 
-class _Snapshot:
-    """Copies of every parameter and buffer of ``model`` except ``skip`` (by identity)."""
-
-    def __init__(self, model: nn.Module, skip: set[int]) -> None:
-        self.saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name, t in _state(model):
-            if id(t) not in skip and name not in self.saved:
-                self.saved[name] = (t, t.detach().clone())
-
-    def changed(self) -> list[str]:
-        return [name for name, (t, copy) in self.saved.items()
-                if t.shape != copy.shape or not torch.equal(_bits(t), _bits(copy))]
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for t, copy in self.saved.values():
-                if t.shape == copy.shape:
-                    t.copy_(copy)
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def _state(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    yield from model.named_parameters(remove_duplicate=False)
-    yield from ((n, b) for n, b in model.named_buffers(remove_duplicate=False) if b is not None)
+def check_claims(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, args: list[Any],
+                 targets: dict[str, torch.Tensor]) -> dict[str, SiteCheck]:
+    """Check every row's claim on ``args`` with ``targets`` substituted by zeros; write
+    nothing. Returns a :class:`SiteCheck` per row node (a node with several claims: the
+    first that failed, else the first).
 
-
-def _sites(plan: ZeroInitPlan) -> list[tuple[str, str, str]]:
-    """(layer node, value that must be zero, module) per touched row of the report."""
-    sites = []
-    for entry in plan.entries:
-        for i, node in enumerate(entry.nodes):
-            value = entry.zero_at[i] if i < len(entry.zero_at) and entry.zero_at[i] else node
-            sites.append((node, value, entry.module))
-    return sites
-
-
-def verified_apply(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, args: list[Any], *,
-                   allow_tied: bool = False, keep: bool = True) -> "ZeroInitReport":
-    """Apply ``plan`` to ``model``, run ``gm`` on ``args`` and check every touched site.
-
-    ``gm`` is the graph the plan was made from; it shares ``model``'s parameters. With
-    ``keep=False`` (a dry run) the zeroing is undone after a successful check too. On failure
-    everything is restored bit-exactly and :class:`VerificationError` is raised.
+    ``gm`` is the graph the plan was made from (it shares ``model``'s modules and tensors);
+    ``targets`` is what :func:`~zeta_fx.plan.resolve` returned for ``plan`` on ``model``.
+    Raises :class:`VerificationError` if the forward pass itself fails.
     """
-    check_runnable(model)
-    targets = resolve(plan, model, allow_tied=allow_tied)
-    saved = {name: t.detach().clone() for name, t in targets.items()}
-    rest = _Snapshot(model, {id(t) for t in targets.values()})
-
-    def undo() -> None:
-        with torch.no_grad():
-            for name, t in targets.items():
-                t.copy_(saved[name])
-        rest.restore()
-
-    report = plan.apply(model, allow_tied=allow_tied)
-    aliased = rest.changed()
-    if aliased:
-        undo()
-        raise VerificationError(
-            f"zeroing the plan also changed {', '.join(f'`{n}`' for n in aliased[:5])}, "
-            "which the plan does not name: it shares storage with a zeroed parameter. Give it "
-            "its own storage (`.clone()`), or leave the shared layer out; every tensor was "
-            "restored bit-exactly, the model is as it was")
-    sites = _sites(plan)
-    watcher = _ZeroWatcher(gm, {value for _, value, _ in sites})
-    modes = [(m, m.training) for m in (*model.modules(), *gm.modules())]
+    claims = _claims(plan, gm)
+    modules = [*model.modules(), *gm.modules()]
+    substitution = _Substitution(modules, targets.values())
+    checker = _ClaimChecker(gm, claims, substitution.zeroed)
     try:
-        for m, _ in modes:
-            m.training = False  # running stats are used, not updated; dropout is off
-        with torch.no_grad():
-            watcher.run(*args)
+        with _quiet_forward(modules), substitution:
+            checker.run(*_clone_inputs(list(args)))
     except Exception as exc:
-        undo()
-        where = watcher.current.name if watcher.current is not None else "?"
+        where = checker.current.name if checker.current is not None else "?"
         raise VerificationError(
             f"the verification forward pass failed at node `{where}`: {type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\nCheck that "
-            "example_inputs fit the model's forward; the parameters were restored, nothing "
-            "changed") from exc
-    finally:
-        for m, training in modes:
-            m.training = training
-    side_effects = rest.changed()
-    if side_effects:  # the forward's own doing (counters, caches): leave no trace of the check
-        rest.restore()
-        logger.info("zeta_fx: the verification forward changed %s; restored",
-                    ", ".join(side_effects[:5]))
+            "example_inputs fit the model's forward; nothing was written, the model is as it "
+            "was") from exc
     checks: dict[str, SiteCheck] = {}
-    failed: list[tuple[SiteCheck, str]] = []
-    for node, value, module in sites:
-        max_abs = watcher.max_abs.get(value)
-        checks[node] = check = SiteCheck(node, value, max_abs, max_abs == 0.0)
-        if not check.ok:
-            failed.append((check, module))
+    for c in claims:
+        ok, gap = checker.results.get(c, (False, None))
+        check = SiteCheck(c.row, c.value, gap, ok, c.skip, c.kind)
+        if c.row not in checks or (checks[c.row].ok and not ok):
+            checks[c.row] = check
+    return checks
+
+
+def verified_apply(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, args: list[Any], *,
+                   allow_tied: bool = False, keep: bool = True,
+                   named: dict[str, torch.Tensor] | None = None) -> "ZeroInitReport":
+    """Check every claim of ``plan`` by substitution, then (``keep=True``) write it.
+
+    Nothing is written unless every claim holds, so a failure leaves nothing to restore:
+    :class:`VerificationError` names the merge node, the module and the largest difference.
+    With ``keep=False`` (a dry run) nothing is written at all.
+    """
+    from zeta_fx.report import ZeroInitReport
+
+    check_runnable(model)
+    named = named if named is not None else _named_params(model)
+    targets = resolve(plan, model, allow_tied=allow_tied, named=named)
+    changed = _any_nonzero(list(targets.values()))
+    checks = check_claims(plan, model, gm, args, targets)
+    failed = [c for c in checks.values() if not c.ok]
     if failed:
-        undo()
-        raise VerificationError(_failure_message(failed, len(targets)))
-    if not keep:
-        undo()
-        report.applied = False
+        modules: dict[str, list[str]] = {}
+        for entry in plan.entries:
+            for node in entry.nodes:
+                modules.setdefault(node, []).append(entry.module)
+        raise VerificationError(_failure_message(failed, modules))
+    if keep:
+        report = write_resolved(plan, targets, named)
+    else:
+        report = ZeroInitReport(plan, list(plan.skipped), applied=False, changed=changed,
+                                total_params=_count_params(named))
     report.verification = checks
-    logger.info("zeta_fx: verified %d zeroed sites on example inputs", len(checks))
+    logger.info("zeta_fx: verified %d claims on example inputs", len(checks))
     return report
 
 
-def _failure_message(failed: list[tuple[SiteCheck, str]], n: int) -> str:
+def _failure_message(failed: list[SiteCheck], modules: dict[str, list[str]]) -> str:
     lines = []
-    for check, module in failed[:5]:
-        seen = ("was not computed as a tensor" if check.max_abs is None
-                else f"has largest magnitude {check.max_abs:g}")
-        lines.append(f"  zeroing `{module}` at node `{check.node}` should make `{check.value}` "
-                     f"exactly zero, but it {seen} on the example inputs")
+    for check in failed[:5]:
+        module = "`, `".join(modules.get(check.node, ["?"]))
+        gap = ("was not computed as a tensor of a fitting shape" if check.max_abs is None
+               else f"largest difference {check.max_abs:g}")
+        if check.kind == "residual":
+            lines.append(f"  zeroing `{module}` (node `{check.node}`) should make merge "
+                         f"`{check.value}` equal its skip `{check.skip}` exactly, but it does "
+                         f"not: {gap}")
+        elif check.kind == "composite":
+            lines.append(f"  zeroing `{module}` should make the opaque layer `{check.node}` "
+                         f"compute its skip (its input, through its norms if post-LN), but it "
+                         f"does not: {gap}")
+        else:
+            lines.append(f"  zeroing `{module}` (node `{check.node}`) should make "
+                         f"`{check.value}` exactly zero, but it is not: {gap}")
     if len(failed) > 5:
-        lines.append(f"  ... and {len(failed) - 5} more sites")
-    return ("verification failed:\n" + "\n".join(lines) + "\nAn op between the zeroed layer "
-            "and that value does not map zero to zero for these inputs: if you declared one "
-            "with zero_preserving=[...], remove it; otherwise mark the block a leaf "
-            f"(leaf_modules=[...]) or report it. The {n} touched parameters were restored "
-            "bit-exactly; the model is as it was")
+        lines.append(f"  ... and {len(failed) - 5} more")
+    return ("verification failed on the example inputs:\n" + "\n".join(lines) + "\nAn op "
+            "between the zeroed layer and the merge does not map zero to zero for these inputs "
+            "(or a NaN/Inf reached the branch): if you declared one with zero_preserving=[...], "
+            "remove it; otherwise mark the block a leaf (leaf_modules=[...]) or report it. "
+            "Nothing was written; the model is as it was")
