@@ -30,7 +30,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec
 from zeta_fx.capture import capture as capture_graph
-from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
+from zeta_fx.errors import ExampleInputsError, NotAModuleError, UnsupportedParameterError, ZetaFxError
 from zeta_fx.ops import ZeroOps
 from zeta_fx.proof import settle
 from zeta_fx.plan import ZeroInitPlan, _any_nonzero, build_plan, dry_run_report, resolve
@@ -82,6 +82,12 @@ def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
                        example_kwargs=example_kwargs, method=capture)
     view = GraphView(gm, model, ops)
     check_not_sharded(model, view.params)
+    lazy = next((name for name, p in view.params.items()
+                 if isinstance(p, nn.parameter.UninitializedParameter)), None)
+    if lazy is not None:
+        raise UnsupportedParameterError(
+            f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to "
+            "materialise the lazy modules, then apply the pass; nothing was written")
     selection = settle(view, rule_obj.select(view))
     return gm, build_plan(view, selection, rule_obj.name, model), view
 

@@ -402,7 +402,9 @@ def opaque_reason(module: nn.Module) -> str:
         if any(type(h).__module__.startswith("torch.nn.utils.prune") for h in pre):
             return (f"`{name}` is pruned (a {kinds} forward pre-hook computes its weight); "
                     "call torch.nn.utils.prune.remove(module, 'weight') first")
-        return f"`{name}` has a forward pre-hook ({kinds})"
+        hint = ("; remove it with torch.nn.utils.remove_spectral_norm(module) first"
+                if "SpectralNorm" in kinds else "")
+        return f"`{name}` has a forward pre-hook ({kinds}) that computes what it uses{hint}"
     from torch.nn.modules import module as module_mod
     if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
         return "a global module forward hook is registered (register_module_forward_hook)"
@@ -411,7 +413,10 @@ def opaque_reason(module: nn.Module) -> str:
             kinds = [type(p).__name__ for p in chain]
             if kinds != ["_WeightNorm"]:
                 return (f"`{name}`.{pname} is computed by the parametrization "
-                        f"{', '.join(k.lstrip('_') for k in kinds)}")
+                        f"{', '.join(k.lstrip('_') for k in kinds)}: no stored tensor can be "
+                        "zeroed to make it an exact, finite zero; remove it with "
+                        "torch.nn.utils.parametrize.remove_parametrizations(module, "
+                        f"{pname!r}) to let the pass zero this layer")
     return ""
 
 

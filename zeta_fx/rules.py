@@ -203,7 +203,8 @@ class ResidualBranchLast(Rule):
             if isinstance(found, Blocked):
                 layer = view.layer(found.node) if found.node in view.layer_nodes else None
                 out.skipped.append(Skipped(
-                    merge, layer.owner if layer is not None and layer.owner else "",
+                    join.branches[0].name if join.branches else merge,
+                    layer.owner if layer is not None and layer.owner else "",
                     f"branch into `{merge}` from `{join.fork.name}` left alone: "
                     f"{found.reason}", self.name))
                 continue
