@@ -355,6 +355,21 @@ class GraphView:
                          weights=self.param_roots, declared=self.declared,
                          preserving=self.ops.declared_keys)
 
+    def weight_closure(self, params: Iterable[str]) -> set[Node]:
+        """The parameter-only nodes that zeroing ``params`` reaches: their ``get_attr``
+        nodes and every weight computed from them (``w / w.norm()``: the norm too)."""
+        wanted = set(params)
+        start = [n for n in self.nodes if n.op == "get_attr" and n.target in wanted]
+        seen = set(start)
+        stack = list(start)
+        while stack:
+            node = stack.pop()
+            for user in node.users:
+                if user not in seen and not self.is_data.get(user) and self.param_roots.get(user):
+                    seen.add(user)
+                    stack.append(user)
+        return seen
+
     # -- layers -------------------------------------------------------------------------
     def layer(self, node: Node) -> Layer | None:
         """The layer at ``node`` (a data node consuming parameters), or ``None``."""
@@ -416,7 +431,7 @@ class GraphView:
         chain = tuple(dict.fromkeys(n for c in chosen for n in c.chain))
         if not params:
             return None
-        facts = self.facts(params, list(chain) + [node])
+        facts = self.facts(params, self.weight_closure(params) | {node})
         if facts[node] != Fact.ZERO:
             return Layer(node, owner_of(params), (), False, facts.why(node))
         return Layer(node, owner_of(params), params, True, chain=chain)

@@ -50,7 +50,7 @@ def settle(view: "GraphView", selection: "Selection") -> "Selection":
     joins = {j.merge.name: j for j in view.joins() if j.ok}
     skip_params = _skip_params(view)
     names = {n.name: n for n in view.nodes}
-    for _ in range(_MAX_ROUNDS):
+    for rounds in range(_MAX_ROUNDS):
         drop: dict[str, str] = {}  # cover -> reason
         selected_nodes: dict[str, set[str]] = {}
         for t in targets:
@@ -74,12 +74,21 @@ def settle(view: "GraphView", selection: "Selection") -> "Selection":
         if not drop:
             zeroed = {p for t in targets for p in t.params}
             facts = view.facts(zeroed) if zeroed else None
+            failing: list[tuple[int, str, str]] = []
             for t in targets:
                 if facts is None or not t.cover or _cover(t) in drop:
                     continue
                 why = _claim_fails(view, facts, t, joins, names)
                 if why:
                     drop[_cover(t)] = why
+                    at = names.get(t.merge or t.zero_at or t.nodes[0])
+                    failing.append((view.index.get(at, 0) if at is not None else 0,
+                                    _cover(t), why))
+            if failing and rounds < _MAX_ROUNDS // 2:
+                # a failure upstream (a value made non-finite) can make later claims fail
+                # too: drop the earliest and look again, so those are not lost with it
+                first = min(failing)
+                drop = {first[1]: first[2]}
         if not drop:
             break
         kept = []

@@ -137,6 +137,11 @@ def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
             found = view.zero_cover(operand, side.__contains__)
         else:
             found = view.zero_cover(operand, lambda n: False)
+            if isinstance(found, Found) and found.sites:
+                # a parameter added beside the join: the add that reads it is its layer
+                reader = next((u for u in (*join.inner, join.merge) if operand in u.args or
+                               operand in u.kwargs.values()), join.merge)
+                found = Found(tuple((reader, ps) for _, ps in found.sites), 0, found.chain)
         if isinstance(found, Blocked):
             return found
         sites.extend(found.sites)
@@ -149,7 +154,7 @@ def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
         return Blocked(on_skip[0], f"zeroing it needs `{on_skip[0].name}`, on the skip path")
     params = tuple(dict.fromkeys(p for _, ps in sites for p in ps))
     sweep = set(join.region) | set(join.inner) | {join.merge} | set(chain) | \
-        {n for n, _ in sites}
+        {n for n, _ in sites} | view.weight_closure(params)
     facts = view.facts(params, sweep)
     bad = [op for op in join.branch_operands if facts.fact(op) != Fact.ZERO]
     if bad:
@@ -268,7 +273,7 @@ class OutputLayer(Rule):
             result = view.zero_cover(value, lambda n: view.is_data[n] and n.op != "placeholder")
             label = f"output {i}" if len(outputs) > 1 else "the output"
             if isinstance(result, Found):
-                facts = view.facts(result.params)
+                facts = view.facts(result.params)  # the whole graph: outputs are few
                 if facts[value] != Fact.ZERO:
                     result = Blocked(value, f"zeroing {', '.join(f'`{p}`' for p in result.params[:4])}"
                                             f" does not make it exactly zero: {facts.why(value)}")
