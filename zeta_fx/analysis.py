@@ -477,8 +477,7 @@ class GraphView:
         if key in _NORMS or key in _BATCH_NORMS:
             batch = key in _NORMS
             if key in _BATCH_NORMS:
-                running = a.get("running_mean")
-                batch = running is None or a.get("training", a.get("use_input_stats")) is True
+                batch = a.get("running_mean") is None  # eval mode uses running statistics
             first = [a.get("weight")] if a.get("weight") is not None else []
             if batch:
                 first.append(a.get("input"))

@@ -666,10 +666,8 @@ class ZeroFacts:
             self._items[node] = {0: out, 1: finite(join(*inputs)) if inputs else F_}
             return
         if kind == "batch_norm":
-            batch_stats = module.training or module.running_mean is None
-            stats = getattr(module, "track_running_stats", True)
-            normed = _normalised(x, module.eps, batch_stats and not (stats and not module.training)
-                                 if module.running_mean is not None else True)
+            # in eval mode a module with running statistics uses them: -mean/std for zero
+            normed = _normalised(x, module.eps, module.running_mean is None)
             self._affine(node, product(normed, param("weight") or F_)
                          if getattr(module, "affine", True) and param("weight") is not None
                          else normed, param("bias"), name)
@@ -759,11 +757,10 @@ class ZeroFacts:
     def _batch_norm(self, args: dict[str, Any], key: str) -> Fact:
         x = self.fact(args.get("input"))
         running = args.get("running_mean")
-        training = args.get("training", args.get("use_input_stats", key in (
-            "_native_batch_norm_legit", "_native_batch_norm_legit_functional")))
-        if key == "_native_batch_norm_legit_no_training":
-            training = False
-        batch_stats = running is None or training is True
+        # A graph traced in training mode says training=True, but the same module runs
+        # with its running statistics in eval mode: only norms without them always
+        # normalise a zero input to zero.
+        batch_stats = running is None
         fact = _normalised(x, args.get("eps", 1e-5), batch_stats)
         if args.get("weight") is not None:
             fact = product(fact, self.fact(args["weight"]))
