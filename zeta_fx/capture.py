@@ -55,6 +55,10 @@ class ZetaTracer(fx.Tracer):
                 return True
         if any(pred(m, module_qualified_name) for pred in self.leaf_predicates):
             return True
+        if _has_hooks(m):
+            # symbolic tracing runs forward, not __call__: a hook would be silently lost.
+            # As a leaf, the module is called whole (hooks included) and seen as opaque.
+            return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
@@ -65,6 +69,13 @@ class ZetaTracer(fx.Tracer):
             if self.failed_in is None:  # the innermost module is the first to see it
                 self.failed_in = (self.path_of_module(m), type(m))
             raise
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return bool(module._forward_hooks) or any(
+        not isinstance(h, WeightNorm) for h in module._forward_pre_hooks.values())
 
 
 def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
