@@ -200,6 +200,7 @@ class GraphView:
         self._layers: dict[Node, Layer | None] = {}
         self._shape_functions: dict[Any, bool] = {}
         self._kinds: dict[str, tuple[str | None, str]] = {}
+        self._getattrs: dict[str, list[Node]] = {}
         self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
         self.declared.update({cls: "composite" for cls in self.ops.composites})
         self._build()
@@ -219,6 +220,7 @@ class GraphView:
                 data, inputs = True, ()
             elif op == "get_attr":
                 data, inputs = False, ()
+                self._getattrs.setdefault(node.target, []).append(node)
                 if node.target in self.params:
                     roots = frozenset((node.target,))
             elif self._is_shape_query(node):
@@ -353,13 +355,13 @@ class GraphView:
         """The :class:`~zeta_fx.facts.ZeroFacts` of this graph once ``zeroed`` are zero."""
         return ZeroFacts(self.gm, self.root, zeroed=zeroed, nodes=nodes, data=self.is_data,
                          weights=self.param_roots, declared=self.declared,
-                         preserving=self.ops.declared_keys)
+                         preserving=self.ops.declared_keys, kinds=self._kinds,
+                         index=self.index, module_of=self.module)
 
     def weight_closure(self, params: Iterable[str]) -> set[Node]:
         """The parameter-only nodes that zeroing ``params`` reaches: their ``get_attr``
         nodes and every weight computed from them (``w / w.norm()``: the norm too)."""
-        wanted = set(params)
-        start = [n for n in self.nodes if n.op == "get_attr" and n.target in wanted]
+        start = [n for p in params for n in self._getattrs.get(p, ())]
         seen = set(start)
         stack = list(start)
         while stack:
@@ -398,9 +400,11 @@ class GraphView:
                                   "zero when its parameters are zero")
                 return Layer(node, node.target, (), False, why)
             params = tuple(prefix + n for n in names)
-            facts = self.facts(params, [node])
-            if facts[node] != Fact.ZERO:
-                return Layer(node, owner_of(params), (), False, facts.why(node))
+            if kind == "declared":  # a user's word; the facts hold it to it
+                facts = self.facts(params, [node])
+                if facts[node] != Fact.ZERO:
+                    return Layer(node, owner_of(params), (), False, facts.why(node))
+            # a known layer with its weight and bias zero outputs zero by its class's forward
             return Layer(node, owner_of(params), params, True)
         side = [n for n in node.all_input_nodes if not self.is_data[n] and self.param_roots[n]]
         if not side:

@@ -12,8 +12,8 @@ a small lattice of facts about a value *after* the zeroing:
 
 ``ZERO`` and ``FINITE`` lie below ``PARTLY_ZERO``, which lies below ``UNKNOWN``; where two
 values meet (``where``, ``cat``) their facts are joined. Values the zeroing does not reach
-are as they were, and are taken to be finite: the model as given computes finite values
-(tensors stored in the model, and literal constants, are looked at instead).
+are as they were, and are taken to be finite: the model as given computes finite values from finite parameters
+(buffers and literal constants, such as a mask of ``-inf``, are looked at instead).
 
 The rules of the table: ``0 * y`` is zero only where ``y`` is finite; division, ``rsqrt``,
 reciprocal, ``log`` and negative powers of a value that may be zero are ``UNKNOWN``;
@@ -453,7 +453,10 @@ class ZeroFacts:
                  data: Mapping[Node, bool] | None = None,
                  weights: Mapping[Node, Any] | None = None,
                  declared: Mapping[type, str] | None = None,
-                 preserving: Iterable[str] = ()) -> None:
+                 preserving: Iterable[str] = (),
+                 kinds: dict[str, tuple[str | None, str]] | None = None,
+                 index: Mapping[Node, int] | None = None,
+                 module_of: Callable[[str], nn.Module] | None = None) -> None:
         self.gm = gm
         self.root = root if root is not None else gm
         self.zeroed = frozenset(zeroed)
@@ -467,8 +470,15 @@ class ZeroFacts:
         self._why: dict[Node, str] = {}
         self._by_name: dict[str, Node] = {}
         self._literal_cache: dict[int, Fact] = {}
+        self._owned: dict[str, list[str]] = {}
+        for fqn in self.zeroed:  # every module prefix -> the zeroed names under it
+            parts = fqn.split(".")
+            for cut in range(len(parts)):
+                self._owned.setdefault(".".join(parts[:cut]), []).append(".".join(parts[cut:]))
+        self._module_of = module_of
+        self._kinds = kinds if kinds is not None else {}
         order = list(gm.graph.nodes) if nodes is None else \
-            sorted(nodes, key=_position(gm))
+            sorted(nodes, key=(index.__getitem__ if index is not None else _position(gm)))
         for node in order:
             self._by_name[node.name] = node
             self._visit(node)
@@ -540,6 +550,8 @@ class ZeroFacts:
     def _tensor_fact(self, value: Any) -> Fact:
         if not isinstance(value, torch.Tensor):
             return _constant_fact(value)
+        if isinstance(value, nn.Parameter):
+            return F_  # the model's own parameters are finite; reading them all costs time
         cached = self._literal_cache.get(id(value))
         if cached is None:
             if isinstance(value, nn.parameter.UninitializedTensorMixin) or value.is_meta or \
@@ -568,13 +580,15 @@ class ZeroFacts:
             if node.target in self.zeroed:
                 self._set(node, Z)
             return
+        changed = self._changed
+        reached = any(i in changed for i in node.all_input_nodes)
         if op == "call_module":
             owned = self._module_zeroed(node.target)
-            if not owned and not self.changed(list(node.all_input_nodes)):
+            if not owned and not reached:
                 return
             self._module(node, owned)
             return
-        if not self.changed(list(node.all_input_nodes)):
+        if not reached:
             return  # the zeroing does not reach it: as it was
         if self._data is not None and not self._data.get(node) and \
                 not (self._weights is not None and self._weights.get(node)):
@@ -582,16 +596,21 @@ class ZeroFacts:
         self._function(node)
 
     def _module_zeroed(self, target: str) -> tuple[str, ...]:
-        prefix = f"{target}." if target else ""
-        return tuple(p[len(prefix):] for p in self.zeroed if p.startswith(prefix))
+        return tuple(self._owned.get(target, ()))
 
     # -- modules -----------------------------------------------------------------------
     def _module(self, node: Node, owned: tuple[str, ...]) -> None:
-        try:
-            module = self.root.get_submodule(node.target)
-        except AttributeError:
-            module = self.gm.get_submodule(node.target)
-        kind, why_not = known_module(module, self.declared)
+        if self._module_of is not None:
+            module = self._module_of(node.target)
+        else:
+            try:
+                module = self.root.get_submodule(node.target)
+            except AttributeError:
+                module = self.gm.get_submodule(node.target)
+        cached = self._kinds.get(node.target)
+        if cached is None:
+            cached = self._kinds[node.target] = known_module(module, self.declared)
+        kind, why_not = cached
         data = [a for a in node.args if isinstance(a, Node)] + \
             [v for v in node.kwargs.values() if isinstance(v, Node)]
         x = self.fact(data[0]) if data else F_

@@ -194,10 +194,21 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
     coeff = {v: c for v, c in flat if isinstance(v, Node)}
     layer_nodes = view.layer_nodes
     counts = {t: len(sides[t] & layer_nodes) for t in terms}
-    verdicts = {t: _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner))
-                for t in terms}
-    candidates = [t for t in terms if verdicts[t] is None]
-    identity = [t for t in candidates if counts[t] == 0]
+    verdicts: dict[Node, str | None] = {}
+
+    def verdict(t: Node) -> str | None:
+        if t not in verdicts:
+            verdicts[t] = _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner))
+        return verdicts[t]
+
+    # the cheapest path is the only one that can be the skip: look at it first
+    by_count = sorted(terms, key=counts.__getitem__)
+    identity = [t for t in by_count if counts[t] == 0 and verdict(t) is None][:1]
+    candidates = identity or [t for t in by_count[:1] if verdict(t) is None]
+    if not candidates:
+        for t in terms:
+            verdict(t)
+        candidates = [t for t in terms if verdicts[t] is None]
     if all(counts[t] == 0 for t in terms) and not any(
             isinstance(v, Node) and not view.is_data[v] for v, _ in flat):
         join.reason = (f"no path between fork `{fork.name}` and the merge has a "

@@ -562,9 +562,16 @@ def _check_shared_storage(found: dict[str, torch.Tensor], named: dict[str, torch
     others = [(n, t, "parameter") for n, t in named.items() if n not in found]
     others += [(n, t, "buffer") for n, t in model.named_buffers(remove_duplicate=False)
                if t is not None]
+    keys = {key[1] for key in spans}
     for other, tensor, kind in others:
         if id(tensor) in targets:
             continue  # the same tensor: _check_tied has decided about it
+        try:  # cheap first look: a tensor on another storage cannot overlap
+            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+            if local.is_meta or local.untyped_storage().data_ptr() not in keys:
+                continue
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass
         span = _byte_span(tensor)
         if span is None or span[0] not in spans:
             continue
