@@ -197,7 +197,13 @@ CASES: dict[str, Case] = {
     "resnet33ts": Case(_byob("resnet33ts")),
     "seresnext26ts": Case(_byob("seresnext26ts")),
     "eca_resnext26ts": Case(_byob("eca_resnext26ts")),
-    "gcresnet33ts": Case(_byob("gcresnet33ts")),                # global context after conv3
+    "gcresnet33ts": Case(_byob("gcresnet33ts")),
+    "bat_resnext26ts": Case(
+        _byob("bat_resnext26ts", attn_kwargs=dict(block_size=4)), size=128,
+        export=True,  # bilinear attention has data-dependent Python: captured with torch.export
+        pass_only=r"^stages\.\d\.\d\.attn\.conv2\.bn\.weight$",
+        reason="BatNonLocalAttn is itself residual (`conv2(ba(conv1(x))) + x`, mid-branch); "
+               "the pass zeroes that inner branch's end too, timm only zeroes block ends"),                # global context after conv3
     "regnetz_b16": Case(_byob("regnetz_b16")),                  # most blocks: no shortcut
     "regnetz_b16_evos": Case(
         _byob("regnetz_b16_evos"),
@@ -237,6 +243,7 @@ CASES: dict[str, Case] = {
     "nf_seresnet26": Case(_nf("nf_seresnet26"), bug="as nf_resnet26: conv3.weight zeroed too"),
     "nf_regnet_b0": Case(_nf("nf_regnet_b0"), bug="as nf_resnet26: conv3.weight zeroed too"),
     "eca_nfnet_l0": Case(_nf("eca_nfnet_l0"), bug="as nf_resnet26: conv3.weight zeroed too"),
+    "dm_nfnet_f0": Case(_nf("dm_nfnet_f0"), export=True),   # skipinit_gain; 'SAME' padding
 }
 
 
