@@ -205,28 +205,18 @@ CASES: dict[str, Case] = {
         reason="BatNonLocalAttn is itself residual (`conv2(ba(conv1(x))) + x`, mid-branch); "
                "the pass zeroes that inner branch's end too, timm only zeroes block ends"),                # global context after conv3
     "regnetz_b16": Case(_byob("regnetz_b16")),                  # most blocks: no shortcut
-    "regnetz_b16_evos": Case(
-        _byob("regnetz_b16_evos"),
-        bug="EvoNorm2dS0a affine `x / group_std(x) * w + b`: the pass does not know "
-            "group_std = sqrt(var + eps) > 0, so it cannot prove the branch zero and skips it"),
+    "regnetz_b16_evos": Case(_byob("regnetz_b16_evos")),  # EvoNorm2dS0a: x / std(x) * w + b
     "repvgg_a0": Case(
         _byob("repvgg_a0"),
         pass_only=r"^stages\.0\.1\.conv_(1x1|kxk)\.bn\.(weight|bias)$",
         reason="timm's RepVggBlock ignores zero_init_last (random BN init, for "
                "re-parameterisation); the pass treats the identity BN as the skip and zeroes "
                "both conv branches' BNs, so the block outputs act(identity_bn(x))"),
-    "botnet26t_256": Case(
-        _byob("botnet26t_256", img_size=64), size=64,
-        bug="zeroes self_attn.pos_embed.{height,width}_rel: `q @ kᵀ + rel_logits(q)` is "
-            "taken as a residual join, but another data value (k) enters it: not a skip"),
-    "halonet26t": Case(
-        _byob("halonet26t", img_size=64), size=64,
-        bug="zeroes self_attn.pos_embed.{height,width}_rel (relative-position logits "
-            "beside `q @ kᵀ` are not a residual branch)"),
-    "lambda_resnet26t": Case(
-        _byob("lambda_resnet26t", img_size=64), size=64,
-        bug="zeroes self_attn.conv_lambda: `content_out + position_out` in LambdaLayer "
-            "is not a residual join (both sides are products with q)"),
+    # `q @ kᵀ + rel_logits(q)` and `content_out + position_out` are not residual joins:
+    # another data value (k, the content) enters each path; only the block ends are zeroed
+    "botnet26t_256": Case(_byob("botnet26t_256", img_size=64), size=64),
+    "halonet26t": Case(_byob("halonet26t", img_size=128, self_attn_kwargs=dict(block_size=4, halo_size=1)), size=128),
+    "lambda_resnet26t": Case(_byob("lambda_resnet26t", img_size=64), size=64),
     # cspnet.py
     "cspresnet50": Case(_csp("cspresnet50")),
     "cspdarknet53": Case(_csp("cspdarknet53")),
@@ -235,14 +225,11 @@ CASES: dict[str, Case] = {
     "cs3sedarknet_l": Case(_csp("cs3sedarknet_l")),
     "cs3edgenet_x": Case(_csp("cs3edgenet_x")),
     # nfnet.py: conv3 is a ScaledStdConv2d whose gain is built zero
-    "nf_resnet26": Case(
-        _nf("nf_resnet26"),
-        bug="zeroes conv3.weight as well as conv3.gain: with both factors of the "
-            "standardised weight zero, neither gets a gradient and the layer is dead "
-            "forever; zeroing gain (and bias) alone makes the block its skip"),
-    "nf_seresnet26": Case(_nf("nf_seresnet26"), bug="as nf_resnet26: conv3.weight zeroed too"),
-    "nf_regnet_b0": Case(_nf("nf_regnet_b0"), bug="as nf_resnet26: conv3.weight zeroed too"),
-    "eca_nfnet_l0": Case(_nf("eca_nfnet_l0"), bug="as nf_resnet26: conv3.weight zeroed too"),
+    # conv3.gain only (its weight keeps its values and learns once gain moves), as timm
+    "nf_resnet26": Case(_nf("nf_resnet26")),
+    "nf_seresnet26": Case(_nf("nf_seresnet26")),
+    "nf_regnet_b0": Case(_nf("nf_regnet_b0")),
+    "eca_nfnet_l0": Case(_nf("eca_nfnet_l0")),
     "dm_nfnet_f0": Case(_nf("dm_nfnet_f0"), export=True),   # skipinit_gain; 'SAME' padding
 }
 
@@ -369,7 +356,3 @@ def test_pass_on_nfnet_leaves_a_layer_that_can_learn():
     assert gain_grad is not None and gain_grad.any(), (
         "zeta_fx bug: conv3.weight and conv3.gain both zeroed, the branch is dead")
 
-
-test_pass_on_nfnet_leaves_a_layer_that_can_learn = pytest.mark.xfail(
-    strict=True, reason="zeta_fx bug: ScaledStdConv2d weight zeroed with its gain")(
-    test_pass_on_nfnet_leaves_a_layer_that_can_learn)

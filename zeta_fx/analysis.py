@@ -482,10 +482,14 @@ class GraphView:
             batch = key in _NORMS
             if key in _BATCH_NORMS:
                 batch = a.get("running_mean") is None  # eval mode uses running statistics
-            first = [a.get("weight")] if a.get("weight") is not None else []
-            if batch:
-                first.append(a.get("input"))
-            groups = [first] if first else [[a.get("input")]]
+            # the norm's own weight (a gain) first: a zeroed input normalises to zero too,
+            # but then neither factor gets a gradient and the layer never leaves zero
+            if a.get("weight") is not None:
+                groups = [[a.get("weight")]]
+            elif batch:
+                groups = [[a.get("input")]]
+            else:
+                return f"{what} at `{node.name}` normalises with running statistics and has no weight"
             if a.get("bias") is not None:
                 groups.append([a.get("bias")])
             return groups
