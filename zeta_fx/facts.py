@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import fx, nn
 from torch.fx import Node
+from torch.nn.modules import module as _global_hooks
 
 __all__ = ["Fact", "ZeroFacts", "op_key", "bind", "known_module", "opaque_reason",
            "IN_PLACE_METHODS"]
@@ -373,11 +374,10 @@ def known_module(module: nn.Module, declared: Mapping[type, str] | None = None
     if why:
         return None, why
     cls = type(module)
-    table = dict(_MODULE_KINDS)
-    if declared:
-        table.update(declared)
     for base in cls.__mro__:
-        kind = table.get(base)
+        kind = declared.get(base) if declared else None
+        if kind is None:
+            kind = _MODULE_KINDS.get(base)
         if kind is None:
             continue
         if cls.forward is not base.forward and not _parametrized_class(cls, base):
@@ -393,6 +393,9 @@ def _parametrized_class(cls: type, base: type) -> bool:
 
 def opaque_reason(module: nn.Module) -> str:
     """Why ``module`` cannot be read as its class computes it (hooks), or ``""``."""
+    if not (module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks
+            or _global_hooks._global_forward_pre_hooks or "parametrizations" in module._modules):
+        return ""  # the common case, without the checks below
     name = type(module).__name__
     if module._forward_hooks or getattr(module, "_forward_hooks_with_kwargs", None):
         return f"`{name}` has a forward hook ({_hook_names(module._forward_hooks)})"
@@ -405,8 +408,7 @@ def opaque_reason(module: nn.Module) -> str:
         hint = ("; remove it with torch.nn.utils.remove_spectral_norm(module) first"
                 if "SpectralNorm" in kinds else "")
         return f"`{name}` has a forward pre-hook ({kinds}) that computes what it uses{hint}"
-    from torch.nn.modules import module as module_mod
-    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+    if _global_hooks._global_forward_hooks or _global_hooks._global_forward_pre_hooks:
         return "a global module forward hook is registered (register_module_forward_hook)"
     if torch.nn.utils.parametrize.is_parametrized(module):
         for pname, chain in module.parametrizations.items():

@@ -84,11 +84,20 @@ def settle(view: "GraphView", selection: "Selection") -> "Selection":
                     at = names.get(t.merge or t.zero_at or t.nodes[0])
                     failing.append((view.index.get(at, 0) if at is not None else 0,
                                     _cover(t), why))
-            if failing and rounds < _MAX_ROUNDS // 2:
-                # a failure upstream (a value made non-finite) can make later claims fail
-                # too: drop the earliest and look again, so those are not lost with it
-                first = min(failing)
-                drop = {first[1]: first[2]}
+            if failing:
+                # A claim that fails on its own (its branch alone, everything else as it
+                # was) is dropped with that reason. One that fails only with the others may
+                # be poisoned by a failure upstream: drop the earliest and look again.
+                alone = {}
+                for _, cover, _why in failing:
+                    own = _alone(view, cover, targets, joins)
+                    if own:
+                        alone[cover] = own
+                if alone:
+                    drop = alone
+                elif rounds < _MAX_ROUNDS // 2:
+                    first = min(failing)
+                    drop = {first[1]: first[2]}
         if not drop:
             break
         kept = []
@@ -101,6 +110,47 @@ def settle(view: "GraphView", selection: "Selection") -> "Selection":
                                                                f"{reason}", t.rule))
         targets = kept
     return Selection(targets, skipped)
+
+
+def _alone(view: "GraphView", cover: str, targets: list["Target"], joins) -> str:
+    """Why the claim of ``cover`` fails with only its own parameters zero, or ``""``."""
+    members = [t for t in targets if t.cover == cover]
+    if not members or not members[0].merge or members[0].merge not in joins:
+        return ""
+    return local_reason(view, joins[members[0].merge],
+                        tuple(dict.fromkeys(p for t in members for p in t.params)))
+
+
+def local_reason(view: "GraphView", join, params: tuple[str, ...]) -> str:
+    """Why zeroing ``params`` alone does not make every branch operand of ``join`` zero (the
+    region between fork and merge swept, and every weight the parameters reach), or ``""``.
+
+    >>> import torch
+    >>> from torch import fx, nn
+    >>> from zeta_fx.analysis import GraphView
+    >>> class Block(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = nn.Linear(4, 4)
+    ...     def forward(self, x):
+    ...         h = self.fc(x)
+    ...         return x + h / h.norm()
+    >>> view = GraphView(fx.symbolic_trace(Block()))
+    >>> local_reason(view, view.joins()[0], ("fc.weight", "fc.bias"))
+    'zeroing `fc.weight`, `fc.bias` does not make `truediv` exactly zero: `truediv` divides by `norm`, which may be zero'
+    """
+    readers = {n for n in (*join.inner, join.merge)}
+    sweep = set(join.region) | readers | view.weight_closure(params)
+    facts = view.facts(params, sweep)
+    for op in join.branch_operands:
+        if facts.fact(op) != Fact.ZERO:
+            name = f"`{op.name}`" if isinstance(op, Node) else repr(op)
+            why = facts.why(op) if isinstance(op, Node) else f"the constant {op!r} is not zero"
+            return (f"zeroing {', '.join(f'`{p}`' for p in params[:4])} does not make "
+                    f"{name} exactly zero: {why}")
+    if facts.fact(join.skip) == Fact.UNKNOWN:
+        return f"the skip `{join.skip.name}` may become non-finite: {facts.why(join.skip)}"
+    return ""
 
 
 def _cover(target: "Target") -> str:

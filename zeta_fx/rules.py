@@ -121,13 +121,12 @@ def _zero_at(join: Join) -> str:
 
 
 def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
-    """The layers whose zeroing makes every branch operand of ``join`` exactly zero, proved.
+    """The nearest layers whose zeroing should make every branch operand of ``join`` zero.
 
     Each operand other than the skip (data branches, parameters, buffers and constants
-    added beside the join) is searched for its nearest zeroable layers; the zero facts then
-    check, over the region between fork and merge, that with those parameters zero every
-    such operand is exactly ``ZERO``. A proposal the facts do not prove is left alone with
-    the reason the facts give.
+    added beside the join) is searched for its nearest zeroable layers. This is a proposal:
+    :func:`zeta_fx.proof.settle` proves it with the zero facts, or leaves the join alone
+    with the reason the facts give.
     """
     sites: list[tuple[Node, tuple[str, ...]]] = []
     chain: list[Node] = []
@@ -152,20 +151,6 @@ def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
     on_skip = [n for n, _ in sites if n in join.sides.get(join.skip, ())]
     if on_skip:
         return Blocked(on_skip[0], f"zeroing it needs `{on_skip[0].name}`, on the skip path")
-    params = tuple(dict.fromkeys(p for _, ps in sites for p in ps))
-    sweep = set(join.region) | set(join.inner) | {join.merge} | set(chain) | \
-        {n for n, _ in sites} | view.weight_closure(params)
-    facts = view.facts(params, sweep)
-    bad = [op for op in join.branch_operands if facts.fact(op) != Fact.ZERO]
-    if bad:
-        op = bad[0]
-        name = f"`{op.name}`" if isinstance(op, Node) else repr(op)
-        why = facts.why(op) if isinstance(op, Node) else f"the constant {op!r} is not zero"
-        return Blocked(op if isinstance(op, Node) else join.merge,
-                       f"zeroing {', '.join(f'`{p}`' for p in params[:4])} does not make "
-                       f"{name} exactly zero: {why}")
-    if facts.fact(join.skip) == Fact.UNKNOWN:
-        return Blocked(join.skip, f"the skip `{join.skip.name}` may become non-finite")
     return Found(tuple(sites), 0, tuple(dict.fromkeys(chain)))
 
 
