@@ -496,6 +496,10 @@ class GraphView:
         if key in ("addmm", "baddbmm"):
             return [[a.get("mat1", a.get("batch1")), a.get("mat2", a.get("batch2"))],
                     [a.get("input")]]
+        if key in ("grouped_mm_fallback", "_grouped_mm", "grouped_mm"):
+            args = node.args + (None,) * 4
+            bias = args[3] if isinstance(args[3], Node) else node.kwargs.get("bias")
+            return [[args[0], args[1]]] + ([[bias]] if isinstance(bias, Node) else [])
         if key == "embedding":
             return [[a.get("weight")]]
         if key == "shifted_window_attention":
@@ -527,6 +531,31 @@ class GraphView:
             return f"{what} at `{node.name}` is not finite at zero"
         return (f"{what} at `{node.name}` is not known to map zero to zero; declare it with "
                 "zero_preserving=[...] if it does")
+
+    _GATHERS = frozenset({"index", "index_select", "gather", "take", "take_along_dim",
+                          "getitem", "select", "narrow", "slice"})
+
+    def param_gather(self, value: Any) -> Node | None:
+        """The parameter-only value that data ``value`` selects rows of (``w[expert_ids]``,
+        ``index_select(w, 0, idx)``), through reshapes and transposes: zeroing the parameter
+        zeroes what is selected. ``None`` for other values."""
+        node = value
+        for _ in range(8):
+            if not isinstance(node, Node) or not self.is_data.get(node) or \
+                    node.op not in ("call_function", "call_method"):
+                return None
+            key, _ = op_key(node)
+            source = node.args[0] if node.args else None
+            if key in self._GATHERS or key in ("transpose", "permute", "t", "view", "reshape",
+                                               "contiguous", "to", "_to_copy", "unsqueeze",
+                                               "squeeze", "expand", "clone", "numpy_T"):
+                if isinstance(source, Node) and not self.is_data[source] and \
+                        self.param_roots.get(source):
+                    return source if key in self._GATHERS else None
+                node = source
+                continue
+            return None
+        return None
 
     def _param_operand(self, value: Node) -> _Params | str:
         """The parameters whose zeroing makes the parameter-only ``value`` zero, or why not."""
@@ -627,6 +656,16 @@ class GraphView:
             best: Found | _Params | None = None
             blocked: Blocked | None = None
             for operand in group:
+                gathered = self.param_gather(operand)
+                if gathered is not None:
+                    # experts' weights picked by the router: the parameter, zeroed at the
+                    # gather that reads it
+                    got_g = self._param_operand(gathered)
+                    if isinstance(got_g, _Params):
+                        site = Found(((operand, got_g.params),), 0, got_g.chain)
+                        if best is None or isinstance(best, Found) and best.depth > 0:
+                            best = site
+                        continue
                 if isinstance(operand, Node) and self.is_data.get(operand):
                     got = results.get(operand) or Blocked(
                         operand, f"the path reaches `{operand.name}`, outside the branch, "

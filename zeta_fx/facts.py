@@ -1078,6 +1078,17 @@ def _h_window_attention(f: ZeroFacts, node: Node, a: dict[str, Any], what: str
     return out, f"{what}: its output projection is not zero"
 
 
+def _h_grouped_mm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    """A grouped matmul (MoE experts: ``aten._grouped_mm``, transformers' fallback): each
+    group's rows times that group's weight, plus an optional bias."""
+    x, w = (node.args + (None, None))[:2]
+    out = product(f.fact(x), f.fact(w))
+    bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
+    if isinstance(bias, Node):
+        out = total(out, f.fact(bias))
+    return out, f"{what}: its weight is not zero"
+
+
 def _h_binary_max(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
     return join(f.fact(a.get("input")), f.fact(a.get("other"))), what
 
@@ -1123,5 +1134,7 @@ _HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
     "_scaled_dot_product_cudnn_attention": _h_sdpa,
     "maximum": _h_binary_max, "minimum": _h_binary_max, "fmax": _h_binary_max,
     "fmin": _h_binary_max, "prelu": _h_prelu, "_prelu_kernel": _h_prelu,
-    "getattr": _h_getattr, "shifted_window_attention": _h_window_attention, "max": _h_extremum, "min": _h_extremum,
+    "getattr": _h_getattr, "shifted_window_attention": _h_window_attention,
+    "grouped_mm_fallback": _h_grouped_mm, "_grouped_mm": _h_grouped_mm,
+    "grouped_mm": _h_grouped_mm, "max": _h_extremum, "min": _h_extremum,
 }
