@@ -17,7 +17,9 @@ model computes on random inputs.
   ``torch.equal``, and finite; the skip computed with the original weights must be the same
   (the skip was not zeroed).
 - :func:`assert_each_zeroed_needed`: restoring any one zeroed module's original values makes
-  some claimed block differ from its skip (no extra layer was zeroed).
+  some claimed block differ from its skip, in the model or run on its own on random inputs
+  (no extra layer was zeroed; an inner block's own last layer is needed for the inner block
+  even when zeroing the outer branch already starves it of input).
 - :func:`graph_claim_mismatches` / :func:`assert_graph_claims`: for the report's own rows,
   run the captured graph and check each row's ``merge`` node equals its ``skip`` node, both
   values as they were when produced, finite, and that the row's zeroed node does not feed
@@ -216,17 +218,34 @@ def _run_recording(model: nn.Module, claims: Sequence[Claim], args: tuple, seed:
     return calls
 
 
-def block_mismatches(model: nn.Module, claims: Sequence[Claim], make_inputs: MakeInputs, *,
-                     seeds: Iterable[int] = SEEDS, modes: Iterable[str] = MODES,
-                     before: dict[str, torch.Tensor] | None = None) -> list[str]:
-    """What is wrong with the claims ``block(inputs) == skip(inputs)``; empty when they hold.
+def _randomised(value: Any, gen: torch.Generator) -> Any:
+    """``value`` with every floating tensor replaced by a random one of the same shape."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            return torch.randn(value.shape, generator=gen, dtype=value.dtype)
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_randomised(v, gen) for v in value)
+    if isinstance(value, dict):
+        return {k: _randomised(v, gen) for k, v in value.items()}
+    return value
 
-    Every claimed block must be called at least once. With ``before`` (a snapshot taken
-    before the pass), the skip evaluated with the original tensors must give the same value
-    as now: the pass did not zero (or change) the skip.
-    """
-    problems: list[str] = []
+
+def _claim_problems(model: nn.Module, claims: Sequence[Claim], make_inputs: MakeInputs, *,
+                    seeds: Iterable[int] = SEEDS, modes: Iterable[str] = MODES,
+                    before: dict[str, torch.Tensor] | None = None,
+                    standalone: bool = False) -> dict[int, list[str]]:
+    """Claim index -> what is wrong with ``block(inputs) == skip(inputs)`` (absent when it holds).
+
+    With ``standalone``, each claimed block is also run on its own, on random inputs shaped
+    like the ones it gets in the model (a claim is about every input of the block, not only
+    those the rest of the model happens to feed it)."""
+    problems: dict[int, list[str]] = {}
     called = set()
+
+    def bad(i: int, why: str) -> None:
+        problems.setdefault(i, []).append(f"{_name_of(model, claims[i][0])} {why}")
+
     with preserved(model):
         for mode in modes:
             model.train(mode == "train")
@@ -237,18 +256,48 @@ def block_mismatches(model: nn.Module, claims: Sequence[Claim], make_inputs: Mak
                     called.add(i)
                     why = _differ(out, ref)
                     if why:
-                        problems.append(f"{_name_of(model, claims[i][0])} ({mode}, seed {seed}): {why}")
+                        bad(i, f"({mode}, seed {seed}): {why}")
+                    if standalone and not why:
+                        gen = torch.Generator().manual_seed(1000 + seed)
+                        a1, kw1 = _randomised(a, gen), _randomised(kw, gen)
+                        with torch.no_grad():
+                            torch.manual_seed(seed)
+                            out1 = claims[i][0](*_clone(a1), **_clone(kw1))
+                            torch.manual_seed(seed)
+                            ref1 = claims[i][1](*_clone(a1), **_clone(kw1))
+                        why = _differ(out1, ref1)
+                        if why:
+                            bad(i, f"on its own ({mode}, seed {seed}): {why}")
                 if before is not None and mode == "eval":
                     with state_swapped(model, before), torch.no_grad():
                         for i, a, kw, out, ref in calls:
                             orig = claims[i][1](*_clone(a), **_clone(kw))
                             if _differ(ref, orig):
-                                problems.append(f"{_name_of(model, claims[i][0])}: the skip value "
-                                                f"changed with the pass (the skip was zeroed)")
-    for i, (block, _) in enumerate(claims):
+                                bad(i, "- the skip value changed with the pass (the skip was zeroed)")
+    for i in range(len(claims)):
         if i not in called:
-            problems.append(f"{_name_of(model, block)} was never called")
+            bad(i, "was never called")
     return problems
+
+
+def block_mismatches(model: nn.Module, claims: Sequence[Claim], make_inputs: MakeInputs, *,
+                     seeds: Iterable[int] = SEEDS, modes: Iterable[str] = MODES,
+                     before: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """What is wrong with the claims ``block(inputs) == skip(inputs)``; empty when they hold.
+
+    Every claimed block must be called at least once. With ``before`` (a snapshot taken
+    before the pass), the skip evaluated with the original tensors must give the same value
+    as now: the pass did not zero (or change) the skip.
+    """
+    problems = _claim_problems(model, claims, make_inputs, seeds=seeds, modes=modes, before=before)
+    return [p for i in sorted(problems) for p in problems[i]]
+
+
+def holding_claims(model: nn.Module, claims: Sequence[Claim], make_inputs: MakeInputs,
+                   **options: Any) -> list[Claim]:
+    """The claims that hold now (each block equals its skip on every input tried)."""
+    problems = _claim_problems(model, claims, make_inputs, **options)
+    return [c for i, c in enumerate(claims) if i not in problems]
 
 
 def assert_blocks_equal_skip(model: nn.Module, claims: Sequence[Claim], make_inputs: MakeInputs,
@@ -270,9 +319,11 @@ def assert_each_zeroed_needed(model: nn.Module, before: dict[str, torch.Tensor],
         if all(not before[p].any() for p in params):
             continue  # was zero already: restoring it cannot show anything
         with state_swapped(model, {p: before[p] for p in params}):
-            problems = block_mismatches(model, claims, make_inputs, seeds=seeds, modes=("eval",))
+            problems = _claim_problems(model, claims, make_inputs, seeds=seeds, modes=("eval",),
+                                       standalone=True)
         assert problems, (f"`{owner or '(root)'}` was zeroed but is not needed: with its "
-                          f"original values every claimed block still equals its skip")
+                          f"original values every claimed block still equals its skip, in "
+                          f"the model and on its own")
 
 
 # -- running the captured graph: does each row's merge equal its skip? ------------------------
@@ -306,7 +357,8 @@ def _graph_values(gm: fx.GraphModule, args: tuple, wanted: set[str], seed: int,
 
 
 def residual_rows(report) -> list[dict]:
-    return [r for r in report.touched if r.get("rule", "") == "residual_branch_last"]
+    """The report's rows that claim a residual merge now equals its skip."""
+    return [r for r in report.touched if "residual_branch_last" in str(r.get("rule", ""))]
 
 
 def graph_claim_mismatches(model: nn.Module, gm: fx.GraphModule, report, make_inputs: MakeInputs,
