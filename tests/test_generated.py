@@ -41,7 +41,17 @@ from claims import (assert_each_zeroed_needed, assert_graph_claims, assert_state
 from netgen import Block, Net, Op
 from zeta_fx import zero_init_pass
 
-CI_EXAMPLES = 150
+CI_EXAMPLES = 250
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only contend on a busy machine (measured: the
+    generated networks ran 6x faster with one thread on 2 shared cores)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 DEV_EXAMPLES = 10000
 SEEDS = (0,)
 
@@ -171,8 +181,9 @@ def check_model(spec: Net, seed: int = 0) -> None:
         assert id(unit) in holding_ids, (
             f"`{names[id(unit)]}` is claimed (merge `{merge}`) but does not equal its skip\n{report}")
 
-    # Each row's merge equals its skip on the graph; each zeroed module is needed.
-    assert_graph_claims(model, report, make, seeds=SEEDS,
+    # Each row's merge equals its skip on the graph (eval mode: train mode is covered by
+    # the unit check above, which the row's merge is tied to); each zeroed module is needed.
+    assert_graph_claims(model, report, make, seeds=SEEDS, modes=("eval",),
                         capture_options={"leaf_modules": netgen.LEAF_MODULES})
     assert_each_zeroed_needed(model, before, report, holding, make, seeds=SEEDS)
 
