@@ -35,8 +35,21 @@ PRESERVING_OPS = ("relu", "gelu", "silu", "tanh", "f_relu", "f_gelu", "t_tanh", 
 # Ops that do not map zero to zero in eval mode (or bring in a side value).
 BLOCKING_OPS = ("sigmoid", "bn0", "fbn0", "in_track", "cond_add")
 COND_OPS = ("cond_mod", "cond_add")
+# Structures that fooled the pass (the soundness issue); the generated test judges them by
+# running the model only (``expected_modules`` does not know them):
+# divisions and eps-free norms, where-fills, bounded clamps, leaf subclasses with their own
+# forward, hooks, in-place ops on the fork, relative-position logits, scan-plus-D skips,
+# residual gates at the branch end, affine norms, a Gemma (1 + w) norm.
+HARD_OPS = ("l2div", "rms0", "rms_eps", "gemma", "wnconv", "tempconv", "unitconv",
+            "where0", "where_half", "where_buf", "htanh", "htanh_pos", "htanh_neg", "lora",
+            "plusone", "hooked", "prehooked", "relu_inplace", "relattn", "scan_d", "gc_gate",
+            "evo")
+# Terms added beside a block's merge: ``skip + branch + extra``.
+EXTRAS = ("param", "buffer", "const")
 # Layer nodes an op puts in the branch region (the pass tells skip from branch by them).
-_LAYER_NODES = {**{k: 1 for k in LAYER_OPS}, "se": 2, "hse": 2}
+_LAYER_NODES = {**{k: 1 for k in LAYER_OPS}, "se": 2, "hse": 2, "gemma": 1, "wnconv": 1,
+                "tempconv": 1, "unitconv": 1, "lora": 1, "hooked": 1, "prehooked": 1,
+                "relattn": 4, "scan_d": 3, "gc_gate": 4, "evo": 1}
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,8 @@ class Block:
 
     ``skip`` is 0 (identity), 1 (1x1 conv) or 2 (1x1 conv + BatchNorm); ``form`` is how the
     sum is written ("op", "torch", "method"); ``skip_first`` its order; ``post`` an
-    activation after the merge (ResNet style) or None.
+    activation after the merge (ResNet style) or None; ``extra`` a Parameter, buffer or
+    constant added beside the merge, or None.
     """
 
     branches: tuple[tuple[Op, ...], ...]
@@ -61,6 +75,7 @@ class Block:
     form: str = "op"
     skip_first: bool = True
     post: str | None = None
+    extra: str | None = None   # one of EXTRAS: a term added beside the merge
 
 
 @dataclass(frozen=True)
@@ -254,6 +269,180 @@ class Cat(nn.Module):
         return torch.cat([a, b], dim=1)
 
 
+class L2Div(nn.Module):
+    """``h / |h|`` over channels: 0/0 at zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=1, keepdim=True)
+
+
+class RMS(nn.Module):
+    """RMS normalisation over channels, with or without eps (without: 0 * inf at zero)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ms = x.pow(2).mean(1, keepdim=True)
+        return x * torch.rsqrt(ms + self.eps) if self.eps else x * torch.rsqrt(ms)
+
+
+class GemmaRMS(nn.Module):
+    """Gemma's RMSNorm: the scale is ``1 + weight``, so zeroing ``weight`` is not zeroing."""
+
+    def __init__(self, c: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c, 1, 1, generator=gen) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+
+class WeightFnConv(nn.Module):
+    """A 1x1 conv whose weight is computed first: manual weight norm ``g * v / |v|``
+    ("wn"), a learnable temperature ``w / t`` ("temp"), a unit weight ``w / |w|`` ("unit")."""
+
+    def __init__(self, c: int, kind: str, gen: torch.Generator) -> None:
+        super().__init__()
+        self.kind = kind
+        self.bias = nn.Parameter(torch.randn(c, generator=gen) * 0.1)
+        if kind == "wn":
+            self.g = nn.Parameter(torch.rand(c, 1, 1, 1, generator=gen) + 0.5)
+            self.v = nn.Parameter(torch.randn(c, c, 1, 1, generator=gen))
+        else:
+            self.w = nn.Parameter(torch.randn(c, c, 1, 1, generator=gen) * 0.3)
+        if kind == "temp":
+            self.t = nn.Parameter(torch.rand((), generator=gen) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "wn":
+            w = self.g * self.v / self.v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        elif self.kind == "temp":
+            w = self.w / self.t
+        else:
+            w = self.w / self.w.norm()
+        return F.conv2d(x, w, self.bias)
+
+
+class WhereFill(nn.Module):
+    """``where(c, h, fill)``: fill 0.0 with a mask buffer ("where0", zero-preserving),
+    0.5 where ``h <= 0`` ("where_half"), a buffer ("where_buf")."""
+
+    def __init__(self, c: int, kind: str, gen: torch.Generator) -> None:
+        super().__init__()
+        self.kind = kind
+        self.register_buffer("mask", torch.rand(c, 1, 1, generator=gen) > 0.5)
+        self.register_buffer("fill", torch.randn(c, 1, 1, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "where0":
+            return torch.where(self.mask, x, 0.0)
+        if self.kind == "where_half":
+            return torch.where(x > 0, x, 0.5)
+        return torch.where(self.mask, x, self.fill)
+
+
+class NegHardtanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardtanh(x, -1.0, -0.25)
+
+
+class LoRAConv(nn.Conv2d):
+    """A 1x1 conv plus a low-rank update, with its own forward; kept a leaf (LEAF_MODULES)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c, c, 1)
+        self.A = nn.Conv2d(c, 2, 1, bias=False)
+        self.B = nn.Conv2d(2, c, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.B(self.A(x))
+
+
+class PlusOne(nn.Identity):
+    """An ``nn.Identity`` subclass that adds 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+def _add_half(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return out + 0.5
+
+
+def _shift_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0] + 1,)
+
+
+class RelAttn(nn.Module):
+    """Attention over the 4x4 positions with relative-position logits ``q kᵀ + q @ table``."""
+
+    def __init__(self, c: int, gen: torch.Generator, positions: int = 16) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(c, c), nn.Linear(c, c), nn.Linear(c, c)
+        self.table = nn.Parameter(torch.randn(c, positions, generator=gen) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        q, k, v = self.q(t), self.k(t), self.v(t)
+        logits = q @ k.transpose(-1, -2) + q @ self.table
+        return (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ScanD(nn.Module):
+    """SSM-style ``scan(x) + D * x``: a merge of two data paths, not a residual join."""
+
+    def __init__(self, c: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.inp, self.gate = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
+        self.D = nn.Parameter(torch.randn(c, 1, 1, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scan = torch.cumsum(self.inp(x) * torch.sigmoid(self.gate(x)), dim=3)
+        return scan + self.D * x
+
+
+class GCGate(nn.Module):
+    """GCNet's global-context gate, itself residual: ``x + transform(context(x))``."""
+
+    def __init__(self, c: int, r: int = 2) -> None:
+        super().__init__()
+        self.attn = nn.Conv2d(c, 1, 1)
+        self.conv_a, self.ln, self.conv_b = nn.Conv2d(c, r, 1), nn.LayerNorm([r, 1, 1]), nn.Conv2d(r, c, 1)
+
+    def skip_value(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        weights = self.attn(x).view(b, 1, h * w).softmax(-1)
+        ctx = (x.view(b, c, h * w) @ weights.transpose(1, 2)).view(b, c, 1, 1)
+        return x + self.conv_b(F.relu(self.ln(self.conv_a(ctx))))
+
+
+class EvoAffine(nn.Module):
+    """EvoNorm-S0: ``x * sigmoid(v x) / group_std(x) * weight + bias``."""
+
+    def __init__(self, c: int, gen: torch.Generator) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(c, 1, 1, generator=gen) + 0.5)
+        self.bias = nn.Parameter(torch.randn(c, 1, 1, generator=gen))
+        self.v = nn.Parameter(torch.rand(c, 1, 1, generator=gen) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = x.reshape(b, 2, c // 2, h, w)
+        std = (g.var(dim=(2, 3, 4), keepdim=True, unbiased=False) + 1e-5).sqrt()
+        n = (x * torch.sigmoid(self.v * x)).reshape(b, 2, c // 2, h, w) / std
+        return n.reshape(b, c, h, w) * self.weight + self.bias
+
+
+# Modules a capture must keep opaque (pass as ``leaf_modules``).
+LEAF_MODULES = (LoRAConv,)
+
+
 class Branch(nn.Module):
     def __init__(self, ops: tuple[Op, ...], ctx: "_Ctx") -> None:
         super().__init__()
@@ -278,10 +467,24 @@ class ResBlock(nn.Module):
             if spec.skip == 2:
                 layers.append(ctx.bn(nn.BatchNorm2d(c)))
             self.skip = nn.Sequential(*layers)
+        self.extra_kind = spec.extra
+        if spec.extra == "param":
+            self.extra = nn.Parameter(torch.randn(c, 1, 1, generator=ctx.gen))
+        elif spec.extra == "buffer":
+            self.register_buffer("extra", torch.randn(c, 1, 1, generator=ctx.gen))
+
+    def skip_value(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """What the block computes when its branches (and a parameter beside them) are zero."""
+        out = x if self.skip is None else self.skip(x)
+        return F.relu(out) if self.spec.post == "relu" else out
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         skip = x if self.skip is None else self.skip(x)
         outs = [b(x, emb) for b in self.branches]
+        if self.extra_kind == "const":
+            outs.append(0.5)
+        elif self.extra_kind is not None:
+            outs.append(self.extra)
         terms = [skip, *outs] if self.spec.skip_first else [*outs, skip]
         acc = terms[0]
         for t in terms[1:]:
@@ -305,6 +508,9 @@ class FPN(nn.Module):
         self.a = nn.Conv2d(c, c, 1)
         self.skip = nn.Conv2d(c, c, 1)                                   # lateral
         self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1))])
+
+    def skip_value(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+        return self.skip(self.a(x))
 
     def forward(self, x: torch.Tensor, taps: list) -> torch.Tensor:
         f1 = self.a(x)
@@ -430,6 +636,42 @@ class _Ctx:
             m = Cat(c, op.arg)
         elif k == "nested":
             m = ResBlock(op.arg, self)
+        elif k == "l2div":
+            m = L2Div()
+        elif k in ("rms0", "rms_eps"):
+            m = RMS(0.0 if k == "rms0" else 1e-6)
+        elif k == "gemma":
+            m = GemmaRMS(c, self.gen)
+        elif k in ("wnconv", "tempconv", "unitconv"):
+            m = WeightFnConv(c, {"wnconv": "wn", "tempconv": "temp", "unitconv": "unit"}[k], self.gen)
+        elif k in ("where0", "where_half", "where_buf"):
+            m = WhereFill(c, k, self.gen)
+        elif k == "htanh":
+            m = nn.Hardtanh()
+        elif k == "htanh_pos":
+            m = nn.Hardtanh(min_val=0.1)
+        elif k == "htanh_neg":
+            m = NegHardtanh()
+        elif k == "lora":
+            m = LoRAConv(c)
+        elif k == "plusone":
+            m = PlusOne()
+        elif k == "hooked":
+            m = nn.Conv2d(c, c, 1)
+            m.register_forward_hook(_add_half)
+        elif k == "prehooked":
+            m = nn.Conv2d(c, c, 1)
+            m.register_forward_pre_hook(_shift_input)
+        elif k == "relu_inplace":
+            m = nn.ReLU(inplace=True)
+        elif k == "relattn":
+            m = RelAttn(c, self.gen)
+        elif k == "scan_d":
+            m = ScanD(c, self.gen)
+        elif k == "gc_gate":
+            m = GCGate(c)
+        elif k == "evo":
+            m = EvoAffine(c, self.gen)
         else:
             raise ValueError(k)
         self.made[id(op)] = m
@@ -462,9 +704,11 @@ def expected_modules(model: GenNet) -> set[int]:
     block with an identity skip needs both its input and its branches zero (a walk in its
     branch that reaches its fork goes on in the outer branch). Then, as the
     pass does, a module also used where no kept branch selects it is dropped, and with it
-    every branch whose zeroing needed it, until nothing changes.
+    every branch whose zeroing needed it (and every other branch of its block), until
+    nothing changes.
     """
     covers: list[frozenset] = []         # sets of (use key, module id)
+    owner: dict[frozenset, int] = {}     # cover -> id of the block (or FPN) whose merge it zeroes
     uses: dict[int, set] = {}            # module id -> use keys
 
     def use(op_module: nn.Module, kind: str, key: tuple) -> tuple[tuple, int]:
@@ -508,10 +752,15 @@ def expected_modules(model: GenNet) -> set[int]:
         raise ValueError(kind)
 
     def block(b: ResBlock) -> None:
-        for branch in b.branches:
-            cover = walk(branch, len(branch.kinds) - 1)
-            if cover is not None:
+        # A row claims the merge equals its skip, every operand counted: a block's branches
+        # are zeroed all together or not at all, and a term beside the merge (a Parameter,
+        # buffer or constant; hard networks only) is beyond this oracle.
+        found = [walk(branch, len(branch.kinds) - 1) for branch in b.branches]
+        if all(c is not None for c in found) and b.extra_kind is None:
+            for cover in found:
                 covers.append(cover)
+                owner[cover] = id(b)
+        for branch in b.branches:
             for kind, mod in zip(branch.kinds, branch.ops):
                 if kind == "nested":
                     block(mod)
@@ -522,7 +771,9 @@ def expected_modules(model: GenNet) -> set[int]:
             seen.add(id(unit))
             block(unit)
         elif kind == "fpn" and not unit.tap:
-            covers.append(frozenset({use(unit.branches[0][1], "conv1", (id(unit), 0))}))
+            cover = frozenset({use(unit.branches[0][1], "conv1", (id(unit), 0))})
+            covers.append(cover)
+            owner[cover] = id(unit)
         elif kind == "shared":
             uses.setdefault(id(model.shared), set()).add(("trunk", 0))  # a trunk use, never selected
     # The shared conv's uses inside branches that were never walked count too.
@@ -535,7 +786,54 @@ def expected_modules(model: GenNet) -> set[int]:
         chosen = {u for c in covers for u, _ in c}
         dropped = {mid for mid, keys in uses.items() if not keys <= chosen}
         kept = [c for c in covers if not any(mid in dropped for _, mid in c)]
+        broken = {owner[c] for c in covers if c not in kept}   # a block loses all or nothing
+        kept = [c for c in kept if owner[c] not in broken]
         if len(kept) == len(covers):
             break
         covers = kept
     return {mid for c in covers for _, mid in c}
+
+
+# -- what the running oracle needs ------------------------------------------------------
+
+def block_claims(model: GenNet) -> list[tuple[nn.Module, Any]]:
+    """Every residual unit of ``model`` with the value it must equal once its branch is
+    zero: ``(block, block.skip_value)`` for each ResBlock, FPN and GC gate, once each."""
+    seen: set[int] = set()
+    out = []
+    for m in model.modules():
+        if isinstance(m, (ResBlock, FPN, GCGate)) and id(m) not in seen:
+            seen.add(id(m))
+            out.append((m, m.skip_value))
+    return out
+
+
+def op_kinds(spec: Net) -> set[str]:
+    """Every op kind and extra the spec uses, nested blocks included."""
+    kinds: set[str] = set()
+
+    def block(b: Block) -> None:
+        if b.extra is not None:
+            kinds.add(f"extra:{b.extra}")
+        for ops in b.branches:
+            for op in ops:
+                kinds.add(op.kind)
+                if op.kind == "nested":
+                    block(op.arg)
+
+    for kind, arg in spec.units:
+        if kind == "block":
+            block(arg)
+    return kinds
+
+
+def is_legacy(spec: Net) -> bool:
+    """Whether :func:`expected_modules` knows every structure in ``spec``."""
+    return not any(k in HARD_OPS or k.startswith("extra:") for k in op_kinds(spec))
+
+
+def random_inputs(spec: Net):
+    """``make_inputs(seed)`` for the oracle: fresh random ``(x, cond)`` per seed."""
+    def make(seed: int) -> tuple:
+        return example_inputs(spec, seed + 100)
+    return make

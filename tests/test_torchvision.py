@@ -43,9 +43,10 @@ def test_resnet_blocks_are_identities_after_the_pass():
             block = layer[1]  # identity skip: block(x) == relu(x)
             h = torch.randn(1, block.conv1.in_channels, 8, 8)
             assert torch.equal(block(h), torch.relu(h))
-    # and on a traced graph every branch into every join is exactly zero
+    # and on a traced graph every row's merge equals its skip (eval and train mode)
     gm = fx.symbolic_trace(model)
-    from zero_checks import assert_branches_zero
-    values = assert_branches_zero(model, x)
-    assert len(values) == 8
+    from claims import assert_graph_claims, fixed_inputs, residual_rows
+    report = zero_init_pass(model, dry_run=True)
+    assert len(residual_rows(report)) == 8
+    assert_graph_claims(model, report, fixed_inputs((x,)), gm=gm, seeds=(0,))
     assert gm(x).shape == (1, 1000)
