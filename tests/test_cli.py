@@ -245,6 +245,24 @@ def test_factory_in_the_current_directory_is_found_like_python_m(tmp_path):
     assert "would zero (dry run) 2 parameters in 1 module," in proc.stdout
 
 
+def test_no_numpy_warning_without_numpy(tmp_path):
+    # numpy is not a dependency: a package that fails to import stands in for its absence.
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'numpy'\", name='numpy')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-W", "default", str(_console_script(tmp_path)),
+                           "rules"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "residual_branch_last" in proc.stdout
+    assert proc.stderr == ""
+    # Only torch's one warning at import is filtered: the same text later is shown.
+    later = subprocess.run([sys.executable, "-c", "import zeta_fx, warnings; "
+                            "warnings.warn('Failed to initialize NumPy: later')"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "UserWarning: Failed to initialize NumPy: later" in later.stderr
+
+
 def test_dry_run_is_accepted_and_changes_nothing(capsys):
     BUILT.clear()
     code, out, _ = run(capsys, "plan", f"{ME}:build", "--dry-run", "--rule", "output_layer",
