@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zeta_fx import ZeroInitPlan
-from zeta_fx.cli import UsageError, main
+from zeta_fx.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT: list[nn.Module] = []
