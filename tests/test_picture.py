@@ -282,3 +282,26 @@ def test_draw_unknown_format_is_a_render_error(tmp_path):
     with pytest.raises(RenderError, match=r"'bogus'.*svg, png, pdf"):
         report.draw(tmp_path / "x.bogus")
     assert not (tmp_path / "x.bogus").exists()
+
+
+def test_title_and_labels_say_what_the_table_says():
+    class Net(nn.Module):  # one zeroed layer, one candidate left alone
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(8, 8, bias=False)
+            self.gated = Gated()
+
+        def forward(self, x):
+            return self.gated(x + self.fc1(x))
+
+    dry = zero_init_pass(Net(), dry_run=True)
+    title = dry.picture().title
+    assert title == ("Net: rule residual_branch_last would zero (dry run) 1 parameter in "
+                     "1 module; 1 candidate left alone")
+    assert "would zero (dry run) 1 parameter in 1 module," in dry.table()
+    assert "1 candidate left alone" in dry.table()
+    (zeroed,) = [n for n in dry.picture().nodes if n.kind == "zeroed"]
+    assert zeroed.lines[-1] == "zeroed: weight 8x8"  # the shape, as the table's zeroed column
+    assert "weight 8x8" in dry.table()
+    applied = zero_init_pass(Net())
+    assert applied.picture().title.startswith("Net: rule residual_branch_last zeroed 1 parameter")

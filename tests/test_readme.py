@@ -65,3 +65,71 @@ def test_tour_picture_is_committed_and_shown():
     assert "](docs/resnet50.svg)" in README
     text = docs.read_text()
     assert "<svg" in text and text.count('class="node zeroed"') == 2  # layer1.0/1.1 bn3
+
+
+def _table_after(heading: str, first_header: str) -> list[list[str]]:
+    """The rows of the first markdown table under ``heading`` whose header starts so."""
+    section = README.split(heading, 1)[1]
+    lines = section[section.index(f"| {first_header} |"):].splitlines()
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+def test_cli_option_table_lists_every_option_of_plan_help():
+    from zeta_fx.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    plan = sub.choices["plan"]
+    options = {s for a in plan._actions for s in a.option_strings
+               if s.startswith("--") and s != "--help"}
+    documented = {m for row in _table_after("## Command line", "option")
+                  for m in re.findall(r"`(--[a-z-]+)", row[0])}
+    assert documented == options
+
+
+def test_json_keys_documented_in_report_section_exist():
+    from torch import nn
+
+    rows = _table_after("## Report", "key")
+    keys = {row[0].strip("`") for row in rows}
+    assert keys == {"applied", "dry_run", "changed", "would_change"}
+    data = zero_init_pass(nn.Sequential(nn.Linear(2, 2)), rule="output_layer",
+                          dry_run=True).to_dict()
+    assert keys <= set(data) and {"merge", "skip", "zero_at"} <= set(data["touched"][0])
+
+
+class _DataDependent(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else x
+
+
+class _HasUntraceable(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = torch.nn.Linear(8, 8)
+        self.gate = _DataDependent()
+
+    def forward(self, x):
+        return self.gate(self.block(x))
+
+
+def test_capture_error_row_is_the_message_users_get():
+    import pytest
+
+    from zeta_fx import CaptureError
+
+    (row,) = [r for r in _table_after("## Errors", "kind")
+              if r[0] == "untraceable submodule, no example inputs"]
+    with pytest.raises(CaptureError) as info:
+        zero_init_pass(_HasUntraceable())
+    got = str(info.value).replace("_DataDependent", "DataDependent")
+    # " / " in the table is a line break of the message; "..." elides.
+    assert row[2].replace(" / ", "\n") == got

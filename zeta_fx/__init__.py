@@ -5,6 +5,18 @@
     >>> print(report)                                                 # doctest: +SKIP
 """
 
+import warnings as _warnings
+
+# Without numpy installed (it is not a dependency), `import torch` warns "Failed to
+# initialize NumPy" and every `zeta-fx` command printed it: the CLI never reaches numpy, and
+# both `zeta-fx` and `python -m zeta_fx` import this package before any code of theirs
+# runs, so the one warning is filtered here, around the import only. A program that
+# imported torch itself has seen torch's warning already; nothing else is hidden.
+with _warnings.catch_warnings():
+    _warnings.filterwarnings("ignore", message="Failed to initialize NumPy",
+                             category=UserWarning)
+    import torch  # noqa: F401
+
 from zeta_fx import rules
 from zeta_fx.api import ZeroInitPass, plan_zero_init, zero_init_pass
 from zeta_fx.errors import (CaptureError, NotAModuleError, NoWeightError, PlanError,

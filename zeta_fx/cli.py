@@ -4,12 +4,13 @@
     $ zeta-fx rules           # the registered rules with one-line descriptions
     $ zeta-fx plan torchvision.models:resnet50 --draw resnet50.svg
     $ zeta-fx plan my_pkg.models:build --kw depth=12 --input-shape 1,3,224,224 --format json
+    $ zeta-fx plan mymodels:Net --leaf encoder.* --leaf my_pkg.layers:Gate
 
 ``plan`` builds the user's model from ``package.module:factory`` (keyword arguments with
 ``--kw name=value``, values read as Python literals), runs the pass as a dry run, and
 prints the report; it never writes the model's weights anywhere, it only prints and saves
-the plan and the picture. Errors are one line on stderr and exit code 2 (``--debug``
-shows the traceback).
+the plan and the picture. Like ``python -m``, it finds modules in the current directory.
+Errors are one line on stderr and exit code 2 (``--debug`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import argparse
 import ast
 import difflib
 import importlib
+import os
 import sys
+import traceback
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,11 +29,12 @@ from tabulate import tabulate_formats
 from torch import nn
 
 from zeta_fx.api import zero_init_pass
+from zeta_fx.capture import CAPTURE_METHODS, LeafSpec
 from zeta_fx.errors import CaptureError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.rules import get_rule, list_rules
 
-__all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape"]
+__all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape", "parse_leaf"]
 
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -75,15 +79,23 @@ def load_factory(spec: str) -> Callable[..., Any]:
     >>> load_factory("torch.nn:Linear").__name__
     'Linear'
     """
+    obj = _resolve(spec, "factory", "torchvision.models:resnet50")
+    if not callable(obj):
+        raise UsageError(f"{spec!r} is a {type(obj).__name__}, not a callable that returns an "
+                         "nn.Module")
+    return obj
+
+
+def _resolve(spec: str, kind: str, example: str) -> Any:
+    """The object named by ``package.module:attr`` (``attr`` a ``kind``, like ``example``)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise UsageError(f"{spec!r} is not package.module:factory (for example "
-                         "torchvision.models:resnet50)")
+        raise UsageError(f"{spec!r} is not package.module:{kind} (for example {example})")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"cannot import module {module_name!r}: {exc} (is it installed, or "
-                         "on PYTHONPATH?)") from exc
+        raise UsageError(f"cannot import module {module_name!r}: {exc} (is it installed, in "
+                         "the current directory, or on PYTHONPATH?)") from exc
     where = module_name
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -93,9 +105,6 @@ def load_factory(spec: str) -> Callable[..., Any]:
             raise UsageError(f"{where!r} has no attribute {part!r}{hint}")
         obj = getattr(obj, part)
         where = f"{where}:{part}" if where == module_name else f"{where}.{part}"
-    if not callable(obj):
-        raise UsageError(f"{spec!r} is a {type(obj).__name__}, not a callable that returns an "
-                         "nn.Module")
     return obj
 
 
@@ -139,6 +148,52 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_leaf(text: str) -> LeafSpec:
+    """A ``--leaf`` value: a module FQN (``encoder.gate``, or ``encoder.*`` for everything
+    under ``encoder``) stays a string; ``package.module:Class`` is imported.
+
+    >>> parse_leaf("blocks.*"), parse_leaf("torch.nn:MultiheadAttention").__name__
+    ('blocks.*', 'MultiheadAttention')
+    """
+    text = text.strip()
+    if ":" not in text:
+        if not text or not all(part.isidentifier() or part.isdigit() or part == "*"
+                               for part in text.split(".")):
+            raise UsageError(f"--leaf {text!r}: expected a module FQN (blocks.0.gate, or "
+                             "blocks.* for all under blocks) or package.module:Class")
+        return text
+    cls = _resolve(text, "Class", "torch.nn:MultiheadAttention")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UsageError(f"--leaf {text!r} is a {type(cls).__name__}, not an nn.Module "
+                         "subclass")
+    return cls
+
+
+def _check_leaf_names(leaves: Sequence[LeafSpec], model: nn.Module) -> None:
+    """A leaf FQN that names no module would silently do nothing: say so instead."""
+    names = [name for name, _ in model.named_modules() if name]
+    for leaf in leaves:
+        if not isinstance(leaf, str):
+            continue
+        prefix = leaf[:-1] if leaf.endswith(".*") else None
+        if any(n == leaf or (prefix is not None and n.startswith(prefix)) for n in names):
+            continue
+        close = difflib.get_close_matches(leaf.removesuffix(".*"), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"--leaf {leaf!r} names no submodule of {type(model).__name__}{hint}")
+
+
+def _cwd_on_path() -> None:
+    """Put the current directory first on ``sys.path``, as ``python -m`` does.
+
+    An installed ``zeta-fx`` script starts with its own ``bin`` folder there instead, so
+    ``zeta-fx plan mymodels:Net`` would not find ``./mymodels.py``.
+    """
+    cwd = os.getcwd()
+    if not any(os.path.abspath(p or os.curdir) == cwd for p in sys.path):
+        sys.path.insert(0, cwd)
+
+
 def _example_input(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> torch.Tensor:
     if dtype.is_floating_point:
         return torch.randn(shape, dtype=dtype, device=device)
@@ -178,16 +233,23 @@ def _plan(args: argparse.Namespace) -> int:
         torch.device(args.device)
     except RuntimeError as exc:
         raise UsageError(f"--device {args.device!r}: {_one_line(exc)}") from exc
+    _cwd_on_path()
+    leaves = [parse_leaf(text) for text in args.leaf]
     model = _build_model(args.factory, kwargs, args.device)
+    _check_leaf_names(leaves, model)
     inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
     try:
         report = zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
+                                leaf_modules=leaves, capture=args.capture,
                                 tablefmt="simple" if fmt == "json" else fmt)
     except CaptureError as exc:
-        if inputs:
-            raise
-        raise UsageError(f"{_one_line(exc)} (on the command line: --input-shape with the "
-                         "shape of each input, e.g. --input-shape 1,3,224,224)") from exc
+        # The library's advice names Python arguments; say what they are called here.
+        hint = ("check that --input-shape and --dtype describe inputs the forward accepts"
+                if inputs else
+                "--input-shape with the shape of each input, e.g. --input-shape 1,3,224,224, "
+                "captures it with torch.export")
+        raise UsageError(f"{_one_line(exc)} (on the command line: {hint}; --leaf FQN or "
+                         "--leaf package.module:Class keeps a submodule opaque)") from exc
     print(report.to_json() if fmt == "json" else report.table())
     if args.save_plan:
         with open(args.save_plan, "w") as f:
@@ -224,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--input-shape", action="append", default=[], metavar="1,3,224,224",
                       help="shape of one example input, for models captured with inputs "
                            "(repeatable, in argument order)")
+    plan.add_argument("--leaf", action="append", default=[], metavar="FQN|pkg.mod:Class",
+                      help="keep a submodule opaque to tracing: its FQN (blocks.0.gate, or "
+                           "blocks.* for all under blocks) or its class (repeatable)")
+    plan.add_argument("--capture", default="auto", choices=CAPTURE_METHODS,
+                      help="auto: symbolic tracing, then torch.export with the --input-shape "
+                           "inputs if that fails; or force one of them")
     plan.add_argument("--dtype", default="float32", help="dtype of the example inputs "
                                                          "(float32, int64 for token ids, ...)")
     plan.add_argument("--device", default="cpu",
@@ -237,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--rankdir", default="TB", choices=("TB", "LR"),
                       help="picture direction: top to bottom or left to right")
     plan.add_argument("--dry-run", action="store_true", default=True,
-                      help="the default, and the only mode: plan never writes weights")
-    plan.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+                      help="accepted and ignored: plan is always a dry run, it never writes "
+                           "weights")
+    plan.add_argument("--debug", action="store_true",
+                      help="print the traceback of an error too (the exit code stays 2)")
     plan.set_defaults(func=_plan)
     return parser
 
@@ -250,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except Exception as exc:
         if getattr(args, "debug", False):
-            raise
+            traceback.print_exc()
+            return 2
         known = isinstance(exc, (UsageError, ZetaFxError, OSError))
         what = _one_line(exc) if known else f"{type(exc).__name__}: {_one_line(exc)}"
         print(f"zeta-fx {args.command}: error: {what}"

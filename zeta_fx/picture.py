@@ -43,6 +43,7 @@ from torch.fx import Node
 
 from zeta_fx.errors import RenderError
 from zeta_fx.ops import target_name
+from zeta_fx.report import format_shape, plural
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView, Join
@@ -177,11 +178,12 @@ class PictureSource:
     def __init__(self, view: "GraphView") -> None:
         self.view: "GraphView | None" = view
 
-    def summary(self, plan: "ZeroInitPlan", skipped: Iterable["Skipped"]) -> GraphSummary:
+    def summary(self, plan: "ZeroInitPlan", skipped: Iterable["Skipped"], *,
+                applied: bool = True) -> GraphSummary:
         if self.view is None:
             raise RenderError("this plan was unpickled and no longer holds its graph; run "
                               "zero_init_pass(model, dry_run=True) again to draw it")
-        return summarize(self.view, plan, skipped)
+        return summarize(self.view, plan, skipped, applied=applied)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "PictureSource":
         return self
@@ -190,16 +192,18 @@ class PictureSource:
         return {"view": None}
 
 
-def summarize(view: "GraphView", plan: "ZeroInitPlan", skipped: Iterable["Skipped"] = ()
-              ) -> GraphSummary:
+def summarize(view: "GraphView", plan: "ZeroInitPlan", skipped: Iterable["Skipped"] = (), *,
+              applied: bool = True) -> GraphSummary:
     """Condense ``view`` into a :class:`GraphSummary`, marking what ``plan`` zeroes and
-    the candidates in ``skipped``."""
-    return _Summarizer(view, plan, list(skipped)).run()
+    the candidates in ``skipped``; ``applied=False`` titles it as a dry run, as the
+    report's table does."""
+    return _Summarizer(view, plan, list(skipped), applied).run()
 
 
 class _Summarizer:
-    def __init__(self, view: "GraphView", plan: "ZeroInitPlan", skipped: list["Skipped"]):
-        self.view, self.plan, self.skipped = view, plan, skipped
+    def __init__(self, view: "GraphView", plan: "ZeroInitPlan", skipped: list["Skipped"],
+                 applied: bool = True):
+        self.view, self.plan, self.skipped, self.applied = view, plan, skipped, applied
         self.drawn = [n for n in view.nodes if view.is_data[n]]
         self.out_node = next((n for n in view.nodes if n.op == "output"), None)
         self.by_name = {n.name: n for n in view.nodes}
@@ -346,10 +350,13 @@ class _Summarizer:
             components.append([n])
 
     def _title(self) -> str:
+        # The words of the report's summary line, so that picture and table agree.
         plan = self.plan
         n = sum(len(e.params) for e in plan.entries)
-        return (f"{plan.model}: rule {plan.rule} zeroes {n} parameters in "
-                f"{len(plan.entries)} modules; {len(self.skipped)} candidates left alone")
+        verb = "zeroed" if self.applied else "would zero (dry run)"
+        return (f"{plan.model}: rule {plan.rule} {verb} {plural(n, 'parameter')} in "
+                f"{plural(len(plan.entries), 'module')}; "
+                f"{plural(len(self.skipped), 'candidate')} left alone")
 
     def _module_paths(self) -> dict[Node, str]:
         view, paths = self.view, {}
@@ -405,7 +412,7 @@ class _Summarizer:
             entry = zeroed[node.name]
             module = entry.module
             short = _relative(entry.module, group) or entry.module or "(root)"
-            params = ", ".join(f"{fqn.rsplit('.', 1)[-1]} {_numel(s):,}"
+            params = ", ".join(f"{fqn.rsplit('.', 1)[-1]} {format_shape(s)}"
                                for fqn, s in entry.params.items())
             lines = (short, entry.module_type, f"zeroed: {params}")
             detail = (f"{entry.module or '(root)'} ({entry.module_type}) zeroed at node "
@@ -491,13 +498,6 @@ def _wrap_tokens(tokens: list[str], sep: str, width: int, max_lines: int) -> tup
     if len(lines) > max_lines:
         lines = lines[:max_lines - 1] + ["… " + lines[-1]]
     return tuple(lines) or ("",)
-
-
-def _numel(shape: Iterable[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _relative(path: str, group: str) -> str:

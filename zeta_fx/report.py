@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from zeta_fx.plan import ZeroInitPlan
     from zeta_fx.rules import Skipped
 
-__all__ = ["ZeroInitReport"]
+__all__ = ["ZeroInitReport", "format_shape", "plural"]
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -35,8 +35,27 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _fmt_shape(shape: tuple[int, ...]) -> str:
+def format_shape(shape: Sequence[int]) -> str:
+    """A parameter shape as the table shows it: ``(64, 3, 7, 7)`` -> ``64x3x7x7``.
+
+    >>> format_shape((64, 3, 7, 7)), format_shape((16,)), format_shape(())
+    ('64x3x7x7', '16', 'scalar')
+    """
     return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, the noun in the plural unless the count is one.
+
+    >>> plural(1, "module"), plural(0, "candidate"), plural(1_000, "parameter")
+    ('1 module', '0 candidates', '1,000 parameters')
+    """
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+# Under the touched table: the position column names graph nodes and modules alike.
+POSITION_NOTE = ("position: `quoted` names are graph nodes (like the node column), other "
+                 "names module FQNs (like the module column)")
 
 
 class ZeroInitReport:
@@ -111,9 +130,26 @@ class ZeroInitReport:
         return bool(self.verification[node].ok)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (what ``to_json`` writes).
+
+        ``changed`` says whether this run changed a value, so it is false for a dry run;
+        there ``would_change`` says whether applying the plan would (``None`` once applied).
+        ``dry_run`` is ``not applied``. The Python attribute :attr:`changed` keeps meaning
+        "changed, or for a dry run: would change".
+
+        >>> from torch import nn
+        >>> from zeta_fx import zero_init_pass
+        >>> data = zero_init_pass(nn.Sequential(nn.Linear(2, 2)), rule="output_layer",
+        ...                       dry_run=True).to_dict()
+        >>> data["dry_run"], data["changed"], data["would_change"]
+        (True, False, True)
+        """
         return {
             "rule": self.plan.rule, "model": self.plan.model, "applied": self.applied,
-            "changed": self.changed, "modules": self.modules, "params": self.params,
+            "dry_run": not self.applied,
+            "changed": self.changed if self.applied else False,
+            "would_change": None if self.applied else self.changed,
+            "modules": self.modules, "params": self.params,
             "elements": self.elements, "total_params": self.total_params,
             "touched": self.touched,
             "skipped": [{"node": s.node, "module": s.module, "reason": s.reason,
@@ -125,20 +161,27 @@ class ZeroInitReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def summary(self) -> str:
+        """The footer line of the table: what was (or would be) zeroed, in totals."""
         share = 100.0 * self.elements / self.total_params if self.total_params else 0.0
-        verb = "zeroed" if self.applied else "would zero (dry run)"
+        left_alone = f"{plural(len(self.skipped), 'candidate')} left alone"
         if not self.plan.entries:
             return (f"{self.plan.model}: rule {self.plan.rule} found nothing to zero "
-                    f"({len(self.skipped)} candidates left alone)")
-        return (f"{self.plan.model}: rule {self.plan.rule} {verb} {len(self.params)} parameters "
-                f"in {len(self.modules)} modules, {self.elements:,} of {self.total_params:,} "
-                f"elements ({share:.2f}%); {len(self.skipped)} candidates left alone")
+                    f"({left_alone})")
+        return (f"{self.plan.model}: rule {self.plan.rule} {self.verb} "
+                f"{plural(len(self.params), 'parameter')} in "
+                f"{plural(len(self.modules), 'module')}, {self.elements:,} of "
+                f"{self.total_params:,} elements ({share:.2f}%); {left_alone}")
+
+    @property
+    def verb(self) -> str:
+        """``"zeroed"``, or ``"would zero (dry run)"`` when nothing was written."""
+        return "zeroed" if self.applied else "would zero (dry run)"
 
     def table(self, tablefmt: str | None = None) -> str:
         fmt = tablefmt or self.tablefmt
         rows = []
         for row in self.touched:
-            zeroed = ", ".join(f"{name.rsplit('.', 1)[-1]} {_fmt_shape(tuple(shape))}"
+            zeroed = ", ".join(f"{name.rsplit('.', 1)[-1]} {format_shape(tuple(shape))}"
                                for name, shape in row["params"].items())
             elements = f"{row['elements']:,}" + (" (shared)" if row["shared"] else "")
             rows.append([row["node"], row["module"], row["type"], row["position"], zeroed,
@@ -151,6 +194,7 @@ class ZeroInitReport:
         parts = []
         if rows:
             parts.append(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
+            parts.append(POSITION_NOTE)
         parts.append(self.summary())
         if self.skipped:
             skipped = [[s.node, s.module or "-", s.reason] for s in self.skipped]
@@ -180,7 +224,8 @@ class ZeroInitReport:
                     "this report's plan holds no graph (it was loaded with "
                     "ZeroInitPlan.from_json); run zero_init_pass(model, dry_run=True) to get "
                     "a report that can be drawn")
-            cached = self._picture = source.summary(self.plan, self.skipped)
+            cached = self._picture = source.summary(self.plan, self.skipped,
+                                                     applied=self.applied)
         return cached
 
     def to_dot(self, *, focus: str | Sequence[str] | None = None, rankdir: str = "TB",
