@@ -247,3 +247,13 @@ def _get(root, dotted):
     for part in dotted.split("."):
         root = getattr(root, part)
     return root
+
+
+def test_meta_model_is_told_to_plan_on_a_materialised_instance():
+    with torch.device("meta"):
+        model = Net(EpsBlock())
+    with pytest.raises(CaptureError) as info:
+        zero_init_pass(model, dry_run=True, example_inputs=(torch.randn(2, 8, device="meta"),))
+    message = str(info.value)
+    assert "`stem.weight` is on the meta device" in message
+    assert "apply the plan" in message and "\n" not in message

@@ -52,6 +52,14 @@ def concrete_capture(model: nn.Module, example_inputs: Any = None,
     """
     args = _as_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
+    on_meta = next((name for name, t in [*model.named_parameters(), *model.named_buffers()]
+                    if t.is_meta), None)
+    if on_meta is not None or any(t.is_meta for t in _tensors((args, kwargs))):
+        where = f"`{on_meta}`" if on_meta else "an example input"
+        raise _error(f"following the forward's Python needs real values, and {where} is on "
+                     "the meta device", "plan on a materialised instance of the same "
+                     "architecture (plan_zero_init) and apply the plan to this one "
+                     "(plan.apply(model))")
     tracer = ZetaTracer(leaf_modules, split=True)
     try:
         graph: fx.Graph | None = tracer.trace(model)
