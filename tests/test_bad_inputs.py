@@ -377,7 +377,7 @@ def test_model_whose_only_join_is_refused_says_why() -> None:
     before = snapshot(model)
     report = zero_init_pass(model)
     assert report.params == []
-    assert "found nothing to zero (1 candidates left alone)" in str(report)
+    assert "found nothing to zero (1 candidate left alone)" in str(report)
     assert "no path is clearly the skip" in report.skipped[0].reason
     assert_unchanged(model, before)
 

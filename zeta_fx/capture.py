@@ -16,16 +16,23 @@ by the model's own FQNs, so the analysis and the report read it like any other g
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Union
+import contextlib
+import io
+import logging
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import torch
 from torch import fx, nn
 
 from zeta_fx.errors import CaptureError
 
-__all__ = ["ZetaTracer", "capture", "export_capture", "LeafSpec", "CAPTURE_METHODS"]
+__all__ = ["ZetaTracer", "capture", "export_capture", "LeafSpec", "CAPTURE_METHODS",
+           "quiet_torch"]
 
-CAPTURE_METHODS = ("auto", "symbolic", "export")
+CAPTURE_METHODS = ("auto", "symbolic", "export", "concrete")
+
+logger = logging.getLogger(__name__)
 
 # A leaf is given as a module class, an FQN (exact, or a prefix ending in ".*"), or a
 # predicate ``(module, fqn) -> bool``.
@@ -35,8 +42,12 @@ LeafSpec = Union[type, str, Callable[[nn.Module, str], bool]]
 class ZetaTracer(fx.Tracer):
     """``torch.fx.Tracer`` with extra leaf modules and errors that name the failing module."""
 
-    def __init__(self, leaf_modules: Iterable[LeafSpec] = ()) -> None:
+    def __init__(self, leaf_modules: Iterable[LeafSpec] = (), *, split: bool = False) -> None:
         super().__init__()
+        # split=True: a submodule whose forward fails is made a leaf (and the trace goes on)
+        self.split = split
+        self.split_paths: dict[str, type] = {}
+        self._param_cache: dict[str, Any] | None = None
         # Buffers become get_attr nodes instead of concrete tensors, so that a forward which
         # updates a buffer (a step counter, an EMA) is recorded, not run, while tracing.
         self.proxy_buffer_attributes = True
@@ -47,6 +58,8 @@ class ZetaTracer(fx.Tracer):
         self.failed_in: tuple[str, type] | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.split_paths:
+            return True
         if self.leaf_types and isinstance(m, self.leaf_types):
             return True
         for name in self.leaf_names:
@@ -61,14 +74,37 @@ class ZetaTracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        self._param_cache = parameter_proxy_cache  # to forget proxies of undone nodes
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
+        last, depth = self.graph._root.prev, len(self.module_stack)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
-            if self.failed_in is None:  # the innermost module is the first to see it
-                self.failed_in = (self.path_of_module(m), type(m))
-            raise
+            path = self.path_of_module(m)
+            if not self.split or not path:
+                if self.failed_in is None:  # the innermost module is the first to see it
+                    self.failed_in = (path, type(m))
+                raise
+        self._undo(last, depth)
+        self.split_paths[path] = type(m)
+        return super().call_module(m, forward, args, kwargs)
+
+    def _undo(self, last: fx.Node, depth: int) -> None:
+        """Erase what a failed module call added to the graph and the tracer's stacks."""
+        erased = set()
+        while self.graph._root.prev is not last:
+            node = self.graph._root.prev
+            erased.add(node)
+            self.graph.erase_node(node)
+        while len(self.module_stack) > depth:
+            self.module_stack.popitem()
+        if self._param_cache:
+            for name in [n for n, p in self._param_cache.items() if p.node in erased]:
+                del self._param_cache[name]
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -83,10 +119,12 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
             method: str = "auto") -> fx.GraphModule:
     """Trace ``model`` (a ``GraphModule`` is returned unchanged).
 
-    ``method="auto"`` tries ``symbolic_trace`` and, if it fails and example inputs are
-    given, ``torch.export``; ``"symbolic"`` and ``"export"`` force one of them. The graph
-    module shares the model's parameters: nothing is copied or allocated, so models on the
-    meta device trace too.
+    ``method="auto"`` tries ``symbolic_trace``; if it fails and example inputs are given,
+    ``torch.export``; if that fails too, a concrete capture that follows the forward's Python
+    on the example inputs (``zeta_fx.capture_concrete``: the branch they take is the graph).
+    ``"symbolic"``, ``"export"`` and ``"concrete"`` force one of them. The graph module
+    shares the model's parameters: nothing is copied, so models on the meta device trace
+    too (symbolically or with export).
     """
     if method not in CAPTURE_METHODS:
         raise ValueError(f"capture must be one of {', '.join(map(repr, CAPTURE_METHODS))}, "
@@ -94,12 +132,14 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
     if isinstance(model, fx.GraphModule):
         return model
     has_examples = example_inputs is not None or bool(example_kwargs)
-    if method == "export":
+    if method in ("export", "concrete"):
         if not has_examples:
             raise CaptureError(
-                f"capture='export' needs example inputs to run {type(model).__name__}.forward; "
+                f"capture={method!r} needs example inputs to run {type(model).__name__}.forward; "
                 "pass example_inputs=(...) (and example_kwargs={...}) shaped like a real batch")
-        return export_capture(model, example_inputs, example_kwargs)
+        if method == "export":
+            return export_capture(model, example_inputs, example_kwargs)
+        return _concrete(model, example_inputs, example_kwargs, leaf_modules)
     tracer = ZetaTracer(leaf_modules)
     try:
         graph = tracer.trace(model)
@@ -111,17 +151,68 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
             try:
                 return export_capture(model, example_inputs, example_kwargs)
             except CaptureError as export_exc:
-                raise CaptureError(f"{failure}\nand then {export_exc}") from exc
+                export_failure = getattr(export_exc, "failure", str(export_exc))
+            try:
+                return _concrete(model, example_inputs, example_kwargs, leaf_modules)
+            except CaptureError as concrete_exc:
+                raise CaptureError(
+                    f"{failure}; then {export_failure}; then "
+                    f"{getattr(concrete_exc, 'failure', concrete_exc)}. What to do: "
+                    f"{getattr(concrete_exc, 'advice', 'trace the model yourself')}"
+                ) from concrete_exc
         # The model itself cannot be a leaf of its own trace: only offer that for submodules.
         leaf = (f"; or mark it as a leaf (leaf_modules=[{cls.__name__}] or [{where!r}]) if "
                 "its parameters are not the ones to zero") if where else ""
         raise CaptureError(
-            f"{failure}\n"
-            f"What to do: pass example_inputs=(...) (and example_kwargs={{...}}) so that the "
-            f"model is captured with torch.export instead, which follows data-dependent "
-            f"Python{leaf}"
+            f"{failure}. What to do: pass example_inputs=(...) (and example_kwargs={{...}}) "
+            f"so that the model is captured with torch.export, or by following its Python on "
+            f"those inputs where its forward branches on tensor values{leaf}"
         ) from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _concrete(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] | None,
+              leaf_modules: Iterable[LeafSpec]) -> fx.GraphModule:
+    from zeta_fx.capture_concrete import concrete_capture  # builds on this module
+
+    return concrete_capture(model, example_inputs, example_kwargs,
+                            leaf_modules=tuple(leaf_modules))
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Keep what torch prints and logs while a capture is attempted off the user's terminal.
+
+    A failed ``torch.export`` prints the partial graph to stderr and logs warnings; those
+    go to this module's logger at DEBUG instead, so a failure reads as one ``CaptureError``.
+    """
+    records: list[logging.LogRecord] = []
+
+    class _FromTorch(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.name == "torch" or record.name.startswith("torch."):
+                records.append(record)
+                return False
+            return True
+
+    swallow = _FromTorch()
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    handlers = {h for lg in loggers for h in lg.handlers}
+    for handler in handlers:
+        handler.addFilter(swallow)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(swallow)
+        said = [r.getMessage() for r in records] + [str(w.message) for w in caught]
+        if printed.getvalue().strip() or said:
+            logger.debug("torch said while capturing:\n%s",
+                         "\n".join(said + [printed.getvalue()]).strip())
 
 
 def export_capture(model: nn.Module, example_inputs: Any = None,
@@ -158,14 +249,17 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
     else:
         args = (example_inputs,)
     try:
-        program = torch.export.export(model, args, dict(example_kwargs or {}), strict=False,
-                                      dynamic_shapes=dynamic_shapes)
+        with quiet_torch():
+            program = torch.export.export(model, args, dict(example_kwargs or {}),
+                                          strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as exc:
-        raise CaptureError(
-            f"torch.export (non-strict) failed on {type(model).__name__}: "
-            f"{type(exc).__name__}: {_first_line(exc)}\nWhat to do: check that "
-            "example_inputs/example_kwargs run the model's forward as they are, or trace the "
-            "model yourself and pass the GraphModule") from exc
+        failure = (f"torch.export (non-strict) failed on {type(model).__name__}: "
+                   f"{type(exc).__name__}: {_first_line(exc)}")
+        advice = ("check that example_inputs/example_kwargs run the model's forward as they "
+                  "are, or trace the model yourself and pass the GraphModule")
+        error = CaptureError(f"{failure}. What to do: {advice}")
+        error.failure, error.advice = failure, advice  # type: ignore[attr-defined]
+        raise error from exc
     lifted = {}
     for spec in program.graph_signature.input_specs:
         if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
