@@ -350,9 +350,17 @@ class _Recorder(fx.Interpreter):
 def _graph_values(gm: fx.GraphModule, args: tuple, wanted: set[str], seed: int,
                   perturb: str | None = None) -> dict[str, Any]:
     rec = _Recorder(gm, wanted, perturb)
+    # a forward may update state even in eval mode (QAT observers): each run starts from
+    # the same buffers, so two runs differ only by the perturbation
+    saved = [(b, b.detach().clone()) for b in gm.buffers()]
     torch.manual_seed(seed)
-    with torch.no_grad():
-        rec.run(*args)
+    try:
+        with torch.no_grad():
+            rec.run(*args)
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
     return rec.values
 
 

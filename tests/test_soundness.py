@@ -613,7 +613,8 @@ GC_OUTER = GC_INNER | {"bn3.weight", "bn3.bias"}
 def _gc_claims(block: nn.Module, touched: set) -> list:
     claims = []
     if GC_INNER <= touched:   # out + gc(out) == out: gc outputs exactly zero
-        claims.append((block.gc, lambda x: torch.zeros_like(x)))
+        # gc returns the (b, c, 1, 1) context transform that is added to `out`
+        claims.append((block.gc, lambda x: torch.zeros(x.shape[0], x.shape[1], 1, 1)))
     if {"bn3.weight", "bn3.bias"} <= touched:
         claims.append((block, lambda x: F.relu(block.downsample(x))))
     return claims
