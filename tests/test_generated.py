@@ -306,7 +306,8 @@ def test_cover_with_a_shared_member_is_dropped_whole() -> None:
     check_model(spec)
     report = zero_init_pass(netgen.build(spec))
     assert report.modules == []
-    assert any("is only zero if `shared` is zeroed too" in s.reason for s in report.skipped)
+    assert any("`shared` is also used at" in s.reason for s in report.skipped)
+    assert {s.module for s in report.skipped} >= {"shared", "units.0.branches.0.ops.1.a"}
     spec = Net(4, False, (("block", Block(((Op("shared"), Op("nested", _block(Op("conv3", False))),
                                             Op("relu")),), 1, "op", False, None)),
                           ("shared", None)))

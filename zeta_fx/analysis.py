@@ -454,6 +454,9 @@ class GraphView:
             if kind in ("preserving", "hardtanh", "threshold", "constant_pad", "prelu",
                         "local_response_norm") or (kind == "declared" and not self._params_of_module(node.target)):
                 return [data[:1]]
+            if kind == "layer_norm" or (kind == "batch_norm" and getattr(
+                    self.module(node.target), "running_mean", None) is None):
+                return [data[:1]]  # no affine: normalises a zero input to zero (eps > 0)
             if kind == "finite":
                 return f"{what} at `{node.name}` maps zero to a non-zero value"
             return f"{what} at `{node.name}` is not known to output zero"

@@ -201,7 +201,8 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
             verdicts[t] = _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner))
         return verdicts[t]
 
-    # the cheapest path is the only one that can be the skip: look at it first
+    # the skip is the cheapest path that carries only the fork's value: look at the
+    # cheapest first, and at the others only when it is not one
     by_count = sorted(terms, key=counts.__getitem__)
     identity = [t for t in by_count if counts[t] == 0 and verdict(t) is None][:1]
     candidates = identity or [t for t in by_count[:1] if verdict(t) is None]
@@ -209,6 +210,9 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
         for t in terms:
             verdict(t)
         candidates = [t for t in terms if verdicts[t] is None]
+    else:
+        candidates += [t for t in by_count[1:] if counts[t] == counts[candidates[0]]
+                       and verdict(t) is None]
     if all(counts[t] == 0 for t in terms) and not any(
             isinstance(v, Node) and not view.is_data[v] for v, _ in flat):
         join.reason = (f"no path between fork `{fork.name}` and the merge has a "
@@ -217,8 +221,20 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
         return join
     if identity:
         join.skip, join.skip_kind = identity[0], "identity"
-    elif candidates and all(counts[min(candidates, key=counts.__getitem__)] < counts[t]
-                            for t in terms if t is not min(candidates, key=counts.__getitem__)):
+        # (x + g(x)) + proj(x): the identity comes from an inner sum while the outer add
+        # brings a projection shortcut; flattening would make that shortcut a branch.
+        # Read the adds one by one instead (g's own residual, then the block's).
+        direct = {v for v, _ in (additive_operands(view, merge) or ())}
+        if inner and identity[0] not in direct:
+            for t in terms:
+                if t in direct and counts[t] > 0 and verdict(t) is None:
+                    join.reason = (f"`{t.name}` is a projection shortcut beside an inner sum "
+                                   "with its own identity: the adds are joins one by one")
+                    join.skip = None
+                    return join
+    elif _unique_cheapest(candidates, terms, counts):
+        # fewer layers than every other path that could be a skip (a path that cannot,
+        # such as `D * x` beside a projection, is a branch whatever it costs)
         join.skip, join.skip_kind = min(candidates, key=counts.__getitem__), "projection"
         join.skip_layers = tuple(view.nodes_in_order(sides[join.skip] & layer_nodes))
     else:
@@ -241,6 +257,14 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
     join.branch_operands = tuple(v for v, _ in flat if v is not join.skip)
     join.ok = True
     return join
+
+
+def _unique_cheapest(candidates: list[Node], terms: tuple[Node, ...],
+                     counts: dict[Node, int]) -> bool:
+    if not candidates:
+        return False
+    best = min(candidates, key=counts.__getitem__)
+    return all(counts[best] < counts[t] for t in candidates if t is not best)
 
 
 def _skip_verdict(view: "GraphView", fork: Node, term: Node, side: frozenset[Node],
