@@ -132,7 +132,7 @@ def find_joins(view: "GraphView") -> list[Join]:
             continue
         users = view.data_users[node]
         if len(users) == 1 and operands(users[0]) is not None and users[0] not in separate \
-                and node not in view.clobbered:
+                and node not in view.clobbered and _same_scope(node, users[0]):
             continue  # part of a longer sum; examined with its outermost add
         flat, inner = _flatten(view, node, operands)
         data_terms = [v for v, _ in flat if isinstance(v, Node) and view.is_data[v]]
@@ -165,7 +165,8 @@ def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, 
     while stack:
         value, coeff, parent = stack.pop()
         if isinstance(value, Node) and view.is_data.get(value) and \
-                view.data_users[value] == [parent] and value not in view.clobbered:
+                view.data_users[value] == [parent] and value not in view.clobbered and \
+                _same_scope(value, parent):
             sub = operands(value)
             if sub is not None:
                 inner.append(value)
@@ -173,6 +174,21 @@ def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, 
                 continue
         flat.append((value, coeff))
     return flat, inner
+
+
+def _scope(node: Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    last = list(stack.values())[-1]
+    return str(last[0] if isinstance(last, tuple) else last)
+
+
+def _same_scope(inner: Node, outer: Node) -> bool:
+    """Whether two adds were written in the same module's forward. A sum a submodule
+    returns (a global-context gate's ``x + t(x)``) is that module's own residual, not terms
+    of its caller's sum: ``proj(x) + gate(x)`` must not make ``proj`` a branch."""
+    return (_scope(inner) or "") == (_scope(outer) or "")  # no stack: the root's forward
 
 
 def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
@@ -221,17 +237,6 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
         return join
     if identity:
         join.skip, join.skip_kind = identity[0], "identity"
-        # (x + g(x)) + proj(x): the identity comes from an inner sum while the outer add
-        # brings a projection shortcut; flattening would make that shortcut a branch.
-        # Read the adds one by one instead (g's own residual, then the block's).
-        direct = {v for v, _ in (additive_operands(view, merge) or ())}
-        if inner and identity[0] not in direct:
-            for t in terms:
-                if t in direct and counts[t] > 0 and verdict(t) is None:
-                    join.reason = (f"`{t.name}` is a projection shortcut beside an inner sum "
-                                   "with its own identity: the adds are joins one by one")
-                    join.skip = None
-                    return join
     elif _unique_cheapest(candidates, terms, counts):
         # fewer layers than every other path that could be a skip (a path that cannot,
         # such as `D * x` beside a projection, is a branch whatever it costs)
