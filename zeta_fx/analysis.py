@@ -727,8 +727,9 @@ class GraphView:
 
     @cached_property
     def unused_items(self) -> frozenset[Node]:
-        """Elements of tuple outputs that nothing uses (``x, _ = attn(x, x, x)``)."""
-        return frozenset(n for n in self.nodes if self.is_data[n] and _unused_item(n))
+        """Values that nothing uses (``x, _ = attn(x, x, x)``, a dead slice): they lead nowhere."""
+        return frozenset(n for n in self.nodes if self.is_data[n] and
+                         (_unused_item(n) or (not n.users and n.op != "output")))
 
     # -- graph inputs -------------------------------------------------------------------
     @cached_property

@@ -323,7 +323,7 @@ def _find_fork(view: "GraphView", merge: Node, terms: tuple[Node, ...], merge_se
         if node_mask == full:
             fork = node
             break
-        if inside.issuperset(data_users[node]):
+        if inside.issuperset(data_users[node]) or _split_for_streams(view, node, inside):
             expanded.add(node)
             inside.add(node)
             for inp in data_inputs[node]:
@@ -354,6 +354,27 @@ def _find_fork(view: "GraphView", merge: Node, terms: tuple[Node, ...], merge_se
             f"`{merge.name}`, is also used by {', '.join(f'`{n}`' for n in outside[:3])}")
     region = _descendants_within(view, fork, expanded)
     return fork, region, mask, ""
+
+
+_PIECES = frozenset({"slice", "narrow", "select", "getitem", "split", "split_with_sizes",
+                     "chunk", "tensor_split", "unbind"})
+
+
+def _split_for_streams(view: "GraphView", node: Node, inside: set[Node]) -> bool:
+    """Whether ``node``'s value is cut into pieces, one of which leads to this merge: a
+    joint attention whose output is split into an image and a text stream (SD3, Flux), each
+    added to its own residual. The other pieces are other streams, not other uses."""
+    users = view.data_users[node]
+    if len(users) < 2 or not any(u in inside for u in users):
+        return False
+    for user in users:
+        if user in inside:
+            continue
+        if user.op not in ("call_function", "call_method") or op_key(user)[0] not in _PIECES:
+            return False
+    pieces = [u for u in users if u in inside]
+    return all(p.op in ("call_function", "call_method") and op_key(p)[0] in _PIECES
+               for p in pieces)
 
 
 def _descendants_within(view: "GraphView", fork: Node, allowed: set[Node]) -> frozenset[Node]:

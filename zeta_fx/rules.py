@@ -24,13 +24,13 @@ import dataclasses
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 from torch.fx import Node
 
 from zeta_fx.analysis import Blocked, Found, GraphView, Join, owner_of
-from zeta_fx.facts import Fact, opaque_reason
+from zeta_fx.facts import Fact, op_key, opaque_reason
 from zeta_fx.composite import composite_branches
 from zeta_fx.errors import UnknownRuleError
 
@@ -390,20 +390,37 @@ class AdaLNZero(Rule):
     def select(self, view: GraphView) -> Selection:
         out = Selection()
         deps = view.input_deps
-        stream = {j.merge for j in view.joins() if j.ok}
-        gates = {b for j in view.joins() if j.ok for b in j.branches}
         # The data path starts at the first graph input that reaches an output (``x`` in
-        # ``forward(x, t, y)``); a conditioning layer does not depend on it.
+        # ``forward(x, t, y)``); a conditioning value does not depend on it.
         reach = 0
         for value in view.outputs():
             reach |= deps.get(value, 0)
         data_bit = reach & -reach
+
+        def conditioning(n: Node) -> bool:
+            return bool(deps.get(n)) and not deps[n] & data_bit
+
+        gate_targets: list[Target] = []
+        ungated: list[list[Target]] = []
+        for join in view.joins():
+            if join.ok and deps.get(join.merge, 0) & data_bit:
+                targets, gated = self._gate_join(view, join, conditioning, out)
+                if gated:
+                    gate_targets += targets
+                elif targets:
+                    ungated.append(targets)
+        if gate_targets:
+            # an adaLN model: a branch with no gate (PixArt's cross-attention) is zeroed at
+            # its last layer, so that each block is the identity
+            for targets in ungated:
+                gate_targets += targets
+        stream = {j.merge for j in view.joins() if j.ok}
+        gates = {b for j in view.joins() if j.ok for b in j.branches}
         for node in view.nodes:
             layer = view.layer(node)
-            if layer is None or not layer.zeroable or not deps.get(node) \
-                    or deps[node] & data_bit:
+            if layer is None or not layer.zeroable or not conditioning(node):
                 continue
-            sites, pieces = self._sites(view, node, deps[node], stream)
+            sites, pieces, other = self._sites(view, node, deps[node], stream)
             if not sites:
                 continue
             roles = [("gate" if site in gates else "scale") if kind == "mul" else "shift"
@@ -417,6 +434,13 @@ class AdaLNZero(Rule):
                     f"{where}: it shifts but never scales or gates, so adaLN-Zero leaves it "
                     "alone", self.name))
                 continue
+            if other is not None:
+                out.skipped.append(Skipped(
+                    node.name, layer.owner,
+                    f"conditioning layer (from {source}) modulates the data path but its "
+                    f"output also feeds `{other.name}`: zeroing it would cut that signal too",
+                    self.name))
+                continue
             counts = ", ".join(f"{roles.count(r)} {r}" for r in ("shift", "scale", "gate")
                                if r in roles)
             split = f", chunked into {pieces}" if pieces > 1 else ""
@@ -424,19 +448,74 @@ class AdaLNZero(Rule):
                 layer.owner, layer.params, (node.name,),
                 f"adaLN modulation from {source}: {counts} of the data path{split}", self.name,
                 cover=f"adaln:{node.name}"))
+        # the gates' own targets, where the modulation layers above do not already say it
+        listed = {(t.nodes, t.params) for t in out.targets}
+        out.targets += [t for t in gate_targets if (t.nodes, t.params) not in listed]
         final = OutputLayer().select(view)
         out.targets += [dataclasses.replace(t, rule=self.name) for t in final.targets]
         out.skipped += [Skipped(s.node, s.module, s.reason, self.name) for s in final.skipped]
         return out
 
+    def _gate_join(self, view: GraphView, join: Join, conditioning, out: Selection
+                   ) -> tuple[list[Target], bool]:
+        """Make residual ``join`` the identity: each branch through its gate (the
+        conditioning factor it is multiplied by: zero the layers and tables that make the
+        gate), or, for a branch without one (PixArt's cross-attention), its last layer."""
+        sites: list[tuple[Node, tuple[str, ...]]] = []
+        gated = 0
+        for operand in join.branch_operands:
+            gate = self._gate_of(view, operand, conditioning)
+            if gate is not None:
+                found = view.zero_cover(gate, conditioning)
+                gated += 1
+            elif isinstance(operand, Node) and view.is_data[operand]:
+                found = view.zero_cover(operand, join.sides.get(operand, frozenset()).__contains__)
+            else:
+                found = view.zero_cover(operand, lambda n: False)
+            if isinstance(found, Blocked):
+                if gated:
+                    out.skipped.append(Skipped(
+                        join.merge.name, "", f"gated branch into `{join.merge.name}` left "
+                                             f"alone: {found.reason}", self.name))
+                return [], False
+            sites.extend(found.sites)
+        what = "adaLN gate of the branch" if gated else "last layer of the ungated branch"
+        position = f"{what} into `{join.merge.name}` from `{join.fork.name}`"
+        kind = "adaln-join" if gated else "adaln-ungated"
+        return [Target(owner_of(params), params, (node.name,), position, self.name,
+                       cover=f"{kind}:{join.merge.name}", merge=join.merge.name,
+                       skip=join.skip.name)
+                for node, params in dict.fromkeys(sites)], bool(gated)
+
+    @staticmethod
+    def _gate_of(view: GraphView, operand: Any, conditioning) -> Node | None:
+        """The conditioning factor of ``gate * f(x)`` (through casts and views), if any."""
+        node = operand
+        for _ in range(4):
+            if not isinstance(node, Node) or node.op not in ("call_function", "call_method"):
+                return None
+            key = op_key(node)[0]
+            if key in ("mul", "multiply"):
+                factors = [a for a in node.args[:2] if isinstance(a, Node) and view.is_data[a]]
+                gates = [a for a in factors if conditioning(a)]
+                if len(factors) == 2 and len(gates) == 1:
+                    return gates[0]
+                return None
+            if key not in ("to", "_to_copy", "contiguous", "view", "reshape", "clone",
+                           "type_as", "dropout"):
+                return None
+            node = node.args[0] if node.args else None
+        return None
+
     @staticmethod
     def _sites(view: GraphView, layer: Node, mask: int, stream: set[Node]
-               ) -> tuple[list[tuple[Node, str]], int]:
+               ) -> tuple[list[tuple[Node, str]], int, Node | None]:
         """Where ``layer``'s output, carried through chunk/unsqueeze/casts, meets the data
         path (a ``mul`` or ``add`` whose other operand depends on an input ``layer`` does not)."""
         deps = view.input_deps
         sites: list[tuple[Node, str]] = []
         pieces = 1
+        other: Node | None = None
         seen = {layer}
         stack = [layer]
         while stack:
@@ -454,10 +533,14 @@ class AdaLNZero(Rule):
                     continue
                 kind = "mul" if name in _MUL_OPS else "add" if name in _ADD_OPS else None
                 if kind is None or user in stream:
+                    if other is None and kind is None and user not in stream:
+                        other = user  # a use that is no modulation (another embedding path)
                     continue
                 if any(deps.get(o, 0) & ~mask for o in others):
                     sites.append((user, kind))
-        return sorted(sites, key=lambda s: view.index[s[0]]), pieces
+                elif other is None:
+                    other = user
+        return sorted(sites, key=lambda s: view.index[s[0]]), pieces, other
 
 
 # -- selection by module name, type or predicate ------------------------------------------

@@ -115,6 +115,7 @@ def graph_args(gm: fx.GraphModule, example_inputs: Any, example_kwargs: dict[str
     else:
         inputs = [example_inputs]  # a single tensor
     kwargs = dict(example_kwargs or {})
+    nested = _flat_names(kwargs)  # torch.export names `d={"k": v}` as placeholder `d_k`
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(inputs) > len(placeholders):
         raise ExampleInputsError(
@@ -126,6 +127,10 @@ def graph_args(gm: fx.GraphModule, example_inputs: Any, example_kwargs: dict[str
         name = str(ph.target).lstrip("*")
         if name in kwargs:
             args.append(kwargs.pop(name))
+        elif name in nested:
+            top, value = nested[name]
+            args.append(value)
+            kwargs.pop(top, None)
         elif ph.args:
             args.append(ph.args[0])  # the forward's default value
         else:
@@ -137,6 +142,21 @@ def graph_args(gm: fx.GraphModule, example_inputs: Any, example_kwargs: dict[str
             f"example_kwargs names {sorted(kwargs)}, which the captured forward does not take "
             f"(it takes {', '.join(str(p.target) for p in placeholders)})")
     return args
+
+
+def _flat_names(kwargs: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """``{"d_k": ("d", v)}`` for every leaf of nested dicts, lists and tuples in ``kwargs``."""
+    out: dict[str, tuple[str, Any]] = {}
+    stack = [(name, name, value) for name, value in kwargs.items()]
+    while stack:
+        top, path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((top, f"{path}_{k}", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((top, f"{path}_{i}", v) for i, v in enumerate(value))
+        elif path != top:
+            out[path] = (top, value)
+    return out
 
 
 # -- substitution: the planned values without writing the caller's tensors ----------------
