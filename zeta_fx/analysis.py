@@ -143,11 +143,12 @@ _STRUCTURED = frozenset({
     "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution", "batch_norm",
     "instance_norm", "layer_norm", "group_norm", "rms_norm", "native_layer_norm",
     "native_group_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
-    "_native_batch_norm_legit_functional", "native_batch_norm", "addmm", "embedding",
+    "_native_batch_norm_legit_functional", "native_batch_norm", "addmm",
     "shifted_window_attention",
 })
+# (an embedding lookup is not one: `tok(ids) + pos(ids)` sums embeddings, not a block)
 _STRUCTURED_KINDS = frozenset({"linear", "conv", "bilinear", "batch_norm", "layer_norm",
-                               "embedding", "local_response_norm"})
+                               "local_response_norm"})
 _PRODUCTS = frozenset({"mul", "multiply", "matmul", "mm", "bmm", "outer", "kron", "einsum",
                        "dot", "vdot"})
 _NORMS = frozenset({"layer_norm", "group_norm", "rms_norm", "native_layer_norm",
