@@ -163,6 +163,12 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple, dict, tuple[str, ...],
                                      num_local_experts=4, num_experts_per_tok=2), (_ids(),), {},
                         ("model.layers.{}.self_attn.o_proj", "model.layers.{}.mlp.experts"),
                         [("model.layers", _pre)]),
+    # the eager loop over the experts that were hit is data-dependent Python: captured by
+    # following the example inputs; its index_add_ into zeros is the experts' sum
+    "mixtral_eager": (lambda: _moe(T.MixtralConfig, T.MixtralForCausalLM, "eager",
+                                   num_local_experts=4, num_experts_per_tok=2), (_ids(),), {},
+                      ("model.layers.{}.self_attn.o_proj", "model.layers.{}.mlp.experts"),
+                      [("model.layers", _pre)]),
     "qwen2_moe": (lambda: _moe(T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, "grouped_mm",
                                num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
                                shared_expert_intermediate_size=16), (_ids(),), {},

@@ -29,7 +29,8 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.facts import (LAYER_PARAMS, Fact, ZeroFacts, bind, known_module, op_key)
+from zeta_fx.facts import (LAYER_PARAMS, Fact, ZeroFacts, bind, known_module, makes_zeros,
+                            op_key)
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps, target_name
 
@@ -500,6 +501,8 @@ class GraphView:
         if key in ("addmm", "baddbmm"):
             return [[a.get("mat1", a.get("batch1")), a.get("mat2", a.get("batch2"))],
                     [a.get("input")]]
+        if key in ("index_add", "scatter_add"):
+            return [[a.get("input")], [a.get("source", a.get("src"))]]
         if key in ("grouped_mm_fallback", "_grouped_mm", "grouped_mm"):
             args = node.args + (None,) * 4
             bias = args[3] if isinstance(args[3], Node) else node.kwargs.get("bias")
@@ -679,6 +682,9 @@ class GraphView:
                             best = got
                     elif blocked is None:
                         blocked = got
+                elif isinstance(operand, Node) and makes_zeros(operand):
+                    best = _Params((), ())  # a fresh tensor of zeros (an accumulator)
+                    break
                 elif isinstance(operand, Node):
                     got_p = self._param_operand(operand)
                     if isinstance(got_p, _Params):
@@ -690,7 +696,8 @@ class GraphView:
                         continue
                     if blocked is None:
                         blocked = Blocked(node, f"`{node.name}`: {got_p}")
-                elif operand is None or _is_zero_constant(operand):
+                elif operand is None or _is_zero_constant(operand) or \
+                        (isinstance(operand, Node) and makes_zeros(operand)):
                     best = _Params((), ())
                     break
                 elif blocked is None:

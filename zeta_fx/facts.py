@@ -212,6 +212,8 @@ _SIGNATURES: dict[str, tuple[str, ...]] = {
     "dstack": ("tensors",), "sum": ("input", "dim", "keepdim"),
     "einsum": ("equation", "operands"),
     "prelu": ("input", "weight"), "nan_to_num": ("input", "nan", "posinf", "neginf"),
+    "index_add": ("input", "dim", "index", "source", "alpha"),
+    "scatter_add": ("input", "dim", "index", "src"),
     # torchvision's Swin attention, an fx-wrapped (opaque) function whose output is
     # ``dropout(linear(..., proj_weight, proj_bias))`` with the windows put back in place
     "shifted_window_attention": ("input", "qkv_weight", "proj_weight",
@@ -537,7 +539,7 @@ class ZeroFacts:
     def _unchanged_fact(self, node: Node) -> Fact:
         if node.op == "get_attr":
             return self._literal(node)
-        return F_
+        return Z if makes_zeros(node) else F_
 
     def _literal(self, node: Node) -> Fact:
         try:
@@ -749,7 +751,7 @@ class ZeroFacts:
             self._set(node, singular(x), f"{what} of a value that may be zero is not finite")
             return
         if key in _FRESH:
-            self._set(node, F_)
+            self._set(node, Z if makes_zeros(node) else F_)
             return
         if key == "native_layer_norm" or key == "native_group_norm":
             fact = _normalised(x, args.get("eps", 1e-5), True)
@@ -788,6 +790,37 @@ class ZeroFacts:
         if args.get("bias") is not None:
             fact = total(fact, self.fact(args["bias"]))
         return fact
+
+
+_ZEROS = frozenset({"zeros_like", "new_zeros", "zeros", "zero"})
+_FULL = frozenset({"full_like", "new_full", "full", "fill"})
+
+
+def makes_zeros(node: Node) -> bool:
+    """Whether ``node`` makes a fresh tensor of zeros (``torch.zeros_like(x)``,
+    ``x.new_zeros(...)``, ``torch.full(..., 0.0)``): the start of an accumulation."""
+    if node.op not in ("call_function", "call_method"):
+        return False
+    key, _ = op_key(node)
+    if key in _ZEROS:
+        return True
+    if key in _FULL:
+        value = node.kwargs.get("fill_value", node.kwargs.get("value"))
+        if value is None and len(node.args) > 1:
+            value = node.args[-1] if key != "fill" else node.args[1]
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+    return False
+
+
+def _h_index_add(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    """``self.index_add(dim, index, source, alpha)``: ``self`` plus ``alpha * source`` at the
+    indexed rows (an eager MoE's accumulation of its experts' outputs)."""
+    source = a.get("source", node.args[3] if len(node.args) > 3 else None)
+    alpha = a.get("alpha", 1)
+    added = product(f.fact(source), _constant_fact(alpha)) if alpha != 1 else f.fact(source)
+    out = total(f.fact(a.get("input")), added)
+    return (P if out == F_ and Z in (f.fact(a.get("input")), added) else out), \
+        f"{what} adds values that are not zero"
 
 
 def _position(gm: fx.GraphModule) -> Callable[[Node], int]:
@@ -1136,5 +1169,6 @@ _HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
     "fmin": _h_binary_max, "prelu": _h_prelu, "_prelu_kernel": _h_prelu,
     "getattr": _h_getattr, "shifted_window_attention": _h_window_attention,
     "grouped_mm_fallback": _h_grouped_mm, "_grouped_mm": _h_grouped_mm,
+    "index_add": _h_index_add, "scatter_add": _h_index_add,
     "grouped_mm": _h_grouped_mm, "max": _h_extremum, "min": _h_extremum,
 }
