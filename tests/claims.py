@@ -496,3 +496,20 @@ def check_pass(model: nn.Module, inputs: tuple, expected: set[str], rule="residu
     with torch.no_grad():
         model(*inputs)
     return report
+
+
+def owning_blocks(model: nn.Module, params: Iterable[str],
+                  is_block: Callable[[nn.Module], bool]) -> dict[str, nn.Module]:
+    """The deepest module for which ``is_block`` is true that holds each parameter."""
+    modules = dict(model.named_modules())
+    owners: dict[str, nn.Module] = {}
+    for fqn in params:
+        parts = fqn.split(".")[:-1]
+        for i in range(len(parts), -1, -1):
+            name = ".".join(parts[:i])
+            if is_block(modules[name]):
+                owners[name] = modules[name]
+                break
+        else:
+            raise AssertionError(f"{fqn}: no residual block holds it")
+    return owners

@@ -61,6 +61,7 @@ from diffusers.models.transformers.transformer_flux import (  # noqa: E402
     FluxTransformerBlock,
 )
 
+from claims import owning_blocks
 from zeta_fx import zero_init_pass  # noqa: E402
 from zeta_fx.capture import capture  # noqa: E402
 from zeta_fx.errors import CaptureError  # noqa: E402
@@ -265,19 +266,7 @@ def _owner(param_fqn: str) -> str:
 
 
 def _owning_blocks(model: nn.Module, params) -> dict[str, nn.Module]:
-    """The deepest residual block that holds each parameter."""
-    modules = dict(model.named_modules())
-    owners = {}
-    for fqn in params:
-        parts = fqn.split(".")[:-1]
-        for i in range(len(parts), -1, -1):
-            name = ".".join(parts[:i])
-            if _is_block(modules[name]):
-                owners[name] = modules[name]
-                break
-        else:
-            raise AssertionError(f"{fqn}: no residual block holds it")
-    return owners
+    return owning_blocks(model, params, _is_block)
 
 
 # --- running the model with hooks ------------------------------------------------------

@@ -41,14 +41,7 @@ from zeta_fx.errors import VerificationError
 D = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on a busy machine (measured: the
-    generated networks ran 6x faster with one thread on 2 shared cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- building blocks -----------------------------------------------------------------------------

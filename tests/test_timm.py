@@ -29,6 +29,7 @@ timm = pytest.importorskip("timm")
 from timm.models import byoanet, byobnet, cspnet, nfnet, regnet, res2net, resnest  # noqa: E402
 from timm.models import resnet, resnetv2, sknet, tresnet  # noqa: E402
 
+from claims import owning_blocks
 from zeta_fx import zero_init_pass  # noqa: E402
 
 SEED = 0
@@ -250,19 +251,7 @@ def _matching(names, pattern: str | None) -> set[str]:
 
 
 def _owning_blocks(model: nn.Module, params) -> dict[str, nn.Module]:
-    """The deepest module in SKIP's table that holds each parameter."""
-    modules = dict(model.named_modules())
-    owners = {}
-    for fqn in params:
-        parts = fqn.split(".")[:-1]
-        for i in range(len(parts), -1, -1):
-            name = ".".join(parts[:i])
-            if type(modules[name]) in SKIP:
-                owners[name] = modules[name]
-                break
-        else:
-            raise AssertionError(f"{fqn}: no timm residual block in SKIP holds it")
-    return owners
+    return owning_blocks(model, params, lambda m: type(m) in SKIP)
 
 
 def _params(case_id):

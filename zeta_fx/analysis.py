@@ -29,8 +29,8 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.facts import (LAYER_PARAMS, Fact, ZeroFacts, bind, known_module, makes_zeros,
-                            op_key)
+from zeta_fx.facts import (LAYER_PARAMS, Fact, ZeroFacts, bind, get_local, known_module,
+                            makes_zeros, op_key)
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps, target_name
 
@@ -818,18 +818,7 @@ class GraphView:
 
 
 def _has_tensor(module: nn.Module, dotted: str) -> bool:
-    obj: Any = module
-    for part in dotted.split("."):
-        if isinstance(obj, nn.Module) and part in obj._parameters:
-            obj = obj._parameters[part]
-            continue
-        if isinstance(obj, nn.Module) and "parametrizations" in obj._modules and \
-                part in obj.parametrizations._modules:
-            return True
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return False
-    return isinstance(obj, torch.Tensor)
+    return isinstance(get_local(module, dotted), torch.Tensor)
 
 
 def _is_zero_constant(value: Any) -> bool:

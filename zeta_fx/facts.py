@@ -56,8 +56,8 @@ from torch import fx, nn
 from torch.fx import Node
 from torch.nn.modules import module as _global_hooks
 
-__all__ = ["Fact", "ZeroFacts", "op_key", "bind", "known_module", "opaque_reason",
-           "IN_PLACE_METHODS"]
+__all__ = ["Fact", "ZeroFacts", "op_key", "bind", "known_module", "opaque_reason", "get_local",
+           "makes_zeros"]
 
 
 class Fact(enum.IntEnum):
@@ -127,9 +127,6 @@ _OPERATOR_KEYS = {
 }
 _IN_PLACE_OPERATORS = frozenset({"iadd", "isub", "imul", "itruediv", "ifloordiv", "ipow",
                                  "imatmul", "imod"})
-
-#: Tensor methods that write their ``self`` in place (``add_``, ``relu_``, ...), by name.
-IN_PLACE_METHODS = "methods whose name ends in a single underscore"
 
 
 def op_key(node: Node) -> tuple[str, bool]:
@@ -629,7 +626,7 @@ class ZeroFacts:
             return
 
         def param(local: str) -> Fact | None:
-            obj = _get_local(module, local)
+            obj = get_local(module, local)
             if obj is None:
                 return None
             if local in owned:
@@ -835,7 +832,8 @@ def _fetch(root: nn.Module, dotted: str) -> Any:
     return obj
 
 
-def _get_local(module: nn.Module, dotted: str) -> Any:
+def get_local(module: nn.Module, dotted: str) -> Any:
+    """``module``'s tensor at ``dotted`` (a parametrized one: its stored original)."""
     obj: Any = module
     for part in dotted.split("."):
         if isinstance(obj, nn.Module) and part in obj._parameters:

@@ -222,12 +222,21 @@ def _any_nonzero(tensors: list[torch.Tensor]) -> bool:
     hold no values: writing them counts as a change."""
     flags: dict[torch.device, list[torch.Tensor]] = {}
     with torch.no_grad():
+        locals_ = []
         for tensor in tensors:
             if tensor.is_meta:
                 return True
             local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # own shard
             if local.numel():
-                flags.setdefault(local.device, []).append(_nonzero_flag(local.detach()))
+                locals_.append(local.detach())
+        # A trained or freshly initialised tensor shows a non-zero in its first values: one
+        # found there decides it, exactly, without reading every tensor whole.
+        for local in locals_:
+            if local.is_contiguous() and local.numel() > 4096 and \
+                    bool(_nonzero_flag(local.view(-1)[:4096])):
+                return True
+        for local in locals_:
+            flags.setdefault(local.device, []).append(_nonzero_flag(local))
         return any(bool(torch.stack(group).any()) for group in flags.values())
 
 
