@@ -21,6 +21,7 @@ False
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -572,12 +573,30 @@ def _check_shared_storage(found: dict[str, torch.Tensor], named: dict[str, torch
     others += [(n, t, "buffer") for n, t in model.named_buffers(remove_duplicate=False)
                if t is not None]
     keys = {key[1] for key in spans}
+    ranges = []  # the byte ranges of the targets' whole storages
+    for t in found.values():
+        try:
+            local = t.to_local() if hasattr(t, "to_local") else t
+            storage = local.untyped_storage()
+            ranges.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+        except (RuntimeError, NotImplementedError, TypeError):
+            ranges = []
+            break
+    ranges.sort()
+    starts = [r[0] for r in ranges]
     for other, tensor, kind in others:
         if id(tensor) in targets:
             continue  # the same tensor: _check_tied has decided about it
-        try:  # cheap first look: a tensor on another storage cannot overlap
+        try:  # cheap first look: a tensor that starts outside every target storage
             local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-            if local.is_meta or local.untyped_storage().data_ptr() not in keys:
+            if local.is_meta:
+                continue
+            if ranges:
+                ptr = local.data_ptr()
+                i = bisect.bisect_right(starts, ptr) - 1
+                if i < 0 or ptr >= ranges[i][1]:
+                    continue
+            if local.untyped_storage().data_ptr() not in keys:
                 continue
         except (RuntimeError, NotImplementedError, TypeError):
             pass
