@@ -1,9 +1,15 @@
-"""A read-only view of an FX graph: value flow, layers, residual joins, zero propagation.
+"""A read-only view of an FX graph: the value-flow index, layers and the zero search.
 
 Built once per pass in a single sweep over the nodes; every query after that touches only
 the part of the graph it asks about. Only *value* edges count as data flow: shape and
 metadata queries (``x.shape``, ``x.size()``, ``x.new_empty(...)``, ``torch._assert``),
-parameters, buffers and anything computed from those alone are not data.
+parameters, buffers and anything computed from those alone are not data. In-place writes
+that a later node reads through the written name are indexed (``clobbered``).
+
+The other analyses read this view: residual joins (:mod:`zeta_fx.joins`), the zero facts
+(:mod:`zeta_fx.facts`, through :meth:`GraphView.facts`) and the proof
+(:mod:`zeta_fx.proof`). :meth:`GraphView.zero_cover` proposes the layers whose zeroing
+should make a value zero; the facts decide.
 
 >>> import torch
 >>> from torch import nn, fx

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import enum
 import math
-import operator
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
