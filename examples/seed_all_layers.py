@@ -1,4 +1,4 @@
-"""Seed example 2 (docs/init_zero_.md): initialise all layers of a model to zero."""
+"""Seed example 2 (the seed document, shared/seed/init_zero_.md): initialise all layers of a model to zero."""
 import torch
 from torch import nn
 

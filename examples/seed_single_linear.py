@@ -1,4 +1,4 @@
-"""Seed example 1 (docs/init_zero_.md): initialise a single linear layer to zero."""
+"""Seed example 1 (the seed document, shared/seed/init_zero_.md): initialise a single linear layer to zero."""
 import torch
 from torch import nn
 

@@ -21,7 +21,6 @@ True
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterable
 
 from torch import fx, nn
@@ -41,7 +40,6 @@ from zeta_fx.wrappers import check_not_sharded, check_traceable, unwrap
 
 __all__ = ["zero_init_pass", "plan_zero_init", "ZeroInitPass"]
 
-logger = logging.getLogger("zeta_fx")
 
 
 def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", *,

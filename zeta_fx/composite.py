@@ -36,7 +36,8 @@ class Branch:
     what: str
 
 
-CompositeFn = Callable[[nn.Module], list[Branch]]
+# (leaf, the table in use) -> its branches; the table lets a stack read its own layers
+CompositeFn = Callable[[nn.Module, dict], list[Branch]]
 
 
 def _present(module: nn.Module, local: str, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -56,33 +57,32 @@ def _layer_branches(module: nn.Module, parts: tuple[tuple[str, str], ...]) -> li
     return out
 
 
-def _encoder_layer(layer: nn.Module) -> list[Branch]:
+def _encoder_layer(layer: nn.Module, table: dict) -> list[Branch]:
     return _layer_branches(layer, (("self_attn.out_proj", "self-attention branch"),
                                    ("linear2", "feed-forward branch")))
 
 
-def _decoder_layer(layer: nn.Module) -> list[Branch]:
+def _decoder_layer(layer: nn.Module, table: dict) -> list[Branch]:
     return _layer_branches(layer, (("self_attn.out_proj", "self-attention branch"),
                                    ("multihead_attn.out_proj", "cross-attention branch"),
                                    ("linear2", "feed-forward branch")))
 
 
-def _stack(stack: nn.Module) -> list[Branch]:
+def _stack(stack: nn.Module, table: dict) -> list[Branch]:
     out = []
     for i, layer in enumerate(stack.layers):
         out.extend(Branch(f"layers.{i}.{b.module}", b.params, f"layer {i} {b.what}")
-                   for b in composite_branches(layer, _DEFAULTS) or ())
+                   for b in composite_branches(layer, table) or ())
     return out
 
 
-def _transformer(model: nn.Module) -> list[Branch]:
+def _transformer(model: nn.Module, table: dict) -> list[Branch]:
     out = []
     for part in ("encoder", "decoder"):
         sub = getattr(model, part, None)
-        fn = _DEFAULTS.get(type(sub)) if sub is not None else None
-        if fn is not None:
-            out.extend(Branch(f"{part}.{b.module}", b.params, f"{part} {b.what}")
-                       for b in fn(sub))
+        branches = composite_branches(sub, table) if sub is not None else None
+        out.extend(Branch(f"{part}.{b.module}", b.params, f"{part} {b.what}")
+                   for b in branches or ())
     return out
 
 
@@ -106,5 +106,5 @@ def composite_branches(module: nn.Module, table: dict[type[nn.Module], Composite
     for cls in type(module).__mro__:
         fn = table.get(cls)
         if fn is not None:
-            return fn(module)
+            return fn(module, table)
     return None

@@ -55,9 +55,7 @@ __all__ = ["PictureNode", "PictureEdge", "GraphSummary", "PictureSource", "DrawR
 
 logger = logging.getLogger("zeta_fx")
 
-# Node kinds, in the order the legend explains them.
-KINDS = ("input", "output", "ops", "skip_path", "fork", "zeroed", "join", "merge", "skipped",
-         "note")
+# Node kinds and their Graphviz style, in the order the legend explains them.
 
 _STYLE = {
     "input": 'shape=ellipse, style="filled", fillcolor="#e3f2fd", color="#1565c0"',
