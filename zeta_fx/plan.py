@@ -236,8 +236,15 @@ def _any_nonzero(tensors: list[torch.Tensor]) -> bool:
             if local.is_contiguous() and local.numel() > 4096 and \
                     bool(_nonzero_flag(local.view(-1)[:4096])):
                 return True
+        # small tensors of one dtype and device (norm weights and biases): one check for all
+        small: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         for local in locals_:
-            flags.setdefault(local.device, []).append(_nonzero_flag(local))
+            if local.numel() <= 4096 and type(local) in (torch.Tensor, nn.Parameter):
+                small.setdefault((local.device, local.dtype), []).append(local.reshape(-1))
+            else:
+                flags.setdefault(local.device, []).append(_nonzero_flag(local))
+        for (device, _), group in small.items():
+            flags.setdefault(device, []).append(_nonzero_flag(torch.cat(group)))
         return any(bool(torch.stack(group).any()) for group in flags.values())
 
 
@@ -588,7 +595,8 @@ def _check_shared_storage(found: dict[str, torch.Tensor], named: dict[str, torch
         if id(tensor) in targets:
             continue  # the same tensor: _check_tied has decided about it
         try:  # cheap first look: a tensor that starts outside every target storage
-            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+            local = tensor if type(tensor) in (torch.Tensor, nn.Parameter) else (
+                tensor.to_local() if hasattr(tensor, "to_local") else tensor)
             if local.is_meta:
                 continue
             if ranges:
