@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 
@@ -179,6 +180,10 @@ def _worker(rank: int, port: int, plan_json: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # leave without the interpreter's teardown, where gloo's threads can abort a finished
+    # rank (see examples/meta_fsdp2_plan.py)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _run_ranks(plan_json: str) -> None:
