@@ -160,3 +160,31 @@ def test_a_module_is_its_class_only_with_its_own_forward_and_no_hooks():
     assert kind is None and "prune.remove" in why
     normed = torch.nn.utils.parametrizations.weight_norm(nn.Linear(2, 2))
     assert known_module(normed)[0] == "linear"  # weight_norm: zeroing g gives an exact zero
+
+
+def test_a_composite_leaf_passes_finite_values_on_so_later_claims_hold():
+    """nn.TransformerEncoder is opaque to tracing; with its hidden branches zeroed it
+    computes its skip, a finite value: the head after it is still provably the output's
+    last layer (this was UNKNOWN, and the head's claim was dropped)."""
+    from zeta_fx import zero_init_pass
+    from zeta_fx.rules import OutputLayer, ResidualBranchLast
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.enc(x))
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    x = torch.randn(2, 5, 16)
+    report = zero_init_pass(model, rule=ResidualBranchLast() | OutputLayer(), verify=True,
+                            example_inputs=(x,))
+    assert report.modules == ["enc.layers.0.self_attn.out_proj", "enc.layers.0.linear2",
+                              "enc.layers.1.self_attn.out_proj", "enc.layers.1.linear2", "head"]
+    with torch.no_grad():
+        assert not model(x).any()

@@ -698,6 +698,14 @@ class ZeroFacts:
             self._affine(node, product(normed, w) if w is not None else normed,
                          param("bias"), name)
             return
+        if kind == "composite":
+            # an opaque leaf whose hidden residual branches are known (zeta_fx.composite):
+            # with them zeroed it computes its skip (its input, or norms of it)
+            inputs = [self.fact(d) for d in data]
+            worst = join(*inputs) if inputs else F_
+            self._set(node, U if worst == U else (F_ if worst == F_ else P),
+                      f"{name}: its input may be non-finite")
+            return
         self._set(node, U, f"{name}: no rule for kind {kind}")
 
     def _affine(self, node: Node, scaled: Fact, bias: Fact | None, name: str) -> None:
