@@ -527,11 +527,6 @@ class ZeroFacts:
         return f"`{node.name}` is {self.fact(node).name.lower().replace('_', ' ')}"
 
     # -- the sweep ---------------------------------------------------------------------
-    def _is_data(self, node: Node) -> bool:
-        if self._data is not None:
-            return bool(self._data.get(node))
-        return node.op != "get_attr"
-
     def _unchanged_fact(self, node: Node) -> Fact:
         if node.op == "get_attr":
             return self._literal(node)
@@ -645,7 +640,7 @@ class ZeroFacts:
                                           "its parameters are zero")
             return
         if kind == "preserving":
-            self._set(node, self._preserving_fact(x), f"{name} at `{node.name}`")
+            self._set(node, x, f"{name} at `{node.name}`")
             return
         if kind == "finite":
             self._set(node, finite(x), f"{name} maps zero to a non-zero value")
@@ -661,10 +656,10 @@ class ZeroFacts:
             self._set(node, join(x, fill) if x != U else U, f"{name} pads with {module.value!r}")
             return
         if kind == "prelu":
-            self._set(node, self._preserving_fact(x), name)
+            self._set(node, x, name)
             return
         if kind == "local_response_norm":
-            self._set(node, self._preserving_fact(x) if module.k > 0 else singular(x),
+            self._set(node, x if module.k > 0 else singular(x),
                       f"{name} divides by k + ... with k = {module.k}")
             return
         if kind in ("linear", "conv"):
@@ -719,9 +714,6 @@ class ZeroFacts:
             else:
                 why = f"{name}: its weight is not zeroed"
         self._set(node, out, why)
-
-    def _preserving_fact(self, x: Fact) -> Fact:
-        return x
 
     # -- functions and methods -------------------------------------------------------------
     def _function(self, node: Node) -> None:
@@ -886,11 +878,6 @@ def _normalised(x: Fact, eps: Any, batch_stats: bool) -> Fact:
     if x in (Z, P) and eps_zero:
         return U  # 0 / sqrt(0 + 0)
     return x
-
-
-def _bound_fact(bound: Any) -> tuple[bool | None, Fact]:
-    """(whether the bound admits 0 as lower/upper, fact of the bound)."""
-    return None, _constant_fact(bound)
 
 
 def _clamp(x: Fact, low: Any, high: Any, what: str) -> tuple[Fact, str]:
@@ -1129,10 +1116,6 @@ def _h_grouped_mm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tup
 
 def _h_binary_max(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
     return join(f.fact(a.get("input")), f.fact(a.get("other"))), what
-
-
-def _h_sum(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    return f.fact(a.get("input")), what
 
 
 def _h_prelu(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:

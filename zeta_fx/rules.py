@@ -120,6 +120,20 @@ def _zero_at(join: Join) -> str:
     return join.branches[0].name if len(join.branch_operands) == 1 and join.branches else ""
 
 
+def operand_cover(view: GraphView, join: Join, operand: Any) -> Found | Blocked:
+    """The nearest layers whose zeroing makes one operand of ``join``'s sum zero: a data
+    branch searched within its own side of the join; a parameter added beside the join,
+    zeroed at the add that reads it; a constant, which must already be zero."""
+    if isinstance(operand, Node) and view.is_data[operand]:
+        return view.zero_cover(operand, join.sides.get(operand, frozenset()).__contains__)
+    found = view.zero_cover(operand, lambda n: False)
+    if isinstance(found, Found) and found.sites:
+        reader = next((u for u in (*join.inner, join.merge) if operand in u.args or
+                       operand in u.kwargs.values()), join.merge)
+        found = Found(tuple((reader, ps) for _, ps in found.sites), 0, found.chain)
+    return found
+
+
 def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
     """The nearest layers whose zeroing should make every branch operand of ``join`` zero.
 
@@ -131,16 +145,7 @@ def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
     sites: list[tuple[Node, tuple[str, ...]]] = []
     chain: list[Node] = []
     for operand in join.branch_operands:
-        if isinstance(operand, Node) and view.is_data[operand]:
-            side = join.sides.get(operand, frozenset())
-            found = view.zero_cover(operand, side.__contains__)
-        else:
-            found = view.zero_cover(operand, lambda n: False)
-            if isinstance(found, Found) and found.sites:
-                # a parameter added beside the join: the add that reads it is its layer
-                reader = next((u for u in (*join.inner, join.merge) if operand in u.args or
-                               operand in u.kwargs.values()), join.merge)
-                found = Found(tuple((reader, ps) for _, ps in found.sites), 0, found.chain)
+        found = operand_cover(view, join, operand)
         if isinstance(found, Blocked):
             return found
         sites.extend(found.sites)
@@ -468,10 +473,8 @@ class AdaLNZero(Rule):
             if gate is not None:
                 found = view.zero_cover(gate, conditioning)
                 gated += 1
-            elif isinstance(operand, Node) and view.is_data[operand]:
-                found = view.zero_cover(operand, join.sides.get(operand, frozenset()).__contains__)
             else:
-                found = view.zero_cover(operand, lambda n: False)
+                found = operand_cover(view, join, operand)
             if isinstance(found, Blocked):
                 if gated:
                     out.skipped.append(Skipped(
