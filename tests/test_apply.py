@@ -12,6 +12,7 @@ import torch.nn.utils.prune as prune
 from torch import nn
 
 import zeta_fx
+import zeta_fx.apply
 from zeta_fx import (PartialWriteError, PlanFormatError, TiedParameterError,
                      UnsupportedParameterError, VerificationError, ZeroInitPass, ZeroInitPlan,
                      ZetaFxError, zero_init_pass)
@@ -215,13 +216,13 @@ def test_a_write_failing_midway_says_what_was_written_and_applying_again_complet
             tensor.zero_()
 
     monkeypatch.setattr(torch, "_foreach_zero_", fused_fails)
-    monkeypatch.setattr(zeta_fx.plan, "zero_tensor_", second_fails)
+    monkeypatch.setattr(zeta_fx.apply, "zero_tensor_", second_fails)
     with pytest.raises(PartialWriteError) as info:
         plan.apply(model)
     assert isinstance(info.value, ZetaFxError)
     message = str(info.value)
     assert "`fc2.weight`" in message and "`fc2.bias`" in message and "device lost" in message
-    assert "1 of 2 planned tensors were zeroed" in message and "apply the plan again" in message
+    assert "1 of 2 planned tensors were written" in message and "apply the plan again" in message
     assert info.value.written == ["fc2.weight"] and info.value.unwritten == ["fc2.bias"]
     assert not model.fc2.weight.any() and model.fc2.bias.any()
     monkeypatch.undo()

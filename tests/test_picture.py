@@ -1,7 +1,6 @@
 """The picture: DOT content (what is marked, every join, skip edges), rendering, laziness."""
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import pickle
@@ -15,6 +14,7 @@ import torchvision
 from torch import nn
 
 import zeta_fx.picture as picture
+import zeta_fx.report
 from zeta_fx import RenderError, ZeroInitPlan, zero_init_pass
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import capture
@@ -210,7 +210,8 @@ def test_summary_is_plain_data_and_round_trips(resnet18_report):
 def test_picture_is_built_lazily_and_once(monkeypatch):
     calls = []
     real = picture.summarize
-    monkeypatch.setattr(picture, "summarize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(zeta_fx.report, "summarize",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     report = zero_init_pass(SEResNet(), dry_run=True)
     assert calls == []  # the pass itself builds nothing for the picture
     first = report.to_dot()
@@ -233,12 +234,11 @@ def test_plan_without_a_graph_says_how_to_get_one():
     model = SEResNet()
     plan = zero_init_pass(model, dry_run=True).plan
     loaded = ZeroInitPlan.from_json(plan.to_json())
-    with pytest.raises(RenderError, match=r"from_json.*dry_run=True"):
+    assert loaded == plan and pickle.loads(pickle.dumps(plan)) == plan  # plain data
+    with pytest.raises(RenderError, match=r"applying a plan.*dry_run=True"):
         loaded.apply(SEResNet()).to_dot()
-    with pytest.raises(RenderError, match="unpickled"):
-        pickle.loads(pickle.dumps(plan)).apply(SEResNet()).to_dot()
-    assert copy.deepcopy(plan).picture is plan.picture  # copies share the read-only view
-    assert plan.apply(SEResNet()).to_dot().startswith("digraph")
+    with pytest.raises(RenderError, match=r"applying a plan"):
+        plan.apply(SEResNet()).to_dot()
 
 
 def test_draw_without_graphviz_writes_dot_and_says_how(tmp_path, monkeypatch, caplog):

@@ -11,8 +11,8 @@ from families_helpers import (assert_unchanged, params_of, run_and_check,
 from zeta_fx import TiedParameterError, UnknownRuleError, zero_init_pass
 from zeta_fx.cli import main
 from zeta_fx.models import GPT, DiT, SEResNet, UNet
-from zeta_fx.rules import (AdaLNZero, OutputLayer, ResidualBranchLast, Scope, by_name,
-                           by_type, get_rule, list_rules, where)
+from zeta_fx.rules import (AdaLNZero, ByName, ByType, OutputLayer, ResidualBranchLast, Where,
+                           get_rule, list_rules, register_rule)
 
 
 # -- output_layer ----------------------------------------------------------------------------
@@ -112,25 +112,25 @@ def test_adaln_zero_without_chunk():
     assert "1 gate" in roles["gate"] and "1 scale" in roles["scale"]
 
 
-# -- by_name / by_type / where / scoping / combination ------------------------------------
+# -- ByName / ByType / Where / scoping / combination ------------------------------------
 def test_by_name_glob_on_fqns():
     model = GPT(n_layer=2)
     expected = params_of("h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj")
-    run_and_check(model, by_name("*.c_proj"), expected)
+    run_and_check(model, ByName("*.c_proj"), expected)
     with pytest.raises(ValueError, match="glob"):
-        by_name()
-    typo = zero_init_pass(GPT(n_layer=1), rule=by_name("*.cproj"), dry_run=True)
+        ByName()
+    typo = zero_init_pass(GPT(n_layer=1), rule=ByName("*.cproj"), dry_run=True)
     assert typo.params == []
-    assert [s.reason for s in typo.skipped] == ["no module of `GPT` matches by_name('*.cproj')"]
+    assert [s.reason for s in typo.skipped] == ["no module of `GPT` matches ByName('*.cproj')"]
 
 
 def test_by_type_batchnorm():
     model = SEResNet(depth=1)
     bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) > 5
-    run_and_check(model, by_type(nn.BatchNorm2d), params_of(*bns))
+    run_and_check(model, ByType(nn.BatchNorm2d), params_of(*bns))
     with pytest.raises(TypeError, match="nn.Module subclasses"):
-        by_type("BatchNorm2d")
+        ByType("BatchNorm2d")
 
 
 def test_by_type_multihead_attention_zeroes_out_proj_only():
@@ -142,12 +142,12 @@ def test_by_type_multihead_attention_zeroes_out_proj_only():
         def forward(self, x):
             return self.attn(x, x, x)[0]
 
-    run_and_check(Net(), by_type(nn.MultiheadAttention), params_of("attn.out_proj"))
+    run_and_check(Net(), ByType(nn.MultiheadAttention), params_of("attn.out_proj"))
 
 
 def test_where_predicate_and_scoping():
     model = GPT(n_layer=3)
-    rule = where(lambda fqn, m: isinstance(m, nn.Linear) and fqn.endswith("c_fc"),
+    rule = Where(lambda fqn, m: isinstance(m, nn.Linear) and fqn.endswith("c_fc"),
                  within="h.1")
     report = run_and_check(model, rule, params_of("h.1.mlp.c_fc"))
     outside = [s for s in report.skipped if "outside within='h.1'" in s.reason]
@@ -156,27 +156,30 @@ def test_where_predicate_and_scoping():
 
 def test_scope_exclude_glob_and_prefix():
     model = GPT(n_layer=2)
-    rule = ResidualBranchLast().scoped(exclude=["h.0", "*.mlp"])
+    rule = ResidualBranchLast(exclude=["h.0", "*.mlp"])
     report = run_and_check(model, rule, params_of("h.1.attn.c_proj"))
     reasons = {s.module: s.reason for s in report.skipped if "excluded by" in s.reason}
     assert set(reasons) == {"h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.mlp.c_proj"}
     assert "exclude='h.0'" in reasons["h.0.attn.c_proj"]
     assert "exclude='*.mlp'" in reasons["h.1.mlp.c_proj"]
-    scoped = Scope("residual_branch_last", within="h.1.")
+    scoped = get_rule("residual_branch_last", within="h.1.")  # options pass through by name
+    assert scoped.name == "residual_branch_last[within='h.1']"
     assert zero_init_pass(GPT(n_layer=2), rule=scoped, dry_run=True).modules == [
         "h.1.attn.c_proj", "h.1.mlp.c_proj"]
+    with pytest.raises(TypeError, match="exclude holds"):
+        OutputLayer(exclude=[None])
 
 
 def test_combinations_union_intersection_difference():
     model = UNet()
-    both = zero_init_pass(model, rule=by_name("out.*") | "residual_branch_last", dry_run=True)
+    both = zero_init_pass(model, rule=ByName("out.*") | "residual_branch_last", dry_run=True)
     assert set(both.modules) == {"out.0", "out.2", "down.0.out_layers.3", "down.1.out_layers.3",
                                  "mid_res1.out_layers.3", "mid_attn.proj_out",
                                  "mid_res2.out_layers.3", "up.0.out_layers.3",
                                  "up.1.out_layers.3"}
-    convs = ResidualBranchLast() & by_type(nn.Conv1d)
+    convs = ResidualBranchLast() & ByType(nn.Conv1d)
     assert zero_init_pass(model, rule=convs, dry_run=True).modules == ["mid_attn.proj_out"]
-    minus = ResidualBranchLast() - by_name("up.*")
+    minus = ResidualBranchLast() - ByName("up.*")
     assert zero_init_pass(model, rule=minus, dry_run=True).modules == [
         "down.0.out_layers.3", "down.1.out_layers.3", "mid_res1.out_layers.3",
         "mid_attn.proj_out", "mid_res2.out_layers.3"]
@@ -192,6 +195,30 @@ def test_registry_lists_rules_with_descriptions(capsys):
     out = capsys.readouterr().out
     for name, desc in rules.items():
         assert any(line.startswith(name) and desc in line for line in out.splitlines())
+
+
+def test_registry_decorator_passes_options_through():
+    @register_rule
+    class AttnOut(ByName):
+        name = "test_attention_out"
+        description = "attention output projections"
+
+        def __init__(self, **options):
+            super().__init__("*.attn.c_proj", **options)
+            self.name = "test_attention_out" + self.name.partition("]")[0].partition(")")[2]
+
+    try:
+        assert list_rules()["test_attention_out"] == "attention output projections"
+        report = zero_init_pass(GPT(n_layer=2), rule=get_rule("test_attention_out", within="h.1"),
+                                dry_run=True)
+        assert report.modules == ["h.1.attn.c_proj"]
+        with pytest.raises(TypeError):
+            get_rule("test_attention_out", nonsense=1)
+        with pytest.raises(TypeError, match="apply to a rule name"):
+            get_rule(OutputLayer(), within="h.0")
+    finally:
+        from zeta_fx.rules import _REGISTRY
+        _REGISTRY.pop("test_attention_out", None)
 
 
 def test_unknown_rule_name_lists_valid_names_and_closest_match():
@@ -230,4 +257,4 @@ def test_tied_check_in_dry_run_and_by_name():
     with pytest.raises(TiedParameterError, match="wte.weight"):
         zero_init_pass(model, rule="output_layer", dry_run=True)
     with pytest.raises(TiedParameterError, match="lm_head.weight"):
-        zero_init_pass(model, rule=by_name("wte"))
+        zero_init_pass(model, rule=ByName("wte"))

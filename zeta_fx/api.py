@@ -21,60 +21,73 @@ True
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
+import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from zeta_fx.analysis import GraphView
+from zeta_fx.apply import apply_plan, resolve
 from zeta_fx.capture import LeafSpec
 from zeta_fx.capture import capture as capture_graph
 from zeta_fx.errors import ExampleInputsError, NotAModuleError, UnsupportedParameterError, ZetaFxError
+from zeta_fx.inits import Init, Zero, as_init
 from zeta_fx.ops import ZeroOps
+from zeta_fx.planner import build_plan
 from zeta_fx.proof import settle
-from zeta_fx.plan import ZeroInitPlan, _any_nonzero, build_plan, dry_run_report, resolve
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
-from zeta_fx.verify import check_runnable, graph_args, verified_apply
+from zeta_fx.tensors import any_nonzero
+from zeta_fx.verify import graph_args
 from zeta_fx.wrappers import check_not_sharded, check_traceable, unwrap
 
-__all__ = ["zero_init_pass", "plan_zero_init", "ZeroInitPass"]
+__all__ = ["zero_init_pass", "init_pass", "ZeroInitPass"]
 
 
+def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
+              init: "str | Init | Callable[..., Any]" = "zero",
+              seed: int | None = None,
+              dry_run: bool = False,
+              example_inputs: tuple[Any, ...] | None = None,
+              example_kwargs: dict[str, Any] | None = None,
+              leaf_modules: Iterable[LeafSpec] = (),
+              zero_preserving: Iterable[Any] = (),
+              allow_tied: bool = False,
+              verify: bool = False,
+              capture: str = "auto") -> ZeroInitReport:
+    """Initialise the layers ``rule`` finds in ``model`` with ``init``, and report.
 
-def plan_zero_init(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
-                   example_inputs: tuple[Any, ...] | None = None,
-                   example_kwargs: dict[str, Any] | None = None,
-                   leaf_modules: Iterable[LeafSpec] = (),
-                   zero_preserving: Iterable[Any] = (),
-                   capture: str = "auto") -> ZeroInitPlan:
-    """Trace ``model`` and return the plan ``rule`` makes for it; nothing is written.
+    ``init`` is ``"zero"`` (what :func:`zero_init_pass` does), an initialiser from
+    :mod:`zeta_fx.inits` (``scaled_normal(std=0.02)``, ``fixup()``) or a callable
+    ``fn(tensor, site)`` that writes ``tensor`` in place. ``seed`` fixes the draws of a
+    random initialiser (default: one drawn from torch's global generator, so
+    ``torch.manual_seed`` makes the pass reproducible); the plan records it. Every other
+    option is :func:`zero_init_pass`'s.
 
-    ``capture`` is ``"auto"`` (symbolic tracing, then ``torch.export`` with the example
-    inputs if that fails), ``"symbolic"`` or ``"export"``. Works on the meta device
-    (nothing is allocated). DDP and ``torch.compile`` wrappers are seen through: FQNs are
-    the inner model's own, and the plan applies to either.
+    >>> import torch
+    >>> from torch import nn
+    >>> from zeta_fx import inits
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    >>> report = init_pass(model, rule="output_layer", init=inits.scaled_normal(0.5), seed=0)
+    >>> report.params, report.touched[0]["action"]
+    (['1.weight'], 'N(0, 0.5)')
     """
-    return _trace_and_plan(model, rule, example_inputs=example_inputs,
-                           example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                           zero_preserving=zero_preserving, capture=capture)[1]
-
-
-def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
-                    example_inputs: tuple[Any, ...] | None = None,
-                    example_kwargs: dict[str, Any] | None = None,
-                    leaf_modules: Iterable[LeafSpec] = (),
-                    zero_preserving: Iterable[Any] = (),
-                    capture: str = "auto"
-                    ) -> tuple[fx.GraphModule, ZeroInitPlan, GraphView]:
+    if verify and example_inputs is None and example_kwargs is None:
+        raise ExampleInputsError(
+            "verify=True runs a forward pass and needs example_inputs=(...) (and/or "
+            "example_kwargs={...}) that the model's forward accepts; nothing was written")
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"zero_init_pass expects an nn.Module or a torch.fx.GraphModule, got "
             f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
+    initialiser = as_init(init)
+    rule_obj = get_rule(rule)
+    if seed is None and not isinstance(initialiser, Zero):
+        seed = int(torch.randint(0, 2**62, (), generator=None).item())
     model = unwrap(model)[0]
     if not isinstance(model, fx.GraphModule):  # already traced: sharding is checked below
         check_traceable(model)
-    rule_obj = get_rule(rule)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
     gm = capture_graph(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
                        example_kwargs=example_kwargs, method=capture)
@@ -86,8 +99,13 @@ def _trace_and_plan(model: nn.Module, rule: Rule | str, *,
         raise UnsupportedParameterError(
             f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to "
             "materialise the lazy modules, then apply the pass; nothing was written")
-    selection = settle(view, rule_obj.select(view))
-    return gm, build_plan(view, selection, rule_obj.name, model), view
+    plan = build_plan(view, settle(view, rule_obj.select(view)), rule_obj.name,
+                      initialiser, seed)
+    checking = (gm, graph_args(gm, example_inputs, example_kwargs)) if verify else None
+    outcome = apply_plan(plan, model, write=not dry_run, allow_tied=allow_tied,
+                         init=getattr(initialiser, "fn", None), named=view.params,
+                         verify=checking)
+    return ZeroInitReport(plan, outcome, view=view)
 
 
 def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
@@ -98,50 +116,37 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    zero_preserving: Iterable[Any] = (),
                    allow_tied: bool = False,
                    verify: bool = False,
-                   tablefmt: str = "simple",
                    capture: str = "auto") -> ZeroInitReport:
     """Zero the layers ``rule`` finds in ``model`` and report what was touched and skipped.
 
     ``model`` is an ``nn.Module`` (traced with ``torch.fx.symbolic_trace``) or a
     ``GraphModule`` from any tracer; the zeroed parameters are the caller's own, written in
     place. ``rule`` is a registered name (``zeta_fx.rules.list_rules()``) or a rule object.
-    ``dry_run=True`` validates and reports without writing. ``leaf_modules`` keeps modules
-    opaque to tracing; ``zero_preserving`` declares more ops that map zero to zero;
-    ``allow_tied`` lets a rule zero a parameter tied to one it did not select.
+    ``dry_run=True`` validates and reports without writing; its ``report.plan`` is the plan
+    (plain data, JSON) to apply later, to this model or another instance of it.
+    ``leaf_modules`` keeps modules opaque to tracing; ``zero_preserving`` declares more
+    ops that map zero to zero; ``allow_tied`` lets a rule zero a parameter tied to one it
+    did not select.
 
-    ``verify=True`` (needs ``example_inputs``/``example_kwargs``) runs the captured graph
-    once after zeroing and checks that every value the rule promised to zero is exactly
-    zero and that nothing outside the plan changed; the report's rows say ``verified``. On
-    failure every tensor is restored bit-exactly and ``VerificationError`` names the node.
-    With ``dry_run=True`` the zeroing is checked, then undone.
+    ``verify=True`` (needs ``example_inputs``/``example_kwargs``) checks every claim on a
+    forward pass before anything is written: with the planned parameters substituted by
+    zeros, each claimed merge equals its skip exactly and each other claimed value is
+    exactly zero; the report's rows say ``verified``. On failure nothing is written and
+    ``VerificationError`` names the node.
 
     ``example_inputs``/``example_kwargs`` let a model that symbolic tracing cannot follow be
-    captured with ``torch.export`` (non-strict); ``capture="export"`` always uses it.
+    captured with ``torch.export`` (non-strict) or concretely; ``capture="export"`` or
+    ``"concrete"`` forces one.
 
     ``model`` may be on the meta device (plan with ``dry_run=True``, apply the plan after
     materialising), or wrapped in DDP / ``torch.compile`` (FQNs are reported as the inner
     model names them). Sharded models (FSDP2) cannot be traced: apply a plan to them.
+    This is :func:`init_pass` with ``init="zero"``.
     """
-    if verify and example_inputs is None and example_kwargs is None:
-        raise ExampleInputsError(
-            "verify=True runs a forward pass and needs example_inputs=(...) (and/or "
-            "example_kwargs={...}) that the model's forward accepts; nothing was written")
-    model = unwrap(model)[0] if isinstance(model, nn.Module) else model
-    gm, plan, view = _trace_and_plan(model, rule, example_inputs=example_inputs,
-                                     example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                                     zero_preserving=zero_preserving, capture=capture)
-    if verify:
-        check_runnable(model)
-        args = graph_args(gm, example_inputs, example_kwargs)
-        report = verified_apply(plan, model, gm, args, allow_tied=allow_tied, keep=not dry_run,
-                                named=view.params)
-    elif dry_run:
-        report = dry_run_report(plan, model, allow_tied=allow_tied, _named=view.params)
-    else:
-        report = plan.apply(model, allow_tied=allow_tied, _named=view.params)
-    report.tablefmt = tablefmt
-    return report
-
+    return init_pass(model, rule, init="zero", dry_run=dry_run, example_inputs=example_inputs,
+                     example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                     zero_preserving=zero_preserving, allow_tied=allow_tied, verify=verify,
+                     capture=capture)
 
 class ZeroInitPass(PassBase):
     """``zero_init_pass`` as a ``torch.fx.passes.infra`` pass.
@@ -195,7 +200,7 @@ class ZeroInitPass(PassBase):
             tensors = resolve(self.last_report.plan, graph_module)
         except ZetaFxError:
             return False
-        return not _any_nonzero(list(tensors.values()))
+        return not any_nonzero(list(tensors.values()))
 
 
 def _graph_key(gm: fx.GraphModule) -> int:

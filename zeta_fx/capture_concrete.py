@@ -58,7 +58,7 @@ def concrete_capture(model: nn.Module, example_inputs: Any = None,
         where = f"`{on_meta}`" if on_meta else "an example input"
         raise _error(f"following the forward's Python needs real values, and {where} is on "
                      "the meta device", "plan on a materialised instance of the same "
-                     "architecture (plan_zero_init) and apply the plan to this one "
+                     "architecture (zero_init_pass(..., dry_run=True).plan) and apply the plan to this one "
                      "(plan.apply(model))")
     tracer = ZetaTracer(leaf_modules, split=True)
     try:

@@ -60,9 +60,9 @@ def _demo(args: argparse.Namespace) -> int:
             return 2
         torch.manual_seed(0)
         model = DEMO_MODELS[name]()
-        report = zero_init_pass(model, rule=args.rule, tablefmt=args.format)
+        report = zero_init_pass(model, rule=args.rule)
         print(f"== {name}: {type(model).__name__}, rule {args.rule}")
-        print(report)
+        print(report.table(args.format))
         print()
     return 0
 
@@ -240,8 +240,7 @@ def _plan(args: argparse.Namespace) -> int:
     inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
     try:
         report = zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
-                                leaf_modules=leaves, capture=args.capture,
-                                tablefmt="simple" if fmt == "json" else fmt)
+                                leaf_modules=leaves, capture=args.capture)
     except CaptureError as exc:
         # The library's advice names Python arguments; say what they are called here.
         hint = ("check that --input-shape and --dtype describe inputs the forward accepts"
@@ -250,7 +249,7 @@ def _plan(args: argparse.Namespace) -> int:
                 "captures it with torch.export")
         raise UsageError(f"{_one_line(exc)} (on the command line: {hint}; --leaf FQN or "
                          "--leaf package.module:Class keeps a submodule opaque)") from exc
-    print(report.to_json() if fmt == "json" else report.table())
+    print(report.to_json() if fmt == "json" else report.table(fmt))
     if args.save_plan:
         with open(args.save_plan, "w") as f:
             f.write(report.plan.to_json())

@@ -43,7 +43,7 @@ from torch.fx import Node
 
 from zeta_fx.errors import RenderError
 from zeta_fx.ops import target_name
-from zeta_fx.report import format_shape, plural
+from zeta_fx.words import format_shape, plural
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView, Join

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 from torch.fx import Node
 
 from zeta_fx.facts import Fact
+from zeta_fx.selection import Selection, Skipped, Target
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
-    from zeta_fx.rules import Selection, Target
 
 __all__ = ["settle"]
 
@@ -43,7 +43,6 @@ _MAX_ROUNDS = 64
 
 def settle(view: "GraphView", selection: "Selection") -> "Selection":
     """``selection`` less every cover whose claim does not hold with all targets zeroed."""
-    from zeta_fx.rules import Selection, Skipped
 
     targets = list(selection.targets)
     skipped = list(selection.skipped)

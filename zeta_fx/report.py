@@ -19,38 +19,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 from tabulate import tabulate
 
 from zeta_fx.errors import RenderError
+from zeta_fx.picture import DrawResult, GraphSummary, draw_dot, summarize
+from zeta_fx.words import format_shape, numel, plural
 
 if TYPE_CHECKING:
-    from zeta_fx.picture import DrawResult, GraphSummary
+    from zeta_fx.analysis import GraphView
+    from zeta_fx.apply import Outcome
     from zeta_fx.plan import ZeroInitPlan
-    from zeta_fx.rules import Skipped
 
 __all__ = ["ZeroInitReport", "format_shape", "plural"]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def format_shape(shape: Sequence[int]) -> str:
-    """A parameter shape as the table shows it: ``(64, 3, 7, 7)`` -> ``64x3x7x7``.
-
-    >>> format_shape((64, 3, 7, 7)), format_shape((16,)), format_shape(())
-    ('64x3x7x7', '16', 'scalar')
-    """
-    return "x".join(str(d) for d in shape) if shape else "scalar"
-
-
-def plural(count: int, noun: str) -> str:
-    """``count`` and ``noun``, the noun in the plural unless the count is one.
-
-    >>> plural(1, "module"), plural(0, "candidate"), plural(1_000, "parameter")
-    ('1 module', '0 candidates', '1,000 parameters')
-    """
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 # Under the touched table: the position column names graph nodes and modules alike.
@@ -59,28 +36,39 @@ POSITION_NOTE = ("position: `quoted` names are graph nodes (like the node column
 
 
 class ZeroInitReport:
-    """What one pass (or one plan application) did.
+    """What one pass (or one plan application) did, made once from the plan and the outcome.
 
     ``modules`` and ``params`` are FQNs relative to the model passed in; ``touched`` has a
-    row per graph node; ``skipped`` lists every candidate left alone, with its reason.
-    ``str(report)`` is a table; ``report.table(tablefmt)`` takes any tabulate format, and so
-    does ``format(report, "github")``.
+    row per graph node, each with its structured ``site``; ``skipped`` lists every candidate
+    left alone, with its reason. ``str(report)`` is a table; ``report.table(tablefmt)``
+    takes any tabulate format, and so does ``format(report, "github")``. A report made by
+    a pass (not by ``plan.apply``) can also be drawn (:meth:`to_dot`, :meth:`draw`).
     """
 
-    def __init__(self, plan: "ZeroInitPlan", skipped: list["Skipped"], *, applied: bool,
-                 changed: bool, total_params: int,
-                 tablefmt: str = "simple") -> None:
+    def __init__(self, plan: "ZeroInitPlan", outcome: "Outcome", *,
+                 view: "GraphView | None" = None) -> None:
         self.plan = plan
-        self.skipped = skipped
-        self.applied = applied
-        if not isinstance(changed, bool):  # decided before any write, never later
-            raise TypeError(f"changed must be a bool decided before writing, got "
-                            f"{type(changed).__name__}")
-        self._changed = changed
-        self.total_params = total_params
-        self.tablefmt = tablefmt
-        # node -> zeta_fx.verify.SiteCheck (all of that node's claims), set by verify=True
-        self.verification: dict[str, Any] | None = None
+        self.outcome = outcome
+        self._view = view
+        self._summary: GraphSummary | None = None
+
+    @property
+    def skipped(self) -> list:
+        return list(self.plan.skipped)
+
+    @property
+    def applied(self) -> bool:
+        """Whether values were written (false for a dry run)."""
+        return self.outcome.applied
+
+    @property
+    def total_params(self) -> int:
+        return self.outcome.total_params
+
+    @property
+    def verification(self) -> dict[str, Any] | None:
+        """``verify=True``: each row node's :class:`~zeta_fx.verify.SiteCheck`; else None."""
+        return self.outcome.checks
 
     @property
     def changed(self) -> bool:
@@ -89,7 +77,7 @@ class ZeroInitReport:
         Decided exactly before anything was written: any element other than +0/-0 counts
         (1e-30 and NaN too). A dry run's answer stays what it was when the plan is applied.
         """
-        return self._changed
+        return self.outcome.changed
 
     @property
     def modules(self) -> list[str]:
@@ -102,24 +90,25 @@ class ZeroInitReport:
     @property
     def elements(self) -> int:
         """Number of scalar values zeroed (each shared module counted once)."""
-        return sum(_numel(s) for e in self.plan.entries for s in e.params.values())
+        return sum(numel(s) for e in self.plan.entries for s in e.params.values())
 
     @property
     def touched(self) -> list[dict[str, Any]]:
+        """A row per (module, graph node): the claim's ``merge``/``skip`` (residual rows) or
+        ``zero_at``, the structured ``site``, the action and, after ``verify=True``,
+        ``verified``."""
         rows = []
         for entry in self.plan.entries:
-            elements = sum(_numel(s) for s in entry.params.values())
-            for i, node in enumerate(entry.nodes):
-                position = entry.positions[min(i, len(entry.positions) - 1)]
+            elements = sum(numel(s) for s in entry.params.values())
+            for site in entry.sites:
                 rows.append({
-                    "node": node, "module": entry.module or "(root)",
-                    "type": entry.module_type, "position": position,
+                    "node": site.node, "module": entry.module or "(root)",
+                    "type": entry.module_type, "position": site.position,
                     "params": {k: list(v) for k, v in entry.params.items()},
-                    "elements": elements, "shared": len(entry.nodes) > 1, "rule": entry.rule,
-                    "zero_at": entry.zero_at[i] if i < len(entry.zero_at) else "",
-                    "merge": entry.merges[i] if i < len(entry.merges) else "",
-                    "skip": entry.skips[i] if i < len(entry.skips) else "",
-                    "verified": self._verified(node),
+                    "elements": elements, "shared": len(entry.sites) > 1, "rule": entry.rule,
+                    "zero_at": site.zero_at, "merge": site.merge, "skip": site.skip,
+                    "site": site.to_dict(), "action": entry.action.label,
+                    "verified": self._verified(site.node),
                 })
         return rows
 
@@ -152,62 +141,85 @@ class ZeroInitReport:
             "modules": self.modules, "params": self.params,
             "elements": self.elements, "total_params": self.total_params,
             "touched": self.touched,
-            "skipped": [{"node": s.node, "module": s.module, "reason": s.reason,
-                         "rule": s.rule} for s in self.skipped],
+            "init": self.plan.init,
+            "skipped": [s.to_dict() for s in self.skipped],
             "plan": self.plan.to_dict(),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    @property
+    def _zero_only(self) -> bool:
+        return all(e.action.kind == "zero" for e in self.plan.entries)
+
     def summary(self) -> str:
-        """The footer line of the table: what was (or would be) zeroed, in totals."""
+        """The footer line of the table: what was (or would be) written, in totals."""
         share = 100.0 * self.elements / self.total_params if self.total_params else 0.0
         left_alone = f"{plural(len(self.skipped), 'candidate')} left alone"
         if not self.plan.entries:
-            return (f"{self.plan.model}: rule {self.plan.rule} found nothing to zero "
-                    f"({left_alone})")
+            return (f"{self.plan.model}: rule {self.plan.rule} found nothing to "
+                    f"{'zero' if self._zero_only else 'initialise'} ({left_alone})")
+        init = "" if self.plan.init == "zero" else f" with {self.plan.init}{self._figures()}"
         return (f"{self.plan.model}: rule {self.plan.rule} {self.verb} "
                 f"{plural(len(self.params), 'parameter')} in "
-                f"{plural(len(self.modules), 'module')}, {self.elements:,} of "
+                f"{plural(len(self.modules), 'module')}{init}, {self.elements:,} of "
                 f"{self.total_params:,} elements ({share:.2f}%); {left_alone}")
+
+    def _figures(self) -> str:
+        """The figures the actions used, once each: `` (L = 24, sigma = 0.02)``."""
+        seen: dict[str, Any] = {}
+        for entry in self.plan.entries:
+            for key, value in entry.action.figures:
+                if key in ("L", "sigma") and key not in seen:
+                    seen[key] = value
+        return f" ({', '.join(f'{k} = {v:g}' for k, v in seen.items())})" if seen else ""
 
     @property
     def verb(self) -> str:
-        """``"zeroed"``, or ``"would zero (dry run)"`` when nothing was written."""
-        return "zeroed" if self.applied else "would zero (dry run)"
+        """``"zeroed"``/``"initialised"``, or ``"would zero (dry run)"``/``"would initialise
+        (dry run)"`` when nothing was written."""
+        if self._zero_only:
+            return "zeroed" if self.applied else "would zero (dry run)"
+        return "initialised" if self.applied else "would initialise (dry run)"
 
-    def table(self, tablefmt: str | None = None) -> str:
-        fmt = tablefmt or self.tablefmt
+    def table(self, tablefmt: str = "simple") -> str:
+        """The touched rows, the summary line and the candidates left alone, as a tabulate
+        table in ``tablefmt`` (any tabulate format: ``github``, ``grid``, ``latex``...)."""
+        zero_only = self._zero_only
         rows = []
         for row in self.touched:
-            zeroed = ", ".join(f"{name.rsplit('.', 1)[-1]} {format_shape(tuple(shape))}"
-                               for name, shape in row["params"].items())
+            written = ", ".join(f"{name.rsplit('.', 1)[-1]} {format_shape(tuple(shape))}"
+                                for name, shape in row["params"].items())
+            if not zero_only:
+                written += f": {row['action']}"
             elements = f"{row['elements']:,}" + (" (shared)" if row["shared"] else "")
-            rows.append([row["node"], row["module"], row["type"], row["position"], zeroed,
+            rows.append([row["node"], row["module"], row["type"], row["position"], written,
                          elements])
             if self.verification is not None:
                 rows[-1].append({True: "zero", False: "FAILED", None: "-"}[row["verified"]])
-        headers = ["node", "module", "type", "position", "zeroed", "elements"]
+        headers = ["node", "module", "type", "position",
+                   "zeroed" if zero_only else "initialised", "elements"]
         if self.verification is not None:
             headers.append("verified")
         parts = []
         if rows:
-            parts.append(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
+            parts.append(tabulate(rows, headers=headers, tablefmt=tablefmt,
+                                  disable_numparse=True))
             parts.append(POSITION_NOTE)
         parts.append(self.summary())
         if self.skipped:
             skipped = [[s.node, s.module or "-", s.reason] for s in self.skipped]
             parts.append("left alone:")
-            parts.append(tabulate(skipped, headers=["node", "module", "reason"], tablefmt=fmt,
-                                  disable_numparse=True))
+            parts.append(tabulate(skipped, headers=["node", "module", "reason"],
+                                  tablefmt=tablefmt, disable_numparse=True))
         return "\n".join(parts)
 
     def __str__(self) -> str:
         return self.table()
 
     # -- pictures -------------------------------------------------------------------------
-    def picture(self) -> "GraphSummary":
+    def picture(self) -> GraphSummary:
         """The condensed graph behind :meth:`to_dot`, as plain data (built on first call).
 
         >>> from torch import nn
@@ -216,17 +228,14 @@ class ZeroInitReport:
         >>> [(n.kind, n.module) for n in report.picture().nodes]
         [('input', ''), ('zeroed', '0'), ('output', '')]
         """
-        cached = getattr(self, "_picture", None)
-        if cached is None:
-            source = self.plan.picture
-            if source is None:
+        if self._summary is None:
+            if self._view is None:
                 raise RenderError(
-                    "this report's plan holds no graph (it was loaded with "
-                    "ZeroInitPlan.from_json); run zero_init_pass(model, dry_run=True) to get "
-                    "a report that can be drawn")
-            cached = self._picture = source.summary(self.plan, self.skipped,
-                                                     applied=self.applied)
-        return cached
+                    "this report was made by applying a plan, which holds no graph; run "
+                    "zero_init_pass(model, dry_run=True) to get a report that can be drawn")
+            self._summary = summarize(self._view, self.plan, self.skipped,
+                                      applied=self.applied)
+        return self._summary
 
     def to_dot(self, *, focus: str | Sequence[str] | None = None, rankdir: str = "TB",
                legend: bool = True) -> str:
@@ -247,7 +256,7 @@ class ZeroInitReport:
         return self.picture().to_dot(focus=focus, rankdir=rankdir, legend=legend)
 
     def draw(self, path: str | Path, *, format: str | None = None,
-             focus: str | Sequence[str] | None = None, rankdir: str = "TB") -> "DrawResult":
+             focus: str | Sequence[str] | None = None, rankdir: str = "TB") -> DrawResult:
         """Write the picture to ``path``; the format comes from the suffix (svg, png, pdf).
 
         Renders with the Graphviz ``dot`` program when it is installed. Otherwise the DOT
@@ -255,12 +264,10 @@ class ZeroInitReport:
         :class:`~zeta_fx.picture.DrawResult` says so and gives the command to render it.
         A ``.dot`` suffix always writes the text.
         """
-        from zeta_fx.picture import draw_dot
-
         return draw_dot(self.to_dot(focus=focus, rankdir=rankdir), path, format=format)
 
     def __format__(self, spec: str) -> str:
-        return self.table(spec or None)
+        return self.table(spec or "simple")
 
     def __repr__(self) -> str:
         return f"<ZeroInitReport {self.summary()}>"

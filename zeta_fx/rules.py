@@ -33,58 +33,80 @@ from zeta_fx.analysis import Blocked, Found, GraphView, Join, owner_of
 from zeta_fx.facts import Fact, op_key, opaque_reason
 from zeta_fx.composite import composite_branches
 from zeta_fx.errors import UnknownRuleError
+from zeta_fx.selection import Selection, Skipped, Target
 
 __all__ = ["Target", "Skipped", "Selection", "Rule", "ResidualBranchLast", "OutputLayer",
-           "AdaLNZero", "ByName", "ByType", "Where", "Scope", "by_name", "by_type", "where",
-           "register_rule", "get_rule", "list_rules"]
-
-
-@dataclass(frozen=True)
-class Target:
-    """One layer a rule wants zeroed at one graph position."""
-
-    module: str
-    params: tuple[str, ...]
-    nodes: tuple[str, ...]
-    position: str
-    rule: str
-    zero_at: str = ""  # the graph value this zeroing makes exactly zero (checked by verify=True)
-    # Targets with the same non-empty ``cover`` zero one value together (the layers that
-    # end one branch): the plan keeps all of them or none.
-    cover: str = ""
-    # The claim, for a residual row: after zeroing, graph node ``merge`` equals its operand
-    # ``skip`` exactly (verify=True checks it on a forward pass). Empty for other rows,
-    # whose claim is that ``zero_at`` is exactly zero.
-    merge: str = ""
-    skip: str = ""
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A candidate a rule examined and left alone, with the reason in words."""
-
-    node: str
-    module: str
-    reason: str
-    rule: str
-
-
-@dataclass
-class Selection:
-    """What a rule picked and what it left alone."""
-
-    targets: list[Target] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+           "AdaLNZero", "ByName", "ByType", "Where", "register_rule", "get_rule", "list_rules"]
 
 
 class Rule:
-    """Base class: subclasses set ``name`` and ``description`` and implement :meth:`select`."""
+    """Base class: subclasses set ``name`` and ``description`` and implement :meth:`find`.
+
+    Every rule takes ``within=`` (an FQN prefix) and ``exclude=`` (FQNs or globs; a module is
+    excluded when it or a module above it matches): :meth:`select` keeps only the targets in
+    that scope and reports the others as left alone, with the reason. This is the one way
+    to scope a rule.
+
+    >>> import torch
+    >>> from zeta_fx import zero_init_pass
+    >>> from zeta_fx.models import GPT
+    >>> rule = ResidualBranchLast(within="h.1", exclude="*.mlp")
+    >>> rule.name
+    "residual_branch_last[within='h.1', exclude=['*.mlp']]"
+    >>> zero_init_pass(GPT(n_layer=2), rule=rule).modules
+    ['h.1.attn.c_proj']
+    """
 
     name: str = "rule"
     description: str = ""
+    within: str = ""
+    exclude: tuple[str, ...] = ()
+
+    def __init__(self, *, within: str | None = None,
+                 exclude: "str | Iterable[str]" = ()) -> None:
+        self.within = (within or "").strip(".")
+        self.exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+        if not all(isinstance(p, str) and p for p in self.exclude):
+            raise TypeError(f"exclude holds FQNs or glob patterns (non-empty strings), got "
+                            f"{exclude!r}")
+        parts = ([f"within={self.within!r}"] if self.within else []) + \
+            ([f"exclude={list(self.exclude)!r}"] if self.exclude else [])
+        if parts:
+            self.name = f"{self.name}[{', '.join(parts)}]"
+
+    def find(self, view: GraphView) -> Selection:
+        """What the rule picks in the whole graph, and what it left alone (subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement find(view)")
 
     def select(self, view: GraphView) -> Selection:
-        raise NotImplementedError(f"{type(self).__name__} must implement select(view)")
+        """:meth:`find`, restricted to the rule's ``within``/``exclude`` scope."""
+        found = self.find(view)
+        if not self.within and not self.exclude:
+            return found
+        out = Selection(skipped=[s for s in found.skipped
+                                 if not s.module or (self._inside(s.module)
+                                                     and not self._excluded_by(s.module))])
+        for t in found.targets:
+            if not self._inside(t.module):
+                out.skipped.append(Skipped(t.nodes[0], t.module, f"outside within="
+                                           f"{self.within!r} ({t.position})", self.name))
+            elif (pattern := self._excluded_by(t.module)) is not None:
+                out.skipped.append(Skipped(t.nodes[0], t.module, f"excluded by "
+                                           f"exclude={pattern!r} ({t.position})", self.name))
+            else:
+                out.targets.append(t)
+        return out
+
+    def _excluded_by(self, fqn: str) -> str | None:
+        parts = fqn.split(".") if fqn else []
+        for pattern in self.exclude:
+            for n in range(len(parts), 0, -1):
+                if fnmatch.fnmatchcase(".".join(parts[:n]), pattern):
+                    return pattern
+        return None
+
+    def _inside(self, fqn: str) -> bool:
+        return not self.within or fqn == self.within or fqn.startswith(self.within + ".")
 
     def __or__(self, other: "Rule") -> "Rule":
         return Union(self, _as_rule(other))
@@ -94,10 +116,6 @@ class Rule:
 
     def __sub__(self, other: "Rule") -> "Rule":
         return Difference(self, _as_rule(other))
-
-    def scoped(self, within: str | None = None, exclude: "str | Iterable[str]" = ()) -> "Rule":
-        """This rule, keeping only modules under ``within`` and not matching ``exclude``."""
-        return Scope(self, within=within, exclude=exclude)
 
     def __repr__(self) -> str:
         return self.name
@@ -113,6 +131,13 @@ def _join_position(view: GraphView, join: Join) -> str:
         owners = [view.layer(n).owner for n in join.skip_layers]
         skip = f"projection {owner_of([o + '.x' for o in owners]) or ', '.join(owners)}"
     return f"branch into `{join.merge.name}` from `{join.fork.name}`, skip: {skip}"
+
+
+def _join_site(view: GraphView, join: Join) -> dict[str, Any]:
+    """The structured site of a residual join, for :class:`~zeta_fx.selection.Target`."""
+    return {"kind": "residual", "merge": join.merge.name, "skip": join.skip.name,
+            "fork": join.fork.name, "skip_kind": join.skip_kind,
+            "skip_modules": tuple(view.layer(n).owner for n in join.skip_layers)}
 
 
 def _zero_at(join: Join) -> str:
@@ -169,12 +194,14 @@ class ResidualBranchLast(Rule):
     name = "residual_branch_last"
     description = "last layer of each residual branch (each residual block starts as identity)"
 
-    def __init__(self, nested: str = "all") -> None:
+    def __init__(self, nested: str = "all", *, within: str | None = None,
+                 exclude: "str | Iterable[str]" = ()) -> None:
         if nested not in ("all", "outermost"):
             raise ValueError(f"nested must be 'all' or 'outermost', got {nested!r}")
         self.nested = nested
+        super().__init__(within=within, exclude=exclude)
 
-    def select(self, view: GraphView) -> Selection:
+    def find(self, view: GraphView) -> Selection:
         out = Selection()
         joins = view.joins()
         inside_other: dict[Node, Node] = {}
@@ -207,7 +234,7 @@ class ResidualBranchLast(Rule):
             for node, params in found.sites:
                 out.targets.append(Target(owner_of(params), params, (node.name,), position,
                                           self.name, _zero_at(join), cover=f"join:{merge}",
-                                          merge=merge, skip=join.skip.name))
+                                          **_join_site(view, join)))
         self._select_composites(view, inside_other, out)
         return out
 
@@ -247,7 +274,8 @@ class ResidualBranchLast(Rule):
                 out.targets.append(Target(
                     owner, tuple(f"{owner}.{p}" for p in branch.params), (node.name,),
                     f"{branch.what} inside `{node.target}` ({kind}, opaque to tracing)",
-                    self.name, cover=f"composite:{node.name}:{branch.module}"))
+                    self.name, cover=f"composite:{node.name}:{branch.module}",
+                    kind="composite"))
 
 
 class OutputLayer(Rule):
@@ -256,7 +284,7 @@ class OutputLayer(Rule):
     name = "output_layer"
     description = "last layer before each model output (classifier head, final conv, final linear)"
 
-    def select(self, view: GraphView) -> Selection:
+    def find(self, view: GraphView) -> Selection:
         out = Selection()
         outputs = view.outputs()
         for i, value in enumerate(outputs):
@@ -275,7 +303,8 @@ class OutputLayer(Rule):
             for node, params in result.sites:
                 out.targets.append(Target(owner_of(params), params, (node.name,),
                                           f"last layer before {label} `{value.name}`", self.name,
-                                          value.name, cover=f"output:{value.name}"))
+                                          value.name, cover=f"output:{value.name}",
+                                          kind="output"))
         return out
 
 
@@ -285,6 +314,7 @@ def _key(target: Target) -> tuple[str, ...]:
 
 class _Combined(Rule):
     def __init__(self, left: Rule, right: Rule) -> None:
+        super().__init__()
         self.left, self.right = left, right
         self.name = f"({left.name} {self.symbol} {right.name})"
         self.description = f"{left.name} {self.symbol} {right.name}"
@@ -297,7 +327,7 @@ class Union(_Combined):
 
     symbol = "|"
 
-    def select(self, view: GraphView) -> Selection:
+    def find(self, view: GraphView) -> Selection:
         a, b = self.left.select(view), self.right.select(view)
         targets = a.targets + b.targets
         chosen = {t.module for t in targets}
@@ -310,7 +340,7 @@ class Intersection(_Combined):
 
     symbol = "&"
 
-    def select(self, view: GraphView) -> Selection:
+    def find(self, view: GraphView) -> Selection:
         a, b = self.left.select(view), self.right.select(view)
         keys_b = {_key(t) for t in b.targets}
         keys_a = {_key(t) for t in a.targets}
@@ -330,7 +360,7 @@ class Difference(_Combined):
 
     symbol = "-"
 
-    def select(self, view: GraphView) -> Selection:
+    def find(self, view: GraphView) -> Selection:
         a, b = self.left.select(view), self.right.select(view)
         excluded = {_key(t) for t in b.targets}
         targets = [t for t in a.targets if _key(t) not in excluded]
@@ -392,7 +422,7 @@ class AdaLNZero(Rule):
     description = ("adaLN-Zero: conditioning layers producing shift/scale/gate of the data "
                    "path, and the output layer")
 
-    def select(self, view: GraphView) -> Selection:
+    def find(self, view: GraphView) -> Selection:
         out = Selection()
         deps = view.input_deps
         # The data path starts at the first graph input that reaches an output (``x`` in
@@ -452,7 +482,7 @@ class AdaLNZero(Rule):
             out.targets.append(Target(
                 layer.owner, layer.params, (node.name,),
                 f"adaLN modulation from {source}: {counts} of the data path{split}", self.name,
-                cover=f"adaln:{node.name}"))
+                node.name, cover=f"adaln:{node.name}", kind="adaln"))
         # the gates' own targets, where the modulation layers above do not already say it
         listed = {(t.nodes, t.params) for t in out.targets}
         out.targets += [t for t in gate_targets if (t.nodes, t.params) not in listed]
@@ -486,8 +516,7 @@ class AdaLNZero(Rule):
         position = f"{what} into `{join.merge.name}` from `{join.fork.name}`"
         kind = "adaln-join" if gated else "adaln-ungated"
         return [Target(owner_of(params), params, (node.name,), position, self.name,
-                       cover=f"{kind}:{join.merge.name}", merge=join.merge.name,
-                       skip=join.skip.name)
+                       cover=f"{kind}:{join.merge.name}", **_join_site(view, join))
                 for node, params in dict.fromkeys(sites)], bool(gated)
 
     @staticmethod
@@ -562,7 +591,7 @@ class _ModuleRule(Rule):
     def what(self, fqn: str, module: nn.Module) -> str:
         raise NotImplementedError
 
-    def select(self, view: GraphView) -> Selection:
+    def find(self, view: GraphView) -> Selection:
         out = Selection()
         matched = False
         for fqn, module in view.root.named_modules():
@@ -600,17 +629,19 @@ class ByName(_ModuleRule):
     >>> import torch
     >>> from zeta_fx import zero_init_pass
     >>> from zeta_fx.models import GPT
-    >>> zero_init_pass(GPT(n_layer=1), rule=by_name("*.c_proj")).modules
+    >>> zero_init_pass(GPT(n_layer=1), rule=ByName("*.c_proj")).modules
     ['h.0.attn.c_proj', 'h.0.mlp.c_proj']
     """
 
-    def __init__(self, *patterns: str) -> None:
+    def __init__(self, *patterns: str, within: str | None = None,
+                 exclude: "str | Iterable[str]" = ()) -> None:
         if not patterns or not all(isinstance(p, str) and p for p in patterns):
-            raise ValueError(f"by_name needs one or more non-empty glob patterns, got "
+            raise ValueError(f"ByName needs one or more non-empty glob patterns, got "
                              f"{patterns!r}")
         self.patterns = patterns
-        self.name = f"by_name({', '.join(map(repr, patterns))})"
+        self.name = f"ByName({', '.join(map(repr, patterns))})"
         self.description = f"modules whose FQN matches {', '.join(patterns)}"
+        super().__init__(within=within, exclude=exclude)
 
     def matches(self, fqn: str, module: nn.Module) -> bool:
         return bool(fqn) and any(fnmatch.fnmatchcase(fqn, p) for p in self.patterns)
@@ -623,12 +654,14 @@ class ByName(_ModuleRule):
 class ByType(_ModuleRule):
     """Modules that are instances of any of ``types`` (``nn.BatchNorm2d``, ...)."""
 
-    def __init__(self, *types: type[nn.Module]) -> None:
+    def __init__(self, *types: type[nn.Module], within: str | None = None,
+                 exclude: "str | Iterable[str]" = ()) -> None:
         if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
-            raise TypeError(f"by_type needs one or more nn.Module subclasses, got {types!r}")
+            raise TypeError(f"ByType needs one or more nn.Module subclasses, got {types!r}")
         self.types = types
-        self.name = f"by_type({', '.join(t.__name__ for t in types)})"
+        self.name = f"ByType({', '.join(t.__name__ for t in types)})"
         self.description = f"modules of type {', '.join(t.__name__ for t in types)}"
+        super().__init__(within=within, exclude=exclude)
 
     def matches(self, fqn: str, module: nn.Module) -> bool:
         return isinstance(module, self.types)
@@ -641,14 +674,16 @@ class Where(_ModuleRule):
     """Modules for which ``predicate(fqn, module)`` is true."""
 
     def __init__(self, predicate: Callable[[str, nn.Module], bool],
-                 description: str | None = None) -> None:
+                 description: str | None = None, *, within: str | None = None,
+                 exclude: "str | Iterable[str]" = ()) -> None:
         if not callable(predicate):
-            raise TypeError(f"where needs a callable predicate(fqn, module), got "
+            raise TypeError(f"Where needs a callable predicate(fqn, module), got "
                             f"{type(predicate).__name__}")
         self.predicate = predicate
         label = getattr(predicate, "__name__", "predicate")
-        self.name = f"where({label})"
+        self.name = f"Where({label})"
         self.description = description or f"modules for which {label}(fqn, module) is true"
+        super().__init__(within=within, exclude=exclude)
 
     def matches(self, fqn: str, module: nn.Module) -> bool:
         return bool(self.predicate(fqn, module))
@@ -657,110 +692,61 @@ class Where(_ModuleRule):
         return f"selected by {self.name}"
 
 
-class Scope(Rule):
-    """``rule`` restricted to modules under ``within`` (an FQN prefix) and not ``exclude``d.
-
-    ``exclude`` holds FQNs or glob patterns; a module is excluded when it or a module above
-    it matches. Targets outside the scope are reported as left alone, with the reason.
-
-    >>> import torch
-    >>> from zeta_fx import zero_init_pass
-    >>> from zeta_fx.models import GPT
-    >>> rule = Scope(ResidualBranchLast(), within="h.1", exclude="*.mlp")
-    >>> zero_init_pass(GPT(n_layer=2), rule=rule).modules
-    ['h.1.attn.c_proj']
-    """
-
-    def __init__(self, rule: "Rule | str", within: str | None = None,
-                 exclude: "str | Iterable[str]" = ()) -> None:
-        self.rule = _as_rule(rule)
-        self.within = (within or "").strip(".")
-        self.exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-        parts = ([f"within={self.within!r}"] if self.within else []) + \
-            ([f"exclude={list(self.exclude)!r}"] if self.exclude else [])
-        self.name = f"{self.rule.name}[{', '.join(parts)}]" if parts else self.rule.name
-        self.description = self.rule.description
-
-    def _excluded_by(self, fqn: str) -> str | None:
-        parts = fqn.split(".") if fqn else []
-        for pattern in self.exclude:
-            for n in range(len(parts), 0, -1):
-                if fnmatch.fnmatchcase(".".join(parts[:n]), pattern):
-                    return pattern
-        return None
-
-    def _inside(self, fqn: str) -> bool:
-        return not self.within or fqn == self.within or fqn.startswith(self.within + ".")
-
-    def select(self, view: GraphView) -> Selection:
-        inner = self.rule.select(view)
-        out = Selection(skipped=[s for s in inner.skipped
-                                 if not s.module or (self._inside(s.module)
-                                                     and not self._excluded_by(s.module))])
-        for t in inner.targets:
-            if not self._inside(t.module):
-                out.skipped.append(Skipped(t.nodes[0], t.module, f"outside within="
-                                           f"{self.within!r} ({t.position})", self.name))
-            elif (pattern := self._excluded_by(t.module)) is not None:
-                out.skipped.append(Skipped(t.nodes[0], t.module, f"excluded by "
-                                           f"exclude={pattern!r} ({t.position})", self.name))
-            else:
-                out.targets.append(t)
-        return out
-
-
-def _scoped(rule: Rule, within: str | None, exclude: "str | Iterable[str]") -> Rule:
-    return Scope(rule, within, exclude) if within or exclude else rule
-
-
-def by_name(*patterns: str, within: str | None = None,
-            exclude: "str | Iterable[str]" = ()) -> Rule:
-    """Modules whose FQN matches a glob: ``by_name("*.c_proj")``; see :class:`ByName`."""
-    return _scoped(ByName(*patterns), within, exclude)
-
-
-def by_type(*types: type[nn.Module], within: str | None = None,
-            exclude: "str | Iterable[str]" = ()) -> Rule:
-    """Modules of the given types: ``by_type(nn.BatchNorm2d)``; see :class:`ByType`.
-
-    >>> from torch import nn
-    >>> from zeta_fx import zero_init_pass
-    >>> from zeta_fx.models import SEResNet
-    >>> zero_init_pass(SEResNet(depth=1), rule=by_type(nn.BatchNorm2d, within="blocks.0")).modules
-    ['blocks.0.bn1', 'blocks.0.bn2', 'blocks.0.bn3']
-    """
-    return _scoped(ByType(*types), within, exclude)
-
-
-def where(predicate: Callable[[str, nn.Module], bool], *, within: str | None = None,
-          exclude: "str | Iterable[str]" = (), description: str | None = None) -> Rule:
-    """Modules for which ``predicate(fqn, module)`` is true; see :class:`Where`."""
-    return _scoped(Where(predicate, description), within, exclude)
-
-
 # -- registry ---------------------------------------------------------------------------
-_REGISTRY: dict[str, Callable[[], Rule]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
+_REGISTRY: dict[str, Callable[..., Rule]] = {}
 
 
-def register_rule(name: str, factory: Callable[[], Rule], description: str) -> None:
-    """Make ``factory()`` available as ``rule=name`` and in ``zeta-fx rules``."""
+def register_rule(factory: Callable[..., Rule]) -> Callable[..., Rule]:
+    r"""Decorator: make a rule class, or a function returning a rule, usable by name.
+
+    The name is the class's ``name`` (or the function's ``__name__``); the one-line
+    description, shown by ``zeta-fx rules``, is the class's ``description`` (or the first
+    line of the function's docstring). :func:`get_rule` passes options through, the way
+    timm's ``create_model`` does.
+
+    >>> @register_rule
+    ... def attention_out(**options):
+    ...     '''the attention output projections (by name)'''
+    ...     return ByName("*.attn.c_proj", **options)
+    >>> list_rules()["attention_out"]
+    'the attention output projections (by name)'
+    >>> get_rule("attention_out", within="h.0").name
+    "ByName('*.attn.c_proj')[within='h.0']"
+    >>> del _REGISTRY["attention_out"]
+    """
+    if not callable(factory):
+        raise TypeError(f"register_rule decorates a Rule subclass or a function returning a "
+                        f"rule, got {type(factory).__name__}")
+    name = factory.name if isinstance(factory, type) else factory.__name__
+    if not isinstance(name, str) or not name or name == Rule.name:
+        raise ValueError(f"{factory!r} has no rule name: set the class attribute `name`")
     _REGISTRY[name] = factory
-    _DESCRIPTIONS[name] = description
+    return factory
+
+
+def _description(factory: Callable[..., Rule]) -> str:
+    if isinstance(factory, type):
+        return factory.description
+    return ((factory.__doc__ or "").strip().splitlines() or [""])[0]
 
 
 def list_rules() -> dict[str, str]:
     """Rule names and their one-line descriptions, in registration order."""
-    return dict(_DESCRIPTIONS)
+    return {name: _description(f) for name, f in _REGISTRY.items()}
 
 
-def get_rule(rule: "Rule | str") -> Rule:
-    """A rule object from a rule or a registered name.
+def get_rule(rule: "Rule | str", **options: Any) -> Rule:
+    """A rule object from a rule or a registered name; ``options`` go to its constructor.
 
     >>> get_rule("residual_branch_last").name
     'residual_branch_last'
+    >>> get_rule("residual_branch_last", nested="outermost").nested
+    'outermost'
     """
     if isinstance(rule, Rule):
+        if options:
+            raise TypeError(f"options {sorted(options)} apply to a rule name; pass them to "
+                            f"{type(rule).__name__}(...) instead")
         return rule
     if not isinstance(rule, str):
         raise TypeError(f"rule must be a rule name or a zeta_fx.rules.Rule, got "
@@ -771,8 +757,8 @@ def get_rule(rule: "Rule | str") -> Rule:
         close = difflib.get_close_matches(rule, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownRuleError(f"unknown rule {rule!r}.{hint} Valid rules: {', '.join(names)}")
-    return factory()
+    return factory(**options)
 
 
 for _cls in (ResidualBranchLast, OutputLayer, AdaLNZero):
-    register_rule(_cls.name, _cls, _cls.description)
+    register_rule(_cls)

@@ -12,7 +12,7 @@ planned parameters are swapped for zeros and every buffer for a clone (the
 ``torch.func.functional_call`` idea, applied to every module object the graph reaches):
 eval mode, no grad, the global RNG state forked. The caller's tensors are never written,
 so their values and ``._version`` counters are unchanged and autograd graphs built before
-stay valid. :func:`verified_apply` writes only if every claim held.
+stay valid. :func:`zeta_fx.apply.apply_plan` writes only if every claim held.
 
 >>> import torch
 >>> from torch import nn
@@ -30,7 +30,6 @@ stay valid. :func:`verified_apply` writes only if every claim held.
 
 from __future__ import annotations
 
-import logging
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,16 +39,13 @@ import torch
 from torch import fx, nn
 
 from zeta_fx.errors import ExampleInputsError, VerificationError
-from zeta_fx.plan import (ZeroInitPlan, _any_nonzero, _byte_span, _count_params, _named_params,
-                          _nonzero_flag, resolve, write_resolved)
+from zeta_fx.tensors import byte_span, nonzero_flag
 from zeta_fx.wrappers import is_sharded
 
 if TYPE_CHECKING:
-    from zeta_fx.report import ZeroInitReport
+    from zeta_fx.plan import ZeroInitPlan
 
-__all__ = ["SiteCheck", "verified_apply", "check_claims", "graph_args", "check_runnable"]
-
-logger = logging.getLogger("zeta_fx")
+__all__ = ["SiteCheck", "check_claims", "graph_args", "check_runnable", "failure_message"]
 
 
 @dataclass(frozen=True)
@@ -177,7 +173,7 @@ class _Substitution:
         clones: dict[Any, Any] = {}
         zeros = list(zeros)
         for t in zeros:
-            span = _byte_span(t)
+            span = byte_span(t)
             if span is None or type(t) not in (torch.Tensor, nn.Parameter):
                 self.swap[id(t)] = torch.zeros_like(t.detach())
                 continue
@@ -190,7 +186,7 @@ class _Substitution:
             for t in (*m._parameters.values(), *m._buffers.values()):
                 if t is None or id(t) in self.swap:
                     continue
-                span = _byte_span(t) if type(t) in (torch.Tensor, nn.Parameter) else None
+                span = byte_span(t) if type(t) in (torch.Tensor, nn.Parameter) else None
                 if span is not None and span[0] in clones:
                     self.swap[id(t)] = self._view(t, clones[span[0]])
         self.zeroed = {id(self.swap[id(t)]) for t in zeros} | {id(t) for t in zeros}
@@ -280,7 +276,7 @@ def _zero_check(value: Any) -> tuple[bool, float | None]:
         return False, None
     if value.numel() == 0:
         return True, 0.0
-    if not bool(_nonzero_flag(value.detach())):
+    if not bool(nonzero_flag(value.detach())):
         return True, 0.0
     wide = torch.complex128 if value.is_complex() else torch.float64
     return False, float(value.detach().to(wide).abs().max())
@@ -356,26 +352,26 @@ class _Claim:
     kind: str
 
 
-def _claims(plan: ZeroInitPlan, gm: fx.GraphModule) -> list[_Claim]:
+def _claims(plan: "ZeroInitPlan", gm: fx.GraphModule) -> list[_Claim]:
+    """The claim of every site of every zeroed entry (other actions claim nothing)."""
     nodes = {n.name: n for n in gm.graph.nodes}
     claims = []
     for entry in plan.entries:
-        for i, node in enumerate(entry.nodes):
-            merge = entry.merges[i] if i < len(entry.merges) else ""
-            if merge:
-                skip = entry.skips[i] if i < len(entry.skips) else ""
-                claims.append(_Claim(node, entry.module, merge, skip, "residual"))
+        if entry.action.kind != "zero":
+            continue
+        for site in entry.sites:
+            if site.merge:
+                claims.append(_Claim(site.node, entry.module, site.merge, site.skip,
+                                     "residual"))
                 continue
-            n = nodes.get(node)
-            if (n is not None and n.op == "call_module"
-                    and entry.module.startswith(f"{n.target}." if n.target else "")
-                    and entry.module != n.target):
+            n = nodes.get(site.node)
+            if site.kind == "composite" and n is not None and n.op == "call_module":
                 first = n.args[0] if n.args else next(iter(n.kwargs.values()), None)
                 source = first.name if isinstance(first, fx.Node) else ""
-                claims.append(_Claim(node, entry.module, node, source, "composite"))
+                claims.append(_Claim(site.node, entry.module, site.node, source, "composite"))
                 continue
-            zero_at = entry.zero_at[i] if i < len(entry.zero_at) and entry.zero_at[i] else node
-            claims.append(_Claim(node, entry.module, zero_at, "", "zero"))
+            claims.append(_Claim(site.node, entry.module, site.zero_at or site.node, "",
+                                 "zero"))
     return claims
 
 
@@ -437,14 +433,15 @@ def _copy(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def check_claims(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, args: list[Any],
+def check_claims(plan: "ZeroInitPlan", model: nn.Module, gm: fx.GraphModule, args: list[Any],
                  targets: dict[str, torch.Tensor]) -> dict[str, SiteCheck]:
     """Check every row's claim on ``args`` with ``targets`` substituted by zeros; write
     nothing. Returns a :class:`SiteCheck` per row node (a node with several claims: the
     first that failed, else the first).
 
     ``gm`` is the graph the plan was made from (it shares ``model``'s modules and tensors);
-    ``targets`` is what :func:`~zeta_fx.plan.resolve` returned for ``plan`` on ``model``.
+    ``targets`` are the model's own tensors that the plan zeroes (resolved by
+    :func:`~zeta_fx.apply.resolve`).
     Raises :class:`VerificationError` if the forward pass itself fails.
     """
     claims = _claims(plan, gm)
@@ -470,40 +467,12 @@ def check_claims(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, args:
     return checks
 
 
-def verified_apply(plan: ZeroInitPlan, model: nn.Module, gm: fx.GraphModule, args: list[Any], *,
-                   allow_tied: bool = False, keep: bool = True,
-                   named: dict[str, torch.Tensor] | None = None) -> "ZeroInitReport":
-    """Check every claim of ``plan`` by substitution, then (``keep=True``) write it.
-
-    Nothing is written unless every claim holds, so a failure leaves nothing to restore:
-    :class:`VerificationError` names the merge node, the module and the largest difference.
-    With ``keep=False`` (a dry run) nothing is written at all.
-    """
-    from zeta_fx.report import ZeroInitReport
-
-    check_runnable(model)
-    named = named if named is not None else _named_params(model)
-    targets = resolve(plan, model, allow_tied=allow_tied, named=named)
-    changed = _any_nonzero(list(targets.values()))
-    checks = check_claims(plan, model, gm, args, targets)
-    failed = [c for c in checks.values() if not c.ok]
-    if failed:
-        modules: dict[str, list[str]] = {}
-        for entry in plan.entries:
-            for node in entry.nodes:
-                modules.setdefault(node, []).append(entry.module)
-        raise VerificationError(_failure_message(failed, modules))
-    if keep:
-        report = write_resolved(plan, targets, named)
-    else:
-        report = ZeroInitReport(plan, list(plan.skipped), applied=False, changed=changed,
-                                total_params=_count_params(named))
-    report.verification = checks
-    logger.info("zeta_fx: verified %d claims on example inputs", len(checks))
-    return report
-
-
-def _failure_message(failed: list[SiteCheck], modules: dict[str, list[str]]) -> str:
+def failure_message(failed: list[SiteCheck], plan: "ZeroInitPlan") -> str:
+    """The :class:`~zeta_fx.errors.VerificationError` message for the claims that failed."""
+    modules: dict[str, list[str]] = {}
+    for entry in plan.entries:
+        for node in entry.nodes:
+            modules.setdefault(node, []).append(entry.module)
     lines = []
     for check in failed[:5]:
         module = "`, `".join(modules.get(check.node, ["?"]))

@@ -1,0 +1,207 @@
+"""Initialisers for the positions the rules find: zero, scaled normal, Fixup, or your own.
+
+:func:`zeta_fx.init_pass` takes one as ``init=``. Each turns the planner's entries (a
+module's parameters at its sites) into actions, plain data the plan records: the figures
+used (``L``, ``m``, the standard deviation) are in the plan and the report, and every draw
+is reproducible from the plan's seed, on one process or on FSDP2 shards.
+
+- ``"zero"`` (:class:`Zero`): what :func:`~zeta_fx.zero_init_pass` does.
+- :func:`scaled_normal` ``(std=0.02)``: GPT-2 / nanoGPT / Megatron's init of the last layer
+  of each residual branch, ``N(0, std / sqrt(L))`` with ``L`` the number of residual
+  branches found (``2 * n_layer`` in a GPT); only the weights are drawn, biases are kept.
+- :func:`fixup` ``()``: Fixup (Zhang et al. 2019): the last layer of each branch zeroed, the
+  branch's other weight layers drawn He-normal (fan-out, as the reference code) and scaled
+  by ``L ** (-1 / (2m - 2))``, ``m`` the branch's weight layers.
+- a callable ``fn(tensor, site)``: writes ``tensor`` in place; ``site`` is a
+  :class:`~zeta_fx.apply.InitSite` (depth, number of branches, the branch's layers).
+
+>>> import math, torch
+>>> from zeta_fx import init_pass
+>>> from zeta_fx.models import GPT
+>>> model = GPT(n_layer=2)
+>>> report = init_pass(model, rule="residual_branch_last", init=scaled_normal(std=0.02), seed=0)
+>>> report.params
+['h.0.attn.c_proj.weight', 'h.0.mlp.c_proj.weight', 'h.1.attn.c_proj.weight', 'h.1.mlp.c_proj.weight']
+>>> report.plan.entries[0].action.label, dict(report.plan.entries[0].action.figures)["L"]
+('N(0, 0.01)', 4)
+>>> abs(model.h[0].attn.c_proj.weight.std().item() - 0.02 / math.sqrt(4)) < 1e-3
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import torch
+
+from zeta_fx.plan import Action, PlanEntry
+from zeta_fx.selection import Site
+
+if TYPE_CHECKING:
+    from zeta_fx.planner import Branches
+
+__all__ = ["Init", "Zero", "ScaledNormal", "Fixup", "Custom", "scaled_normal", "fixup",
+           "as_init"]
+
+
+class Init:
+    """Base class: ``name`` (shown in the report and recorded in the plan) and
+    :meth:`actions`, which maps the planner's entries to entries with actions."""
+
+    name = "init"
+
+    def actions(self, entries: list[PlanEntry], branches: "Branches",
+                params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
+        raise NotImplementedError(f"{type(self).__name__} must implement actions()")
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Zero(Init):
+    """Zero every planned parameter (``init="zero"``, :func:`~zeta_fx.zero_init_pass`)."""
+
+    name = "zero"
+
+    def actions(self, entries: list[PlanEntry], branches: "Branches",
+                params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
+        return entries
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2g}" if x < 1e-3 else f"{x:.4g}"
+
+
+def _weights(entry: PlanEntry) -> dict[str, tuple[int, ...]]:
+    """The entry's parameters other than biases (a layer's weight, a norm's gain)."""
+    return {fqn: shape for fqn, shape in entry.params.items()
+            if not fqn.rsplit(".", 1)[-1].startswith("bias")}
+
+
+class ScaledNormal(Init):
+    """``N(0, std / sqrt(L))`` for the weights at each site, ``L`` the number of residual
+    branches found (biases are left as they are). ``L`` is 1 where no residual branch was
+    found (``rule="output_layer"``)."""
+
+    def __init__(self, std: float = 0.02) -> None:
+        if not isinstance(std, (int, float)) or isinstance(std, bool) or not math.isfinite(std) \
+                or std <= 0:
+            raise ValueError(f"scaled_normal needs a finite std > 0, got {std!r}")
+        self.std = float(std)
+        self.name = f"scaled_normal(std={self.std:g})"
+
+    def actions(self, entries: list[PlanEntry], branches: "Branches",
+                params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
+        count = max(branches.count, 1)
+        std = self.std / math.sqrt(count)
+        action = Action("normal", std=std, label=f"N(0, {_fmt(std)})",
+                        figures=(("sigma", self.std), ("L", count)))
+        for entry in entries:
+            weights = _weights(entry)
+            if weights:
+                yield PlanEntry(entry.module, entry.module_type, weights, entry.sites,
+                                entry.rule, action)
+
+
+class Fixup(Init):
+    """Fixup: zero each branch's last layer; draw the branch's other weight layers
+    He-normal (``sqrt(2 / fan_out)``, fan-out as in the reference implementation) scaled by
+    ``L ** (-1 / (2m - 2))``, with ``L`` the number of residual branches and ``m`` the weight
+    layers on the branch (the zeroed one included). Other targets (an output layer) are
+    zeroed, as Fixup zeroes the classifier."""
+
+    name = "fixup()"
+
+    def actions(self, entries: list[PlanEntry], branches: "Branches",
+                params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
+        planned = {e.module for e in entries}
+        extra: dict[str, PlanEntry] = {}
+        for entry in entries:
+            for site in entry.sites:
+                if site.kind != "residual":
+                    continue
+                layers = branches.layers(site)
+                m = len({owner for owner, _, _ in layers} | {entry.module})
+                if m < 2:
+                    continue
+                scale = branches.count ** (-1.0 / (2 * m - 2))
+                for owner, fqn, shape in layers:
+                    if owner in planned or owner in extra:
+                        continue
+                    fan_out = shape[0] * math.prod(shape[2:])
+                    std = math.sqrt(2.0 / fan_out) * scale
+                    action = Action("normal", std=std, label=f"N(0, {_fmt(std)})",
+                                    figures=(("L", branches.count), ("m", m),
+                                             ("scale", scale)))
+                    extra[owner] = PlanEntry(
+                        owner, branches.module_type(owner), {fqn: shape},
+                        (Site("fixup", site.node, site.merge, site.skip, site.fork,
+                                    site.skip_kind, site.skip_modules, "",
+                                    f"inside the branch into `{site.merge}`: Fixup scale "
+                                    f"L^(-1/(2m-2)) = {scale:.4g} (L = {branches.count}, "
+                                    f"m = {m})"),),
+                        entry.rule, action)
+        zero = Action("zero", label="zero", figures=(("L", branches.count),))
+        for entry in entries:
+            yield PlanEntry(entry.module, entry.module_type, entry.params, entry.sites,
+                            entry.rule, zero)
+        yield from extra.values()
+
+
+class Custom(Init):
+    """A user function ``fn(tensor, site)`` that writes ``tensor`` in place; ``site`` is a
+    :class:`~zeta_fx.apply.InitSite`. A loaded plan names the function; pass it again to
+    ``plan.apply(model, init=fn)``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"init must be 'zero', a zeta_fx.inits initialiser or a callable "
+                            f"fn(tensor, site), got {type(fn).__name__}")
+        self.fn = fn
+        self.label = getattr(fn, "__qualname__", None) or type(fn).__name__
+        self.name = f"callable {self.label}"
+
+    def actions(self, entries: list[PlanEntry], branches: "Branches",
+                params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
+        for entry in entries:
+            depth = max((branches.depth(s) for s in entry.sites), default=-1)
+            residual = next((s for s in entry.sites if s.kind == "residual"), None)
+            layers = ",".join(dict.fromkeys(o for o, _, _ in branches.layers(residual))) \
+                if residual is not None else ""
+            action = Action("callable", name=self.label, label=f"{self.label}(...)",
+                            figures=(("depth", depth), ("L", branches.count),
+                                     ("branch_layers", layers)))
+            yield PlanEntry(entry.module, entry.module_type, entry.params, entry.sites,
+                            entry.rule, action)
+
+
+def scaled_normal(std: float = 0.02) -> ScaledNormal:
+    """``N(0, std / sqrt(L))`` at each site: GPT-2 / nanoGPT's scaled init of ``c_proj``."""
+    return ScaledNormal(std)
+
+
+def fixup() -> Fixup:
+    """Fixup's init: zero each branch's last layer, scale the branch's other layers."""
+    return Fixup()
+
+
+def as_init(init: "str | Init | Callable[..., Any]") -> Init:
+    """An :class:`Init` from ``"zero"``, an initialiser or a callable.
+
+    >>> as_init("zero").name, as_init(scaled_normal(0.02)).name
+    ('zero', 'scaled_normal(std=0.02)')
+    >>> as_init("normal")
+    Traceback (most recent call last):
+    ...
+    ValueError: init='normal' is not known: pass "zero", zeta_fx.inits.scaled_normal(std=...), zeta_fx.inits.fixup() or a callable fn(tensor, site)
+    """
+    if isinstance(init, Init):
+        return init
+    if isinstance(init, str):
+        if init == "zero":
+            return Zero()
+        raise ValueError(f"init={init!r} is not known: pass \"zero\", zeta_fx.inits."
+                         "scaled_normal(std=...), zeta_fx.inits.fixup() or a callable "
+                         "fn(tensor, site)")
+    return Custom(init)

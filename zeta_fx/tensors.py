@@ -1,0 +1,93 @@
+"""Small exact questions about tensors, shared by apply and verification.
+
+>>> import torch
+>>> any_nonzero([torch.zeros(3), torch.tensor([0.0, -0.0])])
+False
+>>> any_nonzero([torch.zeros(3), torch.tensor([1e-30])])
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["any_nonzero", "nonzero_flag", "byte_span", "count_params", "is_plain"]
+
+
+def is_plain(tensors: list[torch.Tensor]) -> bool:
+    """Plain dense tensors on one device, fit for the fused ``torch._foreach_*`` kernels."""
+    return bool(tensors) and all(type(t) in (torch.Tensor, nn.Parameter) and not t.is_meta
+                                 for t in tensors) and len({t.device for t in tensors}) == 1
+
+
+def any_nonzero(tensors: list[torch.Tensor]) -> bool:
+    """Whether zeroing would change any value, decided exactly: any element whose bits are
+    not a (signed) zero counts, however small (1e-30, subnormals) and NaN too. Meta tensors
+    hold no values: writing them counts as a change."""
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        locals_ = []
+        for tensor in tensors:
+            if tensor.is_meta:
+                return True
+            local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # own shard
+            if local.numel():
+                locals_.append(local.detach())
+        # A trained or freshly initialised tensor shows a non-zero in its first values: one
+        # found there decides it, exactly, without reading every tensor whole.
+        for local in locals_:
+            if local.is_contiguous() and local.numel() > 4096 and \
+                    bool(nonzero_flag(local.view(-1)[:4096])):
+                return True
+        # small tensors of one dtype and device (norm weights and biases): one check for all
+        small: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for local in locals_:
+            if local.numel() <= 4096 and type(local) in (torch.Tensor, nn.Parameter):
+                small.setdefault((local.device, local.dtype), []).append(local.reshape(-1))
+            else:
+                flags.setdefault(local.device, []).append(nonzero_flag(local))
+        for (device, _), group in small.items():
+            flags.setdefault(device, []).append(nonzero_flag(torch.cat(group)))
+        return any(bool(torch.stack(group).any()) for group in flags.values())
+
+
+_SIGNLESS = {1: (torch.uint8, 0x7F), 2: (torch.int16, 0x7FFF), 4: (torch.int32, 0x7FFFFFFF),
+             8: (torch.int64, 0x7FFFFFFFFFFFFFFF)}
+
+
+def nonzero_flag(tensor: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor: whether ``tensor`` holds a value other than +0 or -0.
+
+    Floats are read as bit patterns, so a flush-denormals setting cannot hide a subnormal.
+    """
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    if tensor.is_floating_point() and tensor.element_size() in _SIGNLESS:
+        ints, mask = _SIGNLESS[tensor.element_size()]
+        return tensor.view(ints).bitwise_and(mask).ne(0).any()
+    return tensor.ne(0).any()
+
+
+def byte_span(tensor: torch.Tensor) -> tuple[tuple[Any, int], int, int] | None:
+    """(storage key, first byte, end byte) of the memory ``tensor`` can address, or None
+    for tensors with no storage of their own to share (meta, empty, wrapper subclasses)."""
+    try:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if local.is_meta or local.numel() == 0:
+            return None
+        storage = local.untyped_storage()
+        size = local.element_size()
+        start = local.storage_offset() * size
+        extent = sum((n - 1) * abs(st) for n, st in zip(local.shape, local.stride())) + 1
+        key = (local.device, storage.data_ptr())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return key, start, start + extent * size
+
+
+def count_params(named: dict[str, torch.Tensor]) -> int:
+    """Parameter elements, each tied tensor counted once."""
+    return sum(p.numel() for p in {id(p): p for p in named.values()}.values())
