@@ -15,6 +15,8 @@ import torchvision
 from torch import nn
 
 import zeta_fx.picture as picture
+import zeta_fx.picture.render as render
+import zeta_fx.picture.summary as summary_module
 from zeta_fx import RenderError, ZeroInitPlan, zero_init_pass
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import capture
@@ -209,8 +211,8 @@ def test_summary_is_plain_data_and_round_trips(resnet18_report):
 
 def test_picture_is_built_lazily_and_once(monkeypatch):
     calls = []
-    real = picture.summarize
-    monkeypatch.setattr(picture, "summarize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = summary_module.summarize  # where the plan's PictureSource looks it up
+    monkeypatch.setattr(summary_module, "summarize", lambda *a, **k: calls.append(1) or real(*a, **k))
     report = zero_init_pass(SEResNet(), dry_run=True)
     assert calls == []  # the pass itself builds nothing for the picture
     first = report.to_dot()
@@ -243,7 +245,7 @@ def test_plan_without_a_graph_says_how_to_get_one():
 
 def test_draw_without_graphviz_writes_dot_and_says_how(tmp_path, monkeypatch, caplog):
     report = zero_init_pass(SEResNet(), dry_run=True)
-    monkeypatch.setattr(picture.shutil, "which", lambda name: None)
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
     with caplog.at_level(logging.WARNING, logger="zeta_fx"):
         result = report.draw(tmp_path / "model.svg")
     assert not result.rendered and result.path == tmp_path / "model.dot"
