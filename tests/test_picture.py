@@ -185,19 +185,90 @@ def test_left_alone_candidates_and_merges_have_notes_with_reasons():
     assert "rankdir=LR" in report.to_dot(rankdir="LR")
 
 
+def check_acyclic_and_once(summary):
+    """Boxes in graph order with every edge pointing forward (so no cycle), and every FX
+    data node drawn exactly once."""
+    order = {n.id: i for i, n in enumerate(summary.nodes)}
+    assert all(order[e.src] < order[e.dst] for e in summary.edges if e.kind != "note")
+    members = [m for n in summary.nodes for m in n.members if n.kind != "output"]
+    assert len(members) == len(set(members))
+
+
 def test_squeeze_excite_collapses_without_cycles():
     model = SEResNet()
     report = zero_init_pass(model, dry_run=True)
     summary, _, _ = check_marks(model, report)
-    succ = {}
-    for e in summary.edges:
-        if e.kind != "note":
-            succ.setdefault(e.src, set()).add(e.dst)
-    order = {n.id: i for i, n in enumerate(summary.nodes)}
-    assert all(order[a] < order[b] for a, bs in succ.items() for b in bs)  # acyclic, in order
-    # Every FX data node is drawn exactly once.
-    members = [m for n in summary.nodes for m in n.members if n.kind != "output"]
-    assert len(members) == len(set(members))
+    check_acyclic_and_once(summary)
+
+
+class InnerBlock(nn.Module):  # a residual block whose fork is computed inside it
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = x * 2
+        return y + self.fc(torch.relu(torch.sigmoid(torch.tanh(-y))))
+
+
+class ReEntered(nn.Module):
+    """`tanh` feeds `mul_1` directly and through the inner block, drawn as another group:
+    as one box, fc0 -> tanh -> mul_1 would point into the block and back at itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.inner, self.fc2 = nn.Linear(8, 8), InnerBlock(), nn.Linear(8, 8)
+
+    def forward(self, x):
+        p = torch.tanh(self.fc0(x))
+        return x + self.fc2(p * self.inner(p))
+
+
+class HalfBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f1, self.f2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.p, self.bil = nn.Linear(8, 8), nn.Bilinear(8, 8, 8)
+
+    def forward(self, x):
+        return x + self.f2(torch.relu(self.f1(x)))
+
+
+class Crossed(nn.Module):
+    """Runs of two blocks feed each other: A.p -> B.bil and B.p -> A.bil. Each run is
+    convex alone, but as two boxes they would point at each other."""
+
+    def __init__(self):
+        super().__init__()
+        self.A, self.B = HalfBlock(), HalfBlock()
+
+    def forward(self, x):
+        a1, b1 = self.A.p(x), self.B.p(x)
+        a2, b2 = self.A.bil(a1, b1), self.B.bil(b1, a1)
+        return self.A(a2 * 2), self.B(b2 * 2)
+
+
+def test_a_run_that_a_path_leaves_and_reenters_is_split():
+    model = ReEntered()
+    report = zero_init_pass(model, dry_run=True)
+    summary, _, _ = check_marks(model, report)
+    check_acyclic_and_once(summary)
+    assert [summary.node_of(m).members for m in ("fc0", "tanh", "mul_1")] == [
+        ("fc0",), ("tanh",), ("mul_1",)]
+    # Only that run: the block's larger run on the same loop stays one box.
+    inner = summary.node_of("relu")
+    assert (inner.group, inner.members) == ("inner", ("neg", "tanh_1", "sigmoid", "relu"))
+
+
+def test_runs_on_a_cycle_are_split_until_none_is_left():
+    model = Crossed()
+    report = zero_init_pass(model, dry_run=True)
+    summary, _, _ = check_marks(model, report)
+    check_acyclic_and_once(summary)
+    # Of the two equal runs on the cycle, the earlier (block A's) is split; B's stays one box.
+    assert [summary.node_of(m).members for m in ("a_p", "a_bil", "b_p")] == [
+        ("a_p",), ("a_bil",), ("b_p", "b_bil")]
+    assert {summary.node_of(m).group for m in ("a_p", "a_bil", "b_p")} == {"A", "B"}
 
 
 def test_summary_is_plain_data_and_round_trips(resnet18_report):
