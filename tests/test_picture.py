@@ -1,4 +1,4 @@
-"""The picture: DOT content (what is marked, every join, skip edges), rendering, laziness."""
+"""The picture, by part: the summary (what is marked, what collapses, laziness), DOT, rendering."""
 from __future__ import annotations
 
 import copy
@@ -50,6 +50,8 @@ def attr(text: str, name: str) -> str:
 def is_skip_style(style: str) -> bool:
     return "style=dashed" in style and "#1565c0" in style
 
+
+# -- summary: what is marked, what collapses (zeta_fx.picture.summary) -----------------
 
 class Gated(nn.Module):  # branch ends in a sigmoid: left alone
     def __init__(self):
@@ -185,6 +187,27 @@ def test_left_alone_candidates_and_merges_have_notes_with_reasons():
     assert "rankdir=LR" in report.to_dot(rankdir="LR")
 
 
+def test_title_and_labels_say_what_the_table_says():
+    class Net(nn.Module):  # one zeroed layer, one candidate left alone
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(8, 8, bias=False)
+            self.gated = Gated()
+
+        def forward(self, x):
+            return self.gated(x + self.fc1(x))
+
+    dry = zero_init_pass(Net(), dry_run=True)
+    title = dry.picture().title
+    assert title == ("Net: rule residual_branch_last would zero (dry run) 1 parameter in "
+                     "1 module; 1 candidate left alone")
+    assert "would zero (dry run) 1 parameter in 1 module," in dry.table()
+    assert "1 candidate left alone" in dry.table()
+    (zeroed,) = [n for n in dry.picture().nodes if n.kind == "zeroed"]
+    assert zeroed.lines[-1] == "zeroed: weight 8x8"  # the shape, as the table's zeroed column
+    assert "weight 8x8" in dry.table()
+    applied = zero_init_pass(Net())
+    assert applied.picture().title.startswith("Net: rule residual_branch_last zeroed 1 parameter")
 def check_acyclic_and_once(summary):
     """Boxes in graph order with every edge pointing forward (so no cycle), and every FX
     data node drawn exactly once."""
@@ -283,23 +306,12 @@ def test_summary_is_plain_data_and_round_trips(resnet18_report):
 def test_picture_is_built_lazily_and_once(monkeypatch):
     calls = []
     real = summary_module.summarize  # where the plan's PictureSource looks it up
-    monkeypatch.setattr(summary_module, "summarize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(summary_module, "summarize",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     report = zero_init_pass(SEResNet(), dry_run=True)
     assert calls == []  # the pass itself builds nothing for the picture
     first = report.to_dot()
     assert report.to_dot() == first and len(calls) == 1
-
-
-def test_focus_draws_one_stage_and_its_neighbours(resnet18_report):
-    _, report = resnet18_report
-    nodes, _ = parse_dot(report.to_dot(focus="layer2"))
-    summary = report.picture()
-    shown = [summary.nodes[int(i[1:])] for i in nodes]
-    inside = [n for n in shown if n.group.startswith("layer2")]
-    assert {n.group for n in inside} == {"layer2.0", "layer2.1"}
-    assert len(shown) - len(inside) == 3  # the fork before it, the boxes just after
-    with pytest.raises(ValueError, match="matches no module"):
-        report.to_dot(focus="nope")
 
 
 def test_plan_without_a_graph_says_how_to_get_one():
@@ -313,6 +325,22 @@ def test_plan_without_a_graph_says_how_to_get_one():
     assert copy.deepcopy(plan).picture is plan.picture  # copies share the read-only view
     assert plan.apply(SEResNet()).to_dot().startswith("digraph")
 
+
+# -- DOT (zeta_fx.picture.dot) ---------------------------------------------------------
+
+def test_focus_draws_one_stage_and_its_neighbours(resnet18_report):
+    _, report = resnet18_report
+    nodes, _ = parse_dot(report.to_dot(focus="layer2"))
+    summary = report.picture()
+    shown = [summary.nodes[int(i[1:])] for i in nodes]
+    inside = [n for n in shown if n.group.startswith("layer2")]
+    assert {n.group for n in inside} == {"layer2.0", "layer2.1"}
+    assert len(shown) - len(inside) == 3  # the fork before it, the boxes just after
+    with pytest.raises(ValueError, match="matches no module"):
+        report.to_dot(focus="nope")
+
+
+# -- rendering (zeta_fx.picture.render) ------------------------------------------------
 
 def test_draw_without_graphviz_writes_dot_and_says_how(tmp_path, monkeypatch, caplog):
     report = zero_init_pass(SEResNet(), dry_run=True)
@@ -355,26 +383,3 @@ def test_draw_unknown_format_is_a_render_error(tmp_path):
     with pytest.raises(RenderError, match=r"'bogus'.*svg, png, pdf"):
         report.draw(tmp_path / "x.bogus")
     assert not (tmp_path / "x.bogus").exists()
-
-
-def test_title_and_labels_say_what_the_table_says():
-    class Net(nn.Module):  # one zeroed layer, one candidate left alone
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(8, 8, bias=False)
-            self.gated = Gated()
-
-        def forward(self, x):
-            return self.gated(x + self.fc1(x))
-
-    dry = zero_init_pass(Net(), dry_run=True)
-    title = dry.picture().title
-    assert title == ("Net: rule residual_branch_last would zero (dry run) 1 parameter in "
-                     "1 module; 1 candidate left alone")
-    assert "would zero (dry run) 1 parameter in 1 module," in dry.table()
-    assert "1 candidate left alone" in dry.table()
-    (zeroed,) = [n for n in dry.picture().nodes if n.kind == "zeroed"]
-    assert zeroed.lines[-1] == "zeroed: weight 8x8"  # the shape, as the table's zeroed column
-    assert "weight 8x8" in dry.table()
-    applied = zero_init_pass(Net())
-    assert applied.picture().title.startswith("Net: rule residual_branch_last zeroed 1 parameter")

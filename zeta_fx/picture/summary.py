@@ -20,11 +20,13 @@ it would draw a cycle.
 >>> model = Block()
 >>> plan = zero_init_pass(model, dry_run=True).plan
 >>> summary = summarize(GraphView(fx.symbolic_trace(model), model), plan, applied=False)
->>> summary.title
-'Block: rule residual_branch_last would zero (dry run) 2 parameters in 1 module; 0 candidates left alone'
+>>> print(summary.title.replace("; ", "\\n"))
+Block: rule residual_branch_last would zero (dry run) 2 parameters in 1 module
+0 candidates left alone
 >>> [(n.kind, n.lines) for n in summary.nodes]  # doctest: +NORMALIZE_WHITESPACE
-[('input', ('x',)), ('ops', ('fc1 → relu',)), ('zeroed', ('fc2', 'Linear', 'zeroed: weight 4x4, bias 4')),
- ('join', ('+',)), ('output', ('output',))]
+[('input', ('x',)), ('ops', ('fc1 → relu',)),
+ ('zeroed', ('fc2', 'Linear', 'zeroed: weight 4x4, bias 4')), ('join', ('+',)),
+ ('output', ('output',))]
 >>> GraphSummary.from_dict(summary.to_dict()) == summary
 True
 """
