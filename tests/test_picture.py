@@ -271,27 +271,21 @@ class Crossed(nn.Module):
         return self.A(a2 * 2), self.B(b2 * 2)
 
 
-def test_a_run_that_a_path_leaves_and_reenters_is_split():
-    model = ReEntered()
-    report = zero_init_pass(model, dry_run=True)
-    summary, _, _ = check_marks(model, report)
+@pytest.mark.parametrize("model, boxes", [
+    # A run that a path leaves and re-enters is split alone; the block's larger run on the
+    # same loop stays one box (splitting the largest run on the loop would split both).
+    (ReEntered, {"fc0": ("", ("fc0",)), "tanh": ("", ("tanh",)), "mul_1": ("", ("mul_1",)),
+                 "relu": ("inner", ("neg", "tanh_1", "sigmoid", "relu"))}),
+    # Of two convex runs that feed each other, the earlier (block A's) is split.
+    (Crossed, {"a_p": ("A", ("a_p",)), "a_bil": ("A", ("a_bil",)),
+               "b_p": ("B", ("b_p", "b_bil"))}),
+], ids=["re-entered", "crossed"])
+def test_runs_that_would_draw_a_cycle_are_split(model, boxes):
+    model = model()
+    summary, _, _ = check_marks(model, zero_init_pass(model, dry_run=True))
     check_acyclic_and_once(summary)
-    assert [summary.node_of(m).members for m in ("fc0", "tanh", "mul_1")] == [
-        ("fc0",), ("tanh",), ("mul_1",)]
-    # Only that run: the block's larger run on the same loop stays one box.
-    inner = summary.node_of("relu")
-    assert (inner.group, inner.members) == ("inner", ("neg", "tanh_1", "sigmoid", "relu"))
-
-
-def test_runs_on_a_cycle_are_split_until_none_is_left():
-    model = Crossed()
-    report = zero_init_pass(model, dry_run=True)
-    summary, _, _ = check_marks(model, report)
-    check_acyclic_and_once(summary)
-    # Of the two equal runs on the cycle, the earlier (block A's) is split; B's stays one box.
-    assert [summary.node_of(m).members for m in ("a_p", "a_bil", "b_p")] == [
-        ("a_p",), ("a_bil",), ("b_p", "b_bil")]
-    assert {summary.node_of(m).group for m in ("a_p", "a_bil", "b_p")} == {"A", "B"}
+    assert {name: (summary.node_of(name).group, summary.node_of(name).members)
+            for name in boxes} == boxes
 
 
 def test_summary_is_plain_data_and_round_trips(resnet18_report):

@@ -14,21 +14,17 @@ data; :mod:`~zeta_fx.picture.dot` turns that into DOT text (styles, legend, focu
 The summary is built on first use from the graph view the pass already made, so the pass
 itself pays nothing for it.
 
->>> import torch
->>> from torch import nn
 >>> from zeta_fx import zero_init_pass
->>> class Block(nn.Module):
-...     def __init__(self):
-...         super().__init__()
-...         self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
-...     def forward(self, x):
-...         return x + self.fc2(torch.relu(self.fc1(x)))
->>> summary = zero_init_pass(Block(), dry_run=True).picture()
->>> [(n.kind, n.members) for n in summary.nodes]  # doctest: +NORMALIZE_WHITESPACE
-[('input', ('x',)), ('ops', ('fc1', 'relu')), ('zeroed', ('fc2',)), ('join', ('add',)),
- ('output', ('output',))]
->>> [(e.src, e.dst, e.kind) for e in summary.edges if e.kind == "skip"]
-[('n0', 'n3', 'skip')]
+>>> from zeta_fx.models import GPTBlock
+>>> summary = zero_init_pass(GPTBlock(dim=8, n_head=2), dry_run=True).picture()
+>>> [(n.kind, n.lines[0]) for n in summary.nodes]  # doctest: +NORMALIZE_WHITESPACE
+[('input', 'x'), ('ops', 'ln_1 · attn.c_attn ·'), ('zeroed', 'attn.c_proj'),
+ ('ops', 'attn.resid_dropout'), ('join', '+'), ('ops', 'ln_2 → mlp.c_fc → mlp.gelu'),
+ ('zeroed', 'mlp.c_proj'), ('ops', 'mlp.dropout'), ('join', '+'), ('output', 'output')]
+>>> len(summary.nodes[1].members)  # the attention's split, views and SDPA: one box
+16
+>>> [(e.src, e.dst) for e in summary.edges if e.kind == "skip"]
+[('n0', 'n4'), ('n4', 'n8')]
 >>> summary.to_dot().startswith("digraph")
 True
 """

@@ -7,26 +7,18 @@ operations with the same residual block (the module that holds a join) and the s
 (on a skip path or not) is one box. A run is split back into single nodes where collapsing
 it would draw a cycle.
 
->>> import torch
 >>> from torch import fx, nn
 >>> from zeta_fx import zero_init_pass
 >>> from zeta_fx.analysis import GraphView
->>> class Block(nn.Module):
-...     def __init__(self):
-...         super().__init__()
-...         self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
-...     def forward(self, x):
-...         return x + self.fc2(torch.relu(self.fc1(x)))
->>> model = Block()
->>> plan = zero_init_pass(model, dry_run=True).plan
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+>>> plan = zero_init_pass(model, rule="output_layer", dry_run=True).plan
 >>> summary = summarize(GraphView(fx.symbolic_trace(model), model), plan, applied=False)
 >>> print(summary.title.replace("; ", "\\n"))
-Block: rule residual_branch_last would zero (dry run) 2 parameters in 1 module
+Sequential: rule output_layer would zero (dry run) 2 parameters in 1 module
 0 candidates left alone
 >>> [(n.kind, n.lines) for n in summary.nodes]  # doctest: +NORMALIZE_WHITESPACE
-[('input', ('x',)), ('ops', ('fc1 → relu',)),
- ('zeroed', ('fc2', 'Linear', 'zeroed: weight 4x4, bias 4')), ('join', ('+',)),
- ('output', ('output',))]
+[('input', ('input_1',)), ('ops', ('0 → 1',)),
+ ('zeroed', ('2', 'Linear', 'zeroed: weight 2x8, bias 2')), ('output', ('output',))]
 >>> GraphSummary.from_dict(summary.to_dict()) == summary
 True
 """
