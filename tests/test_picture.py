@@ -1,4 +1,4 @@
-"""The picture: DOT content (what is marked, every join, skip edges), rendering, laziness."""
+"""The picture, by part: the summary (what is marked, what collapses, laziness), DOT, rendering."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 import zeta_fx.picture as picture
+import zeta_fx.picture.render as render
 import zeta_fx.report
 from zeta_fx import RenderError, ZeroInitPlan, zero_init_pass
 from zeta_fx.analysis import GraphView
@@ -48,6 +49,8 @@ def attr(text: str, name: str) -> str:
 def is_skip_style(style: str) -> bool:
     return "style=dashed" in style and "#1565c0" in style
 
+
+# -- summary: what is marked, what collapses (zeta_fx.picture.summary) -----------------
 
 class Gated(nn.Module):  # branch ends in a sigmoid: left alone
     def __init__(self):
@@ -183,19 +186,105 @@ def test_left_alone_candidates_and_merges_have_notes_with_reasons():
     assert "rankdir=LR" in report.to_dot(rankdir="LR")
 
 
+def test_title_and_labels_say_what_the_table_says():
+    class Net(nn.Module):  # one zeroed layer, one candidate left alone
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(8, 8, bias=False)
+            self.gated = Gated()
+
+        def forward(self, x):
+            return self.gated(x + self.fc1(x))
+
+    dry = zero_init_pass(Net(), dry_run=True)
+    title = dry.picture().title
+    assert title == ("Net: rule residual_branch_last would zero (dry run) 1 parameter in "
+                     "1 module; 1 candidate left alone")
+    assert "would zero (dry run) 1 parameter in 1 module," in dry.table()
+    assert "1 candidate left alone" in dry.table()
+    (zeroed,) = [n for n in dry.picture().nodes if n.kind == "zeroed"]
+    assert zeroed.lines[-1] == "zeroed: weight 8x8"  # the shape, as the table's zeroed column
+    assert "weight 8x8" in dry.table()
+    applied = zero_init_pass(Net())
+    assert applied.picture().title.startswith("Net: rule residual_branch_last zeroed 1 parameter")
+def check_acyclic_and_once(summary):
+    """Boxes in graph order with every edge pointing forward (so no cycle), and every FX
+    data node drawn exactly once."""
+    order = {n.id: i for i, n in enumerate(summary.nodes)}
+    assert all(order[e.src] < order[e.dst] for e in summary.edges if e.kind != "note")
+    members = [m for n in summary.nodes for m in n.members if n.kind != "output"]
+    assert len(members) == len(set(members))
+
+
 def test_squeeze_excite_collapses_without_cycles():
     model = SEResNet()
     report = zero_init_pass(model, dry_run=True)
     summary, _, _ = check_marks(model, report)
-    succ = {}
-    for e in summary.edges:
-        if e.kind != "note":
-            succ.setdefault(e.src, set()).add(e.dst)
-    order = {n.id: i for i, n in enumerate(summary.nodes)}
-    assert all(order[a] < order[b] for a, bs in succ.items() for b in bs)  # acyclic, in order
-    # Every FX data node is drawn exactly once.
-    members = [m for n in summary.nodes for m in n.members if n.kind != "output"]
-    assert len(members) == len(set(members))
+    check_acyclic_and_once(summary)
+
+
+class InnerBlock(nn.Module):  # a residual block whose fork is computed inside it
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = x * 2
+        return y + self.fc(torch.relu(torch.sigmoid(torch.tanh(-y))))
+
+
+class ReEntered(nn.Module):
+    """`tanh` feeds `mul_1` directly and through the inner block, drawn as another group:
+    as one box, fc0 -> tanh -> mul_1 would point into the block and back at itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.inner, self.fc2 = nn.Linear(8, 8), InnerBlock(), nn.Linear(8, 8)
+
+    def forward(self, x):
+        p = torch.tanh(self.fc0(x))
+        return x + self.fc2(p * self.inner(p))
+
+
+class HalfBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f1, self.f2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.p, self.bil = nn.Linear(8, 8), nn.Bilinear(8, 8, 8)
+
+    def forward(self, x):
+        return x + self.f2(torch.relu(self.f1(x)))
+
+
+class Crossed(nn.Module):
+    """Runs of two blocks feed each other: A.p -> B.bil and B.p -> A.bil. Each run is
+    convex alone, but as two boxes they would point at each other."""
+
+    def __init__(self):
+        super().__init__()
+        self.A, self.B = HalfBlock(), HalfBlock()
+
+    def forward(self, x):
+        a1, b1 = self.A.p(x), self.B.p(x)
+        a2, b2 = self.A.bil(a1, b1), self.B.bil(b1, a1)
+        return self.A(a2 * 2), self.B(b2 * 2)
+
+
+@pytest.mark.parametrize("model, boxes", [
+    # A run that a path leaves and re-enters is split alone; the block's larger run on the
+    # same loop stays one box (splitting the largest run on the loop would split both).
+    (ReEntered, {"fc0": ("", ("fc0",)), "tanh": ("", ("tanh",)), "mul_1": ("", ("mul_1",)),
+                 "relu": ("inner", ("neg", "tanh_1", "sigmoid", "relu"))}),
+    # Of two convex runs that feed each other, the earlier (block A's) is split.
+    (Crossed, {"a_p": ("A", ("a_p",)), "a_bil": ("A", ("a_bil",)),
+               "b_p": ("B", ("b_p", "b_bil"))}),
+], ids=["re-entered", "crossed"])
+def test_runs_that_would_draw_a_cycle_are_split(model, boxes):
+    model = model()
+    summary, _, _ = check_marks(model, zero_init_pass(model, dry_run=True))
+    check_acyclic_and_once(summary)
+    assert {name: (summary.node_of(name).group, summary.node_of(name).members)
+            for name in boxes} == boxes
 
 
 def test_summary_is_plain_data_and_round_trips(resnet18_report):
@@ -210,24 +299,12 @@ def test_summary_is_plain_data_and_round_trips(resnet18_report):
 def test_picture_is_built_lazily_and_once(monkeypatch):
     calls = []
     real = picture.summarize
-    monkeypatch.setattr(zeta_fx.report, "summarize",
+    monkeypatch.setattr(zeta_fx.report, "summarize",  # where the report looks it up
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     report = zero_init_pass(SEResNet(), dry_run=True)
     assert calls == []  # the pass itself builds nothing for the picture
     first = report.to_dot()
     assert report.to_dot() == first and len(calls) == 1
-
-
-def test_focus_draws_one_stage_and_its_neighbours(resnet18_report):
-    _, report = resnet18_report
-    nodes, _ = parse_dot(report.to_dot(focus="layer2"))
-    summary = report.picture()
-    shown = [summary.nodes[int(i[1:])] for i in nodes]
-    inside = [n for n in shown if n.group.startswith("layer2")]
-    assert {n.group for n in inside} == {"layer2.0", "layer2.1"}
-    assert len(shown) - len(inside) == 3  # the fork before it, the boxes just after
-    with pytest.raises(ValueError, match="matches no module"):
-        report.to_dot(focus="nope")
 
 
 def test_plan_without_a_graph_says_how_to_get_one():
@@ -241,9 +318,25 @@ def test_plan_without_a_graph_says_how_to_get_one():
         plan.apply(SEResNet()).to_dot()
 
 
+# -- DOT (zeta_fx.picture.dot) ---------------------------------------------------------
+
+def test_focus_draws_one_stage_and_its_neighbours(resnet18_report):
+    _, report = resnet18_report
+    nodes, _ = parse_dot(report.to_dot(focus="layer2"))
+    summary = report.picture()
+    shown = [summary.nodes[int(i[1:])] for i in nodes]
+    inside = [n for n in shown if n.group.startswith("layer2")]
+    assert {n.group for n in inside} == {"layer2.0", "layer2.1"}
+    assert len(shown) - len(inside) == 3  # the fork before it, the boxes just after
+    with pytest.raises(ValueError, match="matches no module"):
+        report.to_dot(focus="nope")
+
+
+# -- rendering (zeta_fx.picture.render) ------------------------------------------------
+
 def test_draw_without_graphviz_writes_dot_and_says_how(tmp_path, monkeypatch, caplog):
     report = zero_init_pass(SEResNet(), dry_run=True)
-    monkeypatch.setattr(picture.shutil, "which", lambda name: None)
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
     with caplog.at_level(logging.WARNING, logger="zeta_fx"):
         result = report.draw(tmp_path / "model.svg")
     assert not result.rendered and result.path == tmp_path / "model.dot"
@@ -282,26 +375,3 @@ def test_draw_unknown_format_is_a_render_error(tmp_path):
     with pytest.raises(RenderError, match=r"'bogus'.*svg, png, pdf"):
         report.draw(tmp_path / "x.bogus")
     assert not (tmp_path / "x.bogus").exists()
-
-
-def test_title_and_labels_say_what_the_table_says():
-    class Net(nn.Module):  # one zeroed layer, one candidate left alone
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(8, 8, bias=False)
-            self.gated = Gated()
-
-        def forward(self, x):
-            return self.gated(x + self.fc1(x))
-
-    dry = zero_init_pass(Net(), dry_run=True)
-    title = dry.picture().title
-    assert title == ("Net: rule residual_branch_last would zero (dry run) 1 parameter in "
-                     "1 module; 1 candidate left alone")
-    assert "would zero (dry run) 1 parameter in 1 module," in dry.table()
-    assert "1 candidate left alone" in dry.table()
-    (zeroed,) = [n for n in dry.picture().nodes if n.kind == "zeroed"]
-    assert zeroed.lines[-1] == "zeroed: weight 8x8"  # the shape, as the table's zeroed column
-    assert "weight 8x8" in dry.table()
-    applied = zero_init_pass(Net())
-    assert applied.picture().title.startswith("Net: rule residual_branch_last zeroed 1 parameter")

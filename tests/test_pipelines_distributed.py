@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from zeta_fx import zero_init_pass
+from zeta_fx import init_pass, inits, zero_init_pass
 from zeta_fx.errors import PlanMismatchError, UnsupportedWrapperError
 from zeta_fx.models import GPT
 from zeta_fx.plan import ZeroInitPlan
@@ -113,6 +113,38 @@ def _check_fsdp2(rank: int, plan_json: str) -> None:
     assert all(torch.equal(p.full_tensor(), expected[n]) for n, p in model.named_parameters())
 
 
+def _check_fsdp2_draws(rank: int) -> None:
+    """A scaled_normal plan made on meta draws, on each rank's shards, exactly the tensors a
+    single-process pass with the same seed draws (each tensor drawn whole, then sliced)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    init = inits.scaled_normal(std=0.02)
+    torch.manual_seed(0)
+    single = make_gpt()
+    initial = {k: v.clone() for k, v in single.state_dict().items()}
+    drawn = init_pass(single, RULE, init=init, seed=11).params
+    with torch.device("meta"):
+        plan = init_pass(make_gpt(), RULE, init=init, seed=11, dry_run=True).plan
+    mesh = init_device_mesh("cpu", (WORLD,))
+    with torch.device("meta"):
+        model = make_gpt()
+    for block in model.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.to_local().copy_(distribute_tensor(initial[name], p.device_mesh, p.placements,
+                                                 src_data_rank=None).to_local())
+    report = ZeroInitPlan.from_json(plan.to_json()).apply(model)
+    assert report.params == drawn and any(e.action.kind == "normal" for e in plan.entries)
+    expected = single.state_dict()
+    for name, p in model.named_parameters():
+        assert torch.equal(p.full_tensor(), expected[name]), f"rank {rank}: `{name}` differs"
+
+
 def _check_ddp(rank: int) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -173,6 +205,8 @@ def _worker(rank: int, port: int, plan_json: str) -> None:
                             timeout=timedelta(seconds=60))
     try:
         _check_fsdp2(rank, plan_json)
+        dist.barrier()
+        _check_fsdp2_draws(rank)
         dist.barrier()
         _check_ddp(rank)
         dist.barrier()

@@ -35,8 +35,8 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.facts import (LAYER_PARAMS, Fact, ZeroFacts, bind, get_local, known_module,
-                            makes_zeros, op_key)
+from zeta_fx.facts import (_FINITE, _PRESERVING, _SINGULAR, LAYER_PARAMS, Fact, ZeroFacts,
+                           bind, get_local, known_module, makes_zeros, op_key)
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps, target_name
 
@@ -531,7 +531,6 @@ class GraphView:
             if isinstance(exponent, (int, float)) and exponent > 0:
                 return [[a.get("input")]]
             return f"{what} at `{node.name}` is a power that does not keep zero"
-        from zeta_fx.facts import _FINITE, _PRESERVING, _SINGULAR
         if key in ("masked_fill", "clamp", "clip", "clamp_min", "clamp_max", "hardtanh",
                    "threshold", "pad", "constant_pad_nd", "nan_to_num", "relu6", "maximum",
                    "minimum", "max", "min", "prelu", "_prelu_kernel", "normalize", "getattr") \

@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
-from zeta_fx.capture import ZetaTracer, LeafSpec, _aliases, _first_line, quiet_torch
+from zeta_fx.tracer import LeafSpec, ZetaTracer, _aliases, _first_line, quiet_torch
 from zeta_fx.errors import CaptureError
 
 __all__ = ["concrete_capture"]

@@ -122,11 +122,11 @@ class Fixup(Init):
                 if site.kind != "residual":
                     continue
                 layers = branches.layers(site)
-                m = len({owner for owner, _, _ in layers} | {entry.module})
+                m = len({owner for owner, *_ in layers} | {entry.module})
                 if m < 2:
                     continue
                 scale = branches.count ** (-1.0 / (2 * m - 2))
-                for owner, fqn, shape in layers:
+                for owner, fqn, shape, node in layers:
                     if owner in planned or owner in extra:
                         continue
                     fan_out = shape[0] * math.prod(shape[2:])
@@ -136,7 +136,7 @@ class Fixup(Init):
                                              ("scale", scale)))
                     extra[owner] = PlanEntry(
                         owner, branches.module_type(owner), {fqn: shape},
-                        (Site("fixup", site.node, site.merge, site.skip, site.fork,
+                        (Site("fixup", node, site.merge, site.skip, site.fork,
                                     site.skip_kind, site.skip_modules, "",
                                     f"inside the branch into `{site.merge}`: Fixup scale "
                                     f"L^(-1/(2m-2)) = {scale:.4g} (L = {branches.count}, "
@@ -167,7 +167,7 @@ class Custom(Init):
         for entry in entries:
             depth = max((branches.depth(s) for s in entry.sites), default=-1)
             residual = next((s for s in entry.sites if s.kind == "residual"), None)
-            layers = ",".join(dict.fromkeys(o for o, _, _ in branches.layers(residual))) \
+            layers = ",".join(dict.fromkeys(o for o, *_ in branches.layers(residual))) \
                 if residual is not None else ""
             action = Action("callable", name=self.label, label=f"{self.label}(...)",
                             figures=(("depth", depth), ("L", branches.count),

@@ -47,7 +47,7 @@ class Branches:
 
     ``count`` is the number of residual branches (distinct merges of residual sites);
     :meth:`depth` a site's 0-based branch index in graph order; :meth:`layers` the weight
-    layers on a branch (module FQN, weight FQN, shape), in graph order.
+    layers on a branch, in graph order.
     """
 
     def __init__(self, view: "GraphView", entries: Iterable[PlanEntry]) -> None:
@@ -66,7 +66,9 @@ class Branches:
     def depth(self, site: Site) -> int:
         return self._depth.get(site.merge, -1)
 
-    def layers(self, site: Site) -> list[tuple[str, str, tuple[int, ...]]]:
+    def layers(self, site: Site) -> list[tuple[str, str, tuple[int, ...], str]]:
+        """(module FQN, weight FQN, shape, graph node) of each weight layer on the branch
+        that ends at ``site``'s merge, in graph order."""
         if self._joins is None:
             self._joins = {j.merge.name: j for j in self.view.joins() if j.ok}
         join = self._joins.get(site.merge)
@@ -76,7 +78,7 @@ class Branches:
         for operand in join.branch_operands:
             if isinstance(operand, Node):
                 side |= join.sides.get(operand, frozenset())
-        out: list[tuple[str, str, tuple[int, ...]]] = []
+        out: list[tuple[str, str, tuple[int, ...], str]] = []
         seen: set[str] = set()
         for node in sorted(side, key=self.view.index.__getitem__):
             layer = self.view.layer(node) if node in self.view.layer_nodes else None
@@ -86,7 +88,7 @@ class Branches:
                 tensor = self.view.params.get(fqn)
                 if tensor is not None and tensor.dim() >= 2 and fqn not in seen:
                     seen.add(fqn)
-                    out.append((layer.owner, fqn, tuple(tensor.shape)))
+                    out.append((layer.owner, fqn, tuple(tensor.shape), node.name))
         return out
 
 
@@ -203,5 +205,5 @@ def _weight_norm_magnitude(model: nn.Module, fqn: str) -> str:
     raise UnsupportedParameterError(
         f"`{fqn}` (module `{owner}`) is not a stored parameter"
         + (f" but computed by a {kinds} hook" if kinds else "")
-        + f"; zeroing it would not last. Remove the reparametrisation (e.g. "
+        + "; zeroing it would not last. Remove the reparametrisation (e.g. "
         "torch.nn.utils.remove_spectral_norm) before the pass; nothing was written")

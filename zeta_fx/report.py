@@ -108,7 +108,8 @@ class ZeroInitReport:
                     "elements": elements, "shared": len(entry.sites) > 1, "rule": entry.rule,
                     "zero_at": site.zero_at, "merge": site.merge, "skip": site.skip,
                     "site": site.to_dict(), "action": entry.action.label,
-                    "verified": self._verified(site.node),
+                    "verified": (self._verified(site.node) if entry.action.kind == "zero"
+                                 else None),
                 })
         return rows
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from torch import nn
@@ -373,32 +372,20 @@ class Difference(_Combined):
 # -- adaLN-Zero ---------------------------------------------------------------------------
 # Ops that carry a modulation vector to where it is applied without mixing it with anything:
 # chunk/split into shift, scale and gate, unsqueeze to broadcast, dtype casts.
-_SPLIT_OPS = frozenset({
-    ".chunk", ".split", ".unbind", ".tensor_split", "torch.chunk", "torch.split",
-    "torch.unbind", "torch.tensor_split", "torch.functional.split", "aten.split",
-    "aten.split_with_sizes", "aten.chunk", "aten.unbind", "aten.tensor_split",
-})
+# Keyed by op identity (:func:`zeta_fx.facts.op_key`: one key for the torch function, the
+# tensor method, the aten op and their in-place forms).
+_SPLIT_OPS = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes"})
 _CARRIER_OPS = _SPLIT_OPS | frozenset({
-    "operator.getitem", ".unsqueeze", ".view", ".reshape", ".expand", ".expand_as", ".to",
-    ".float", ".half", ".bfloat16", ".type_as", ".contiguous", ".squeeze", ".flatten",
-    ".unflatten", "torch.unsqueeze", "torch.reshape", "torch.squeeze", "torch.flatten",
-    "aten.unsqueeze", "aten.view", "aten._unsafe_view", "aten.reshape", "aten.expand",
-    "aten._to_copy", "aten.to", "aten.slice", "aten.select", "aten.squeeze", "aten.clone",
-    "aten.contiguous", "aten.alias", "aten.type_as", "aten.unflatten", "aten.flatten",
+    "getitem", "unsqueeze", "view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
+    "_to_copy", "float", "half", "bfloat16", "type_as", "contiguous", "squeeze", "flatten",
+    "unflatten", "slice", "select", "clone", "alias",
 })
-_ADD_OPS = frozenset({"operator.add", "operator.iadd", "torch.add", ".add", ".add_",
-                      "aten.add"})
-_MUL_OPS = frozenset({"operator.mul", "operator.imul", "torch.mul", ".mul", ".mul_",
-                      "aten.mul"})
+_ADD_OPS = frozenset({"add"})
+_MUL_OPS = frozenset({"mul", "multiply"})
 
 
 def _op_name(node: Node) -> str:
-    from zeta_fx.ops import target_name
-
-    name = target_name(node.target) if node.op in ("call_function", "call_method") else ""
-    if name.startswith("aten.") and name.count(".") == 2:
-        name = name.rsplit(".", 1)[0]
-    return name
+    return op_key(node)[0] if node.op in ("call_function", "call_method") else ""
 
 
 class AdaLNZero(Rule):

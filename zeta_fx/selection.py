@@ -53,6 +53,8 @@ class Site:
     @property
     def claim(self) -> str:
         """The claim of this site in words (what ``verify=True`` checks)."""
+        if self.kind == "fixup":
+            return "none (rescaled, not zeroed)"
         if self.merge:
             return f"`{self.merge}` equals its skip `{self.skip}`"
         if self.kind == "composite":

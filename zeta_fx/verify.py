@@ -33,11 +33,12 @@ from __future__ import annotations
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 from torch import fx, nn
 
+from zeta_fx.composite import composite_branches, default_composites
 from zeta_fx.errors import ExampleInputsError, VerificationError
 from zeta_fx.tensors import byte_span, nonzero_flag
 from zeta_fx.wrappers import is_sharded
@@ -332,8 +333,6 @@ def _composite_skip(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
 
 def _composite_tensors(module: nn.Module) -> list[torch.Tensor]:
     """The tensors that end the hidden residual branches of ``module``."""
-    from zeta_fx.composite import composite_branches, default_composites
-
     out = []
     for branch in composite_branches(module, default_composites()) or ():
         sub = module.get_submodule(branch.module)

@@ -1,0 +1,120 @@
+"""The package's shape: one direction of flow, checked on the source (no import cycles, no
+function-local imports of zeta_fx modules, the plan holding nothing live)."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import zeta_fx
+from zeta_fx import ZeroInitPlan, zero_init_pass
+from zeta_fx.models import GPT
+
+PACKAGE = Path(zeta_fx.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(tree: ast.Module) -> tuple[set[str], list[tuple[int, str]]]:
+    """(zeta_fx modules imported at module level outside TYPE_CHECKING, function-local ones)."""
+    top: set[str] = set()
+    local: list[tuple[int, str]] = []
+
+    def names(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zeta_fx"):
+            return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names if a.name.startswith("zeta_fx")]
+        return []
+
+    for stmt in tree.body:
+        if isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.unparse(stmt.test):
+            continue
+        for node in ast.walk(stmt):
+            found = names(node)
+            if not found:
+                continue
+            inside_def = isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            if inside_def:
+                local.append((node.lineno, found[0]))
+            else:
+                top.update(found)
+    return top, local
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    locals_: dict[str, list[tuple[int, str]]] = {}
+    for name, path in modules.items():
+        top, local = _imports(ast.parse(path.read_text()))
+        edges[name] = {m for m in top if m in modules and m != name}
+        locals_[name] = local
+    return edges, locals_
+
+
+def test_no_import_cycles():
+    edges, _ = _graph()
+    # a package's __init__ re-exports its modules: the edge from a module up to its package
+    # __init__ is an import of that __init__, which is what a cycle would need
+    graph = {m: {d for d in deps if d != "zeta_fx"} for m, deps in edges.items()}
+    graphlib.TopologicalSorter(graph).static_order()  # raises CycleError on a cycle
+
+
+def test_no_function_local_imports_of_the_package():
+    _, locals_ = _graph()
+    found = {m: hits for m, hits in locals_.items() if hits}
+    assert found == {}, f"function-local zeta_fx imports (a hidden cycle?): {found}"
+
+
+@pytest.mark.parametrize("lower,higher", [
+    ("zeta_fx.selection", "zeta_fx.rules"), ("zeta_fx.facts", "zeta_fx.analysis"),
+    ("zeta_fx.apply", "zeta_fx.plan"), ("zeta_fx.verify", "zeta_fx.apply"),
+    ("zeta_fx.report", "zeta_fx.api"), ("zeta_fx.picture.summary", "zeta_fx.report"),
+    ("zeta_fx.planner", "zeta_fx.api"), ("zeta_fx.tensors", "zeta_fx.apply"),
+])
+def test_a_lower_stage_never_imports_a_higher_one(lower, higher):
+    edges, _ = _graph()
+    seen, todo = set(), [lower]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(edges.get(m, ()))
+    assert higher not in seen
+
+
+def test_the_plan_is_plain_data():
+    plan = zero_init_pass(GPT(n_layer=1), dry_run=True).plan
+    assert ZeroInitPlan.from_json(plan.to_json()) == plan
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    live = (nn.Module, torch.Tensor, torch.fx.Graph, torch.fx.Node)
+
+    def walk(value):
+        assert not isinstance(value, live), type(value)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(k), walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif hasattr(value, "__dataclass_fields__"):
+            for name in value.__dataclass_fields__:
+                walk(getattr(value, name))
+        else:
+            assert isinstance(value, (str, int, float, type(None))), type(value)
+
+    walk(plan)
