@@ -588,3 +588,26 @@ def test_zero_dim_parameters_are_what_fsdp2_refuses():
     with pytest.raises(ValueError, match="scalar"):
         _verify_managed_param("alpha", nn.Parameter(torch.zeros(())))
     _verify_managed_param("alpha", nn.Parameter(torch.zeros(1)))
+
+
+# -- the example ------------------------------------------------------------------------------
+
+def test_example_draws_every_curve_and_gates_every_block(tmp_path):
+    import subprocess
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "curves.svg"
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, str(root / "examples" / "deep_mlp_rezero.py"),
+                           "--quick", "--out", str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gated 20 residual joins" in proc.stdout
+    svg = ET.parse(out).getroot()
+    lines = [e for e in svg.iter() if e.tag.endswith("polyline")]
+    labels = [e.text for e in svg.iter() if e.tag.endswith("text")]
+    assert len(lines) == (4 if "init_pass" in labels[-1] else 3)
+    assert any(t and t.startswith("gate_residuals") for t in labels)
+    assert all(len(e.get("points").split()) >= 2 for e in lines)

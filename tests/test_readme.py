@@ -51,6 +51,21 @@ def test_custom_rule_zeroes_attention_branches_only():
     assert all(row["position"].startswith("attention branch into") for row in report.touched)
 
 
+def test_gates_block_runs_and_prints_what_it_claims():
+    code = readme_block("gates")
+    namespace: dict = {"__name__": "readme_gates"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md:gates", "exec"), namespace)
+    claimed = [c.strip() for c in re.findall(r"print\(.*\)\s*#\s*(.*)", code)]
+    assert out.getvalue().splitlines() == claimed == [
+        "['h.0.gate_attn', 'h.0.gate_mlp', 'h.1.gate_attn', 'h.1.gate_mlp']", "True"]
+    groups = namespace["optimizer"].param_groups
+    assert [len(g["params"]) for g in groups][1] == 4 and groups[1]["weight_decay"] == 0.0
+    model = namespace["model"]
+    assert not any("gate" in name for name, _ in model.named_parameters())
+
+
 def test_tour_shows_the_demo_output_as_it_is(capsys):
     from zeta_fx.cli import main
 
