@@ -611,3 +611,16 @@ def test_example_draws_every_curve_and_gates_every_block(tmp_path):
     assert len(lines) == (4 if "init_pass" in labels[-1] else 3)
     assert any(t and t.startswith("gate_residuals") for t in labels)
     assert all(len(e.get("points").split()) >= 2 for e in lines)
+
+
+def test_a_gate_never_lands_on_one_of_the_models_own_modules():
+    # a hand-made graph whose merge claims to run inside `fc2`, a leaf the graph calls:
+    # the gate goes to the root instead, named after that path
+    traced = fx.symbolic_trace(_Sum("method"))
+    merge = next(n for n in traced.graph.nodes if n.op == "call_method")
+    merge.meta["nn_module_stack"] = {"fc2": ("fc2", nn.Linear)}
+    gated = gate_residuals(traced, init=1.0)
+    assert GatesReport.of(gated).names == ["fc2_residual_gate"]
+    assert gated.fc2 is traced.fc2 and set(vars(traced.fc2)) == set(vars(nn.Linear(2, 2)))
+    x = torch.randn(3, 8)
+    assert torch.equal(gated(x), traced(x))

@@ -78,6 +78,11 @@ match. On the meta device the gates are meta tensors too: after ``to_empty()`` s
 again (``torch.nn.init.constant_(gated.get_parameter(name), init)`` for each ``name`` in
 ``report.names``).
 
+Under FSDP2, shard the returned module whole, or the leaf modules its graph calls
+(``call_module`` targets) and then the root, which holds the gates: the containers of a
+traced module (``gated.h[0]``) are not called by the flattened graph, so a ``fully_shard``
+on one of them would never gather its parameters.
+
 The report
 ----------
 ``gated.meta["zeta_fx_gates"]`` (also :meth:`GatesReport.of`) is a frozen
@@ -103,7 +108,7 @@ from torch import fx, nn
 from torch.fx import Node
 
 from zeta_fx.analysis import GraphView
-from zeta_fx.capture import LeafSpec
+from zeta_fx.capture import LeafSpec, _first_line
 from zeta_fx.capture import capture as capture_graph
 from zeta_fx.errors import (ExampleInputsError, GateError, NotAModuleError,
                             UnsupportedParameterError)
@@ -245,6 +250,9 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
     report in ``gm.meta["zeta_fx_gates"]``.
 
     The caller's model is not modified; the returned module shares its parameter tensors.
+    It is called like the captured graph: with the forward's arguments, returning what the
+    graph returns (for a ``torch.export`` capture, the flat outputs: a Hugging Face model's
+    logits come first in a tuple, not in a ``ModelOutput``).
     """
     init = _check_init(init)
     channel_dim = _check_per_channel(per_channel)
@@ -429,8 +437,8 @@ def _merge_shapes(result: fx.GraphModule, merges: list[str], example_inputs: Any
             raise ExampleInputsError(
                 f"per_channel gates need the shape of each merge, and running the graph on "
                 f"fake copies of example_inputs failed: {type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; pass inputs "
-                "that the model's forward accepts, on the model's device") from exc
+                f"{_first_line(exc)}; pass inputs that the model's forward accepts, on the "
+                "model's device") from exc
     shapes = {}
     for m in merges:
         meta = _value_meta(nodes[m])
@@ -495,15 +503,14 @@ def _insert_gate(result: fx.GraphModule, nodes: dict[str, Node], join: Join,
         alpha = graph.get_attr(fqn)
         if dim is None:
             alpha = graph.call_method("view", (alpha, ()))
-        elif dim != len(shape) - 1:
-            alpha = graph.call_method("view", (alpha, (shape[dim],) + (1,) * (len(shape) - 1 - dim)))
+        elif dim != len(shape) - 1:  # (C, 1, ..., 1): aligned with dim from the right
+            trailing = (1,) * (len(shape) - 1 - dim)
+            alpha = graph.call_method("view", (alpha, (shape[dim], *trailing)))
     gated: list[str] = []
 
     def gate(value: Any, holder: Node) -> Any:
-        if value in kept:
-            return value
-        if not isinstance(value, Node):
-            return value  # a constant summand: the proof let it in only as a zero
+        if not isinstance(value, Node) or value in kept:
+            return value  # a constant summand: the proof admits one only as a zero
         with graph.inserting_before(holder):
             out = graph.call_function(operator.mul, (value, alpha))
         gated.append(value.name)
