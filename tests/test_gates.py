@@ -12,15 +12,14 @@ from __future__ import annotations
 import copy
 import math
 import os
-import socket
 import sys
-import time
 from datetime import timedelta
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
+
+from gloo_ranks import free_port, leave, rendezvous, run_ranks
 
 from zeta_fx import GateError, gate_residuals
 from zeta_fx.errors import ExampleInputsError, NotAModuleError
@@ -492,17 +491,6 @@ WORLD = 2
 TIMEOUT_S = 90
 
 
-def _loopback_ifname() -> dict[str, str]:
-    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
-    return {"GLOO_SOCKET_IFNAME": names[0]} if names else {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fsdp_model() -> tuple[fx.GraphModule, torch.Tensor]:
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, dim=16)
@@ -518,8 +506,7 @@ def _fsdp_step(gated: fx.GraphModule, ids: torch.Tensor) -> tuple[torch.Tensor, 
 def _fsdp_worker(rank: int, port: int) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    os.environ.update(_loopback_ifname())
+    rendezvous(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
     try:
@@ -557,28 +544,15 @@ def _fsdp_worker(rank: int, port: int) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)  # gloo's threads can abort a finished rank at interpreter teardown
+    leave()  # gloo's threads can abort a finished rank at interpreter teardown
 
 
 def test_gated_module_trains_under_fsdp2_on_two_gloo_ranks():
     import torch.distributed as dist
-    import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("needs torch.distributed with gloo")
-    ctx = mp.start_processes(_fsdp_worker, args=(_free_port(),), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+    run_ranks(_fsdp_worker, (free_port(),), WORLD, TIMEOUT_S)
 
 
 def test_zero_dim_parameters_are_what_fsdp2_refuses():

@@ -10,17 +10,19 @@ gradients (ReZero, Bachlechner et al. 2020; SkipInit, De & Smith 2020).
 >>> import torch
 >>> from torch import nn
 >>> from zeta_fx import gate_residuals
->>> class Block(nn.Module):
-...     def __init__(self):
+>>> class PreNormMLP(nn.Module):
+...     def __init__(self, width=8):
 ...         super().__init__()
-...         self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 4)
+...         self.norm = nn.LayerNorm(width)
+...         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+...                                  nn.Linear(4 * width, width))
 ...     def forward(self, x):
-...         return x + self.fc2(torch.relu(self.fc1(x)))
->>> block = Block()
+...         return x + self.mlp(self.norm(x))
+>>> block = PreNormMLP()
 >>> gated = gate_residuals(block, init=0.0)
 >>> [(g.name, g.merge, g.skip, g.layers) for g in gated.meta["zeta_fx_gates"].gates]
-[('gate_fc2', 'add', 'x', ('fc2',))]
->>> x = torch.randn(2, 4)
+[('gate_mlp', 'add', 'x', ('mlp.2',))]
+>>> x = torch.randn(2, 8)
 >>> torch.equal(gated(x), x)  # alpha = 0: the block is the identity
 True
 >>> torch.equal(gate_residuals(block, init=1.0)(x), block(x))  # alpha = 1: bit for bit
