@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 # The summary line every report prints (str(report) ends its touched table with it).
 REPORT_LINE = re.compile(r"rule \S.* (zeroed|would zero \(dry run\)) \d+ parameters in \d+ "
-                         r"modules|rule \S.* found nothing to zero")
+                         r"modules|rule \S.* found nothing to zero|"
+                         r"rule \S.* gated \d+ residual joins?")
 ZERO_TENSOR = re.compile(r"tensor\(\[[\[\]0.,\s]*\]")
 
 
@@ -24,7 +25,8 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(script, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               ZETA_FX_EXAMPLE_QUICK="1")  # examples that train take a short run
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

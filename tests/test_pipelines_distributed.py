@@ -8,16 +8,13 @@ were written in place and that the full tensors equal a single-process pass.
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-import time
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from gloo_ranks import free_port, leave, rendezvous, run_ranks
 
 from zeta_fx import init_pass, inits, zero_init_pass
 from zeta_fx.errors import PlanMismatchError, UnsupportedWrapperError
@@ -35,18 +32,6 @@ RULE = ResidualBranchLast() | OutputLayer()
 
 def make_gpt() -> GPT:
     return GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, dim=16)
-
-
-def _loopback_ifname() -> dict[str, str]:
-    """Keep gloo on the loopback interface (it would otherwise pick the hostname's)."""
-    names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
-    return {"GLOO_SOCKET_IFNAME": names[0]} if names else {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
@@ -198,8 +183,7 @@ def _check_fsdp1_refused() -> None:
 
 
 def _worker(rank: int, port: int, plan_json: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    os.environ.update(_loopback_ifname())
+    rendezvous(port)
     torch.set_num_threads(1)  # two ranks share the runner's cores
     dist.init_process_group("gloo", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))
@@ -214,25 +198,7 @@ def _worker(rank: int, port: int, plan_json: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    # leave without the interpreter's teardown, where gloo's threads can abort a finished
-    # rank (see examples/meta_fsdp2_plan.py)
-    sys.stdout.flush()
-    os._exit(0)
-
-
-def _run_ranks(plan_json: str) -> None:
-    ctx = mp.start_processes(_worker, args=(_free_port(), plan_json), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):  # raises ProcessRaisedException with the rank's traceback
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} ranks did not finish within {TIMEOUT_S} s")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+    leave()  # without the interpreter's teardown (see examples/meta_fsdp2_plan.py)
 
 
 def test_meta_plan_applies_under_fsdp2_and_ddp_on_two_gloo_ranks():
@@ -242,4 +208,4 @@ def test_meta_plan_applies_under_fsdp2_and_ddp_on_two_gloo_ranks():
     assert all(p.is_meta for p in meta.parameters())
     _, _, zeroed = _reference()
     assert report.params == zeroed
-    _run_ranks(report.plan.to_json())
+    run_ranks(_worker, (free_port(), report.plan.to_json()), WORLD, TIMEOUT_S)

@@ -20,20 +20,25 @@ def readme_block(marker: str) -> str:
     return m.group(1)
 
 
-def test_custom_rule_block_runs_and_prints_what_it_claims():
-    code = readme_block("custom-rule")
-    namespace: dict = {"__name__": "readme_custom_rule"}
+def run_block(marker: str) -> tuple[dict, str, str]:
+    """Run the README's python block after ``<!-- marker -->``: its names, what it printed,
+    and its code."""
+    code = readme_block(marker)
+    namespace: dict = {"__name__": f"readme_{marker.replace('-', '_')}"}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, "README.md:custom-rule", "exec"), namespace)
+        exec(compile(code, f"README.md:{marker}", "exec"), namespace)
+    return namespace, out.getvalue(), code
+
+
+def test_custom_rule_block_runs_and_prints_what_it_claims():
+    _, printed, code = run_block("custom-rule")
     claimed = re.search(r"print\(report\.modules\)\s*#\s*(.*)", code).group(1)
-    assert out.getvalue().strip() == claimed == "['h.0.attn.c_proj', 'h.1.attn.c_proj']"
+    assert printed.strip() == claimed == "['h.0.attn.c_proj', 'h.1.attn.c_proj']"
 
 
 def test_custom_rule_zeroes_attention_branches_only():
-    namespace: dict = {"__name__": "readme_custom_rule"}
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(readme_block("custom-rule"), "README.md:custom-rule", "exec"), namespace)
+    namespace, _, _ = run_block("custom-rule")
     rule = namespace["AttentionBranchLast"]()
     torch.manual_seed(0)
     model = GPT(n_layer=3).eval()
@@ -49,6 +54,17 @@ def test_custom_rule_zeroes_attention_branches_only():
         assert torch.equal(block.attn(block.ln_1(x)), torch.zeros_like(x))
         assert block.mlp(block.ln_2(x)).abs().sum() > 0
     assert all(row["position"].startswith("attention branch into") for row in report.touched)
+
+
+def test_gates_block_runs_and_prints_what_it_claims():
+    namespace, printed, code = run_block("gates")
+    claimed = [c.strip() for c in re.findall(r"print\(.*\)\s*#\s*(.*)", code)]
+    assert printed.splitlines() == claimed == [
+        "['h.0.gate_attn', 'h.0.gate_mlp', 'h.1.gate_attn', 'h.1.gate_mlp']", "True"]
+    groups = namespace["optimizer"].param_groups
+    assert [len(g["params"]) for g in groups][1] == 4 and groups[1]["weight_decay"] == 0.0
+    model = namespace["model"]
+    assert not any("gate" in name for name, _ in model.named_parameters())
 
 
 def test_tour_shows_the_demo_output_as_it_is(capsys):

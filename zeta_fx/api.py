@@ -27,20 +27,16 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from zeta_fx.analysis import GraphView
 from zeta_fx.apply import apply_plan, resolve
 from zeta_fx.capture import LeafSpec
-from zeta_fx.capture import capture as capture_graph
-from zeta_fx.errors import ExampleInputsError, NotAModuleError, UnsupportedParameterError, ZetaFxError
+from zeta_fx.errors import ExampleInputsError, ZetaFxError
 from zeta_fx.inits import Init, Zero, as_init
-from zeta_fx.ops import ZeroOps
 from zeta_fx.planner import build_plan
-from zeta_fx.proof import settle
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
+from zeta_fx.select import trace_and_select
 from zeta_fx.tensors import any_nonzero
 from zeta_fx.verify import graph_args
-from zeta_fx.wrappers import check_not_sharded, check_traceable, unwrap
 
 __all__ = ["zero_init_pass", "init_pass", "ZeroInitPass"]
 
@@ -77,35 +73,20 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
         raise ExampleInputsError(
             "verify=True runs a forward pass and needs example_inputs=(...) (and/or "
             "example_kwargs={...}) that the model's forward accepts; nothing was written")
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(
-            f"zero_init_pass expects an nn.Module or a torch.fx.GraphModule, got "
-            f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
     initialiser = as_init(init)
-    rule_obj = get_rule(rule)
+    verb = "zero_init_pass" if isinstance(initialiser, Zero) else "init_pass"
+    traced = trace_and_select(model, rule, verb=verb, example_inputs=example_inputs,
+                              example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                              zero_preserving=zero_preserving, capture=capture)
     if seed is None and not isinstance(initialiser, Zero):
-        seed = int(torch.randint(0, 2**62, (), generator=None).item())
-    model = unwrap(model)[0]
-    if not isinstance(model, fx.GraphModule):  # already traced: sharding is checked below
-        check_traceable(model)
-    ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
-    gm = capture_graph(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
-                       example_kwargs=example_kwargs, method=capture)
-    view = GraphView(gm, model, ops)
-    check_not_sharded(model, view.params)
-    lazy = next((name for name, p in view.params.items()
-                 if isinstance(p, nn.parameter.UninitializedParameter)), None)
-    if lazy is not None:
-        raise UnsupportedParameterError(
-            f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to "
-            "materialise the lazy modules, then apply the pass; nothing was written")
-    plan = build_plan(view, settle(view, rule_obj.select(view)), rule_obj.name,
-                      initialiser, seed)
+        seed = int(torch.randint(0, 2**62, ()).item())
+    plan = build_plan(traced.view, traced.selection, traced.rule.name, initialiser, seed)
+    gm = traced.gm
     checking = (gm, graph_args(gm, example_inputs, example_kwargs)) if verify else None
-    outcome = apply_plan(plan, model, write=not dry_run, allow_tied=allow_tied,
-                         init=getattr(initialiser, "fn", None), named=view.params,
+    outcome = apply_plan(plan, traced.model, write=not dry_run, allow_tied=allow_tied,
+                         init=getattr(initialiser, "fn", None), named=traced.view.params,
                          verify=checking)
-    return ZeroInitReport(plan, outcome, view=view)
+    return ZeroInitReport(plan, outcome, view=traced.view)
 
 
 def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,

@@ -79,3 +79,9 @@ class ExampleInputsError(ZetaFxError, ValueError):
 
 class RenderError(ZetaFxError):
     """A picture of the graph cannot be made or rendered (no graph kept, Graphviz failed)."""
+
+
+class GateError(ZetaFxError, ValueError):
+    """``gate_residuals`` was given an option it cannot apply (an ``init`` that is not a
+    finite number, a per-channel dimension the merge does not have), or a module without a
+    gates report was asked for one. Nothing was changed."""
