@@ -1,4 +1,4 @@
-"""A 100-block residual MLP without normalisation: default init diverges, gated trains.
+"""A 100-block residual MLP without normalisation: default init diverges; gated or Fixup trains.
 
     python examples/deep_mlp_rezero.py                 # ~20 s on 2 CPU cores
     python examples/deep_mlp_rezero.py --out curves.svg
@@ -13,7 +13,9 @@ learning rate the gated model uses (0.03) overflows at step 2, and so does 1e-3;
 default init stays finite only at 1e-4, where it learns slowly. ``gate_residuals(model,
 init=0.0)`` turns every block into ``x + α·fc2(relu(fc1(x)))`` with ``α = 0`` (ReZero,
 SkipInit): the network starts as its input projection and head, and each block opens as
-its gate learns. Same seed, same data, same batches for every curve. The loss curves are
+its gate learns. ``init_pass(model, init=inits.fixup())`` (Fixup, found from the graph)
+zeroes each block's ``fc2`` and scales its ``fc1`` by ``100 ** -0.5``: it trains at the same
+rate. Same seed, same data, same batches for every curve. The loss curves are
 written as an SVG picture (by hand, no plotting library), log-scale.
 """
 
@@ -30,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import zeta_fx
-from zeta_fx import gate_residuals
+from zeta_fx import gate_residuals, init_pass, inits
 from zeta_fx.gates import GatesReport
 
 
@@ -170,14 +171,12 @@ def main() -> None:
     print(report.summary())
     curves[f"gate_residuals (α = 0), lr {lr:g}"] = train(gated, x, y, steps, lr)
 
-    # ---- third variant: Fixup through zeta_fx.init_pass (being built; wired when it lands)
-    if hasattr(zeta_fx, "init_pass"):
-        model = fresh()
-        zeta_fx.init_pass(model, init=zeta_fx.inits.fixup())
-        curves[f"init_pass(fixup()), lr {lr:g}"] = train(model, x, y, steps, lr)
-    else:
-        print("fixup curve skipped: zeta_fx.init_pass is not available in this version")
-    # ----
+    # Fixup from the graph: each block's fc2 zeroed, its fc1 He-normal scaled by
+    # L^(-1/(2m-2)) = depth^(-1/2) (m = 2 layers per branch)
+    model = fresh()
+    fixup = init_pass(model, init=inits.fixup(), seed=0)
+    print(fixup.summary())
+    curves[f"init_pass(init=fixup()), lr {lr:g}"] = train(model, x, y, steps, lr)
 
     elapsed = time.perf_counter() - started
     print(f"\n{depth} residual blocks, {steps} steps of SGD (momentum 0.9), batch 128; "
