@@ -1,0 +1,80 @@
+"""``gate_residuals`` on the generated networks of ``tests/netgen.py``, judged by running.
+
+For every drawn network (the plain ones and the "hard" ones: flattened sums, in-place
+merges, hooks, leaves with their own forward, ...): with ``init=1.0`` the gated module's
+output equals the model's bit for bit; with ``init=0.0`` each gated merge equals its skip
+value, exactly and finite, read by the node names the gates report; the caller's model is
+unchanged. Same profiles as ``test_generated.py`` (``HYPOTHESIS_PROFILE``), fewer examples.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from torch import fx
+
+import netgen
+from netgen import Net
+from test_generated import PROFILE, nets
+from zeta_fx import gate_residuals
+from zeta_fx.gates import GatesReport
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EXAMPLES = {"ci": 60, "dev": 2000}[PROFILE]
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=PROFILE == "ci",
+                    print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+class _Values(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[str, object] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        self.values[n.name] = out.clone() if isinstance(out, torch.Tensor) else out
+        return out
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def check_gates(spec: Net) -> None:
+    model = netgen.build(spec).eval()
+    x, cond = netgen.example_inputs(spec)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        expected = _first(model(x, cond))
+
+    one = gate_residuals(model, init=1.0, leaf_modules=netgen.LEAF_MODULES).eval()
+    with torch.no_grad():
+        assert torch.equal(_first(one(x, cond)), expected), "alpha = 1 changed the output"
+
+    zero = gate_residuals(model, init=0.0, leaf_modules=netgen.LEAF_MODULES).eval()
+    report = GatesReport.of(zero)
+    recorder = _Values(zero)
+    with torch.no_grad():
+        recorder.run(x, cond)
+    for gate in report.gates:
+        merge, skip = recorder.values[gate.merge], recorder.values[gate.skip]
+        assert torch.isfinite(merge).all(), f"`{gate.merge}` is not finite\n{report}"
+        assert torch.equal(merge, skip), f"`{gate.merge}` != its skip `{gate.skip}`\n{report}"
+    assert set(model.state_dict()) == set(state)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert set(state) <= set(zero.state_dict()), "an original FQN was lost"
+
+
+@SETTINGS
+@given(spec=nets())
+def test_gates_on_generated_networks(spec: Net) -> None:
+    check_gates(spec)
+
+
+@SETTINGS
+@given(spec=nets(hard=True))
+def test_gates_on_generated_hard_networks(spec: Net) -> None:
+    check_gates(spec)
