@@ -80,14 +80,15 @@ class InitSite:
 def apply_plan(plan: "ZeroInitPlan", model: nn.Module, *, write: bool = True,
                allow_tied: bool = False, init: Callable[..., Any] | None = None,
                named: dict[str, torch.Tensor] | None = None,
+               buffers: dict[str, torch.Tensor] | None = None,
                verify: tuple[fx.GraphModule, list[Any]] | None = None) -> Outcome:
     """Validate ``plan`` against ``model``, then write it (``write=False``: a dry run).
 
     ``verify=(gm, args)`` first checks every claim of the plan on the graph ``gm`` (the one
     the plan was made from) with the planned zeros substituted, and raises
     :class:`~zeta_fx.errors.VerificationError` naming the node if one fails: nothing is
-    written then. ``named`` is ``dict(model.named_parameters(remove_duplicate=False))`` when
-    the caller has it.
+    written then. ``named`` is ``dict(model.named_parameters(remove_duplicate=False))`` and
+    ``buffers`` ``dict(model.named_buffers(remove_duplicate=False))`` when the caller has them.
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
@@ -101,7 +102,7 @@ def apply_plan(plan: "ZeroInitPlan", model: nn.Module, *, write: bool = True,
             f"this plan's entries (`{callables[0].module}`, ...) are initialised by the callable "
             f"`{callables[0].action.name}`, which a plan does not hold; pass it: "
             "`plan.apply(model, init=...)`; nothing was written")
-    tensors = resolve(plan, model, allow_tied=allow_tied, named=named)
+    tensors = resolve(plan, model, allow_tied=allow_tied, named=named, buffers=buffers)
     if write:
         _refuse_meta(tensors)
     actions = _by_action(plan, tensors)
@@ -343,11 +344,12 @@ def _is_parametrized(model: nn.Module, fqn: str) -> bool:
 
 
 def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
-            named: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+            named: dict[str, torch.Tensor] | None = None,
+            buffers: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Map each planned FQN to the model's own tensor, or raise listing every problem.
 
-    ``named`` is ``dict(model.named_parameters(remove_duplicate=False))`` when the caller
-    already has it.
+    ``named`` is ``dict(model.named_parameters(remove_duplicate=False))`` and ``buffers``
+    ``dict(model.named_buffers(remove_duplicate=False))`` when the caller already has them.
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
@@ -360,9 +362,12 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
     for entry in plan.entries:
         for fqn, shape in entry.params.items():
             hit = _lookup(named, fqn)
-            pruning = _pruning_owner(model, fqn)
-            if pruning is not None:
-                refuse_pruned(*pruning)
+            # torch.nn.utils.prune leaves `{name}_orig` (a parameter) and a pre-hook; only
+            # then is the module looked up
+            if fqn.endswith("_orig") or _lookup(named, f"{fqn}_orig") is not None:
+                pruning = _pruning_owner(model, fqn)
+                if pruning is not None:
+                    refuse_pruned(*pruning)
             if hit is None:
                 if _is_parametrized(model, fqn):
                     raise UnsupportedParameterError(
@@ -405,7 +410,7 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
             "architecture; nothing was written")
     _check_tied(found, named, allow_tied, model)
     if not allow_tied:
-        _check_shared_storage(found, named, model)
+        _check_shared_storage(found, named, model, buffers)
     return found
 
 
@@ -437,7 +442,8 @@ def _check_tied(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
 
 
 def _check_shared_storage(found: dict[str, torch.Tensor], named: dict[str, torch.Tensor],
-                          model: nn.Module) -> None:
+                          model: nn.Module,
+                          buffers: dict[str, torch.Tensor] | None = None) -> None:
     """Refuse a target whose memory another parameter or buffer outside the plan also uses
     (a view, ``p.data = q.data[...]``): zeroing it would silently change that one too."""
     spans: dict[Any, list[tuple[int, int, str]]] = {}
@@ -449,8 +455,9 @@ def _check_shared_storage(found: dict[str, torch.Tensor], named: dict[str, torch
         return
     targets = {id(t) for t in found.values()}
     others = [(n, t, "parameter") for n, t in named.items() if n not in found]
-    others += [(n, t, "buffer") for n, t in model.named_buffers(remove_duplicate=False)
-               if t is not None]
+    if buffers is None:
+        buffers = dict(model.named_buffers(remove_duplicate=False))
+    others += [(n, t, "buffer") for n, t in buffers.items() if t is not None]
     keys = {key[1] for key in spans}
     ranges = []  # the byte ranges of the targets' whole storages
     for t in found.values():
@@ -463,9 +470,19 @@ def _check_shared_storage(found: dict[str, torch.Tensor], named: dict[str, torch
             break
     ranges.sort()
     starts = [r[0] for r in ranges]
+    ends = [r[1] for r in ranges]
+    plain = (torch.Tensor, nn.Parameter)
+    bisect_right = bisect.bisect_right
     for other, tensor, kind in others:
         if id(tensor) in targets:
             continue  # the same tensor: _check_tied has decided about it
+        if ranges and type(tensor) in plain:
+            # the common case, decided by one pointer: a tensor whose first byte lies in no
+            # target's storage shares none (a meta tensor's pointer is 0, in none)
+            ptr = tensor.data_ptr()
+            i = bisect_right(starts, ptr) - 1
+            if i < 0 or ptr >= ends[i]:
+                continue
         try:  # cheap first look: a tensor that starts outside every target storage
             local = tensor if type(tensor) in (torch.Tensor, nn.Parameter) else (
                 tensor.to_local() if hasattr(tensor, "to_local") else tensor)
