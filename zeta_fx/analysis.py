@@ -206,6 +206,8 @@ class GraphView:
                     self.params[f"{prefix}.{name}" if prefix else name] = param
         self._module_params: dict[str, tuple[str, ...]] = {}
         self._layers: dict[Node, Layer | None] = {}
+        self._param_results: dict[Node, _Params | str] = {}
+        self._group_cache: dict[Node, list[list[Any]] | str] = {}
         self._shape_functions: dict[Any, bool] = {}
         self._kinds: dict[str, tuple[str | None, str]] = {}
         self._getattrs: dict[str, list[Node]] = {}
@@ -451,8 +453,15 @@ class GraphView:
     def _groups(self, node: Node) -> list[list[Any]] | str:
         """What must be zero for ``node`` to be zero: every group, one operand of each.
 
-        A string says why no choice of operands can make it zero.
+        A string says why no choice of operands can make it zero. Read-only: the answer is
+        kept per node for the pass.
         """
+        got = self._group_cache.get(node)
+        if got is None:
+            got = self._group_cache[node] = self._node_groups(node)
+        return got
+
+    def _node_groups(self, node: Node) -> list[list[Any]] | str:
         what = self._describe_op(node)
         if node.op == "call_module":
             kind, why_not = self.module_kind(node.target)
@@ -571,10 +580,18 @@ class GraphView:
 
     def _param_operand(self, value: Node) -> _Params | str:
         """The parameters whose zeroing makes the parameter-only ``value`` zero, or why not."""
-        results: dict[Node, _Params | str] = {}
-        order = self._backward_closure(value, lambda n: not self.is_data[n] and n.op != "placeholder")
+        # Each answer depends only on the node's own inputs, so one memo serves every query
+        # of the pass (a weight read by many layers is worked out once).
+        results = self._param_results
+        got = results.get(value)
+        if got is not None:
+            return got
+        is_data = self.is_data
+        order = self._backward_closure(
+            value, lambda n: n not in results and not is_data[n] and n.op != "placeholder")
         for node in order:
-            results[node] = self._param_step(node, results)
+            if node not in results:
+                results[node] = self._param_step(node, results)
         return results[value]
 
     def _param_step(self, node: Node, results: dict[Node, Any]) -> _Params | str:
@@ -640,12 +657,37 @@ class GraphView:
             if isinstance(got, str):
                 return Blocked(start, got)
             return Found(((start, got.params),), 0, got.chain)
-        order = self._backward_closure(
-            start, lambda n: self.is_data.get(n, False) and inside(n) and n.op != "placeholder")
+        # On demand, depth first without recursion: a node is worked out once the operands
+        # its step reads are; a branch that ends in a layer stops there, without visiting
+        # the rest of the branch.
+        is_data = self.is_data
         results: dict[Node, Found | Blocked] = {}
-        for node in order:
+        stack = [start]
+        while stack:
+            node = stack[-1]
+            if node in results:
+                stack.pop()
+                continue
+            pending = [n for n in self._cover_reads(node, inside) if n not in results
+                       and is_data.get(n, False) and n.op != "placeholder" and inside(n)]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
             results[node] = self._cover_step(node, inside, results)
         return results[start]
+
+    def _cover_reads(self, node: Node, inside: Callable[[Node], bool]) -> list[Node]:
+        """The data operands whose search results :meth:`_cover_step` reads for ``node``."""
+        if not inside(node) or node.op == "placeholder":
+            return []
+        if node.op == "call_module" and self.layer(node) is not None:
+            return []
+        groups = self._groups(node)
+        if isinstance(groups, str):
+            return []
+        is_data = self.is_data
+        return [v for group in groups for v in group if isinstance(v, Node) and is_data.get(v)]
 
     def _cover_step(self, node: Node, inside: Callable[[Node], bool],
                     results: dict[Node, Found | Blocked]) -> Found | Blocked:
