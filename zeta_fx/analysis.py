@@ -36,7 +36,7 @@ from torch import fx, nn
 from torch.fx import Node
 
 from zeta_fx.facts import (_FINITE, _PRESERVING, _SINGULAR, LAYER_PARAMS, Fact, ZeroFacts,
-                           bind, get_local, known_module, makes_zeros, op_key)
+                           _bind, get_local, known_module, makes_zeros, op_key)
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps, target_name
 
@@ -74,6 +74,25 @@ def _unused_item(node: Node) -> bool:
 
 def _quoted(names: list[str]) -> str:
     return ", ".join(f"`{n}`" for n in names)
+
+
+def _named_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``root.named_modules(remove_duplicate=False)``, in its order, walked with a stack
+    instead of nested generators (a generator frame per module and level otherwise)."""
+    walk = nn.Module.named_modules
+    out: list[tuple[str, nn.Module]] = []
+    stack: list[tuple[str, nn.Module, int]] = [("", root, 0)]
+    while stack:
+        prefix, module, depth = stack.pop()
+        if type(module).named_modules is not walk or depth > 64:
+            # a class with its own walk, or a nesting that may be a cycle: torch's own
+            # walk decides (and fails as it always did on a cycle)
+            return list(root.named_modules(remove_duplicate=False))
+        out.append((prefix, module))
+        children = [(f"{prefix}.{name}" if prefix else name, child, depth + 1)
+                    for name, child in module._modules.items() if child is not None]
+        stack.extend(reversed(children))
+    return out
 
 
 def owner_of(param_fqns: Iterable[str]) -> str:
@@ -196,9 +215,11 @@ class GraphView:
         self.layer_nodes: set[Node] = set()  # data nodes that consume parameters
         # value -> the node that writes it in place while a later node still reads it
         self.clobbered: dict[Node, Node] = {}
+        self.input_nodes: dict[Node, list[Node]] = {}  # every input, values or not
+        self.keys: dict[Node, tuple[str, bool]] = {}  # op_key of each call_function/method
         self.params: dict[str, torch.Tensor] = {}
         self._modules: dict[str, nn.Module] = {}
-        for prefix, module in self.root.named_modules(remove_duplicate=False):
+        for prefix, module in _named_modules(self.root):
             # named_parameters(remove_duplicate=False) and a module index in one sweep
             self._modules[prefix] = module
             for name, param in module._parameters.items():
@@ -208,6 +229,7 @@ class GraphView:
         self._layers: dict[Node, Layer | None] = {}
         self._param_results: dict[Node, _Params | str] = {}
         self._group_cache: dict[Node, list[list[Any]] | str] = {}
+        self._bound: dict[Node, dict[str, Any]] = {}
         self._shape_functions: dict[Any, bool] = {}
         self._kinds: dict[str, tuple[str | None, str]] = {}
         self._getattrs: dict[str, list[Node]] = {}
@@ -220,47 +242,64 @@ class GraphView:
     def _build(self) -> None:
         empty: frozenset[str] = frozenset()
         is_data, param_roots, data_users = self.is_data, self.param_roots, self.data_users
-        consumers = self.consumers
+        consumers, index, data_inputs = self.consumers, self.index, self.data_inputs
+        input_nodes, keys, layer_nodes = self.input_nodes, self.keys, self.layer_nodes
+        params, getattrs = self.params, self._getattrs
+        shape_query = self._is_shape_query
         for i, node in enumerate(self.nodes):
-            self.index[node] = i
+            index[node] = i
             data_users[node] = []
             roots = empty
             op = node.op
+            all_inputs = input_nodes[node] = node.all_input_nodes
+            if op == "call_function" or op == "call_method":
+                keys[node] = op_key(node)
             if op == "placeholder":
                 data, inputs = True, ()
             elif op == "get_attr":
                 data, inputs = False, ()
-                self._getattrs.setdefault(node.target, []).append(node)
-                if node.target in self.params:
+                getattrs.setdefault(node.target, []).append(node)
+                if node.target in params:
                     roots = frozenset((node.target,))
-            elif self._is_shape_query(node):
+            elif op != "call_module" and op != "output" and shape_query(node):
                 data, inputs = False, ()
             else:
-                all_inputs = node.all_input_nodes
-                inputs = tuple(n for n in all_inputs if is_data[n])
+                inputs = tuple([n for n in all_inputs if is_data[n]])
                 data = bool(inputs) and op != "output"
                 if op == "call_module":
                     owned = self._params_of_module(node.target)
                     for fqn in owned:
                         consumers.setdefault(fqn, []).append(node)
                     if owned and data:
-                        self.layer_nodes.add(node)
+                        layer_nodes.add(node)
                 if len(inputs) < len(all_inputs):
                     side_roots = [param_roots[n] for n in all_inputs
                                   if not is_data[n] and param_roots[n]]
                     if side_roots:
                         roots = frozenset().union(*side_roots)
                         if data:
-                            self.layer_nodes.add(node)
+                            layer_nodes.add(node)
                             for fqn in roots:
                                 consumers.setdefault(fqn, []).append(node)
                 if data:
                     roots = empty  # a data node's value is not a parameter
+                for inp in inputs:  # the output node too
+                    data_users[inp].append(node)
             is_data[node] = data
-            self.data_inputs[node] = inputs
+            data_inputs[node] = inputs
             param_roots[node] = roots
-            for inp in inputs:
-                data_users[inp].append(node)
+
+    def op_key(self, node: Node) -> tuple[str, bool]:
+        """:func:`zeta_fx.facts.op_key` of ``node``, worked out once in the index sweep."""
+        got = self.keys.get(node)
+        return got if got is not None else op_key(node)
+
+    def bound(self, node: Node) -> dict[str, Any]:
+        """:func:`zeta_fx.facts.bind` of ``node``, worked out once per pass (read-only)."""
+        got = self._bound.get(node)
+        if got is None:
+            got = self._bound[node] = _bind(node, self.op_key(node)[0])
+        return got
 
     def _find_in_place_writes(self) -> None:
         """Values written in place (``relu_``, ``+=``, ``ReLU(inplace=True)``) while a later
@@ -273,14 +312,14 @@ class GraphView:
                 module = self.module(node.target)
                 if getattr(module, "inplace", False) is not True:
                     continue
-            elif not op_key(node)[1]:
+            elif not self.op_key(node)[1]:
                 continue
             written = node.args[0] if node.args else None
             if not isinstance(written, Node):
                 continue
             # the write reaches the base of a view, and every view of it
             base = written
-            while base.op in ("call_function", "call_method") and op_key(base)[0] in _VIEWS \
+            while base.op in ("call_function", "call_method") and self.op_key(base)[0] in _VIEWS \
                     and base.args and isinstance(base.args[0], Node):
                 base = base.args[0]
             family = self._views_of(base)
@@ -294,7 +333,7 @@ class GraphView:
         while stack and len(out) < 256:
             value = stack.pop()
             for user in value.users:
-                if user.op in ("call_function", "call_method") and op_key(user)[0] in _VIEWS \
+                if user.op in ("call_function", "call_method") and self.op_key(user)[0] in _VIEWS \
                         and user.args and user.args[0] is value:
                     out.append(user)
                     stack.append(user)
@@ -358,7 +397,7 @@ class GraphView:
         """A conv, linear, norm or embedding: a layer a projection shortcut is made of."""
         if node.op == "call_module":
             return self.module_kind(node.target)[0] in _STRUCTURED_KINDS
-        return op_key(node)[0] in _STRUCTURED
+        return self.op_key(node)[0] in _STRUCTURED
 
     # -- zero facts -----------------------------------------------------------------------
     def facts(self, zeroed: Iterable[str], nodes: Iterable[Node] | None = None) -> ZeroFacts:
@@ -366,7 +405,8 @@ class GraphView:
         return ZeroFacts(self.gm, self.root, zeroed=zeroed, nodes=nodes, data=self.is_data,
                          weights=self.param_roots, declared=self.declared,
                          preserving=self.ops.declared_keys, kinds=self._kinds,
-                         index=self.index, module_of=self.module)
+                         index=self.index, module_of=self.module, inputs=self.input_nodes,
+                         keys=self.keys, bound=self.bound)
 
     def weight_closure(self, params: Iterable[str]) -> set[Node]:
         """The parameter-only nodes that zeroing ``params`` reaches: their ``get_attr``
@@ -438,7 +478,7 @@ class GraphView:
                     break
             if picked is None:
                 return Layer(node, owner, (), False,
-                             f"`{node.name}` ({op_key(node)[0]}) uses parameters {all_roots} but "
+                             f"`{node.name}` ({self.op_key(node)[0]}) uses parameters {all_roots} but "
                              "zeroing them does not make it zero")
             chosen.append(picked)
         params = tuple(dict.fromkeys(p for c in chosen for p in c.params))
@@ -479,8 +519,8 @@ class GraphView:
             return f"{what} at `{node.name}` is not known to output zero"
         if node.op not in ("call_function", "call_method"):
             return f"`{node.name}` is not an op"
-        key, _ = op_key(node)
-        a = bind(node)
+        key, _ = self.op_key(node)
+        a = self.bound(node)
         if key in ("add", "sub", "subtract", "rsub"):
             return [[a.get("input")], [a.get("other")]]
         if key == "sum" and additive_operands(self, node) is not None:
@@ -565,7 +605,7 @@ class GraphView:
             if not isinstance(node, Node) or not self.is_data.get(node) or \
                     node.op not in ("call_function", "call_method"):
                 return None
-            key, _ = op_key(node)
+            key, _ = self.op_key(node)
             source = node.args[0] if node.args else None
             if key in self._GATHERS or key in ("transpose", "permute", "t", "view", "reshape",
                                                "contiguous", "to", "_to_copy", "unsqueeze",

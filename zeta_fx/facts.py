@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import fx, nn
@@ -229,7 +229,11 @@ def bind(node: Node) -> dict[str, Any]:
     >>> {k: getattr(v, "name", v) for k, v in bind(add).items()}
     {'input': 'x', 'other': 'y', 'alpha': 2}
     """
-    key, _ = op_key(node)
+    return _bind(node, op_key(node)[0])
+
+
+def _bind(node: Node, key: str) -> dict[str, Any]:
+    """:func:`bind` of ``node``, whose op key is ``key``."""
     target = node.target
     names: tuple[str, ...] | None = None
     if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
@@ -456,7 +460,10 @@ class ZeroFacts:
                  preserving: Iterable[str] = (),
                  kinds: dict[str, tuple[str | None, str]] | None = None,
                  index: Mapping[Node, int] | None = None,
-                 module_of: Callable[[str], nn.Module] | None = None) -> None:
+                 module_of: Callable[[str], nn.Module] | None = None,
+                 inputs: Mapping[Node, Sequence[Node]] | None = None,
+                 keys: Mapping[Node, tuple[str, bool]] | None = None,
+                 bound: Callable[[Node], dict[str, Any]] | None = None) -> None:
         self.gm = gm
         self.root = root if root is not None else gm
         self.zeroed = frozenset(zeroed)
@@ -466,9 +473,8 @@ class ZeroFacts:
         self._weights = weights
         self._facts: dict[Node, Fact] = {}
         self._items: dict[Node, dict[int, Fact]] = {}
-        self._changed: set[Node] = set()
         self._why: dict[Node, str] = {}
-        self._by_name: dict[str, Node] = {}
+        self._by_name: dict[str, Node] | None = None
         self._literal_cache: dict[int, Fact] = {}
         self._owned: dict[str, list[str]] = {}
         for fqn in self.zeroed:  # every module prefix -> the zeroed names under it
@@ -477,11 +483,14 @@ class ZeroFacts:
                 self._owned.setdefault(".".join(parts[:cut]), []).append(".".join(parts[cut:]))
         self._module_of = module_of
         self._kinds = kinds if kinds is not None else {}
+        self._modules: dict[str, tuple[nn.Module, str | None, str]] = {}
+        self._inputs = inputs
+        self._keys = keys
+        self._bound = bound
         order = list(gm.graph.nodes) if nodes is None else \
             sorted(nodes, key=(index.__getitem__ if index is not None else _position(gm)))
-        for node in order:
-            self._by_name[node.name] = node
-            self._visit(node)
+        self._order = order
+        self._sweep(order)
 
     # -- queries ---------------------------------------------------------------------
     def __getitem__(self, node: Node) -> Fact:
@@ -499,12 +508,17 @@ class ZeroFacts:
         return _constant_fact(value)
 
     def fact_of(self, name: str) -> Fact:
-        return self.fact(self._by_name[name])
+        return self.fact(self._named(name))
+
+    def _named(self, name: str) -> Node:
+        if self._by_name is None:
+            self._by_name = {node.name: node for node in self._order}
+        return self._by_name[name]
 
     def changed(self, value: Any) -> bool:
         """Whether the zeroing reaches ``value`` (a node, or a list holding nodes)."""
         if isinstance(value, Node):
-            return value in self._changed
+            return value in self._facts  # a fact is recorded exactly for the values reached
         if isinstance(value, (list, tuple)):
             return any(self.changed(v) for v in value)
         if isinstance(value, dict):
@@ -513,7 +527,7 @@ class ZeroFacts:
 
     def why(self, value: Node | str) -> str:
         """Why ``value`` is not ``ZERO``: the first node on its way that lost zero."""
-        node = self._by_name[value] if isinstance(value, str) else value
+        node = self._named(value) if isinstance(value, str) else value
         seen: set[Node] = set()
         while node not in seen:
             seen.add(node)
@@ -563,55 +577,102 @@ class ZeroFacts:
 
     def _set(self, node: Node, fact: Fact, why: str = "") -> None:
         self._facts[node] = fact
-        self._changed.add(node)
         if why and fact != Z:
             self._why[node] = why
 
-    def _visit(self, node: Node) -> None:
-        op = node.op
-        if op in ("placeholder", "output"):
-            return
-        if op == "get_attr":
-            if node.target in self.zeroed:
-                self._set(node, Z)
-            return
-        changed = self._changed
-        reached = any(i in changed for i in node.all_input_nodes)
-        if op == "call_module":
-            owned = self._module_zeroed(node.target)
-            if not owned and not reached:
-                return
-            self._module(node, owned)
-            return
-        if not reached:
-            return  # the zeroing does not reach it: as it was
-        if self._data is not None and not self._data.get(node) and \
-                not (self._weights is not None and self._weights.get(node)):
-            return  # a shape or metadata query: no values flow through it
-        self._function(node)
+    def _sweep(self, order: list[Node]) -> None:
+        """Visit ``order`` (topological); a node the zeroing does not reach keeps its value."""
+        facts, inputs, owned_by = self._facts, self._inputs, self._owned
+        zeroed, data, weights = self.zeroed, self._data, self._weights
+        for node in order:
+            op = node.op
+            if op == "call_module":
+                owned = owned_by.get(node.target)
+                if owned is None:
+                    for i in (inputs[node] if inputs is not None else node.all_input_nodes):
+                        if i in facts:
+                            break
+                    else:
+                        continue  # the zeroing does not reach it: as it was
+                    owned = ()
+                self._module(node, owned)
+            elif op == "get_attr":
+                if node.target in zeroed:
+                    facts[node] = Z
+            elif op != "placeholder" and op != "output":
+                for i in (inputs[node] if inputs is not None else node.all_input_nodes):
+                    if i in facts:
+                        break
+                else:
+                    continue  # the zeroing does not reach it: as it was
+                if data is not None and not data.get(node) and \
+                        not (weights is not None and weights.get(node)):
+                    continue  # a shape or metadata query: no values flow through it
+                self._function(node)
+
+    def _key(self, node: Node) -> tuple[str, bool]:
+        """``op_key(node)``, from the value-flow index's table when it has one."""
+        got = self._keys.get(node) if self._keys is not None else None
+        return got if got is not None else op_key(node)
 
     def _module_zeroed(self, target: str) -> tuple[str, ...]:
         return tuple(self._owned.get(target, ()))
 
     # -- modules -----------------------------------------------------------------------
-    def _module(self, node: Node, owned: tuple[str, ...]) -> None:
+    def _leaf(self, target: str) -> tuple[nn.Module, str | None, str]:
+        """``(module, kind, why_not)`` of the leaf module at ``target``."""
         if self._module_of is not None:
-            module = self._module_of(node.target)
+            module = self._module_of(target)
         else:
             try:
-                module = self.root.get_submodule(node.target)
+                module = self.root.get_submodule(target)
             except AttributeError:
-                module = self.gm.get_submodule(node.target)
-        cached = self._kinds.get(node.target)
+                module = self.gm.get_submodule(target)
+        cached = self._kinds.get(target)
         if cached is None:
-            cached = self._kinds[node.target] = known_module(module, self.declared)
-        kind, why_not = cached
-        data = [a for a in node.args if isinstance(a, Node)] + \
-            [v for v in node.kwargs.values() if isinstance(v, Node)]
+            cached = self._kinds[target] = known_module(module, self.declared)
+        got = self._modules[target] = (module, *cached)
+        return got
+
+    def _param(self, module: nn.Module, local: str, owned: Sequence[str]) -> Fact | None:
+        """The fact of ``module``'s own tensor ``local`` (``None`` if it has none)."""
+        params = module._parameters
+        obj = params[local] if local in params else get_local(module, local)
+        if obj is None:
+            return None
+        if local in owned:
+            return Z
+        if type(obj) is nn.Parameter:
+            return F_  # the model's own parameters are finite (as _tensor_fact says)
+        return self._tensor_fact(obj)
+
+    def _module(self, node: Node, owned: Sequence[str]) -> None:
+        target = node.target
+        module, kind, why_not = self._modules.get(target) or self._leaf(target)
+        if node.kwargs:
+            data = [a for a in node.args if isinstance(a, Node)] + \
+                [v for v in node.kwargs.values() if isinstance(v, Node)]
+        else:
+            data = [a for a in node.args if isinstance(a, Node)]
         x = self.fact(data[0]) if data else F_
         name = f"`{node.name}` ({type(module).__name__})"
+        if kind in ("linear", "conv"):
+            self._affine(node, product(x, self._param(module, "weight", owned)),
+                         self._param(module, "bias", owned), name)
+            return
+        if kind == "batch_norm":
+            # in eval mode a module with running statistics uses them: -mean/std for zero
+            normed = _normalised(x, module.eps, module.running_mean is None)
+            w = self._param(module, "weight", owned)
+            self._affine(node, product(normed, w)
+                         if getattr(module, "affine", True) and w is not None else normed,
+                         self._param(module, "bias", owned), name)
+            return
+        if kind == "preserving":
+            self._set(node, x, f"{name} at `{node.name}`")
+            return
         if kind is None:
-            inputs = [self.fact(d) for d in data if self.changed(d)]
+            inputs = [self.fact(d) for d in data if d in self._facts]
             if not owned and all(f == F_ for f in inputs):
                 self._set(node, F_)  # a changed but finite input: finite, as before
                 return
@@ -620,12 +681,7 @@ class ZeroFacts:
             return
 
         def param(local: str) -> Fact | None:
-            obj = get_local(module, local)
-            if obj is None:
-                return None
-            if local in owned:
-                return Z
-            return self._tensor_fact(obj)
+            return self._param(module, local, owned)
 
         if kind == "declared":
             facts = [param(n) for n, _ in module.named_parameters(recurse=False)]
@@ -638,9 +694,6 @@ class ZeroFacts:
                 self._set(node, U if Z in (x,) + tuple(f for f in facts if f is not None)
                           else finite(x), f"{name}: declared zero-preserving, but not all of "
                                           "its parameters are zero")
-            return
-        if kind == "preserving":
-            self._set(node, x, f"{name} at `{node.name}`")
             return
         if kind == "finite":
             self._set(node, finite(x), f"{name} maps zero to a non-zero value")
@@ -662,9 +715,6 @@ class ZeroFacts:
             self._set(node, x if module.k > 0 else singular(x),
                       f"{name} divides by k + ... with k = {module.k}")
             return
-        if kind in ("linear", "conv"):
-            self._affine(node, product(x, param("weight")), param("bias"), name)
-            return
         if kind == "bilinear":
             x2 = self.fact(data[1]) if len(data) > 1 else F_
             self._affine(node, product(x, x2, param("weight")), param("bias"), name)
@@ -678,13 +728,6 @@ class ZeroFacts:
             out = total(out, param("out_proj.bias") or Z)
             self._set(node, out, f"{name}: out_proj is not zeroed")
             self._items[node] = {0: out, 1: finite(join(*inputs)) if inputs else F_}
-            return
-        if kind == "batch_norm":
-            # in eval mode a module with running statistics uses them: -mean/std for zero
-            normed = _normalised(x, module.eps, module.running_mean is None)
-            self._affine(node, product(normed, param("weight") or F_)
-                         if getattr(module, "affine", True) and param("weight") is not None
-                         else normed, param("bias"), name)
             return
         if kind == "layer_norm":
             eps = getattr(module, "eps", 1e-5)
@@ -717,8 +760,8 @@ class ZeroFacts:
 
     # -- functions and methods -------------------------------------------------------------
     def _function(self, node: Node) -> None:
-        key, in_place = op_key(node)
-        args = bind(node)
+        key, in_place = self._key(node)
+        args = self._bound(node) if self._bound is not None else _bind(node, key)
         x = self.fact(args.get("input"))
         what = f"`{node.name}` ({key})"
         if key == "getitem":
@@ -905,7 +948,7 @@ def _threshold(x: Fact, threshold: Any, value: Any, what: str) -> tuple[Fact, st
 # -- handlers: (facts, node, bound args, description) -> (fact, why) -----------------------
 
 def _h_add(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    key, _ = op_key(node)
+    key = f._key(node)[0]
     x, other = f.fact(a.get("input")), f.fact(a.get("other"))
     alpha = a.get("alpha", 1)
     scaled = other
@@ -978,7 +1021,7 @@ def _h_masked_fill(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tu
 
 
 def _h_clamp(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    key, _ = op_key(node)
+    key = f._key(node)[0]
     x = f.fact(a.get("input"))
     if key == "hardtanh":
         return _clamp(x, a.get("min_val", -1.0), a.get("max_val", 1.0), what)
@@ -1001,7 +1044,7 @@ def _h_threshold(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tupl
 
 
 def _h_pad(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    key, _ = op_key(node)
+    key = f._key(node)[0]
     x = f.fact(a.get("input"))
     mode = a.get("mode", "constant")
     value = a.get("value", 0)
@@ -1018,7 +1061,7 @@ def _h_cat(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact
 
 
 def _h_linear(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    key, _ = op_key(node)
+    key = f._key(node)[0]
     weight = a.get("weight")
     scaled = product(f.fact(a.get("input")), f.fact(weight))
     if key == "bilinear":
@@ -1060,7 +1103,7 @@ def _h_extremum(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple
 
 
 def _h_layer_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    key, _ = op_key(node)
+    key = f._key(node)[0]
     eps = a.get("eps", 1e-5)
     if key == "rms_norm" and eps is None:
         eps = torch.finfo(torch.float32).eps
@@ -1073,7 +1116,7 @@ def _h_layer_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tup
 
 
 def _h_batch_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    key, _ = op_key(node)
+    key = f._key(node)[0]
     fact = f._batch_norm(a, key)
     return fact, f"{what} normalises with running statistics: zero becomes -mean/std" \
         if fact not in (Z, U) else f"{what}"

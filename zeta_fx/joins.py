@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from torch.fx import Node
 
-from zeta_fx.facts import bind, op_key
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
@@ -78,9 +77,9 @@ def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] 
     """
     if not view.is_data.get(node) or node.op not in ("call_function", "call_method"):
         return None
-    key, _ = op_key(node)
+    key, _ = view.op_key(node)
     if key in _ADD:
-        args = bind(node)
+        args = view.bound(node)
         if "input" not in args or "other" not in args:
             return None
         alpha = args.get("alpha", 1)
@@ -96,7 +95,7 @@ def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] 
 
 
 def _stack_sum(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
-    args = bind(node)
+    args = view.bound(node)
     source = args.get("input")
     dim = args.get("dim", node.args[1] if len(node.args) > 1 else None)
     if isinstance(dim, (list, tuple)) and len(dim) == 1:
@@ -104,10 +103,10 @@ def _stack_sum(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
     if not isinstance(source, Node) or args.get("keepdim") or args.get("dtype") is not None \
             or view.data_users.get(source) != [node]:
         return None
-    skey, _ = op_key(source)
+    skey, _ = view.op_key(source)
     if skey != "stack" or not view.is_data.get(source):
         return None
-    sargs = bind(source)
+    sargs = view.bound(source)
     sdim = sargs.get("dim", 0)
     tensors = sargs.get("tensors")
     if not isinstance(dim, int) or sdim != dim or not isinstance(tensors, (list, tuple)):
@@ -370,10 +369,10 @@ def _split_for_streams(view: "GraphView", node: Node, inside: set[Node]) -> bool
     for user in users:
         if user in inside:
             continue
-        if user.op not in ("call_function", "call_method") or op_key(user)[0] not in _PIECES:
+        if user.op not in ("call_function", "call_method") or view.op_key(user)[0] not in _PIECES:
             return False
     pieces = [u for u in users if u in inside]
-    return all(p.op in ("call_function", "call_method") and op_key(p)[0] in _PIECES
+    return all(p.op in ("call_function", "call_method") and view.op_key(p)[0] in _PIECES
                for p in pieces)
 
 

@@ -513,7 +513,7 @@ class AdaLNZero(Rule):
         for _ in range(4):
             if not isinstance(node, Node) or node.op not in ("call_function", "call_method"):
                 return None
-            key = op_key(node)[0]
+            key = view.op_key(node)[0]
             if key in ("mul", "multiply"):
                 factors = [a for a in node.args[:2] if isinstance(a, Node) and view.is_data[a]]
                 gates = [a for a in factors if conditioning(a)]
