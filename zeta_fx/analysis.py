@@ -219,17 +219,24 @@ class GraphView:
         self.keys: dict[Node, tuple[str, bool]] = {}  # op_key of each call_function/method
         self.params: dict[str, torch.Tensor] = {}
         self._modules: dict[str, nn.Module] = {}
+        self._module_params: dict[str, tuple[str, ...]] = {}
         for prefix, module in _named_modules(self.root):
-            # named_parameters(remove_duplicate=False) and a module index in one sweep
+            # named_parameters(remove_duplicate=False), a module index and each leaf's
+            # parameters (see _params_of_module) in one sweep
             self._modules[prefix] = module
+            own = []
             for name, param in module._parameters.items():
                 if param is not None:
-                    self.params[f"{prefix}.{name}" if prefix else name] = param
-        self._module_params: dict[str, tuple[str, ...]] = {}
+                    fqn = f"{prefix}.{name}" if prefix else name
+                    self.params[fqn] = param
+                    own.append(fqn)
+            if not module._modules:
+                self._module_params[prefix] = tuple(own)
         self._layers: dict[Node, Layer | None] = {}
         self._param_results: dict[Node, _Params | str] = {}
         self._group_cache: dict[Node, list[list[Any]] | str] = {}
         self._bound: dict[Node, dict[str, Any]] = {}
+        self._class_inplace: dict[type, bool] = {}
         self._shape_functions: dict[Any, bool] = {}
         self._kinds: dict[str, tuple[str | None, str]] = {}
         self._getattrs: dict[str, list[Node]] = {}
@@ -309,8 +316,7 @@ class GraphView:
                                                          "call_module"):
                 continue
             if node.op == "call_module":
-                module = self.module(node.target)
-                if getattr(module, "inplace", False) is not True:
+                if not self._writes_in_place(self.module(node.target)):
                     continue
             elif not self.op_key(node)[1]:
                 continue
@@ -327,6 +333,18 @@ class GraphView:
             for value in family:
                 if any(self.index[u] > here and u is not node for u in value.users):
                     self.clobbered.setdefault(value, node)
+
+    def _writes_in_place(self, module: nn.Module) -> bool:
+        """``module.inplace is True``, without nn.Module's slow failing attribute lookup
+        for the many modules that have no such attribute (convs, norms)."""
+        cls = type(module)
+        has = self._class_inplace.get(cls)
+        if has is None:
+            has = self._class_inplace[cls] = hasattr(cls, "inplace")
+        if has:  # a class attribute or property: ask the module
+            return getattr(module, "inplace", False) is True
+        # an instance attribute, or a parameter/buffer/child named so (never True)
+        return module.__dict__.get("inplace", False) is True
 
     def _views_of(self, base: Node) -> list[Node]:
         out, stack = [base], [base]
