@@ -125,7 +125,11 @@ def find_joins(view: "GraphView") -> list[Join]:
             operands_of[node] = additive_operands(view, node)
         return operands_of[node]
 
+    keys = view.keys
     for node in reversed(view.nodes):  # outermost add of a longer sum first
+        key = keys.get(node)  # (only calls are additive: a quick look first)
+        if key is None or (key[0] not in _ADD and key[0] != "sum"):
+            continue
         ops = operands(node)
         if ops is None:
             continue
@@ -179,7 +183,8 @@ def _scope(node: Node) -> str | None:
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return None
-    last = list(stack.values())[-1]
+    values = stack.values()
+    last = next(reversed(values)) if isinstance(stack, dict) else list(values)[-1]
     return str(last[0] if isinstance(last, tuple) else last)
 
 
@@ -192,7 +197,8 @@ def _same_scope(inner: Node, outer: Node) -> bool:
 
 def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
               inner: list[Node]) -> Join:
-    terms = tuple(v for v, _ in flat if isinstance(v, Node) and view.is_data[v])
+    is_data = view.is_data
+    terms = tuple([v for v, _ in flat if isinstance(v, Node) and is_data[v]])
     join = Join(merge, terms, tuple(flat), tuple(inner))
     if len(set(terms)) < len(terms):
         join.reason = "adds a value to itself"
@@ -204,7 +210,14 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
     join.fork, join.region = fork, region
     # A node reached from one term only belongs to that term's path; nodes shared by
     # several terms (a norm feeding parallel attention and MLP) belong to none.
-    sides = {t: frozenset(n for n in region if mask[n] == 1 << i) for i, t in enumerate(terms)}
+    by_mask: dict[int, list[Node]] = {}  # one pass over the region, its order kept
+    for n in region:
+        m = mask[n]
+        if m in by_mask:
+            by_mask[m].append(n)
+        else:
+            by_mask[m] = [n]
+    sides = {t: frozenset(by_mask.get(1 << i, ())) for i, t in enumerate(terms)}
     join.sides = sides
     coeff = {v: c for v, c in flat if isinstance(v, Node)}
     layer_nodes = view.layer_nodes
@@ -377,12 +390,15 @@ def _split_for_streams(view: "GraphView", node: Node, inside: set[Node]) -> bool
 
 
 def _descendants_within(view: "GraphView", fork: Node, allowed: set[Node]) -> frozenset[Node]:
+    data_users = view.data_users
     seen: set[Node] = set()
-    stack = [u for u in view.data_users[fork] if u in allowed]
+    stack = [u for u in data_users[fork] if u in allowed]
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        stack.extend(u for u in view.data_users[node] if u in allowed and u not in seen)
+        for u in data_users[node]:
+            if u in allowed and u not in seen:
+                stack.append(u)
     return frozenset(seen)
