@@ -26,7 +26,6 @@ should make a value zero; the facts decide.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Iterable
@@ -65,11 +64,6 @@ _SHAPE_FUNCTIONS = frozenset({
     "aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default",
     "aten.new_full.default", "aten.dim.default", "aten.numel.default",
 })
-
-
-def _unused_item(node: Node) -> bool:
-    """An element of a tuple output that nothing uses (``x, _ = attn(x, x, x)``)."""
-    return node.op == "call_function" and node.target is operator.getitem and not node.users
 
 
 def _quoted(names: list[str]) -> str:
@@ -237,6 +231,7 @@ class GraphView:
         self._group_cache: dict[Node, list[list[Any]] | str] = {}
         self._bound: dict[Node, dict[str, Any]] = {}
         self._class_inplace: dict[type, bool] = {}
+        self._leaves: dict[str, tuple[nn.Module, str | None, str, bool]] = {}  # see ZeroFacts
         self._shape_functions: dict[Any, bool] = {}
         self._kinds: dict[str, tuple[str | None, str]] = {}
         self._getattrs: dict[str, list[Node]] = {}
@@ -424,7 +419,7 @@ class GraphView:
                          weights=self.param_roots, declared=self.declared,
                          preserving=self.ops.declared_keys, kinds=self._kinds,
                          index=self.index, module_of=self.module, inputs=self.input_nodes,
-                         keys=self.keys, bound=self.bound)
+                         keys=self.keys, bound=self.bound, leaves=self._leaves)
 
     def weight_closure(self, params: Iterable[str]) -> set[Node]:
         """The parameter-only nodes that zeroing ``params`` reaches: their ``get_attr``
@@ -841,8 +836,10 @@ class GraphView:
     @cached_property
     def unused_items(self) -> frozenset[Node]:
         """Values that nothing uses (``x, _ = attn(x, x, x)``, a dead slice): they lead nowhere."""
-        return frozenset(n for n in self.nodes if self.is_data[n] and
-                         (_unused_item(n) or (not n.users and n.op != "output")))
+        # (an unused getitem is one more data value without users; the output node is no
+        # data value)
+        is_data = self.is_data
+        return frozenset([n for n in self.nodes if not n.users and is_data[n]])
 
     # -- graph inputs -------------------------------------------------------------------
     @cached_property

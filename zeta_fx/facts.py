@@ -313,6 +313,14 @@ zeros_like empty_like new_zeros new_empty new_ones new_full arange full zeros on
 rand randn randint scalar_tensor tensor
 """.split())
 
+# Kinds of known leaf modules that, unowned, map a FINITE input to FINITE when the tensors
+# named (read by ZeroFacts._module) are absent or FINITE: product, total, _normalised and
+# finite of FINITE are FINITE.
+_STEADY_KINDS: dict[str, tuple[str, ...]] = {
+    "linear": ("weight", "bias"), "conv": ("weight", "bias"),
+    "batch_norm": ("weight", "bias"), "layer_norm": ("weight", "bias"),
+    "preserving": (), "finite": (), "prelu": ()}
+
 # Known leaf modules: the class whose own ``forward`` a module must run, and how it acts.
 _MODULE_KINDS: dict[type[nn.Module], str] = {}
 
@@ -463,7 +471,9 @@ class ZeroFacts:
                  module_of: Callable[[str], nn.Module] | None = None,
                  inputs: Mapping[Node, Sequence[Node]] | None = None,
                  keys: Mapping[Node, tuple[str, bool]] | None = None,
-                 bound: Callable[[Node], dict[str, Any]] | None = None) -> None:
+                 bound: Callable[[Node], dict[str, Any]] | None = None,
+                 leaves: dict[str, tuple[nn.Module, str | None, str, bool]] | None = None
+                 ) -> None:
         self.gm = gm
         self.root = root if root is not None else gm
         self.zeroed = frozenset(zeroed)
@@ -483,7 +493,10 @@ class ZeroFacts:
                 self._owned.setdefault(".".join(parts[:cut]), []).append(".".join(parts[cut:]))
         self._module_of = module_of
         self._kinds = kinds if kinds is not None else {}
-        self._modules: dict[str, tuple[nn.Module, str | None, str]] = {}
+        # target -> (module, kind, why_not, passes a finite input on as finite): read-only
+        # facts of the model, shareable by every sweep over one graph
+        self._modules = leaves if leaves is not None else {}
+        self._lazy: set[Node] = set()  # FINITE by the quick rule; reason worked out on demand
         self._inputs = inputs
         self._keys = keys
         self._bound = bound
@@ -531,6 +544,9 @@ class ZeroFacts:
         seen: set[Node] = set()
         while node not in seen:
             seen.add(node)
+            if node in self._lazy:  # the full step, for its reason (the fact is the same)
+                self._lazy.discard(node)
+                self._module(node, ())
             reason = self._why.get(node)
             if reason:
                 return reason
@@ -584,16 +600,30 @@ class ZeroFacts:
         """Visit ``order`` (topological); a node the zeroing does not reach keeps its value."""
         facts, inputs, owned_by = self._facts, self._inputs, self._owned
         zeroed, data, weights = self.zeroed, self._data, self._weights
+        leaves, lazy = self._modules, self._lazy
         for node in order:
             op = node.op
             if op == "call_module":
-                owned = owned_by.get(node.target)
+                target = node.target
+                owned = owned_by.get(target)
                 if owned is None:
                     for i in (inputs[node] if inputs is not None else node.all_input_nodes):
                         if i in facts:
                             break
                     else:
                         continue  # the zeroing does not reach it: as it was
+                    if (leaves.get(target) or self._leaf(target))[3]:
+                        # a layer, norm or activation with its own tensors finite maps a
+                        # FINITE input to FINITE (see _module): skip the full step unless
+                        # its reason is asked for
+                        first = next((a for a in node.args if isinstance(a, Node)), None)
+                        if first is None:
+                            first = next((v for v in node.kwargs.values()
+                                          if isinstance(v, Node)), None)
+                        if first is not None and facts.get(first) is F_:
+                            facts[node] = F_
+                            lazy.add(node)
+                            continue
                     owned = ()
                 self._module(node, owned)
             elif op == "get_attr":
@@ -631,7 +661,10 @@ class ZeroFacts:
         cached = self._kinds.get(target)
         if cached is None:
             cached = self._kinds[target] = known_module(module, self.declared)
-        got = self._modules[target] = (module, *cached)
+        kind = cached[0]
+        steady = kind in _STEADY_KINDS and all(
+            self._param(module, local, ()) in (None, F_) for local in _STEADY_KINDS[kind])
+        got = self._modules[target] = (module, *cached, steady)
         return got
 
     def _param(self, module: nn.Module, local: str, owned: Sequence[str]) -> Fact | None:
@@ -648,7 +681,7 @@ class ZeroFacts:
 
     def _module(self, node: Node, owned: Sequence[str]) -> None:
         target = node.target
-        module, kind, why_not = self._modules.get(target) or self._leaf(target)
+        module, kind, why_not, _ = self._modules.get(target) or self._leaf(target)
         if node.kwargs:
             data = [a for a in node.args if isinstance(a, Node)] + \
                 [v for v in node.kwargs.values() if isinstance(v, Node)]
