@@ -383,7 +383,11 @@ def known_module(module: nn.Module, declared: Mapping[type, str] | None = None
     why = opaque_reason(module)
     if why:
         return None, why
-    cls = type(module)
+    return _class_kind(type(module), declared)
+
+
+def _class_kind(cls: type, declared: Mapping[type, str] | None) -> tuple[str | None, str]:
+    """:func:`known_module` of a module of class ``cls`` without hooks."""
     for base in cls.__mro__:
         kind = declared.get(base) if declared else None
         if kind is None:
@@ -497,6 +501,7 @@ class ZeroFacts:
         # facts of the model, shareable by every sweep over one graph
         self._modules = leaves if leaves is not None else {}
         self._lazy: set[Node] = set()  # FINITE by the quick rule; reason worked out on demand
+        self._classes: dict[type, tuple[str | None, str]] = {}
         self._inputs = inputs
         self._keys = keys
         self._bound = bound
@@ -546,7 +551,10 @@ class ZeroFacts:
             seen.add(node)
             if node in self._lazy:  # the full step, for its reason (the fact is the same)
                 self._lazy.discard(node)
-                self._module(node, ())
+                if node.op == "call_module":
+                    self._module(node, ())
+                else:
+                    self._function(node)
             reason = self._why.get(node)
             if reason:
                 return reason
@@ -638,6 +646,30 @@ class ZeroFacts:
                 if data is not None and not data.get(node) and \
                         not (weights is not None and weights.get(node)):
                     continue  # a shape or metadata query: no values flow through it
+                # quick rules, each what _function computes for these arguments; a reason
+                # is worked out on demand
+                key = self._key(node)[0]
+                args = node.args
+                if op == "call_method" and key in _QUICK_METHODS:
+                    # the value of args[0] passed on (bound as "input")
+                    kwargs = node.kwargs
+                    if args and facts.get(args[0]) is F_ and "input" not in kwargs and \
+                            "self" not in kwargs:
+                        facts[node] = F_
+                        lazy.add(node)
+                        continue
+                elif key == "getitem" and op == "call_function" and len(args) == 2:
+                    source = args[0]  # an item of a value without items: its fact
+                    if facts.get(source) is F_ and source not in self._items:
+                        facts[node] = F_
+                        continue
+                elif key == "add" and len(args) == 2 and not node.kwargs and \
+                        not isinstance(node.target, torch._ops.OpOverload):
+                    x, y = facts.get(args[0]), facts.get(args[1])  # input + other, alpha 1
+                    if x is not None and y is not None:
+                        facts[node] = total(x, y)
+                        lazy.add(node)
+                        continue
                 self._function(node)
 
     def _key(self, node: Node) -> tuple[str, bool]:
@@ -659,11 +691,22 @@ class ZeroFacts:
             except AttributeError:
                 module = self.gm.get_submodule(target)
         cached = self._kinds.get(target)
-        if cached is None:
-            cached = self._kinds[target] = known_module(module, self.declared)
+        if cached is None:  # known_module, its class part asked once per class
+            why = opaque_reason(module)
+            if why:
+                cached = (None, why)
+            else:
+                cached = self._classes.get(type(module))
+                if cached is None:
+                    cached = self._classes[type(module)] = _class_kind(type(module),
+                                                                        self.declared)
+            self._kinds[target] = cached
         kind = cached[0]
-        steady = kind in _STEADY_KINDS and all(
-            self._param(module, local, ()) in (None, F_) for local in _STEADY_KINDS[kind])
+        steady = kind in _STEADY_KINDS
+        if steady:
+            for local in _STEADY_KINDS[kind]:
+                if self._param(module, local, ()) not in (None, F_):
+                    steady = False
         got = self._modules[target] = (module, *cached, steady)
         return got
 
@@ -1236,3 +1279,9 @@ _HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
     "index_add": _h_index_add, "scatter_add": _h_index_add,
     "grouped_mm": _h_grouped_mm, "max": _h_extremum, "min": _h_extremum,
 }
+
+# Methods whose fact is their first argument's (``_PRESERVING``, no handler of their own,
+# that argument bound as ``input``): views, reshapes, casts, activations.
+_QUICK_METHODS = frozenset(
+    k for k in _PRESERVING if k not in _HANDLERS and k not in ("getitem", "nan_to_num")
+    and (_SIGNATURES.get(k) or ("input",))[0] == "input")
