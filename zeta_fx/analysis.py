@@ -70,30 +70,34 @@ def _quoted(names: list[str]) -> str:
     return ", ".join(f"`{n}`" for n in names)
 
 
-def _named_modules(root: nn.Module) -> list[tuple[str, nn.Module]]:
+def _named_modules(root: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """``root.named_modules(remove_duplicate=False)``, in its order, walked with a stack
-    instead of nested generators (a generator frame per module and level otherwise)."""
+    instead of nested generators (a generator frame per module and level otherwise);
+    ``None`` where torch's own walk must decide: a class with its own ``named_modules``, or
+    a nesting so deep it may be a cycle (on which torch's walk fails, as it always did)."""
     walk = nn.Module.named_modules
     out: list[tuple[str, nn.Module]] = []
     stack: list[tuple[str, nn.Module, int]] = [("", root, 0)]
     while stack:
         prefix, module, depth = stack.pop()
         if type(module).named_modules is not walk or depth > 64:
-            # a class with its own walk, or a nesting that may be a cycle: torch's own
-            # walk decides (and fails as it always did on a cycle)
-            return list(root.named_modules(remove_duplicate=False))
+            return None
         out.append((prefix, module))
-        children = [(f"{prefix}.{name}" if prefix else name, child, depth + 1)
-                    for name, child in module._modules.items() if child is not None]
-        stack.extend(reversed(children))
+        children = module._modules
+        if children:
+            dot, depth = f"{prefix}." if prefix else "", depth + 1
+            stack.extend(reversed([(dot + name, child, depth)
+                                   for name, child in children.items() if child is not None]))
     return out
 
 
 def owner_of(param_fqns: Iterable[str]) -> str:
     """The deepest module FQN that holds every parameter in ``param_fqns``."""
-    parents = [fqn.rsplit(".", 1)[0] if "." in fqn else "" for fqn in param_fqns]
+    parents = [fqn.rpartition(".")[0] for fqn in param_fqns]
     if not parents:
         return ""
+    if parents.count(parents[0]) == len(parents):  # one module's own (the common case)
+        return parents[0]
     common = parents[0].split(".") if parents[0] else []
     for parent in parents[1:]:
         parts = parent.split(".") if parent else []
@@ -214,23 +218,13 @@ class GraphView:
         self.params: dict[str, torch.Tensor] = {}
         self._modules: dict[str, nn.Module] = {}
         self._module_params: dict[str, tuple[str, ...]] = {}
-        for prefix, module in _named_modules(self.root):
-            # named_parameters(remove_duplicate=False), a module index and each leaf's
-            # parameters (see _params_of_module) in one sweep
-            self._modules[prefix] = module
-            own = []
-            for name, param in module._parameters.items():
-                if param is not None:
-                    fqn = f"{prefix}.{name}" if prefix else name
-                    self.params[fqn] = param
-                    own.append(fqn)
-            if not module._modules:
-                self._module_params[prefix] = tuple(own)
+        self._index_modules()
         self._layers: dict[Node, Layer | None] = {}
         self._param_results: dict[Node, _Params | str] = {}
         self._group_cache: dict[Node, list[list[Any]] | str] = {}
         self._bound: dict[Node, dict[str, Any]] = {}
         self._class_inplace: dict[type, bool] = {}
+        self._writers: list[Node] = []
         self._leaves: dict[str, tuple[nn.Module, str | None, str, bool]] = {}  # see ZeroFacts
         self._shape_functions: dict[Any, bool] = {}
         self._kinds: dict[str, tuple[str | None, str]] = {}
@@ -241,6 +235,28 @@ class GraphView:
         self._find_in_place_writes()
 
     # -- construction: one sweep in topological order ---------------------------------
+    def _index_modules(self) -> None:
+        """named_parameters(remove_duplicate=False), a module index and each leaf's own
+        parameter FQNs (see _params_of_module), in one walk over the modules."""
+        walked = _named_modules(self.root)
+        if walked is None:
+            walked = list(self.root.named_modules(remove_duplicate=False))
+        modules, params, leaf_params = self._modules, self.params, self._module_params
+        for prefix, module in walked:
+            modules[prefix] = module
+            own = module._parameters
+            if own:
+                dot = f"{prefix}." if prefix else ""
+                names = []
+                for name, param in own.items():
+                    if param is not None:
+                        params[dot + name] = param
+                        names.append(dot + name)
+                if not module._modules:
+                    leaf_params[prefix] = tuple(names)
+            elif not module._modules:
+                leaf_params[prefix] = ()
+
     def _build(self) -> None:
         empty: frozenset[str] = frozenset()
         is_data, param_roots, data_users = self.is_data, self.param_roots, self.data_users
@@ -248,6 +264,7 @@ class GraphView:
         input_nodes, keys, layer_nodes = self.input_nodes, self.keys, self.layer_nodes
         params, getattrs = self.params, self._getattrs
         shape_query = self._is_shape_query
+        writers = self._writers
         for i, node in enumerate(self.nodes):
             index[node] = i
             data_users[node] = []
@@ -285,6 +302,11 @@ class GraphView:
                                 consumers.setdefault(fqn, []).append(node)
                 if data:
                     roots = empty  # a data node's value is not a parameter
+                    if op == "call_module":
+                        if self._writes_in_place(self.module(node.target)):
+                            writers.append(node)
+                    elif op != "output" and keys[node][1]:
+                        writers.append(node)
                 for inp in inputs:  # the output node too
                     data_users[inp].append(node)
             is_data[node] = data
@@ -306,15 +328,7 @@ class GraphView:
     def _find_in_place_writes(self) -> None:
         """Values written in place (``relu_``, ``+=``, ``ReLU(inplace=True)``) while a later
         node still reads them: the graph's value edges do not tell what that node sees."""
-        for node in self.nodes:
-            if not self.is_data[node] or node.op not in ("call_function", "call_method",
-                                                         "call_module"):
-                continue
-            if node.op == "call_module":
-                if not self._writes_in_place(self.module(node.target)):
-                    continue
-            elif not self.op_key(node)[1]:
-                continue
+        for node in self._writers:  # data nodes that write in place, found by _build
             written = node.args[0] if node.args else None
             if not isinstance(written, Node):
                 continue

@@ -243,11 +243,16 @@ class ResidualBranchLast(Rule):
         if not view.ops.composites:
             return
         kinds = tuple(view.ops.composites)
+        is_kind: dict[type, bool] = {}  # isinstance(module, kinds), asked once per class
         for node in view.nodes:
             if node.op != "call_module" or not view.is_data.get(node):
                 continue
             module = view.module(node.target)
-            if not isinstance(module, kinds):
+            cls = type(module)
+            hit = is_kind.get(cls)
+            if hit is None:
+                hit = is_kind[cls] = isinstance(module, kinds)
+            if not hit:
                 continue
             branches = composite_branches(module, view.ops.composites)
             if branches is None:
