@@ -263,16 +263,18 @@ class GraphView:
         consumers, index, data_inputs = self.consumers, self.index, self.data_inputs
         input_nodes, keys, layer_nodes = self.input_nodes, self.keys, self.layer_nodes
         params, getattrs = self.params, self._getattrs
-        shape_query = self._is_shape_query
-        writers = self._writers
+        shape_query, module_params = self._is_shape_query, self._module_params
+        modules, writers = self._modules, self._writers
         for i, node in enumerate(self.nodes):
             index[node] = i
             data_users[node] = []
             roots = empty
             op = node.op
             all_inputs = input_nodes[node] = node.all_input_nodes
+            shape = False
             if op == "call_function" or op == "call_method":
                 keys[node] = op_key(node)
+                shape = shape_query(node)
             if op == "placeholder":
                 data, inputs = True, ()
             elif op == "get_attr":
@@ -280,13 +282,19 @@ class GraphView:
                 getattrs.setdefault(node.target, []).append(node)
                 if node.target in params:
                     roots = frozenset((node.target,))
-            elif op != "call_module" and op != "output" and shape_query(node):
+            elif shape:
                 data, inputs = False, ()
             else:
-                inputs = tuple([n for n in all_inputs if is_data[n]])
+                if len(all_inputs) == 1:
+                    inputs = (all_inputs[0],) if is_data[all_inputs[0]] else ()
+                else:
+                    inputs = tuple([n for n in all_inputs if is_data[n]])
                 data = bool(inputs) and op != "output"
                 if op == "call_module":
-                    owned = self._params_of_module(node.target)
+                    target = node.target
+                    owned = module_params.get(target)
+                    if owned is None:
+                        owned = self._params_of_module(target)
                     for fqn in owned:
                         consumers.setdefault(fqn, []).append(node)
                     if owned and data:
@@ -303,9 +311,11 @@ class GraphView:
                 if data:
                     roots = empty  # a data node's value is not a parameter
                     if op == "call_module":
-                        if self._writes_in_place(self.module(node.target)):
+                        module = modules.get(node.target)
+                        if self._writes_in_place(module if module is not None
+                                                 else self.module(node.target)):
                             writers.append(node)
-                    elif op != "output" and keys[node][1]:
+                    elif keys[node][1]:
                         writers.append(node)
                 for inp in inputs:  # the output node too
                     data_users[inp].append(node)
