@@ -515,8 +515,8 @@ class GraphView:
                     break
             if picked is None:
                 return Layer(node, owner, (), False,
-                             f"`{node.name}` ({self.op_key(node)[0]}) uses parameters {all_roots} but "
-                             "zeroing them does not make it zero")
+                             f"`{node.name}` ({self.op_key(node)[0]}) uses parameters "
+                             f"{all_roots} but zeroing them does not make it zero")
             chosen.append(picked)
         params = tuple(dict.fromkeys(p for c in chosen for p in c.params))
         chain = tuple(dict.fromkeys(n for c in chosen for n in c.chain))

@@ -677,12 +677,11 @@ class ZeroFacts:
         got = self._keys.get(node) if self._keys is not None else None
         return got if got is not None else op_key(node)
 
-    def _module_zeroed(self, target: str) -> tuple[str, ...]:
-        return tuple(self._owned.get(target, ()))
-
     # -- modules -----------------------------------------------------------------------
-    def _leaf(self, target: str) -> tuple[nn.Module, str | None, str]:
-        """``(module, kind, why_not)`` of the leaf module at ``target``."""
+    def _leaf(self, target: str) -> tuple[nn.Module, str | None, str, bool]:
+        """``(module, kind, why_not, steady)`` of the leaf module at ``target``; ``steady``:
+        unowned, it maps a FINITE input to FINITE (a kind in ``_STEADY_KINDS`` whose tensors
+        are absent or FINITE)."""
         if self._module_of is not None:
             module = self._module_of(target)
         else:

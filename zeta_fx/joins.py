@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from torch.fx import Node
 
-
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
 
