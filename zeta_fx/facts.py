@@ -624,10 +624,10 @@ class ZeroFacts:
                         # a layer, norm or activation with its own tensors finite maps a
                         # FINITE input to FINITE (see _module): skip the full step unless
                         # its reason is asked for
-                        first = next((a for a in node.args if isinstance(a, Node)), None)
-                        if first is None:
-                            first = next((v for v in node.kwargs.values()
-                                          if isinstance(v, Node)), None)
+                        args = node.args  # the first data argument, as _module reads it
+                        first = args[0] if args and isinstance(args[0], Node) else next(
+                            (a for a in (*args, *node.kwargs.values()) if isinstance(a, Node)),
+                            None)
                         if first is not None and facts.get(first) is F_:
                             facts[node] = F_
                             lazy.add(node)
@@ -691,7 +691,12 @@ class ZeroFacts:
                 module = self.gm.get_submodule(target)
         cached = self._kinds.get(target)
         if cached is None:  # known_module, its class part asked once per class
-            why = opaque_reason(module)
+            # (opaque_reason's own first test, inline: most modules have no hooks)
+            why = opaque_reason(module) if (
+                module._forward_hooks or module._forward_pre_hooks
+                or _global_hooks._global_forward_hooks
+                or _global_hooks._global_forward_pre_hooks
+                or "parametrizations" in module._modules) else ""
             if why:
                 cached = (None, why)
             else:
@@ -703,9 +708,14 @@ class ZeroFacts:
         kind = cached[0]
         steady = kind in _STEADY_KINDS
         if steady:
+            params = module._parameters
             for local in _STEADY_KINDS[kind]:
+                obj = params.get(local, params)  # (params itself: not a parameter)
+                if obj is None or type(obj) is nn.Parameter:
+                    continue  # absent or FINITE, as _param says
                 if self._param(module, local, ()) not in (None, F_):
                     steady = False
+                    break
         got = self._modules[target] = (module, *cached, steady)
         return got
 
