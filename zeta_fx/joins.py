@@ -30,6 +30,7 @@ operand.
 from __future__ import annotations
 
 import heapq
+import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,8 @@ class Join:
 
 
 _ADD = frozenset({"add", "sub", "subtract", "rsub"})
+_BINARY = {operator.add: 1.0, operator.iadd: 1.0, operator.sub: -1.0, operator.isub: -1.0}
+_BUILTIN = type(operator.add)
 
 
 def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
@@ -76,6 +79,10 @@ def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] 
     """
     if not view.is_data.get(node) or node.op not in ("call_function", "call_method"):
         return None
+    if type(node.target) is _BUILTIN and node.target in _BINARY and len(node.args) == 2 \
+            and not node.kwargs:
+        # `a + b`, `a - b` (what bind gives them: input, other, alpha 1)
+        return [(node.args[0], 1.0), (node.args[1], _BINARY[node.target])]
     key, _ = view.op_key(node)
     if key in _ADD:
         args = view.bound(node)
@@ -167,10 +174,9 @@ def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, 
     while stack:
         value, coeff, parent = stack.pop()
         if isinstance(value, Node) and view.is_data.get(value) and \
-                view.data_users[value] == [parent] and value not in view.clobbered and \
-                _same_scope(value, parent):
+                view.data_users[value] == [parent] and value not in view.clobbered:
             sub = operands(value)
-            if sub is not None:
+            if sub is not None and _same_scope(value, parent):
                 inner.append(value)
                 stack.extend((v, c * coeff, value) for v, c in reversed(sub))
                 continue
