@@ -35,7 +35,7 @@ from torch import fx, nn
 from torch.fx import Node
 
 from zeta_fx.facts import (_FINITE, _PRESERVING, _SINGULAR, LAYER_PARAMS, Fact, ZeroFacts,
-                           _bind, get_local, known_module, makes_zeros, op_key)
+                           _bind, _hooked, get_local, known_module, makes_zeros, op_key)
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps, target_name
 
@@ -224,6 +224,7 @@ class GraphView:
         self._group_cache: dict[Node, list[list[Any]] | str] = {}
         self._bound: dict[Node, dict[str, Any]] = {}
         self._class_inplace: dict[type, bool] = {}
+        self._class_kinds: dict[type, tuple[str | None, str]] = {}
         self._writers: list[Node] = []
         self._leaves: dict[str, tuple[nn.Module, str | None, str, bool]] = {}  # see ZeroFacts
         self._shape_functions: dict[Any, bool] = {}
@@ -427,7 +428,15 @@ class GraphView:
         """``(kind, why_not)`` of the leaf module at ``fqn`` (see ``zeta_fx.facts``)."""
         cached = self._kinds.get(fqn)
         if cached is None:
-            cached = self._kinds[fqn] = known_module(self.module(fqn), self.declared)
+            module = self.module(fqn)
+            if _hooked(module):
+                cached = known_module(module, self.declared)
+            else:  # no hook: known_module's answer is its class's
+                cached = self._class_kinds.get(type(module))
+                if cached is None:
+                    cached = self._class_kinds[type(module)] = known_module(module,
+                                                                             self.declared)
+            self._kinds[fqn] = cached
         return cached
 
     def structured_layer(self, node: Node) -> bool:
@@ -944,7 +953,11 @@ class GraphView:
 
 
 def _has_tensor(module: nn.Module, dotted: str) -> bool:
+    params = module._parameters
+    if dotted in params:  # (get_local's own first step)
+        return isinstance(params[dotted], torch.Tensor)
     return isinstance(get_local(module, dotted), torch.Tensor)
+
 
 
 def _is_zero_constant(value: Any) -> bool:

@@ -407,8 +407,7 @@ def _parametrized_class(cls: type, base: type) -> bool:
 
 def opaque_reason(module: nn.Module) -> str:
     """Why ``module`` cannot be read as its class computes it (hooks), or ``""``."""
-    if not (module._forward_hooks or module._forward_pre_hooks or _global_hooks._global_forward_hooks
-            or _global_hooks._global_forward_pre_hooks or "parametrizations" in module._modules):
+    if not _hooked(module):
         return ""  # the common case, without the checks below
     name = type(module).__name__
     if module._forward_hooks or getattr(module, "_forward_hooks_with_kwargs", None):
@@ -434,6 +433,15 @@ def opaque_reason(module: nn.Module) -> str:
                         "torch.nn.utils.parametrize.remove_parametrizations(module, "
                         f"{pname!r}) to let the pass zero this layer")
     return ""
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a hook or parametrization may change what ``module`` computes (if not, its
+    class alone decides its kind)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or _global_hooks._global_forward_hooks
+                or _global_hooks._global_forward_pre_hooks
+                or "parametrizations" in module._modules)
 
 
 def _weight_norm_hook(hook: Any) -> bool:
@@ -691,12 +699,7 @@ class ZeroFacts:
                 module = self.gm.get_submodule(target)
         cached = self._kinds.get(target)
         if cached is None:  # known_module, its class part asked once per class
-            # (opaque_reason's own first test, inline: most modules have no hooks)
-            why = opaque_reason(module) if (
-                module._forward_hooks or module._forward_pre_hooks
-                or _global_hooks._global_forward_hooks
-                or _global_hooks._global_forward_pre_hooks
-                or "parametrizations" in module._modules) else ""
+            why = opaque_reason(module) if _hooked(module) else ""
             if why:
                 cached = (None, why)
             else:
