@@ -242,6 +242,7 @@ class GraphView:
         walked = _named_modules(self.root)
         if walked is None:
             walked = list(self.root.named_modules(remove_duplicate=False))
+        self._walked = walked
         modules, params, leaf_params = self._modules, self.params, self._module_params
         for prefix, module in walked:
             modules[prefix] = module
@@ -873,6 +874,19 @@ class GraphView:
         # data value)
         is_data = self.is_data
         return frozenset([n for n in self.nodes if not n.users and is_data[n]])
+
+    @cached_property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """``dict(root.named_buffers(remove_duplicate=False))``, from the module walk the
+        view already made (for apply's shared-storage check)."""
+        out: dict[str, torch.Tensor] = {}
+        for prefix, module in self._walked:
+            if module._buffers:
+                dot = f"{prefix}." if prefix else ""
+                for name, buffer in module._buffers.items():
+                    if buffer is not None:
+                        out[dot + name] = buffer
+        return out
 
     # -- graph inputs -------------------------------------------------------------------
     @cached_property
