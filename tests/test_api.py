@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassResult
 
-from zero_checks import assert_only_zeroed, snapshot
+from claims import assert_only_zeroed, snapshot
 from zeta_fx import (CaptureError, NotAModuleError, PlanFormatError, PlanMismatchError,
                      UnknownRuleError, ZeroInitPass, ZeroInitPlan, zero_init_pass)
 from zeta_fx.cli import main

@@ -16,7 +16,7 @@ import zeta_fx.apply
 from zeta_fx import (PartialWriteError, PlanFormatError, TiedParameterError,
                      UnsupportedParameterError, VerificationError, ZeroInitPass, ZeroInitPlan,
                      ZetaFxError, zero_init_pass)
-from zero_checks import assert_only_zeroed, assert_unchanged, snapshot
+from claims import assert_only_zeroed, assert_unchanged, snapshot
 
 
 class Block(nn.Module):

@@ -21,7 +21,7 @@ from zeta_fx import (CaptureError, NotAModuleError, NoWeightError, PlanFormatErr
                      zero_init_pass)
 from zeta_fx.models import GPT
 from zeta_fx.utils import init_zero_
-from zero_checks import assert_unchanged, snapshot
+from claims import assert_unchanged, snapshot
 
 
 class Block(nn.Module):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from families_helpers import assert_unchanged, params_of, run_and_check, snapshot
+from claims import assert_blocks_equal_skip, assert_unchanged, check_pass, params_of, snapshot
 from zeta_fx import CaptureError, zero_init_pass
 from zeta_fx.capture import capture
 from zeta_fx.capture_concrete import concrete_capture
@@ -103,21 +103,10 @@ class PlainBlock(nn.Module):
 
 
 def _identity_on(model: nn.Module, blocks: list[str], *inputs: torch.Tensor) -> None:
-    """Run ``model``; each named block must return exactly its input."""
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = [model.get_submodule(name).register_forward_hook(
-        lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
-        for name in blocks]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for name in blocks:
-        assert name in seen, f"{name} did not run"
-        skip, out = seen[name]
-        assert torch.equal(out, skip), f"{name} is not the identity"
+    """Each named block returns exactly its input when the model runs on ``inputs`` (these
+    inputs, not random ones: they decide which way the blocks' Python goes)."""
+    claims = [(model.get_submodule(name), lambda x: x) for name in blocks]
+    assert_blocks_equal_skip(model, claims, lambda seed: inputs, seeds=(0,), modes=("eval",))
 
 
 def test_branch_on_mean_follows_the_branch_the_input_takes():
@@ -127,7 +116,7 @@ def test_branch_on_mean_follows_the_branch_the_input_takes():
     with pytest.raises(CaptureError):  # symbolic tracing alone cannot follow it
         zero_init_pass(model, dry_run=True)
     # blocks.2 takes its identity path on x: there is no branch to zero there
-    run_and_check(model, "residual_branch_last", params_of("blocks.0.fc2", "blocks.1.fc2"),
+    check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"),
                   example_inputs=(x,))
     _identity_on(model, ["blocks.0", "blocks.1", "blocks.2"], x)
 
@@ -136,8 +125,7 @@ def test_loop_count_read_from_the_input():
     torch.manual_seed(0)
     model = Net(LoopBlock(), LoopBlock())
     x = torch.randn(2, 8)
-    report = run_and_check(model, "residual_branch_last",
-                           params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,))
+    report = check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,))
     assert report.skipped == []
     _identity_on(model, ["blocks.0", "blocks.1"], x)
 
@@ -147,7 +135,7 @@ def test_nan_check_that_raises_and_batchnorm_statistics_kept():
     model = Net(CheckedBlock(), CheckedBlock())  # train mode: BatchNorm updates statistics
     x = torch.randn(4, 8)
     buffers = {k: v.clone() for k, v in model.named_buffers()}
-    run_and_check(model, "residual_branch_last", params_of("blocks.0.bn", "blocks.1.bn"),
+    check_pass(model, params=params_of("blocks.0.bn", "blocks.1.bn"),
                   example_inputs=(x,))
     for name, value in model.named_buffers():  # capture ran the forward on copies
         assert torch.equal(value, buffers[name]), name
@@ -175,8 +163,7 @@ def test_root_forward_branches_on_a_value():
     torch.manual_seed(0)
     model = RootBranches(EpsBlock(), LoopBlock())
     x = torch.randn(3, 8)
-    report = run_and_check(model, "residual_branch_last",
-                           params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,),
+    report = check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,),
                            verify=True)  # the captured graph runs, and its claims hold
     assert all(row["verified"] for row in report.touched)
     _identity_on(model, ["blocks.0", "blocks.1"], x)
@@ -190,7 +177,7 @@ def test_nested_submodule_branches_inside_a_traceable_block():
     # only the gates were followed concretely: the blocks' own layers stay call_module nodes
     assert {n.target for n in gm.graph.nodes if n.op == "call_module"} == {
         "stem", "head", "blocks.0.fc1", "blocks.0.fc2", "blocks.1.fc1", "blocks.1.fc2"}
-    run_and_check(model, "residual_branch_last", params_of("blocks.0.fc2", "blocks.1.fc2"),
+    check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"),
                   example_inputs=(x,))
     _identity_on(model, ["blocks.0", "blocks.1"], x)
 
@@ -216,7 +203,7 @@ def test_capture_concrete_requested_and_its_need_for_examples():
     model = Net(PlainBlock())
     with pytest.raises(CaptureError, match="capture='concrete' needs example inputs"):
         zero_init_pass(model, capture="concrete")
-    run_and_check(model, "residual_branch_last", params_of("blocks.0.fc2"), capture="concrete",
+    check_pass(model, params=params_of("blocks.0.fc2"), capture="concrete",
                   example_inputs=(torch.randn(2, 8),))
 
 

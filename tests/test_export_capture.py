@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from families_helpers import (OutputRecorder, assert_unchanged, params_of, run_and_check,
-                              snapshot)
+from claims import OutputRecorder, assert_unchanged, check_pass, params_of, snapshot
 from zeta_fx import CaptureError, TiedParameterError, zero_init_pass
 from zeta_fx.capture import capture, export_capture
 from zeta_fx.models import GPT, DiT, SEResNet, UNet
@@ -52,7 +51,7 @@ def test_without_example_inputs_the_error_says_how_to_enable_export():
 def test_export_fallback_with_example_inputs_maps_to_model_fqns():
     torch.manual_seed(0)
     model = Routed()
-    report = run_and_check(model, "residual_branch_last", params_of("block.fc2"),
+    report = check_pass(model, params=params_of("block.fc2"),
                            example_inputs=(torch.randn(4, 8),))
     assert report.touched[0]["type"] == "Linear"
     # BatchNorm running statistics are buffers: export must not have touched them
@@ -64,7 +63,7 @@ def test_export_fallback_with_example_inputs_maps_to_model_fqns():
 
 def test_export_with_kwargs_and_output_layer():
     model = Routed()
-    run_and_check(model, "output_layer", params_of("head"),
+    check_pass(model, "output_layer", params=params_of("head"),
                   example_kwargs={"x": torch.randn(2, 8)})
 
 
@@ -135,7 +134,7 @@ def test_transformer_encoder_layer_traced_through_by_export():
     with pytest.raises(CaptureError):  # its forward branches on the input
         zero_init_pass(model)
     x = torch.randn(2, 5, 16)
-    run_and_check(model, "residual_branch_last", params_of("self_attn.out_proj", "linear2"),
+    check_pass(model, params=params_of("self_attn.out_proj", "linear2"),
                   example_inputs=(x,))
     assert torch.equal(model.eval()(x), x)
 
@@ -178,7 +177,7 @@ def test_hugging_face_models_via_export(name):
     modules = [m.format(i) for i in range(2) for m in HF_EXPECTED[name]]
     names = ("weight",) if name == "llama" else ("weight", "bias")
     kwargs = {} if name == "bert" else {"use_cache": False}
-    report = run_and_check(model, "residual_branch_last", params_of(*modules, names=names),
+    report = check_pass(model, params=params_of(*modules, names=names),
                            example_inputs=(ids,), example_kwargs=kwargs)
     assert report.modules == modules
     rec = OutputRecorder(model, modules)
@@ -215,7 +214,7 @@ class Branchy(nn.Module):
 def test_export_graph_with_higher_order_op_subgraphs():
     torch.manual_seed(0)
     model = Branchy()
-    run_and_check(model, "residual_branch_last", params_of("fc2"), capture="export",
+    check_pass(model, params=params_of("fc2"), capture="export",
                   example_inputs=(torch.randn(2, 4),))
     x = torch.randn(3, 4)
     assert torch.equal(model(x), x)

@@ -1,5 +1,6 @@
 """The package's shape: one direction of flow, checked on the source (no import cycles, no
-function-local imports of zeta_fx modules, the plan holding nothing live)."""
+function-local imports of zeta_fx modules, the plan holding nothing live); and the tests'
+oracle, independent of the analysis it judges."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from zeta_fx import ZeroInitPlan, zero_init_pass
 from zeta_fx.models import GPT
 
 PACKAGE = Path(zeta_fx.__file__).parent
+TESTS = Path(__file__).resolve().parent
 
 
 def _module_name(path: Path) -> str:
@@ -118,3 +120,12 @@ def test_the_plan_is_plain_data():
             assert isinstance(value, (str, int, float, type(None))), type(value)
 
     walk(plan)
+
+
+def test_the_oracle_never_asks_the_analysis():
+    """``tests/claims.py`` judges the pass by running the model: of zeta_fx it may use the
+    verb and the capture (the graph the pass saw), nothing that decides what to zero."""
+    top, local = _imports(ast.parse((TESTS / "claims.py").read_text()))
+    assert local == []
+    assert top <= {"zeta_fx", "zeta_fx.zero_init_pass", "zeta_fx.capture",
+                   "zeta_fx.capture.capture"}, top

@@ -10,8 +10,8 @@ from zeta_fx import zero_init_pass
 from zeta_fx.errors import ExampleInputsError, TiedParameterError, VerificationError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
-from zero_checks import assert_unchanged as _assert_same
-from zero_checks import snapshot as _snapshot
+from claims import assert_unchanged as _assert_same
+from claims import snapshot as _snapshot
 
 
 class CosBranch(nn.Module):

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from families_helpers import (assert_unchanged, params_of, run_and_check,
-                              snapshot)
+from claims import assert_unchanged, check_pass, params_of, snapshot
 from zeta_fx import TiedParameterError, UnknownRuleError, zero_init_pass
 from zeta_fx.cli import main
 from zeta_fx.models import GPT, DiT, SEResNet, UNet
@@ -18,19 +17,19 @@ from zeta_fx.rules import (AdaLNZero, ByName, ByType, OutputLayer, ResidualBranc
 # -- output_layer ----------------------------------------------------------------------------
 def test_output_layer_classifier_head():
     model = SEResNet().eval()
-    run_and_check(model, "output_layer", params_of("head"))
+    check_pass(model, "output_layer", params=params_of("head"))
     assert not model(torch.randn(2, 3, 32, 32)).any()
 
 
 def test_output_layer_unet_final_conv():
     model = UNet().eval()
-    run_and_check(model, "output_layer", params_of("out.2"))
+    check_pass(model, "output_layer", params=params_of("out.2"))
     assert not model(torch.randn(2, 3, 16, 16), torch.rand(2) * 1000).any()
 
 
 def test_output_layer_dit_final_linear():
     model = DiT().eval()
-    run_and_check(model, OutputLayer(), params_of("final_layer.linear"))
+    check_pass(model, OutputLayer(), params=params_of("final_layer.linear"))
     out = model(torch.randn(2, 4, 8, 8), torch.rand(2) * 1000, torch.tensor([1, 2]))
     assert out.shape == (2, 4, 8, 8) and not out.any()
 
@@ -44,7 +43,7 @@ DIT_ZEROED = params_of("blocks.0.adaLN_modulation.1", "blocks.1.adaLN_modulation
 def test_adaln_zero_matches_dits_own_initialisation():
     torch.manual_seed(0)
     model = DiT(depth=3).eval()
-    report = run_and_check(model, "adaln_zero", DIT_ZEROED)
+    report = check_pass(model, "adaln_zero", params=DIT_ZEROED)
     positions = {row["module"]: row["position"] for row in report.touched}
     assert "2 shift, 2 scale, 2 gate" in positions["blocks.0.adaLN_modulation.1"]
     assert "chunked into 6" in positions["blocks.0.adaLN_modulation.1"]
@@ -75,7 +74,7 @@ class Renamed(nn.Module):
 
 def test_adaln_zero_is_derived_from_the_graph_not_from_names():
     model = Renamed()
-    report = run_and_check(model, "adaln_zero", params_of("b", "c"))
+    report = check_pass(model, "adaln_zero", params=params_of("b", "c"))
     assert "1 shift, 1 scale, 1 gate" in report.touched[0]["position"]
     x = torch.randn(3, 8)
     assert not model(x, torch.randn(3, 4)).any()
@@ -83,7 +82,7 @@ def test_adaln_zero_is_derived_from_the_graph_not_from_names():
 
 def test_adaln_zero_on_unet_leaves_additive_timestep_embedding():
     model = UNet().eval()
-    report = run_and_check(model, AdaLNZero(), params_of("out.2"))
+    report = check_pass(model, AdaLNZero(), params=params_of("out.2"))
     shifts = [s for s in report.skipped if "never scales or gates" in s.reason]
     assert sorted(s.module for s in shifts) == sorted(
         f"{b}.emb_layers.1" for b in ("down.0", "down.1", "mid_res1", "mid_res2", "up.0", "up.1"))
@@ -107,7 +106,7 @@ class FiLMBlock(nn.Module):
 
 def test_adaln_zero_without_chunk():
     model = FiLMBlock()
-    report = run_and_check(model, "adaln_zero", params_of("scale", "gate", "out"))
+    report = check_pass(model, "adaln_zero", params=params_of("scale", "gate", "out"))
     roles = {row["module"]: row["position"] for row in report.touched}
     assert "1 gate" in roles["gate"] and "1 scale" in roles["scale"]
 
@@ -116,7 +115,7 @@ def test_adaln_zero_without_chunk():
 def test_by_name_glob_on_fqns():
     model = GPT(n_layer=2)
     expected = params_of("h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj")
-    run_and_check(model, ByName("*.c_proj"), expected)
+    check_pass(model, ByName("*.c_proj"), params=expected)
     with pytest.raises(ValueError, match="glob"):
         ByName()
     typo = zero_init_pass(GPT(n_layer=1), rule=ByName("*.cproj"), dry_run=True)
@@ -128,7 +127,7 @@ def test_by_type_batchnorm():
     model = SEResNet(depth=1)
     bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) > 5
-    run_and_check(model, ByType(nn.BatchNorm2d), params_of(*bns))
+    check_pass(model, ByType(nn.BatchNorm2d), params=params_of(*bns))
     with pytest.raises(TypeError, match="nn.Module subclasses"):
         ByType("BatchNorm2d")
 
@@ -142,14 +141,14 @@ def test_by_type_multihead_attention_zeroes_out_proj_only():
         def forward(self, x):
             return self.attn(x, x, x)[0]
 
-    run_and_check(Net(), ByType(nn.MultiheadAttention), params_of("attn.out_proj"))
+    check_pass(Net(), ByType(nn.MultiheadAttention), params=params_of("attn.out_proj"))
 
 
 def test_where_predicate_and_scoping():
     model = GPT(n_layer=3)
     rule = Where(lambda fqn, m: isinstance(m, nn.Linear) and fqn.endswith("c_fc"),
                  within="h.1")
-    report = run_and_check(model, rule, params_of("h.1.mlp.c_fc"))
+    report = check_pass(model, rule, params=params_of("h.1.mlp.c_fc"))
     outside = [s for s in report.skipped if "outside within='h.1'" in s.reason]
     assert sorted(s.module for s in outside) == ["h.0.mlp.c_fc", "h.2.mlp.c_fc"]
 
@@ -157,7 +156,7 @@ def test_where_predicate_and_scoping():
 def test_scope_exclude_glob_and_prefix():
     model = GPT(n_layer=2)
     rule = ResidualBranchLast(exclude=["h.0", "*.mlp"])
-    report = run_and_check(model, rule, params_of("h.1.attn.c_proj"))
+    report = check_pass(model, rule, params=params_of("h.1.attn.c_proj"))
     reasons = {s.module: s.reason for s in report.skipped if "excluded by" in s.reason}
     assert set(reasons) == {"h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.mlp.c_proj"}
     assert "exclude='h.0'" in reasons["h.0.attn.c_proj"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from zero_checks import block_mismatches, check_pass, fixed_inputs, snapshot, assert_only_zeroed
+from claims import assert_only_zeroed, block_mismatches, check_pass, fixed_inputs, snapshot
 from zeta_fx import zero_init_pass
 from zeta_fx.models import GPT, SEBottleneck, SEResNet
 
@@ -25,7 +25,7 @@ def conv_bn(c_in, c_out, k=3):
 def test_squeeze_excite_zeroes_norm_before_gate_not_gate_conv():
     torch.manual_seed(0)
     model = nn.Sequential(SEBottleneck(8, 4, 8), SEBottleneck(8, 4, 16, stride=2))
-    report = check_pass(model, IMG, {"0.bn3", "1.bn3"})
+    report = check_pass(model, modules={"0.bn3", "1.bn3"}, inputs=IMG)
     assert not any("se." in m for m in report.modules)
     assert "downsample" not in " ".join(report.params)
     assert "skip: projection 1.downsample" in report.touched[1]["position"]
@@ -34,7 +34,8 @@ def test_squeeze_excite_zeroes_norm_before_gate_not_gate_conv():
 def test_se_resnet_demo_model():
     torch.manual_seed(0)
     model = SEResNet()
-    report = check_pass(model, (torch.randn(2, 3, 16, 16),), {f"blocks.{i}.bn3" for i in range(6)})
+    report = check_pass(model, modules={f"blocks.{i}.bn3" for i in range(6)},
+                        inputs=(torch.randn(2, 3, 16, 16),))
     assert report.skipped == []
 
 
@@ -73,7 +74,7 @@ class FunctionalBlock(nn.Module):
 
 def test_functional_batchnorm_with_activation_after_the_norm():
     torch.manual_seed(0)
-    report = check_pass(FunctionalBlock(), IMG, {"bn2"})
+    report = check_pass(FunctionalBlock(), modules={"bn2"}, inputs=IMG)
     assert report.params == ["bn2.weight", "bn2.bias"]  # argument order
     assert report.touched[0]["type"] == "FunctionalBN"
 
@@ -91,7 +92,7 @@ class StdConvBlock(nn.Module):
 def test_weight_standardised_conv_zeroes_its_raw_weight():
     torch.manual_seed(0)
     model = StdConvBlock()
-    report = check_pass(model, IMG, {"conv2"})
+    report = check_pass(model, modules={"conv2"}, inputs=IMG)
     assert sorted(report.params) == ["conv2.bias", "conv2.weight"]
     x = IMG[0]
     assert torch.equal(model(x), x)  # standardising a zero weight gives zero, not NaN
@@ -109,7 +110,7 @@ class PreActBlock(nn.Module):
 
 def test_pre_activation_block_zeroes_the_last_conv():
     torch.manual_seed(0)
-    check_pass(PreActBlock(), IMG, {"conv2"})
+    check_pass(PreActBlock(), modules={"conv2"}, inputs=IMG)
 
 
 class LayerScale(nn.Module):
@@ -139,7 +140,7 @@ class ViTBlock(nn.Module):
 def test_layerscale_gamma_is_the_branch_end(inplace):
     torch.manual_seed(0)
     model = nn.Sequential(ViTBlock(inplace=inplace), ViTBlock(inplace=inplace))
-    report = check_pass(model, SEQ, {"0.ls", "1.ls"})
+    report = check_pass(model, modules={"0.ls", "1.ls"}, inputs=SEQ)
     assert report.params == ["0.ls.gamma", "1.ls.gamma"]
     assert [r["type"] for r in report.touched] == ["LayerScale", "LayerScale"]
 
@@ -198,7 +199,7 @@ def test_torchvision_stochastic_depth():
             return x + self.sd(self.fc(x))
 
     torch.manual_seed(0)
-    check_pass(Block().train(), SEQ, {"fc"})
+    check_pass(Block().train(), modules={"fc"}, inputs=SEQ)
 
 
 # -- shared modules ----------------------------------------------------------------------------
@@ -223,7 +224,7 @@ class SharedBlockTwice(nn.Module):
 def test_shared_block_is_zeroed_once_and_every_site_listed():
     torch.manual_seed(0)
     model = SharedBlockTwice()
-    report = check_pass(model, SEQ, {"block.fc2"})
+    report = check_pass(model, modules={"block.fc2"}, inputs=SEQ)
     assert [row["node"] for row in report.touched] == ["block_fc2", "block_fc2_1"]
     assert all(row["shared"] for row in report.touched)
     assert report.elements == 16 * 16 + 16  # counted once
@@ -369,7 +370,7 @@ class ParallelBlock(nn.Module):
 def test_parallel_transformer_block_zeroes_both_branches():
     torch.manual_seed(0)
     model = ParallelBlock()
-    check_pass(model, SEQ, {"attn_out", "mlp_out"})
+    check_pass(model, modules={"attn_out", "mlp_out"}, inputs=SEQ)
     x = SEQ[0]
     assert torch.equal(model(x), x)
 
@@ -379,8 +380,8 @@ def test_gpt_zeroes_attention_and_mlp_projections_only():
     torch.manual_seed(0)
     model = GPT(n_layer=3, dim=32)
     idx = torch.randint(0, 64, (2, 8))
-    report = check_pass(model, (idx,), {f"h.{i}.{part}.c_proj" for i in range(3)
-                                         for part in ("attn", "mlp")})
+    report = check_pass(model, modules={f"h.{i}.{part}.c_proj" for i in range(3)
+                                        for part in ("attn", "mlp")}, inputs=(idx,))
     assert report.skipped == []  # wte + wpe(arange(T)) is not a merge of two data paths
 
 
@@ -400,7 +401,7 @@ class ShapeQueries(nn.Module):
 
 def test_shape_queries_are_not_data_flow():
     torch.manual_seed(0)
-    check_pass(ShapeQueries(), SEQ, {"fc2"})
+    check_pass(ShapeQueries(), modules={"fc2"}, inputs=SEQ)
 
 
 def test_blocks_are_identities_only_after_the_pass():
@@ -409,6 +410,6 @@ def test_blocks_are_identities_only_after_the_pass():
     model = nn.Sequential(Residual(), Residual()).eval()
     claims = [(model[0], lambda x: x), (model[1], lambda x: x)]
     assert len(block_mismatches(model, claims, fixed_inputs(SEQ), modes=("eval",))) == 6
-    report = check_pass(model, SEQ, {"0.fc2", "1.fc2"})
+    report = check_pass(model, modules={"0.fc2", "1.fc2"}, inputs=SEQ)
     assert [(r["merge"], r["skip"]) for r in report.touched] == [("add", "input_1"), ("add_1", "add")]
     assert block_mismatches(model, claims, fixed_inputs(SEQ)) == []

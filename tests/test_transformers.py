@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from zero_checks import snapshot
+from claims import snapshot
 from zeta_fx import zero_init_pass
 
 T = pytest.importorskip("transformers")
