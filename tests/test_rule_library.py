@@ -1,4 +1,5 @@
-"""The rule library: output_layer, adaln_zero, by_name/by_type/where, scoping, registry, ties."""
+"""The rule library: output_layer, adaln_zero, by_name/by_type/where, scoping, composition,
+registry."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from claims import assert_unchanged, check_pass, params_of, snapshot
-from zeta_fx import TiedParameterError, UnknownRuleError, zero_init_pass
+from zeta_fx import UnknownRuleError, zero_init_pass
 from zeta_fx.cli import main
 from zeta_fx.models import GPT, DiT, SEResNet, UNet
 from zeta_fx.rules import (AdaLNZero, ByName, ByType, OutputLayer, ResidualBranchLast, Where,
@@ -184,6 +185,18 @@ def test_combinations_union_intersection_difference():
         "mid_attn.proj_out", "mid_res2.out_layers.3"]
 
 
+def test_rules_compose(small_resnet):
+    torch.manual_seed(0)
+    both = ResidualBranchLast() | OutputLayer()
+    report = zero_init_pass(small_resnet(), rule=both, dry_run=True)
+    assert report.modules == ["blocks.0.bn3", "blocks.1.bn3", "head"]
+    only_head = zero_init_pass(small_resnet(), rule=both - "residual_branch_last", dry_run=True)
+    assert only_head.modules == ["head"]
+    none = zero_init_pass(small_resnet(), rule=ResidualBranchLast() & OutputLayer(), dry_run=True)
+    assert none.modules == []
+
+
+
 # -- registry --------------------------------------------------------------------------------
 def test_registry_lists_rules_with_descriptions(capsys):
     rules = list_rules()
@@ -230,30 +243,3 @@ def test_unknown_rule_name_lists_valid_names_and_closest_match():
     for name in list_rules():
         assert name in message
     assert_unchanged(model, before)
-
-
-# -- tied parameters -------------------------------------------------------------------------
-def test_tied_head_and_embedding_refused_naming_both():
-    model = GPT(n_layer=1, tie_weights=True)
-    before = snapshot(model)
-    with pytest.raises(TiedParameterError) as info:
-        zero_init_pass(model, rule="output_layer")
-    message = str(info.value)
-    assert "`lm_head.weight`" in message and "`wte.weight`" in message
-    assert "allow_tied=True" in message
-    assert_unchanged(model, before)
-
-
-def test_tied_allowed_zeroes_the_shared_tensor():
-    model = GPT(n_layer=1, tie_weights=True)
-    report = zero_init_pass(model, rule="output_layer", allow_tied=True)
-    assert report.params == ["lm_head.weight"]
-    assert not model.wte.weight.any() and model.lm_head.weight is model.wte.weight
-
-
-def test_tied_check_in_dry_run_and_by_name():
-    model = GPT(n_layer=1, tie_weights=True)
-    with pytest.raises(TiedParameterError, match="wte.weight"):
-        zero_init_pass(model, rule="output_layer", dry_run=True)
-    with pytest.raises(TiedParameterError, match="lm_head.weight"):
-        zero_init_pass(model, rule=ByName("wte"))
