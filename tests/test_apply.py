@@ -30,9 +30,7 @@ class Plain(nn.Module):
         return x + self.fc2(torch.relu(self.fc1(x)))
 
 
-
 X = (torch.randn(3, 4),)
-
 
 
 # -- 1. `changed` is exact and eager --------------------------------------------------------
@@ -52,7 +50,6 @@ def test_changed_is_exact_and_decided_before_writing(value, changed):
     assert dry.changed is changed  # not re-read after the write
 
 
-
 def test_zero_init_pass_reports_modified_for_a_tiny_weight():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     with torch.no_grad():
@@ -62,7 +59,6 @@ def test_zero_init_pass_reports_modified_for_a_tiny_weight():
     zero = ZeroInitPass(rule="output_layer")
     assert zero(gm).modified is True
     assert zero(gm).modified is False
-
 
 
 # -- 2. partial writes ----------------------------------------------------------------------
@@ -98,7 +94,6 @@ def test_a_write_failing_midway_says_what_was_written_and_applying_again_complet
     assert not model.fc2.weight.any() and not model.fc2.bias.any()
 
 
-
 # -- 3. dtypes ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.float8_e8m0fnu])
@@ -115,7 +110,6 @@ def test_targets_that_cannot_hold_a_zero_are_refused_before_writing(dtype):
     assert_unchanged(model, before)  # fc2.bias (float) was not written either
 
 
-
 def test_float8_targets_are_zeroed_exactly():
     plan = zero_init_pass(Plain(), dry_run=True).plan
     model = Plain()
@@ -124,7 +118,6 @@ def test_float8_targets_are_zeroed_exactly():
     assert plan.apply(model).changed
     assert model.fc2.weight.dtype == torch.float8_e4m3fn
     assert not model.fc2.weight.view(torch.uint8).bitwise_and(0x7F).any()
-
 
 
 # -- 4. pruning -----------------------------------------------------------------------------
@@ -152,7 +145,6 @@ def test_a_pruned_layer_is_refused_with_the_prune_remove_hint():
     assert plan.apply(model).params == ["fc2.weight", "fc2.bias"]
 
 
-
 # -- 5. ties and storage --------------------------------------------------------------------
 
 def test_tied_check_in_dry_run_and_by_name():
@@ -161,7 +153,6 @@ def test_tied_check_in_dry_run_and_by_name():
         zero_init_pass(model, rule="output_layer", dry_run=True)
     with pytest.raises(TiedParameterError, match="lm_head.weight"):
         zero_init_pass(model, rule=ByName("wte"))
-
 
 
 def test_a_parameter_viewing_a_target_is_refused_naming_both():
@@ -179,7 +170,6 @@ def test_a_parameter_viewing_a_target_is_refused_naming_both():
     assert report.applied and not model.probe.weight.any()  # the user asked for both
 
 
-
 def test_a_buffer_sharing_storage_is_refused():
     model = Plain()
     model.register_buffer("shadow", model.fc2.bias.detach()[1:3])
@@ -187,7 +177,6 @@ def test_a_buffer_sharing_storage_is_refused():
     with pytest.raises(TiedParameterError, match=r"`fc2.bias`.*buffer `shadow`"):
         zero_init_pass(model)
     assert_unchanged(model, before)
-
 
 
 def test_disjoint_slices_of_one_storage_are_not_ties():

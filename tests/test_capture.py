@@ -46,7 +46,8 @@ def test_leaf_modules_make_untraceable_submodules_opaque():
     report = zero_init_pass(model, leaf_modules=[Gate])
     # the Gate leaf is not known to preserve zero: the branch is left alone, and says why
     assert report.modules == []
-    assert "`Gate` (inner.1) at `inner_1` is opaque: `Gate` is not a known layer" in report.skipped[0].reason
+    assert ("`Gate` (inner.1) at `inner_1` is opaque: `Gate` is not a known layer"
+            in report.skipped[0].reason)
     assert zero_init_pass(Untraceable(), leaf_modules=["inner.1"]).skipped
 
 
@@ -116,7 +117,7 @@ def test_export_fallback_with_example_inputs_maps_to_model_fqns():
     torch.manual_seed(0)
     model = Routed()
     report = check_pass(model, params=params_of("block.fc2"),
-                           example_inputs=(torch.randn(4, 8),))
+                        example_inputs=(torch.randn(4, 8),))
     assert report.touched[0]["type"] == "Linear"
     # BatchNorm running statistics are buffers: export must not have touched them
     assert model.block.bn.num_batches_tracked.item() == 0
@@ -128,7 +129,7 @@ def test_export_fallback_with_example_inputs_maps_to_model_fqns():
 def test_export_with_kwargs_and_output_layer():
     model = Routed()
     check_pass(model, "output_layer", params=params_of("head"),
-                  example_kwargs={"x": torch.randn(2, 8)})
+               example_kwargs={"x": torch.randn(2, 8)})
 
 
 def test_capture_export_requested_needs_examples():
@@ -190,8 +191,7 @@ def test_transformer_encoder_layer_traced_through_by_export():
     with pytest.raises(CaptureError):  # its forward branches on the input
         zero_init_pass(model)
     x = torch.randn(2, 5, 16)
-    check_pass(model, params=params_of("self_attn.out_proj", "linear2"),
-                  example_inputs=(x,))
+    check_pass(model, params=params_of("self_attn.out_proj", "linear2"), example_inputs=(x,))
     assert torch.equal(model.eval()(x), x)
 
 
@@ -213,7 +213,7 @@ def test_export_graph_with_higher_order_op_subgraphs():
     torch.manual_seed(0)
     model = Branchy()
     check_pass(model, params=params_of("fc2"), capture="export",
-                  example_inputs=(torch.randn(2, 4),))
+               example_inputs=(torch.randn(2, 4),))
     x = torch.randn(3, 4)
     assert torch.equal(model(x), x)
 
@@ -317,8 +317,7 @@ def test_branch_on_mean_follows_the_branch_the_input_takes():
     with pytest.raises(CaptureError):  # symbolic tracing alone cannot follow it
         zero_init_pass(model, dry_run=True)
     # blocks.2 takes its identity path on x: there is no branch to zero there
-    check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"),
-                  example_inputs=(x,))
+    check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,))
     _identity_on(model, ["blocks.0", "blocks.1", "blocks.2"], x)
 
 
@@ -326,8 +325,8 @@ def test_loop_count_read_from_the_input():
     torch.manual_seed(0)
     model = Net(LoopBlock(), LoopBlock())
     x = torch.randn(2, 8)
-    report = check_pass(model,
-                           params=params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,))
+    report = check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"),
+                        example_inputs=(x,))
     assert report.skipped == []
     _identity_on(model, ["blocks.0", "blocks.1"], x)
 
@@ -337,8 +336,7 @@ def test_nan_check_that_raises_and_batchnorm_statistics_kept():
     model = Net(CheckedBlock(), CheckedBlock())  # train mode: BatchNorm updates statistics
     x = torch.randn(4, 8)
     buffers = {k: v.clone() for k, v in model.named_buffers()}
-    check_pass(model, params=params_of("blocks.0.bn", "blocks.1.bn"),
-                  example_inputs=(x,))
+    check_pass(model, params=params_of("blocks.0.bn", "blocks.1.bn"), example_inputs=(x,))
     for name, value in model.named_buffers():  # capture ran the forward on copies
         assert torch.equal(value, buffers[name]), name
     _identity_on(model.eval(), ["blocks.0", "blocks.1"], x)
@@ -365,9 +363,9 @@ def test_root_forward_branches_on_a_value():
     torch.manual_seed(0)
     model = RootBranches(EpsBlock(), LoopBlock())
     x = torch.randn(3, 8)
-    report = check_pass(model,
-                           params=params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,),
-                           verify=True)  # the captured graph runs, and its claims hold
+    # verify=True: the captured graph runs, and its claims hold
+    report = check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"),
+                        example_inputs=(x,), verify=True)
     assert all(row["verified"] for row in report.touched)
     _identity_on(model, ["blocks.0", "blocks.1"], x)
 
@@ -380,8 +378,7 @@ def test_nested_submodule_branches_inside_a_traceable_block():
     # only the gates were followed concretely: the blocks' own layers stay call_module nodes
     assert {n.target for n in gm.graph.nodes if n.op == "call_module"} == {
         "stem", "head", "blocks.0.fc1", "blocks.0.fc2", "blocks.1.fc1", "blocks.1.fc2"}
-    check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"),
-                  example_inputs=(x,))
+    check_pass(model, params=params_of("blocks.0.fc2", "blocks.1.fc2"), example_inputs=(x,))
     _identity_on(model, ["blocks.0", "blocks.1"], x)
 
 
@@ -407,7 +404,7 @@ def test_capture_concrete_requested_and_its_need_for_examples():
     with pytest.raises(CaptureError, match="capture='concrete' needs example inputs"):
         zero_init_pass(model, capture="concrete")
     check_pass(model, params=params_of("blocks.0.fc2"), capture="concrete",
-                  example_inputs=(torch.randn(2, 8),))
+               example_inputs=(torch.randn(2, 8),))
 
 
 def test_failures_print_nothing_even_with_torch_logs_on(capfd):

@@ -58,7 +58,6 @@ def test_the_plan_is_plain_data():
     walk(plan)
 
 
-
 def test_dry_run_changes_nothing_and_plan_round_trips(small_resnet):
     model = small_resnet()
     before = snapshot(model)
@@ -74,7 +73,6 @@ def test_dry_run_changes_nothing_and_plan_round_trips(small_resnet):
     applied = plan.apply(other)
     assert applied.modules == report.modules
     assert_only_zeroed(other, before_other, set(report.params))
-
 
 
 def test_version_1_plans_are_still_read(small_resnet):
@@ -105,7 +103,6 @@ def test_non_finite_or_non_integer_shapes_are_format_errors(bad, small_resnet):
         ZeroInitPlan.from_json(corrupted)
 
 
-
 @pytest.mark.parametrize("where", ["top", "entries"])
 def test_deep_nesting_is_a_format_error(where):
     deep = "[" * 100_000 + "]" * 100_000
@@ -114,7 +111,6 @@ def test_deep_nesting_is_a_format_error(where):
         + deep + "}")
     with pytest.raises(PlanFormatError, match="nested too deeply"):
         ZeroInitPlan.from_json(text)
-
 
 
 def test_a_good_plan_still_round_trips(small_resnet):

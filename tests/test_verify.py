@@ -31,7 +31,6 @@ class CosBranch(nn.Module):
         return x + torch.cos(self.fc2(torch.relu(self.fc1(x))))
 
 
-
 class Tally(nn.Module):
     """Identity that counts its calls in a buffer (kept a leaf, so it runs only at run time)."""
 
@@ -44,7 +43,6 @@ class Tally(nn.Module):
         return x
 
 
-
 class Counter(nn.Module):
     """A residual block whose forward also counts calls in a buffer."""
 
@@ -54,7 +52,6 @@ class Counter(nn.Module):
 
     def forward(self, x):
         return self.tally(x) + self.fc2(torch.relu(self.fc1(x)))
-
 
 
 class Block(nn.Module):
@@ -72,7 +69,6 @@ class Block(nn.Module):
         return x + self.fc2(self.drop(torch.relu(self.bn(self.fc1(x)))))
 
 
-
 class Overflow(nn.Module):
     """The branch overflows to inf before its last layer: 0 * inf = NaN at the merge."""
 
@@ -84,14 +80,11 @@ class Overflow(nn.Module):
         return x + self.fc2(torch.exp(self.fc1(x) * 1000.0))
 
 
-
 def modes(model: nn.Module) -> list[bool]:
     return [m.training for m in model.modules()]
 
 
-
 X = (torch.randn(3, 4),)
-
 
 
 # -- claims checked by substitution; dry runs never write -----------------------------------
@@ -115,7 +108,6 @@ def test_dry_run_verify_leaves_every_tensor_counter_mode_and_rng_alone():
     assert model.fc2.weight.grad is not None
 
 
-
 def test_verify_writes_only_after_every_claim_held():
     torch.manual_seed(0)
     model = Block().train()
@@ -131,7 +123,6 @@ def test_verify_writes_only_after_every_claim_held():
     assert torch.equal(model.eval()(x), x)  # the claim, on other inputs too
 
 
-
 def test_a_failed_claim_writes_nothing_and_names_merge_module_and_difference():
     torch.manual_seed(0)
     model = Overflow()
@@ -143,7 +134,6 @@ def test_a_failed_claim_writes_nothing_and_names_merge_module_and_difference():
     assert "largest difference nan" in message and "Nothing was written" in message
     assert_unchanged(model, before)
     assert versions(model) == vers
-
 
 
 def test_verify_seresnet_every_row_verified_and_model_trains_on():
@@ -166,7 +156,6 @@ def test_verify_seresnet_every_row_verified_and_model_trains_on():
     assert report.to_dict()["touched"][0]["verified"] is True
 
 
-
 def test_verify_gpt_with_kwargs_and_output_rule():
     torch.manual_seed(0)
     model = GPT(n_layer=2)
@@ -179,12 +168,10 @@ def test_verify_gpt_with_kwargs_and_output_rule():
     assert not model(idx).any()  # the output layer is zero, so the logits are
 
 
-
 def test_without_verify_rows_say_unchecked():
     report = zero_init_pass(SEResNet())
     assert {r["verified"] for r in report.touched} == {None}
     assert "verified" not in str(report).splitlines()[0]
-
 
 
 def test_verify_without_inputs_is_refused_before_anything():
@@ -193,7 +180,6 @@ def test_verify_without_inputs_is_refused_before_anything():
     with pytest.raises(ExampleInputsError, match=r"example_inputs=\(\.\.\.\).*nothing was written"):
         zero_init_pass(model, verify=True)
     assert_unchanged(model, before)
-
 
 
 def test_failed_verification_restores_bit_exactly_and_names_the_node():
@@ -216,7 +202,6 @@ def test_failed_verification_restores_bit_exactly_and_names_the_node():
     assert_unchanged(model, before)
 
 
-
 def test_state_changed_by_the_check_forward_is_put_back():
     torch.manual_seed(0)
     model = Counter()
@@ -227,7 +212,6 @@ def test_state_changed_by_the_check_forward_is_put_back():
     assert model.tally.calls.item() == 0.0  # the check's forward left no trace
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]) != (name in report.params), name
-
 
 
 def test_bad_inputs_fail_with_the_node_and_restore():
@@ -243,7 +227,6 @@ def test_bad_inputs_fail_with_the_node_and_restore():
         zero_init_pass(model, verify=True, example_kwargs={"x": torch.randn(1, 3, 8, 8),
                                                            "y": 1})
     assert_unchanged(model, before)
-
 
 
 # -- opaque composite leaves ----------------------------------------------------------------
@@ -268,7 +251,6 @@ def test_transformer_encoder_layer_verifies_and_computes_its_skip(norm_first):
     assert torch.equal(out, skip)
 
 
-
 def test_transformer_decoder_layer_verifies():
     torch.manual_seed(0)
 
@@ -287,7 +269,6 @@ def test_transformer_decoder_layer_verifies():
     with torch.no_grad():
         d = model.dec
         assert torch.equal(model.eval()(tgt, memory), d.norm3(d.norm2(d.norm1(tgt))))
-
 
 
 def test_composite_check_is_real_a_nan_reaching_the_branch_fails():

@@ -1,5 +1,10 @@
-"""The rule library: output_layer, adaln_zero, by_name/by_type/where, scoping, composition,
-registry."""
+"""The rules (``zeta_fx.rules``): residual_branch_last's options, output_layer, adaln_zero,
+by_name/by_type/where, scoping, composition and the registry.
+
+Each rule is checked by its exact zeroed set and by running the model; the site a row
+carries (``row["site"]``) is checked as data. Ties are refused by apply (``test_apply.py``,
+``test_bad_inputs.py``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,55 @@ from zeta_fx.cli import main
 from zeta_fx.models import GPT, DiT, SEResNet, UNet
 from zeta_fx.rules import (AdaLNZero, ByName, ByType, OutputLayer, ResidualBranchLast, Where,
                            get_rule, list_rules, register_rule)
+
+
+# -- residual_branch_last: nested residuals ------------------------------------------------
+class Inner(nn.Module):
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Outer(nn.Module):
+    def __init__(self, dim: int = 8, with_proj: bool = True) -> None:
+        super().__init__()
+        self.inner1, self.inner2 = Inner(dim), Inner(dim)
+        self.proj = nn.Linear(dim, dim) if with_proj else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(self.inner2(self.inner1(x)))
+
+
+def test_nested_residuals_all_by_default():
+    torch.manual_seed(0)
+    model = Outer()
+    check_pass(model, params=params_of("inner1.fc2", "inner2.fc2", "proj"))
+    x = torch.randn(3, 8)
+    assert torch.equal(model(x), x)
+    assert torch.equal(model.inner1(x), x)
+
+
+def test_nested_residuals_outermost_only():
+    torch.manual_seed(0)
+    model = Outer()
+    report = check_pass(model, ResidualBranchLast(nested="outermost"), params=params_of("proj"))
+    nested = [s for s in report.skipped if "nested='outermost'" in s.reason]
+    assert len(nested) == 2
+    x = torch.randn(3, 8)
+    assert torch.equal(model(x), x)
+    assert not torch.equal(model.inner1(x), x)
+    with pytest.raises(ValueError, match="nested must be"):
+        ResidualBranchLast(nested="inner")
+
+
+def test_outer_branch_ending_in_residual_blocks_is_left_alone():
+    model = Outer(with_proj=False)
+    report = check_pass(model, params=params_of("inner1.fc2", "inner2.fc2"))
+    outer = [s for s in report.skipped if "outside the branch" in s.reason]
+    assert len(outer) == 1 and "without passing a layer" in outer[0].reason
 
 
 # -- output_layer ----------------------------------------------------------------------------
@@ -45,10 +99,14 @@ def test_adaln_zero_matches_dits_own_initialisation():
     torch.manual_seed(0)
     model = DiT(depth=3).eval()
     report = check_pass(model, "adaln_zero", params=DIT_ZEROED)
-    positions = {row["module"]: row["position"] for row in report.touched}
-    assert "2 shift, 2 scale, 2 gate" in positions["blocks.0.adaLN_modulation.1"]
-    assert "chunked into 6" in positions["blocks.0.adaLN_modulation.1"]
-    assert "1 shift, 1 scale" in positions["final_layer.adaLN_modulation.1"]
+    sites = {row["module"]: row["site"] for row in report.touched}
+    assert {m: site["kind"] for m, site in sites.items()} == {
+        "blocks.0.adaLN_modulation.1": "adaln", "blocks.1.adaLN_modulation.1": "adaln",
+        "blocks.2.adaLN_modulation.1": "adaln", "final_layer.adaLN_modulation.1": "adaln",
+        "final_layer.linear": "output"}
+    # a modulation layer's own output is what becomes zero; no merge is claimed
+    assert all(site["zero_at"] == site["node"] and not site["merge"]
+               for site in sites.values() if site["kind"] == "adaln")
     # the timestep/label embedders only shift the conditioning: examined and left alone
     left = {s.module: s.reason for s in report.skipped}
     assert "never scales or gates" in left["t_embedder.2"]
@@ -76,7 +134,8 @@ class Renamed(nn.Module):
 def test_adaln_zero_is_derived_from_the_graph_not_from_names():
     model = Renamed()
     report = check_pass(model, "adaln_zero", params=params_of("b", "c"))
-    assert "1 shift, 1 scale, 1 gate" in report.touched[0]["position"]
+    assert [(row["module"], row["site"]["kind"]) for row in report.touched] == [
+        ("b", "adaln"), ("c", "output")]
     x = torch.randn(3, 8)
     assert not model(x, torch.randn(3, 4)).any()
 
@@ -108,8 +167,24 @@ class FiLMBlock(nn.Module):
 def test_adaln_zero_without_chunk():
     model = FiLMBlock()
     report = check_pass(model, "adaln_zero", params=params_of("scale", "gate", "out"))
-    roles = {row["module"]: row["position"] for row in report.touched}
-    assert "1 gate" in roles["gate"] and "1 scale" in roles["scale"]
+    kinds = {row["module"]: row["site"]["kind"] for row in report.touched}
+    assert kinds == {"scale": "adaln", "gate": "adaln", "out": "output"}
+
+
+@pytest.mark.parametrize("make, roles", [
+    (lambda: DiT(depth=3), {"blocks.0.adaLN_modulation.1": ("2 shift, 2 scale, 2 gate",
+                                                            "chunked into 6"),
+                            "final_layer.adaLN_modulation.1": ("1 shift, 1 scale",)}),
+    (Renamed, {"b": ("1 shift, 1 scale, 1 gate",)}),
+    (FiLMBlock, {"gate": ("1 gate",), "scale": ("1 scale",)}),
+], ids=["dit", "renamed", "film"])
+def test_adaln_position_text_names_each_modulation_role(make, roles):
+    """The roles a modulation layer plays are in the row's prose only (its site has no field
+    for them): the one check of the adaLN position text."""
+    report = zero_init_pass(make(), rule="adaln_zero", dry_run=True)
+    positions = {row["module"]: row["position"] for row in report.touched}
+    for module, words in roles.items():
+        assert all(w in positions[module] for w in words), (module, positions[module])
 
 
 # -- ByName / ByType / Where / scoping / combination ------------------------------------
@@ -194,7 +269,6 @@ def test_rules_compose(small_resnet):
     assert only_head.modules == ["head"]
     none = zero_init_pass(small_resnet(), rule=ResidualBranchLast() & OutputLayer(), dry_run=True)
     assert none.modules == []
-
 
 
 # -- registry --------------------------------------------------------------------------------
