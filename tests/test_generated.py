@@ -40,6 +40,7 @@ from claims import (assert_each_zeroed_needed, assert_graph_claims, assert_state
                     holding_claims, residual_rows, snapshot)
 from netgen import Block, Net, Op
 from zeta_fx import zero_init_pass
+from zeta_fx.capture import capture
 
 CI_EXAMPLES = 250
 
@@ -133,17 +134,16 @@ def nets(draw, hard: bool = False) -> Net:
 def _merge_units(model: nn.Module, report, claims) -> dict[str, nn.Module | None]:
     """For each residual row's merge node: the generator unit whose forward computes it
     (innermost module on its ``nn_module_stack`` in the captured graph), or None."""
-    from zeta_fx.capture import capture
-
     gm = capture(model, leaf_modules=netgen.LEAF_MODULES)
     units = {id(m): m for m, _ in claims}
     out: dict[str, nn.Module | None] = {}
     nodes = {n.name: n for n in gm.graph.nodes}
     for row in residual_rows(report):
-        node = nodes.get(row["merge"])
+        merge = row["site"]["merge"]
+        node = nodes.get(merge)
         stack = list((node.meta.get("nn_module_stack") or {}).values()) if node is not None else []
         inner = model.get_submodule(stack[-1][0]) if stack else model
-        out[row["merge"]] = units.get(id(inner))
+        out[merge] = units.get(id(inner))
     return out
 
 
