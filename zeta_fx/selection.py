@@ -59,8 +59,6 @@ class Site:
             return f"`{self.merge}` equals its skip `{self.skip}`"
         if self.kind == "composite":
             return f"`{self.node}` computes its skip"
-        if self.kind == "fixup":
-            return "none (rescaled, not zeroed)"
         return f"`{self.zero_at or self.node}` is exactly zero"
 
     def to_dict(self) -> dict[str, Any]:
