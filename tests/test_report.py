@@ -28,7 +28,7 @@ def test_report_rows_columns_footer_and_data(small_resnet):
         "kind": "residual", "node": "blocks_1_bn3", "merge": "add_1",
         "skip": "blocks_1_downsample_1", "fork": "blocks_0_relu_2", "skip_kind": "projection",
         "skip_modules": ["blocks.1.downsample.0", "blocks.1.downsample.1"], "zero_at": "mul_1",
-        "position": row["position"]}
+        "position": row["position"], "roles": [], "chunks": 0}
     assert (row["merge"], row["skip"], row["zero_at"]) == ("add_1", "blocks_1_downsample_1",
                                                            "mul_1")
     text = str(report)

@@ -172,19 +172,23 @@ def test_adaln_zero_without_chunk():
 
 
 @pytest.mark.parametrize("make, roles", [
-    (lambda: DiT(depth=3), {"blocks.0.adaLN_modulation.1": ("2 shift, 2 scale, 2 gate",
-                                                            "chunked into 6"),
-                            "final_layer.adaLN_modulation.1": ("1 shift, 1 scale",)}),
-    (Renamed, {"b": ("1 shift, 1 scale, 1 gate",)}),
-    (FiLMBlock, {"gate": ("1 gate",), "scale": ("1 scale",)}),
+    (lambda: DiT(depth=3), {"blocks.0.adaLN_modulation.1": ({"shift": 2, "scale": 2, "gate": 2},
+                                                            6),
+                            "final_layer.adaLN_modulation.1": ({"shift": 1, "scale": 1}, 2)}),
+    (Renamed, {"b": ({"shift": 1, "scale": 1, "gate": 1}, 3)}),
+    (FiLMBlock, {"gate": ({"gate": 1}, 1), "scale": ({"scale": 1}, 1)}),
 ], ids=["dit", "renamed", "film"])
-def test_adaln_position_text_names_each_modulation_role(make, roles):
-    """The roles a modulation layer plays are in the row's prose only (its site has no field
-    for them): the one check of the adaLN position text."""
+def test_adaln_sites_name_each_modulation_role(make, roles):
+    """Each modulation layer's site lists the roles its output plays on the data path (one
+    per use) and how many chunks it is split into; the prose says the same."""
     report = zero_init_pass(make(), rule="adaln_zero", dry_run=True)
-    positions = {row["module"]: row["position"] for row in report.touched}
-    for module, words in roles.items():
-        assert all(w in positions[module] for w in words), (module, positions[module])
+    sites = {row["module"]: row["site"] for row in report.touched}
+    for module, (counts, chunks) in roles.items():
+        site = sites[module]
+        assert {r: site["roles"].count(r) for r in set(site["roles"])} == counts, site
+        assert site["chunks"] == chunks, site
+        words = ", ".join(f"{n} {r}" for r, n in counts.items())
+        assert words in site["position"], site["position"]
 
 
 # -- ByName / ByType / Where / scoping / combination ------------------------------------
