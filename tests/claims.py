@@ -3,13 +3,16 @@
 A report row of ``residual_branch_last`` is a claim: after the pass, the residual merge
 equals its skip value exactly, for every input, with no NaN/Inf; nothing the report does not
 list changed by a single bit; the skip is never zeroed. This module checks those claims
-without asking the code under test how it reasoned: it never imports ``zeta_fx.analysis``,
-``zeta_fx.ops`` or ``zeta_fx.rules``. It looks at tensors before and after, and at what the
-model computes on random inputs.
+without asking the code under test how it reasoned: of zeta_fx it uses only the verb
+(``zero_init_pass``) and the capture (the graph the pass saw), never the analysis, facts,
+joins, proof or rules (``tests/test_layers.py`` checks its imports). It looks at tensors
+before and after, at what the model computes on random inputs, and at the values of the
+captured graph's nodes that each report row names in its ``site``.
 
 - :func:`snapshot` / :func:`assert_only_zeroed` / :func:`assert_unchanged` /
   :func:`assert_state_matches_report`: every parameter and buffer not in ``report.params`` is
-  bit-identical, every one in it is exactly zero.
+  bit-identical, every one in it is exactly zero; :func:`versions`: the in-place version
+  counters, which move even when a write leaves the same bits.
 - :func:`block_mismatches` / :func:`assert_blocks_equal_skip`: given ``(block, skip)``
   claims, run the model on random inputs (several seeds, eval and train mode) and compare
   each call of ``block`` with ``skip`` applied to the block's own inputs (cloned before the
@@ -25,8 +28,14 @@ model computes on random inputs.
   values as they were when produced, finite, and that the row's zeroed node does not feed
   its skip.
 - :func:`judge`: all of the above for one model and report.
+- :func:`check_pass`: run the pass and check, in one call, the exact set it zeroed (by
+  parameter or by module), the state, and (given example inputs) the graph claims.
+- :func:`params_of` / :class:`OutputRecorder` / :func:`owning_blocks`: small helpers the
+  family tests share (expected parameter FQNs, hooks that see a module output zero, the
+  block that owns each zeroed parameter).
 
-``check_pass`` keeps the older tests' one-call form (exact module set, state, graph claims).
+This is the one helper module of the tests: the oracle and the state checks live together
+because the oracle is built on the state checks.
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import fx, nn
+
+from zeta_fx import zero_init_pass
+from zeta_fx.capture import capture
 
 Claim = tuple[nn.Module, Callable[..., Any]]
 MakeInputs = Callable[[int], tuple]
@@ -51,6 +63,14 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {n: t.detach().clone() for n, t in model.named_parameters(remove_duplicate=False)}
     out.update({n: t.detach().clone() for n, t in model.named_buffers(remove_duplicate=False)
                 if t is not None})
+    return out
+
+
+def versions(model: nn.Module) -> dict[str, int]:
+    """Every parameter's and buffer's in-place version counter, by FQN: a write of the same
+    value still moves it."""
+    out = {n: t._version for n, t in model.named_parameters(remove_duplicate=False)}
+    out.update({n: t._version for n, t in model.named_buffers(remove_duplicate=False)})
     return out
 
 
@@ -374,8 +394,13 @@ def _graph_values(gm: fx.GraphModule, args: tuple, wanted: set[str], seed: int,
 
 
 def residual_rows(report) -> list[dict]:
-    """The report's rows that claim a residual merge now equals its skip."""
-    return [r for r in report.touched if "residual_branch_last" in str(r.get("rule", ""))]
+    """The report's rows that claim a residual merge now equals its skip (by the row's
+    structured ``site``, never by its prose)."""
+    return [r for r in report.touched if r["site"]["kind"] == "residual"]
+
+
+def _merge_and_skip(row: dict) -> tuple[str, str]:
+    return row["site"]["merge"], row["site"]["skip"]
 
 
 def graph_claim_mismatches(model: nn.Module, gm: fx.GraphModule, report, make_inputs: MakeInputs,
@@ -388,17 +413,17 @@ def graph_claim_mismatches(model: nn.Module, gm: fx.GraphModule, report, make_in
     may rightly change with the pass, when an earlier block feeds it.)"""
     rows = residual_rows(report)
     problems = [f"row `{r['node']}` names no merge/skip" for r in rows
-                if not r.get("merge") or not r.get("skip")]
-    rows = [r for r in rows if r.get("merge") and r.get("skip")]
+                if not all(_merge_and_skip(r))]
+    rows = [r for r in rows if all(_merge_and_skip(r))]
     if not rows:
         return problems
     names = {n.name for n in gm.graph.nodes}
     for r in rows:
-        for key in ("merge", "skip"):
-            if r[key] not in names:
-                problems.append(f"row `{r['node']}`: {key} `{r[key]}` is not a node of the graph")
-    rows = [r for r in rows if r["merge"] in names and r["skip"] in names]
-    wanted = {r["merge"] for r in rows} | {r["skip"] for r in rows}
+        for key, node in zip(("merge", "skip"), _merge_and_skip(r)):
+            if node not in names:
+                problems.append(f"row `{r['node']}`: {key} `{node}` is not a node of the graph")
+    rows = [r for r in rows if set(_merge_and_skip(r)) <= names]
+    wanted = {node for r in rows for node in _merge_and_skip(r)}
     with preserved(model):
         for mode in modes:
             gm.train(mode == "train")
@@ -407,19 +432,21 @@ def graph_claim_mismatches(model: nn.Module, gm: fx.GraphModule, report, make_in
                 args = make_inputs(seed)
                 values = _graph_values(gm, args, wanted, seed)
                 for r in rows:
-                    why = _differ(values[r["merge"]], values[r["skip"]])
+                    merge, skip = _merge_and_skip(r)
+                    why = _differ(values[merge], values[skip])
                     if why:
-                        problems.append(f"merge `{r['merge']}` vs skip `{r['skip']}` "
+                        problems.append(f"merge `{merge}` vs skip `{skip}` "
                                         f"({mode}, seed {seed}): {why}")
                 if mode == "eval" and seed == seeds[0]:
                     for r in rows[:perturb_rows]:
+                        merge, skip = _merge_and_skip(r)
                         if r["node"] not in names:
                             problems.append(f"row node `{r['node']}` is not a node of the graph")
                             continue
-                        moved = _graph_values(gm, args, {r["skip"]}, seed, perturb=r["node"])
-                        if _differ(values[r["skip"]], moved[r["skip"]]):
+                        moved = _graph_values(gm, args, {skip}, seed, perturb=r["node"])
+                        if _differ(values[skip], moved[skip]):
                             problems.append(f"zeroed node `{r['node']}` feeds the skip "
-                                            f"`{r['skip']}` of `{r['merge']}` (the skip was zeroed)")
+                                            f"`{skip}` of `{merge}` (the skip was zeroed)")
     return sorted(set(problems))
 
 
@@ -432,7 +459,6 @@ def assert_graph_claims(model: nn.Module, report, make_inputs: MakeInputs, *,
     if not residual_rows(report):
         return
     if gm is None:
-        from zeta_fx.capture import capture
         gm = capture(model, **(capture_options or {}))
     problems = graph_claim_mismatches(model, gm, report, make_inputs, before=before, **options)
     assert not problems, "report rows whose merge is not their skip:\n  " + "\n  ".join(problems[:20])
@@ -474,28 +500,67 @@ def fixed_inputs(inputs: tuple) -> MakeInputs:
     return make
 
 
-def check_pass(model: nn.Module, inputs: tuple, expected: set[str], rule="residual_branch_last",
-               **options):
-    """Run the pass and check: exactly ``expected`` modules zeroed, nothing else changed by a
-    bit, and for every residual row the merge equals its skip on the graph (several random
-    inputs shaped like ``inputs``, eval and train mode)."""
-    from zeta_fx import zero_init_pass
+def params_of(*modules: str, names: Iterable[str] = ("weight", "bias")) -> set[str]:
+    """The parameter FQNs ``module.name`` for each module and name."""
+    return {f"{m}.{n}" for m in modules for n in names}
 
-    model.eval()
+
+def check_pass(model: nn.Module, rule: Any = "residual_branch_last", *,
+               params: set[str] | None = None, modules: set[str] | None = None,
+               inputs: tuple | None = None, **options: Any):
+    """Run the pass (``options`` go to ``zero_init_pass``) and check what it did.
+
+    - exactly ``params`` (parameter FQNs, each listed once) and/or ``modules`` were zeroed;
+    - those are exactly zero now, every other parameter and buffer kept its bits;
+    - with ``inputs`` (example tensors): the model is put in eval mode before the pass, every
+      residual row's merge equals its skip on the captured graph (random inputs shaped like
+      ``inputs``, eval and train mode), and the model still runs on ``inputs``.
+    """
+    if inputs is not None:
+        model.eval()
     before = snapshot(model)
     report = zero_init_pass(model, rule=rule, **options)
-    assert set(report.modules) == expected, report.table()
+    if params is not None:
+        assert set(report.params) == params, sorted(set(report.params) ^ params)
+        assert len(report.params) == len(params), report.params
+    if modules is not None:
+        assert set(report.modules) == modules, report.table()
     assert_only_zeroed(model, before, set(report.params))
-    if rule == "residual_branch_last":
+    if inputs is not None:
         capture_options = {k: options[k] for k in ("leaf_modules", "example_inputs",
                                                    "example_kwargs") if k in options}
         if "capture" in options:
             capture_options["method"] = options["capture"]
         assert_graph_claims(model, report, fixed_inputs(inputs), before=before,
                             capture_options=capture_options)
-    with torch.no_grad():
-        model(*inputs)
+        with torch.no_grad():
+            model(*inputs)
     return report
+
+
+class OutputRecorder:
+    """Forward hooks that keep each named module's (first) output, to see it is zero."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+        self.outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        self.handles = [model.get_submodule(n).register_forward_hook(self._hook(n))
+                        for n in self.outputs]
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            value = output[0] if isinstance(output, tuple) else output
+            self.outputs[name].append(value.detach().clone())
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def assert_all_zero(self) -> None:
+        for name, values in self.outputs.items():
+            assert values, f"{name} did not run"
+            for value in values:
+                assert value.abs().max().item() == 0.0, f"{name} output is not zero"
 
 
 def owning_blocks(model: nn.Module, params: Iterable[str],

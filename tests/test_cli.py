@@ -1,4 +1,5 @@
-"""`zeta-fx plan` on users' models: output formats, saved plans, pictures, one-line errors."""
+"""The command line (``zeta_fx.cli``): `zeta-fx plan` on users' models (output formats, saved
+plans, pictures, one-line errors), and `demo` and `rules`."""
 from __future__ import annotations
 
 import json
@@ -269,3 +270,22 @@ def test_dry_run_is_accepted_and_changes_nothing(capsys):
                        "--format", "json")
     assert code == 0 and json.loads(out)["dry_run"] is True
     assert BUILT[0][2].weight.abs().sum() > 0
+
+
+# -- demo and rules -------------------------------------------------------------------------
+def test_cli_demo_and_rules(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "== se_resnet: SEResNet" in out and "== gpt: GPT" in out
+    assert "blocks.5.bn3" in out and "h.3.mlp.c_proj" in out
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    assert "residual_branch_last" in out and "output_layer" in out
+
+
+def test_python_dash_m_runs_the_demo():
+    proc = subprocess.run([sys.executable, "-m", "zeta_fx", "demo", "gpt", "--format", "github"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| h_0_attn_c_proj |" in proc.stdout
+

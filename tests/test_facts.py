@@ -3,6 +3,7 @@
 Each case is a tiny forward; the fact the interpretation gives is compared with what the
 value really is after zeroing, on random inputs (a ``ZERO`` fact must be an exact zero, a
 ``FINITE`` or ``PARTLY_ZERO`` one must be finite), and with the fact the table should give.
+Users can declare more ops zero-preserving (``zero_preserving=``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from zeta_fx import zero_init_pass
 from zeta_fx.facts import Fact, ZeroFacts, bind, join, known_module, op_key, product, total
+from zeta_fx.rules import OutputLayer, ResidualBranchLast
 
 Z, FIN, P, U = Fact.ZERO, Fact.FINITE, Fact.PARTLY_ZERO, Fact.UNKNOWN
 
@@ -166,9 +169,6 @@ def test_a_composite_leaf_passes_finite_values_on_so_later_claims_hold():
     """nn.TransformerEncoder is opaque to tracing; with its hidden branches zeroed it
     computes its skip, a finite value: the head after it is still provably the output's
     last layer (this was UNKNOWN, and the head's claim was dropped)."""
-    from zeta_fx import zero_init_pass
-    from zeta_fx.rules import OutputLayer, ResidualBranchLast
-
     class Model(nn.Module):
         def __init__(self):
             super().__init__()
@@ -188,3 +188,28 @@ def test_a_composite_leaf_passes_finite_values_on_so_later_claims_hold():
                               "enc.layers.1.self_attn.out_proj", "enc.layers.1.linear2", "head"]
     with torch.no_grad():
         assert not model(x).any()
+
+
+# -- ops users declare -------------------------------------------------------------------------
+@fx.wrap
+def softclip(x):
+    return x * torch.tanh(x.abs())
+
+
+class Wrapped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return x + softclip(self.fc(x))
+
+
+def test_users_declare_opaque_functions_zero_preserving():
+    assert zero_init_pass(Wrapped()).modules == []
+    model = Wrapped()
+    report = zero_init_pass(model, zero_preserving=[softclip])
+    assert report.modules == ["fc"]
+    x = torch.randn(3, 8)
+    assert torch.equal(model(x), x)
+

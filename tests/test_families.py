@@ -7,24 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from families_helpers import OutputRecorder, params_of, run_and_check, snapshot
-from zeta_fx import zero_init_pass
-from zeta_fx.analysis import GraphView
-from zeta_fx.models import GPT, DiT, UNet
-from zeta_fx.rules import ResidualBranchLast
-
-
-# -- pre-LN GPT ------------------------------------------------------------------------------
-def test_gpt_pre_ln_zeroes_attention_and_mlp_projections():
-    torch.manual_seed(0)
-    model = GPT(n_layer=3, dropout=0.1).eval()
-    expected = params_of(*(f"h.{i}.{p}.c_proj" for i in range(3) for p in ("attn", "mlp")))
-    report = run_and_check(model, "residual_branch_last", expected)
-    # arange(seq_len) positions are not data: the embedding sum is never a candidate
-    assert all("wpe" not in s.reason for s in report.skipped)
-    x = torch.randn(2, 8, 32)
-    for block in model.h:
-        assert torch.equal(block(x), x)
+from claims import OutputRecorder, check_pass, params_of
+from zeta_fx.models import DiT, UNet
 
 
 # -- post-LN BERT ----------------------------------------------------------------------------
@@ -66,7 +50,7 @@ def test_bert_post_ln_zeroes_dense_outputs_before_the_norm():
     model = Bert().eval()
     expected = params_of("layers.0.attn_dense", "layers.0.output",
                          "layers.1.attn_dense", "layers.1.output")
-    run_and_check(model, "residual_branch_last", expected)
+    check_pass(model, params=expected)
     rec = OutputRecorder(model, ["layers.0.attn_dense", "layers.1.output"])
     model(torch.randint(0, 50, (2, 5)))
     rec.assert_all_zero()
@@ -101,7 +85,7 @@ def test_multihead_attention_zeroes_out_proj_never_in_proj(bias, unpack):
     expected = {"attn.out_proj.weight", "mlp.2.weight", "mlp.2.bias"}
     if bias:
         expected.add("attn.out_proj.bias")
-    report = run_and_check(block, "residual_branch_last", expected)
+    report = check_pass(block, params=expected)
     assert report.modules == ["attn.out_proj", "mlp.2"]
     assert block.attn.in_proj_weight.abs().sum() > 0
     x = torch.randn(2, 5, 16)
@@ -114,9 +98,8 @@ def test_torchvision_vit_attention_and_mlp():
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
                                                  num_heads=2, hidden_dim=32, mlp_dim=64).eval()
     layers = [f"encoder.layers.encoder_layer_{i}" for i in range(2)]
-    report = run_and_check(model, "residual_branch_last",
-                           params_of(*(f"{l}.{m}" for l in layers
-                                       for m in ("self_attention.out_proj", "mlp.3"))))
+    report = check_pass(model, params=params_of(*(f"{l}.{m}" for l in layers
+                                                  for m in ("self_attention.out_proj", "mlp.3"))))
     assert report.skipped == []
     x = torch.randn(2, 17, 32)
     assert torch.equal(model.encoder.layers[0](x), x)
@@ -149,8 +132,9 @@ def test_transformer_encoder_decoder_layers_as_composite_leaves(norm_first):
                          "encoder.layers.1.self_attn.out_proj", "encoder.layers.1.linear2",
                          "decoder.layers.0.self_attn.out_proj",
                          "decoder.layers.0.multihead_attn.out_proj", "decoder.layers.0.linear2")
-    report = run_and_check(model, "residual_branch_last", expected)
-    assert any("opaque to tracing" in row["position"] for row in report.touched)
+    report = check_pass(model, params=expected)
+    composite = {row["module"] for row in report.touched if row["site"]["kind"] == "composite"}
+    assert composite == {m[:-len(".weight")] for m in expected if m.endswith(".weight")}
     rec = OutputRecorder(model, ["encoder.layers.0.self_attn", "encoder.layers.1.linear2",
                                  "decoder.layers.0.multihead_attn", "decoder.layers.0.linear2"])
     model(torch.randn(2, 6, 16), torch.randn(2, 4, 16))
@@ -170,7 +154,7 @@ def test_nn_transformer_encoder_and_decoder():
         def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
             return self.t(src, tgt)
 
-    run_and_check(Wrapped(), "residual_branch_last", params_of(
+    check_pass(Wrapped(), params=params_of(
         "t.encoder.layers.0.self_attn.out_proj", "t.encoder.layers.0.linear2",
         "t.decoder.layers.0.self_attn.out_proj", "t.decoder.layers.0.multihead_attn.out_proj",
         "t.decoder.layers.0.linear2"))
@@ -178,8 +162,7 @@ def test_nn_transformer_encoder_and_decoder():
 
 def test_transformer_encoder_layer_without_bias():
     model = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, bias=False))
-    run_and_check(model, "residual_branch_last",
-                  {"0.self_attn.out_proj.weight", "0.linear2.weight"})
+    check_pass(model, params={"0.self_attn.out_proj.weight", "0.linear2.weight"})
 
 
 # -- guided-diffusion UNet --------------------------------------------------------------------
@@ -191,14 +174,16 @@ UNET_BRANCH_ENDS = ["down.0.out_layers.3", "down.1.out_layers.3", "mid_res1.out_
 def test_unet_resblocks_attention_and_cat_skips():
     torch.manual_seed(0)
     model = UNet().eval()
-    report = run_and_check(model, "residual_branch_last", params_of(*UNET_BRANCH_ENDS))
+    report = check_pass(model, params=params_of(*UNET_BRANCH_ENDS))
     # the timestep-embedding add inside each ResBlock is reported as a side input
     emb_adds = [s for s in report.skipped if "side input" in s.reason]
     assert len(emb_adds) == 6 and all("`t` only" in s.reason for s in emb_adds)
     assert not any(row["module"].endswith("skip_connection") for row in report.touched)
-    positions = {row["module"]: row["position"] for row in report.touched}
-    assert "projection down.1.skip_connection" in positions["down.1.out_layers.3"]
-    assert positions["mid_res1.out_layers.3"].endswith("skip: identity")
+    sites = {row["module"]: row["site"] for row in report.touched}
+    assert sites["down.1.out_layers.3"]["skip_kind"] == "projection"
+    assert sites["down.1.out_layers.3"]["skip_modules"] == ["down.1.skip_connection"]
+    assert sites["mid_res1.out_layers.3"]["skip_kind"] == "identity"
+    assert sites["mid_res1.out_layers.3"]["skip_modules"] == []
     # forward: every ResBlock returns its skip, the attention block its input
     x, emb = torch.randn(2, 16, 8, 8), torch.randn(2, 32)
     assert torch.equal(model.down[0](x, emb), x)
@@ -208,115 +193,15 @@ def test_unet_resblocks_attention_and_cat_skips():
     assert torch.equal(model.mid_attn(z), z)
 
 
-def test_unet_encoder_output_kept_for_cat_still_forks_next_block():
-    view = GraphView(fx.symbolic_trace(UNet()))
-    join = next(j for j in view.joins() if j.ok and any(
-        n.target == "mid_res1.out_layers.3" for b in j.branches for n in j.sides[b]))
-    users = {u.target for u in view.data_users[join.fork]}
-    assert torch.cat in users  # the fork is also kept for the decoder's cat
-    assert all(j.merge.target is not torch.cat for j in view.joins())
-
-
 # -- DiT ----------------------------------------------------------------------------------------
 def test_dit_residual_rule_zeroes_data_path_outputs_not_modulation():
     torch.manual_seed(0)
     model = DiT(depth=2).eval()
     expected = params_of("blocks.0.proj", "blocks.0.mlp.2", "blocks.1.proj", "blocks.1.mlp.2")
-    run_and_check(model, "residual_branch_last", expected)
+    check_pass(model, params=expected)
     x, c = torch.randn(2, 16, 32), torch.randn(2, 32)
     for block in model.blocks:
         assert torch.equal(block(x, c), x)
-
-
-# -- nested residuals --------------------------------------------------------------------------
-class Inner(nn.Module):
-    def __init__(self, dim: int = 8) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(torch.relu(self.fc1(x)))
-
-
-class Outer(nn.Module):
-    def __init__(self, dim: int = 8, with_proj: bool = True) -> None:
-        super().__init__()
-        self.inner1, self.inner2 = Inner(dim), Inner(dim)
-        self.proj = nn.Linear(dim, dim) if with_proj else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj(self.inner2(self.inner1(x)))
-
-
-def test_nested_residuals_all_by_default():
-    torch.manual_seed(0)
-    model = Outer()
-    run_and_check(model, "residual_branch_last", params_of("inner1.fc2", "inner2.fc2", "proj"))
-    x = torch.randn(3, 8)
-    assert torch.equal(model(x), x)
-    assert torch.equal(model.inner1(x), x)
-
-
-def test_nested_residuals_outermost_only():
-    torch.manual_seed(0)
-    model = Outer()
-    report = run_and_check(model, ResidualBranchLast(nested="outermost"), params_of("proj"))
-    nested = [s for s in report.skipped if "nested='outermost'" in s.reason]
-    assert len(nested) == 2
-    x = torch.randn(3, 8)
-    assert torch.equal(model(x), x)
-    assert not torch.equal(model.inner1(x), x)
-    with pytest.raises(ValueError, match="nested must be"):
-        ResidualBranchLast(nested="inner")
-
-
-def test_outer_branch_ending_in_residual_blocks_is_left_alone():
-    model = Outer(with_proj=False)
-    report = run_and_check(model, "residual_branch_last", params_of("inner1.fc2", "inner2.fc2"))
-    outer = [s for s in report.skipped if "outside the branch" in s.reason]
-    assert len(outer) == 1 and "without passing a layer" in outer[0].reason
-
-
-# -- weight sharing -------------------------------------------------------------------------
-class Shared(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.block = Inner()
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(self.block(x)))
-
-
-def test_block_reused_at_two_positions_is_zeroed_once_with_both_sites():
-    model = Shared()
-    report = run_and_check(model, "residual_branch_last", params_of("block.fc2"))
-    rows = report.touched
-    assert [r["module"] for r in rows] == ["block.fc2", "block.fc2"]
-    assert all(r["shared"] for r in rows) and len({r["node"] for r in rows}) == 2
-    assert report.elements == 8 * 8 + 8
-
-
-class SharedElsewhere(nn.Module):
-    """``fc`` ends a residual branch at one site and is an ordinary layer at another."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc, self.other = nn.Linear(8, 8), nn.Linear(8, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x + self.fc(torch.relu(self.other(x)))
-        return self.fc(y)
-
-
-def test_module_shared_with_a_non_branch_use_is_left_alone():
-    model = SharedElsewhere()
-    before = snapshot(model)
-    report = zero_init_pass(model, rule="residual_branch_last")
-    assert report.params == []
-    assert any(s.module == "fc" and "also used at" in s.reason for s in report.skipped)
-    for name, value in snapshot(model).items():
-        assert torch.equal(value, before[name])
 
 
 def test_torchvision_swin_wrapped_window_attention():
@@ -325,8 +210,8 @@ def test_torchvision_swin_wrapped_window_attention():
     model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 1],
                                                num_heads=[2, 2], window_size=[2, 2]).eval()
     blocks = ["features.1.0", "features.1.1", "features.3.0"]
-    report = run_and_check(model, "residual_branch_last",
-                           params_of(*(f"{b}.{m}" for b in blocks for m in ("attn.proj", "mlp.3"))))
+    report = check_pass(model, params=params_of(*(f"{b}.{m}" for b in blocks
+                                                  for m in ("attn.proj", "mlp.3"))))
     assert report.skipped == []
     x = torch.randn(1, 4, 4, 16)
     for block in model.features[1]:  # the shifted block too

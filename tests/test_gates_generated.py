@@ -51,9 +51,18 @@ def check_gates(spec: Net) -> None:
         expected = _first(model(x, cond))
 
     one = gate_residuals(model, init=1.0, leaf_modules=netgen.LEAF_MODULES).eval()
-    with torch.no_grad():
-        assert torch.equal(_first(one(x, cond)), expected), "alpha = 1 changed the output"
+    with torch.no_grad():  # bit for bit, NaN where the model itself makes one (0 / 0)
+        torch.testing.assert_close(_first(one(x, cond)), expected, rtol=0, atol=0,
+                                   equal_nan=True, msg="alpha = 1 changed the output")
 
+    # A model that computes a NaN on these inputs (`x / x.norm()` of a zero row) is outside
+    # the claim, for gates as for zeroing: 0 * NaN is NaN. Check alpha = 0 on the others.
+    as_is = _Values(one)
+    with torch.no_grad():
+        as_is.run(x, cond)
+    if not all(torch.isfinite(v).all() for v in as_is.values.values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point()):
+        return
     zero = gate_residuals(model, init=0.0, leaf_modules=netgen.LEAF_MODULES).eval()
     report = GatesReport.of(zero)
     recorder = _Values(zero)

@@ -40,6 +40,7 @@ from claims import (assert_each_zeroed_needed, assert_graph_claims, assert_state
                     holding_claims, residual_rows, snapshot)
 from netgen import Block, Net, Op
 from zeta_fx import zero_init_pass
+from zeta_fx.capture import capture
 
 CI_EXAMPLES = 250
 
@@ -133,17 +134,16 @@ def nets(draw, hard: bool = False) -> Net:
 def _merge_units(model: nn.Module, report, claims) -> dict[str, nn.Module | None]:
     """For each residual row's merge node: the generator unit whose forward computes it
     (innermost module on its ``nn_module_stack`` in the captured graph), or None."""
-    from zeta_fx.capture import capture
-
     gm = capture(model, leaf_modules=netgen.LEAF_MODULES)
     units = {id(m): m for m, _ in claims}
     out: dict[str, nn.Module | None] = {}
     nodes = {n.name: n for n in gm.graph.nodes}
     for row in residual_rows(report):
-        node = nodes.get(row["merge"])
+        merge = row["site"]["merge"]
+        node = nodes.get(merge)
         stack = list((node.meta.get("nn_module_stack") or {}).values()) if node is not None else []
         inner = model.get_submodule(stack[-1][0]) if stack else model
-        out[row["merge"]] = units.get(id(inner))
+        out[merge] = units.get(id(inner))
     return out
 
 
@@ -193,7 +193,12 @@ def check_model(spec: Net, seed: int = 0) -> None:
     model.train()
     out = model(x, cond)
     out = out[0] if isinstance(out, tuple) else out
-    assert torch.isfinite(out).all()
+    if not torch.isfinite(out).all():
+        # Only a model that itself divides by a value that may be zero (`x / |x|`, RMS
+        # without eps) may: a zeroed branch changes that value's input, which for some
+        # inputs now makes it zero. No row claims anything downstream of such a division.
+        assert netgen.op_kinds(spec) & {"l2div", "rms0"}, f"non-finite output\n{report}"
+        return
     if "relu_inplace" not in netgen.op_kinds(spec):
         out.square().mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -341,3 +346,13 @@ def test_residual_gate_at_the_end_of_a_branch_with_a_projection() -> None:
     is never zeroed (it sits on the skip), the outer claim needs the gate zeroed too."""
     branch = (Op("conv1", False), Op("bn"), Op("gc_gate"))
     check_model(Net(4, False, (("block", Block((branch,), 2, "op", False, "relu")),)))
+
+
+def test_a_division_the_zeroing_reaches_may_now_divide_by_zero() -> None:
+    """Found by gate_residuals' generated tests: zeroing block 0 changes block 1's input, and
+    block 1 divides by `|relu(conv(x))|`, which for some inputs is now zero. Block 2, whose
+    input may so be NaN (and 0 * NaN is NaN), must not be claimed (it used to be)."""
+    check_model(Net(4, False, (("fpn", False),
+                               ("block", _block(Op("conv1", False), Op("relu"), Op("l2div"))),
+                               ("block", _block(Op("conv1", False), Op("conv3", False),
+                                                skip=1)))))

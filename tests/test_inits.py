@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
+from claims import snapshot
 from zeta_fx import ZeroInitPlan, init_pass, inits, zero_init_pass
 from zeta_fx.apply import InitSite
 from zeta_fx.errors import PlanError
 from zeta_fx.models import GPT
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
-from zero_checks import snapshot
 
 transformers = pytest.importorskip("transformers")
 

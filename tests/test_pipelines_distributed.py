@@ -43,12 +43,14 @@ def _reference() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list
     return initial, model.state_dict(), params
 
 
-def _check_fsdp2(rank: int, plan_json: str) -> None:
+def _sharded_gpt(initial: dict[str, torch.Tensor]) -> GPT:
+    """``make_gpt()`` built on meta, each block and the model ``fully_shard``-ed over the
+    ranks, materialised with ``to_empty()``, and given ``initial`` (the "model's own init")
+    shard by shard."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import distribute_tensor
 
-    initial, expected, zeroed = _reference()
     mesh = init_device_mesh("cpu", (WORLD,))
     with torch.device("meta"):
         model = make_gpt()
@@ -56,10 +58,18 @@ def _check_fsdp2(rank: int, plan_json: str) -> None:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     model.to_empty(device="cpu")
-    with torch.no_grad():  # the "model's own init": here, the reference's initial values
+    with torch.no_grad():
         for name, p in model.named_parameters():
             p.to_local().copy_(distribute_tensor(initial[name], p.device_mesh, p.placements,
                                                  src_data_rank=None).to_local())
+    return model
+
+
+def _check_fsdp2(rank: int, plan_json: str) -> None:
+    from torch.distributed.tensor import DTensor
+
+    initial, expected, zeroed = _reference()
+    model = _sharded_gpt(initial)
     before = {name: (p, p.to_local().data_ptr(), p.to_local().clone())
               for name, p in model.named_parameters()}
     assert all(isinstance(p, DTensor) for p, _, _ in before.values())
@@ -101,10 +111,6 @@ def _check_fsdp2(rank: int, plan_json: str) -> None:
 def _check_fsdp2_draws(rank: int) -> None:
     """A scaled_normal plan made on meta draws, on each rank's shards, exactly the tensors a
     single-process pass with the same seed draws (each tensor drawn whole, then sliced)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import distribute_tensor
-
     init = inits.scaled_normal(std=0.02)
     torch.manual_seed(0)
     single = make_gpt()
@@ -112,17 +118,7 @@ def _check_fsdp2_draws(rank: int) -> None:
     drawn = init_pass(single, RULE, init=init, seed=11).params
     with torch.device("meta"):
         plan = init_pass(make_gpt(), RULE, init=init, seed=11, dry_run=True).plan
-    mesh = init_device_mesh("cpu", (WORLD,))
-    with torch.device("meta"):
-        model = make_gpt()
-    for block in model.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.to_local().copy_(distribute_tensor(initial[name], p.device_mesh, p.placements,
-                                                 src_data_rank=None).to_local())
+    model = _sharded_gpt(initial)
     report = ZeroInitPlan.from_json(plan.to_json()).apply(model)
     assert report.params == drawn and any(e.action.kind == "normal" for e in plan.entries)
     expected = single.state_dict()

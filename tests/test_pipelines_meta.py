@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from claims import snapshot
 from zeta_fx import zero_init_pass
 from zeta_fx.errors import ExampleInputsError, UnsupportedParameterError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.plan import ZeroInitPlan
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
-from zero_checks import snapshot as _snapshot
 
 RULE = ResidualBranchLast() | OutputLayer()
 
@@ -53,7 +53,7 @@ def test_meta_plan_applies_after_to_empty_and_init(make, rule):
 
     model = meta.to_empty(device="cpu")
     _init_like_new(model, seed=1)
-    before = _snapshot(model)
+    before = snapshot(model)
     plan = ZeroInitPlan.from_json(text)
     report = plan.apply(model)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch import fx, nn
+from torch import fx
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 from torch.fx.passes.infra.pass_manager import PassManager
 
+from claims import snapshot
 from zeta_fx import ZeroInitPass
 from zeta_fx.models import SEResNet
-from zero_checks import snapshot as _snapshot
 
 EXPECTED = [f"blocks.{i}.bn3.{k}" for i in range(6) for k in ("weight", "bias")]
 
@@ -47,7 +47,7 @@ def _traced(seed: int = 0) -> fx.GraphModule:
 
 def test_one_report_and_no_duplicate_work_over_steps():
     gm = _traced()
-    before = _snapshot(gm)
+    before = snapshot(gm)
     zero, other = ZeroInitPass(), CountCalls()
     result = PassManager([zero, other], steps=3)(gm)
     assert result.modified
@@ -84,7 +84,7 @@ def test_reinitialised_parameters_are_zeroed_again():
 
 def test_dry_run_pass_never_modifies():
     gm = _traced()
-    before = _snapshot(gm)
+    before = snapshot(gm)
     zero = ZeroInitPass(dry_run=True)
     assert not PassManager([zero], steps=2)(gm).modified
     assert zero.analyses == 1 and not zero.report.applied and zero.report.params == EXPECTED

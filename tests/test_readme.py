@@ -53,7 +53,7 @@ def test_custom_rule_zeroes_attention_branches_only():
     for block in model.h:  # each attention branch now adds exactly zero; the MLP does not
         assert torch.equal(block.attn(block.ln_1(x)), torch.zeros_like(x))
         assert block.mlp(block.ln_2(x)).abs().sum() > 0
-    assert all(row["position"].startswith("attention branch into") for row in report.touched)
+    assert {row["rule"] for row in report.touched} == {"attention_branch_last"}
 
 
 def test_gates_block_runs_and_prints_what_it_claims():

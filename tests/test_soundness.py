@@ -36,6 +36,7 @@ from torch import nn
 
 from claims import assert_unchanged, judge, snapshot
 from zeta_fx import zero_init_pass
+from zeta_fx.capture import capture
 from zeta_fx.errors import VerificationError
 
 D = 8
@@ -768,12 +769,7 @@ def _relative(prefix: str, fqns) -> set[str]:
 
 def _block_nodes(model: nn.Module, prefix: str, options: dict) -> set[str]:
     """Names of the captured graph's nodes that run inside ``prefix`` (by nn_module_stack)."""
-    from zeta_fx.capture import capture
-
-    kw = {k: options[k] for k in ("leaf_modules", "example_inputs") if k in options}
-    if "capture" in options:
-        kw["method"] = options["capture"]
-    gm = capture(model, **kw)
+    gm = capture(model, **_capture_options(options))
     out = set()
     for n in gm.graph.nodes:
         for value in (n.meta.get("nn_module_stack") or {}).values():

@@ -1,7 +1,9 @@
 """``residual_branch_last`` on each block structure the core must understand.
 
 Each test asserts the exact set of zeroed modules, that nothing else changed by a bit, and
-that on a forward pass every residual row's merge equals its skip (``check_pass``).
+that on a forward pass every residual row's merge equals its skip (``check_pass``). Merges
+that are not residual joins (FPN sums, ``cat``) are in ``test_analysis.py``; parallel paths
+of equal weight and a branch ending in a sigmoid, left alone, in ``test_bad_inputs.py``.
 """
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from zero_checks import block_mismatches, check_pass, fixed_inputs, snapshot, assert_only_zeroed
+from claims import assert_only_zeroed, block_mismatches, check_pass, fixed_inputs, snapshot
 from zeta_fx import zero_init_pass
 from zeta_fx.models import GPT, SEBottleneck, SEResNet
 
@@ -17,24 +19,25 @@ IMG = (torch.randn(2, 8, 8, 8),)
 SEQ = (torch.randn(2, 5, 16),)
 
 
-def conv_bn(c_in, c_out, k=3):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out))
-
-
 # -- squeeze-excite ------------------------------------------------------------------------
 def test_squeeze_excite_zeroes_norm_before_gate_not_gate_conv():
     torch.manual_seed(0)
     model = nn.Sequential(SEBottleneck(8, 4, 8), SEBottleneck(8, 4, 16, stride=2))
-    report = check_pass(model, IMG, {"0.bn3", "1.bn3"})
+    report = check_pass(model, modules={"0.bn3", "1.bn3"}, inputs=IMG)
     assert not any("se." in m for m in report.modules)
     assert "downsample" not in " ".join(report.params)
-    assert "skip: projection 1.downsample" in report.touched[1]["position"]
+    identity, projection = (row["site"] for row in report.touched)
+    assert (identity["skip_kind"], identity["skip"], identity["fork"]) == ("identity", "input_1",
+                                                                           "input_1")
+    assert projection["skip_kind"] == "projection"
+    assert projection["skip_modules"] == ["1.downsample.0", "1.downsample.1"]
 
 
 def test_se_resnet_demo_model():
     torch.manual_seed(0)
     model = SEResNet()
-    report = check_pass(model, (torch.randn(2, 3, 16, 16),), {f"blocks.{i}.bn3" for i in range(6)})
+    report = check_pass(model, modules={f"blocks.{i}.bn3" for i in range(6)},
+                        inputs=(torch.randn(2, 3, 16, 16),))
     assert report.skipped == []
 
 
@@ -73,7 +76,7 @@ class FunctionalBlock(nn.Module):
 
 def test_functional_batchnorm_with_activation_after_the_norm():
     torch.manual_seed(0)
-    report = check_pass(FunctionalBlock(), IMG, {"bn2"})
+    report = check_pass(FunctionalBlock(), modules={"bn2"}, inputs=IMG)
     assert report.params == ["bn2.weight", "bn2.bias"]  # argument order
     assert report.touched[0]["type"] == "FunctionalBN"
 
@@ -91,7 +94,7 @@ class StdConvBlock(nn.Module):
 def test_weight_standardised_conv_zeroes_its_raw_weight():
     torch.manual_seed(0)
     model = StdConvBlock()
-    report = check_pass(model, IMG, {"conv2"})
+    report = check_pass(model, modules={"conv2"}, inputs=IMG)
     assert sorted(report.params) == ["conv2.bias", "conv2.weight"]
     x = IMG[0]
     assert torch.equal(model(x), x)  # standardising a zero weight gives zero, not NaN
@@ -109,7 +112,7 @@ class PreActBlock(nn.Module):
 
 def test_pre_activation_block_zeroes_the_last_conv():
     torch.manual_seed(0)
-    check_pass(PreActBlock(), IMG, {"conv2"})
+    check_pass(PreActBlock(), modules={"conv2"}, inputs=IMG)
 
 
 class LayerScale(nn.Module):
@@ -139,7 +142,7 @@ class ViTBlock(nn.Module):
 def test_layerscale_gamma_is_the_branch_end(inplace):
     torch.manual_seed(0)
     model = nn.Sequential(ViTBlock(inplace=inplace), ViTBlock(inplace=inplace))
-    report = check_pass(model, SEQ, {"0.ls", "1.ls"})
+    report = check_pass(model, modules={"0.ls", "1.ls"}, inputs=SEQ)
     assert report.params == ["0.ls.gamma", "1.ls.gamma"]
     assert [r["type"] for r in report.touched] == ["LayerScale", "LayerScale"]
 
@@ -198,7 +201,7 @@ def test_torchvision_stochastic_depth():
             return x + self.sd(self.fc(x))
 
     torch.manual_seed(0)
-    check_pass(Block().train(), SEQ, {"fc"})
+    check_pass(Block().train(), modules={"fc"}, inputs=SEQ)
 
 
 # -- shared modules ----------------------------------------------------------------------------
@@ -223,8 +226,9 @@ class SharedBlockTwice(nn.Module):
 def test_shared_block_is_zeroed_once_and_every_site_listed():
     torch.manual_seed(0)
     model = SharedBlockTwice()
-    report = check_pass(model, SEQ, {"block.fc2"})
+    report = check_pass(model, modules={"block.fc2"}, inputs=SEQ)
     assert [row["node"] for row in report.touched] == ["block_fc2", "block_fc2_1"]
+    assert [row["module"] for row in report.touched] == ["block.fc2", "block.fc2"]
     assert all(row["shared"] for row in report.touched)
     assert report.elements == 16 * 16 + 16  # counted once
 
@@ -246,112 +250,11 @@ def test_shared_module_used_elsewhere_is_left_alone_with_reason():
     report = zero_init_pass(model)
     assert report.modules == []
     assert_only_zeroed(model, before, set())
-    reasons = [s.reason for s in report.skipped]
-    assert any("`proj` is also used at `proj_1`" in r for r in reasons), reasons
+    assert any(s.module == "proj" and "`proj` is also used at `proj_1`" in s.reason
+               for s in report.skipped), [s.reason for s in report.skipped]
 
 
-# -- not residual ----------------------------------------------------------------------------
-class NoSkip(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(conv_bn(8, 8), nn.ReLU(), conv_bn(8, 8))
-
-    def forward(self, x):
-        return self.body(x)
-
-
-def test_block_without_skip_is_not_touched_and_report_says_so():
-    model = NoSkip()
-    before = snapshot(model)
-    report = zero_init_pass(model)
-    assert report.modules == [] and report.skipped == []
-    assert_only_zeroed(model, before, set())
-    assert "found nothing to zero" in str(report)
-    assert not report.changed
-
-
-class FPN(nn.Module):
-    """Top-down sum: p4 = lat4(c4) + up(p5); p5 is also an output, so no join."""
-
-    def __init__(self):
-        super().__init__()
-        self.body4, self.body5 = conv_bn(8, 8), conv_bn(8, 8)
-        self.lat4, self.lat5 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
-        self.out4 = nn.Conv2d(8, 8, 3, padding=1)
-
-    def forward(self, x):
-        c4 = self.body4(x)
-        c5 = self.body5(F.max_pool2d(c4, 2))
-        p5 = self.lat5(c5)
-        p4 = self.lat4(c4) + F.interpolate(p5, scale_factor=2.0, mode="nearest")
-        return self.out4(p4), p5
-
-
-def test_fpn_top_down_sum_is_not_a_join():
-    model = FPN()
-    before = snapshot(model)
-    report = zero_init_pass(model)
-    assert report.modules == []
-    assert_only_zeroed(model, before, set())
-    (skip,) = report.skipped
-    assert skip.node == "add" and "not a residual join" in skip.reason
-    assert "`lat5` is also used by `output`" in skip.reason
-
-
-class DenseLayer(nn.Module):
-    def __init__(self, c_in, growth=4):
-        super().__init__()
-        self.conv = conv_bn(c_in, growth)
-
-    def forward(self, x):
-        return torch.cat([x, self.conv(F.relu(x))], dim=1)
-
-
-def test_cat_merges_are_never_joins():
-    model = nn.Sequential(DenseLayer(8), DenseLayer(12))
-    before = snapshot(model)
-    report = zero_init_pass(model)
-    assert report.modules == [] and report.skipped == []
-    assert_only_zeroed(model, before, set())
-
-
-class SigmoidEnd(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(16, 16)
-
-    def forward(self, x):
-        return x + torch.sigmoid(self.fc(x))
-
-
-def test_branch_ending_in_sigmoid_is_left_alone_naming_the_op():
-    model = SigmoidEnd()
-    before = snapshot(model)
-    report = zero_init_pass(model)
-    assert report.modules == []
-    assert_only_zeroed(model, before, set())
-    (skip,) = report.skipped
-    assert "`torch.sigmoid` at `sigmoid` maps zero to a non-zero value" in skip.reason
-
-
-class RepVGGBlock(nn.Module):
-    def __init__(self, c=8):
-        super().__init__()
-        self.dense, self.one = conv_bn(c, c, 3), conv_bn(c, c, 1)
-
-    def forward(self, x):
-        return F.relu(self.dense(x) + self.one(x))
-
-
-def test_parallel_branches_of_equal_weight_are_ambiguous():
-    model = RepVGGBlock()
-    before = snapshot(model)
-    report = zero_init_pass(model)
-    assert report.modules == []
-    assert_only_zeroed(model, before, set())
-    assert "no path is clearly the skip" in report.skipped[0].reason
-
-
+# -- parallel branches ------------------------------------------------------------------------
 class ParallelBlock(nn.Module):
     """GPT-J style: x + attn(ln(x)) + mlp(ln(x)); the shared ln belongs to neither branch."""
 
@@ -369,38 +272,22 @@ class ParallelBlock(nn.Module):
 def test_parallel_transformer_block_zeroes_both_branches():
     torch.manual_seed(0)
     model = ParallelBlock()
-    check_pass(model, SEQ, {"attn_out", "mlp_out"})
+    check_pass(model, modules={"attn_out", "mlp_out"}, inputs=SEQ)
     x = SEQ[0]
     assert torch.equal(model(x), x)
 
 
-# -- transformers and shape queries --------------------------------------------------------------
+# -- transformers and the oracle itself ---------------------------------------------------------
 def test_gpt_zeroes_attention_and_mlp_projections_only():
     torch.manual_seed(0)
-    model = GPT(n_layer=3, dim=32)
+    model = GPT(n_layer=3, dim=32, dropout=0.1)
     idx = torch.randint(0, 64, (2, 8))
-    report = check_pass(model, (idx,), {f"h.{i}.{part}.c_proj" for i in range(3)
-                                         for part in ("attn", "mlp")})
+    report = check_pass(model, modules={f"h.{i}.{part}.c_proj" for i in range(3)
+                                        for part in ("attn", "mlp")}, inputs=(idx,))
     assert report.skipped == []  # wte + wpe(arange(T)) is not a merge of two data paths
-
-
-class ShapeQueries(nn.Module):
-    """The branch reads x's shape and asserts on it: metadata, not data flow."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
-
-    def forward(self, x):
-        b, t, c = x.shape
-        torch._assert(x.dim() == 3, "expects (B, T, C)")
-        h = self.fc1(x.reshape(b * t, c))
-        return x + self.fc2(F.silu(h)).view(b, t, x.size(-1))
-
-
-def test_shape_queries_are_not_data_flow():
-    torch.manual_seed(0)
-    check_pass(ShapeQueries(), SEQ, {"fc2"})
+    x = torch.randn(2, 8, 32)
+    for block in model.h:  # pre-LN: each block is now the identity
+        assert torch.equal(block(x), x)
 
 
 def test_blocks_are_identities_only_after_the_pass():
@@ -409,6 +296,7 @@ def test_blocks_are_identities_only_after_the_pass():
     model = nn.Sequential(Residual(), Residual()).eval()
     claims = [(model[0], lambda x: x), (model[1], lambda x: x)]
     assert len(block_mismatches(model, claims, fixed_inputs(SEQ), modes=("eval",))) == 6
-    report = check_pass(model, SEQ, {"0.fc2", "1.fc2"})
-    assert [(r["merge"], r["skip"]) for r in report.touched] == [("add", "input_1"), ("add_1", "add")]
+    report = check_pass(model, modules={"0.fc2", "1.fc2"}, inputs=SEQ)
+    assert [(r["site"]["merge"], r["site"]["skip"]) for r in report.touched] == [
+        ("add", "input_1"), ("add_1", "add")]
     assert block_mismatches(model, claims, fixed_inputs(SEQ)) == []

@@ -5,6 +5,7 @@ import torch
 import torchvision
 from torch import fx
 
+from claims import assert_graph_claims, fixed_inputs, residual_rows
 from zeta_fx import zero_init_pass
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -45,7 +46,6 @@ def test_resnet_blocks_are_identities_after_the_pass():
             assert torch.equal(block(h), torch.relu(h))
     # and on a traced graph every row's merge equals its skip (eval and train mode)
     gm = fx.symbolic_trace(model)
-    from claims import assert_graph_claims, fixed_inputs, residual_rows
     report = zero_init_pass(model, dry_run=True)
     assert len(residual_rows(report)) == 8
     assert_graph_claims(model, report, fixed_inputs((x,)), gm=gm, seeds=(0,))

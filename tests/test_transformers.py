@@ -5,6 +5,8 @@ check that does not trust the pass confirms it by running the model: forward hoo
 layer show each returns exactly its skip (pre-LN: its input; post-LN: the norms of its
 input, computed with the layer's own norms), nothing outside the report changed by a bit,
 and each zeroed module is needed (restoring it makes its layer differ from its skip).
+Symbolic tracing cannot follow these models: the example inputs are what captures them; a
+tied GPT-2 head is refused, naming the embedding.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from zero_checks import snapshot
-from zeta_fx import zero_init_pass
+from claims import assert_unchanged, snapshot
+from zeta_fx import CaptureError, TiedParameterError, zero_init_pass
 
 T = pytest.importorskip("transformers")
 
@@ -300,3 +302,27 @@ def test_family_layers_start_as_their_skip(name):
                     model.get_parameter(p).copy_(saved[p])
     finally:
         recorder.close()
+
+
+# -- what symbolic tracing cannot follow, and ties -------------------------------------------
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama"])
+def test_symbolic_tracing_fails_so_example_inputs_are_needed(name):
+    model, args, kwargs = _build(name)
+    with pytest.raises(CaptureError, match="example_inputs"):
+        zero_init_pass(model, rule="residual_branch_last", dry_run=True)
+    report = zero_init_pass(model, rule="residual_branch_last", dry_run=True,
+                            example_inputs=args, example_kwargs=kwargs)
+    modules = [end.format(i) for i in range(2) for end in FAMILIES[name][3]]
+    assert report.modules == modules  # in the order of the graph, each once
+    own = {f"{m}.{p}" for m in modules for p, _ in model.get_submodule(m).named_parameters()}
+    assert set(report.params) == own and len(report.params) == len(own)
+
+
+def test_tied_lm_head_is_refused_naming_the_embedding():
+    model, args, kwargs = _build("gpt2")
+    before = snapshot(model)
+    with pytest.raises(TiedParameterError) as info:
+        zero_init_pass(model, rule="output_layer", example_inputs=args, example_kwargs=kwargs)
+    assert "`lm_head.weight`" in str(info.value)
+    assert "`transformer.wte.weight`" in str(info.value)
+    assert_unchanged(model, before)

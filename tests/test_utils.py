@@ -61,11 +61,6 @@ def test_init_zero_without_weight_names_the_type(module):
     assert "exists(layer, 'weight')" in str(info.value)
 
 
-def test_init_zero_not_a_module():
-    with pytest.raises(NoWeightError, match="Tensor"):
-        init_zero_(torch.ones(3))
-
-
 def test_exists():
     assert exists(0) and exists("") and exists([]) and not exists(None)
     assert exists(nn.Linear(2, 2), "weight") and exists(nn.Linear(2, 2), "bias")

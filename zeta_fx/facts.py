@@ -314,12 +314,29 @@ rand randn randint scalar_tensor tensor
 """.split())
 
 # Kinds of known leaf modules that, unowned, map a FINITE input to FINITE when the tensors
-# named (read by ZeroFacts._module) are absent or FINITE: product, total, _normalised and
-# finite of FINITE are FINITE.
+# named (read by ZeroFacts._module) are absent or FINITE: product, total and finite of
+# FINITE are FINITE, and so is _normalised of FINITE unless the norm is eps-free (_eps_free).
 _STEADY_KINDS: dict[str, tuple[str, ...]] = {
     "linear": ("weight", "bias"), "conv": ("weight", "bias"),
     "batch_norm": ("weight", "bias"), "layer_norm": ("weight", "bias"),
     "preserving": (), "finite": (), "prelu": ()}
+
+
+def _eps_free(module: nn.Module, kind: str) -> bool:
+    """A norm that divides a changed input by ``sqrt(var + 0)`` (see ``_normalised``): not
+    steady, since an input the zeroing changed may now have zero variance."""
+    if kind == "batch_norm":
+        if module.running_mean is not None:
+            return False  # running statistics: (x - mean) / std stays finite
+        eps = module.eps
+    elif kind == "layer_norm":
+        eps = getattr(module, "eps", 1e-5)
+        if eps is None:
+            return False  # torch.finfo(torch.float32).eps
+    else:
+        return False
+    return isinstance(eps, (int, float)) and eps == 0
+
 
 # Known leaf modules: the class whose own ``forward`` a module must run, and how it acts.
 _MODULE_KINDS: dict[type[nn.Module], str] = {}
@@ -709,7 +726,7 @@ class ZeroFacts:
                                                                         self.declared)
             self._kinds[target] = cached
         kind = cached[0]
-        steady = kind in _STEADY_KINDS
+        steady = kind in _STEADY_KINDS and not _eps_free(module, kind)
         if steady:
             params = module._parameters
             for local in _STEADY_KINDS[kind]:
@@ -750,7 +767,8 @@ class ZeroFacts:
             return
         if kind == "batch_norm":
             # in eval mode a module with running statistics uses them: -mean/std for zero
-            normed = _normalised(x, module.eps, module.running_mean is None)
+            normed = _normalised(x, module.eps, module.running_mean is None,
+                                 self.changed(node.args))
             w = self._param(module, "weight", owned)
             self._affine(node, product(normed, w)
                          if getattr(module, "affine", True) and w is not None else normed,
@@ -800,7 +818,8 @@ class ZeroFacts:
             self._set(node, x, name)
             return
         if kind == "local_response_norm":
-            self._set(node, x if module.k > 0 else singular(x),
+            self._set(node, x if module.k > 0 else
+                      (U if self.changed(node.args) else singular(x)),
                       f"{name} divides by k + ... with k = {module.k}")
             return
         if kind == "bilinear":
@@ -819,7 +838,8 @@ class ZeroFacts:
             return
         if kind == "layer_norm":
             eps = getattr(module, "eps", 1e-5)
-            normed = _normalised(x, torch.finfo(torch.float32).eps if eps is None else eps, True)
+            normed = _normalised(x, torch.finfo(torch.float32).eps if eps is None else eps, True,
+                                 self.changed(node.args))
             w = param("weight")
             self._affine(node, product(normed, w) if w is not None else normed,
                          param("bias"), name)
@@ -875,13 +895,19 @@ class ZeroFacts:
             self._set(node, finite(x), f"{what} maps zero to a non-zero value")
             return
         if key in _SINGULAR:
+            source = args.get("input")
+            if x == F_ and may_be_zero(self, source):
+                self._set(node, U, f"{what} of `{getattr(source, 'name', source)}`, which the "
+                                   "zeroing changed and which may now be zero, may not be "
+                                   "finite")
+                return
             self._set(node, singular(x), f"{what} of a value that may be zero is not finite")
             return
         if key in _FRESH:
             self._set(node, Z if makes_zeros(node) else F_)
             return
         if key == "native_layer_norm" or key == "native_group_norm":
-            fact = _normalised(x, args.get("eps", 1e-5), True)
+            fact = _normalised(x, args.get("eps", 1e-5), True, self.changed(args.get("input")))
             fact = product(fact, self.fact(args["weight"])) if args.get("weight") is not None \
                 else fact
             fact = total(fact, self.fact(args["bias"])) if args.get("bias") is not None else fact
@@ -911,7 +937,8 @@ class ZeroFacts:
         # with its running statistics in eval mode: only norms without them always
         # normalise a zero input to zero.
         batch_stats = running is None
-        fact = _normalised(x, args.get("eps", 1e-5), batch_stats)
+        fact = _normalised(x, args.get("eps", 1e-5), batch_stats,
+                           self.changed(args.get("input")))
         if args.get("weight") is not None:
             fact = product(fact, self.fact(args["weight"]))
         if args.get("bias") is not None:
@@ -999,16 +1026,142 @@ def _constant_fact(value: Any) -> Fact:
     return F_
 
 
-def _normalised(x: Fact, eps: Any, batch_stats: bool) -> Fact:
-    """``(x - mean) / sqrt(var + eps)``: with batch statistics a zero input stays zero."""
+def _normalised(x: Fact, eps: Any, batch_stats: bool, changed: bool = False) -> Fact:
+    """``(x - mean) / sqrt(var + eps)``: with batch statistics a zero input stays zero.
+
+    With ``eps = 0`` the variance must not be zero: a zero input makes it zero, and so may
+    an input the zeroing ``changed`` (a row that is now constant), however finite."""
     eps_zero = isinstance(eps, (int, float)) and eps == 0
     if x == U:
         return U
     if not batch_stats:
         return F_ if x in (Z, F_) else P  # (0 - running_mean) / std: finite, not zero
-    if x in (Z, P) and eps_zero:
+    if eps_zero and (x in (Z, P) or changed):
         return U  # 0 / sqrt(0 + 0)
     return x
+
+
+# Ops whose output is >= 0 wherever it is finite (``sqrt`` and powers: of a value >= 0).
+_NONNEG_OPS = frozenset({"abs", "relu", "relu6", "square", "norm", "frobenius_norm",
+                         "linalg_vector_norm", "var", "std", "var_mean", "hardsigmoid"})
+# Ops whose output is > 0 on finite input. (Taken so: in float32 ``exp`` underflows to 0
+# below about -103, ``sigmoid`` likewise; the README's limitations say so.)
+_POSITIVE_OPS = frozenset({"exp", "exp2", "sigmoid", "softmax", "_softmax", "softplus",
+                           "cosh"})
+# Reductions and selections that keep the sign of what they read (all >= 0 gives >= 0, all
+# > 0 gives > 0): a mean, a sum, a maximum, the top-k values.
+_SIGN_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "max", "min", "cumsum", "topk",
+                              "sort", "kthvalue"})
+# Ops that carry a value unchanged in sign (views, casts, copies, selections).
+_SIGN_CARRIERS = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
+                            "_to_copy", "float", "half", "bfloat16", "double", "type_as",
+                            "contiguous", "clone", "detach", "alias", "unsqueeze", "squeeze",
+                            "flatten", "unflatten", "transpose", "permute", "t", "getitem",
+                            "select", "slice", "repeat", "repeat_interleave", "movedim"})
+_SIGN_DEPTH = 12
+
+
+def _first_input(node: Node) -> Any:
+    args = bind(node)
+    return args.get("input", node.args[0] if node.args else None)
+
+
+def nonnegative(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is provably ``>= 0`` wherever it is finite (``x * x``, ``x ** 2``,
+    ``abs``, norms, variances, ``exp``, their means and sums, views and casts of them)."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return value >= 0
+    if not isinstance(value, Node) or depth > _SIGN_DEPTH or \
+            value.op not in ("call_function", "call_method"):
+        return False
+    key, _ = op_key(value)
+    if key in _NONNEG_OPS or key in _POSITIVE_OPS:
+        return True
+    if key in ("min", "amin", "minimum") and bind(value).get("other") is not None:
+        other = bind(value)["other"]
+        return nonnegative(_first_input(value), depth + 1) and nonnegative(other, depth + 1)
+    if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key == "sqrt":
+        return nonnegative(_first_input(value), depth + 1)
+    args = bind(value)
+    if key == "pow":
+        exponent = args.get("exponent")
+        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and \
+                float(exponent).is_integer() and int(exponent) % 2 == 0:
+            return True
+        return nonnegative(args.get("input"), depth + 1)
+    if key in ("mul", "multiply"):
+        a, b = args.get("input"), args.get("other")
+        return a is b or (nonnegative(a, depth + 1) and nonnegative(b, depth + 1))
+    if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
+        return positive(value, depth)
+    return False
+
+
+def positive(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is provably ``> 0`` wherever it is finite, so that dividing by it
+    (``rsqrt``, ``log``, ``1 / x``) stays finite: a positive constant, ``v + eps`` with
+    ``v >= 0``, ``clamp(v, min=eps)``, ``exp``, ``sigmoid``, ``softmax``, the sum, mean or
+    top-k values of such (a router's ``p / p.sum()``), ``sqrt``/``rsqrt`` of such, and views
+    and casts.
+
+    >>> import torch
+    >>> from torch import fx
+    >>> gm = fx.symbolic_trace(lambda x: (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True)
+    ...                                    + 1e-6), x / x.norm()))
+    >>> divisors = [n.args[1] for n in gm.graph.nodes if n.op == "call_function"
+    ...             and n.target.__name__ == "truediv"]
+    >>> [positive(d) for d in divisors]
+    [True, False]
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value > 0
+    if not isinstance(value, Node) or depth > _SIGN_DEPTH or \
+            value.op not in ("call_function", "call_method"):
+        return False
+    key, _ = op_key(value)
+    if key in _POSITIVE_OPS:
+        return True
+    args = bind(value)
+    if key in ("min", "amin", "minimum") and args.get("other") is not None:
+        return positive(args.get("input"), depth + 1) and positive(args["other"], depth + 1)
+    if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
+        return positive(_first_input(value), depth + 1)
+    if key == "add":
+        a, b = args.get("input"), args.get("other")
+        alpha = args.get("alpha", 1)
+        if not isinstance(alpha, (int, float)) or alpha <= 0:
+            return False
+        return (positive(a, depth + 1) and nonnegative(b, depth + 1)) or \
+            (nonnegative(a, depth + 1) and positive(b, depth + 1))
+    if key in ("clamp", "clip", "clamp_min"):
+        low = args.get("min", node_arg(value, 1))
+        return isinstance(low, (int, float)) and not isinstance(low, bool) and low > 0
+    if key == "maximum":
+        return positive(args.get("other"), depth + 1) or positive(args.get("input"), depth + 1)
+    return False
+
+
+def node_arg(node: Node, i: int) -> Any:
+    return node.args[i] if len(node.args) > i else None
+
+
+def may_be_zero(f: "ZeroFacts", value: Any) -> bool:
+    """Whether a divisor may be zero after the zeroing: its fact says so (zero, partly
+    zero, unknown), or the zeroing changed it and it is not provably positive. (A value the
+    zeroing does not reach is as it was: the model's own divisions are taken to be finite;
+    a changed one may now be zero where it was not, a row made constant, a ReLU now off.)"""
+    fact = f.fact(value)
+    if fact == U:
+        return True
+    if positive(value):
+        return False
+    if fact in (Z, P):
+        return True
+    return isinstance(value, Node) and f.changed(value)
 
 
 def _clamp(x: Fact, low: Any, high: Any, what: str) -> tuple[Fact, str]:
@@ -1070,9 +1223,9 @@ def _h_mul(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact
 
 
 def _h_div(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
-    num, den = f.fact(a.get("input")), f.fact(a.get("other"))
+    num = f.fact(a.get("input"))
     d = a.get("other")
-    if den == U or den in (Z, P):
+    if may_be_zero(f, d):
         name = f"`{d.name}`" if isinstance(d, Node) else repr(d)
         return U, f"`{node.name}` divides by {name}, which may be zero"
     return num, f"{what}: its numerator is not zero"
@@ -1086,6 +1239,8 @@ def _h_pow(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact
             return x, what
         if exponent == 0:
             return finite(x), f"{what}: x ** 0 is 1"
+        if x == F_ and may_be_zero(f, base):
+            return U, f"{what}: a negative power of `{getattr(base, 'name', base)}`, which the zeroing changed and which may now be zero"
         return singular(x), f"{what}: a negative power of a value that may be zero"
     if isinstance(base, (int, float)):  # 2 ** x
         return finite(f.fact(exponent)), f"{what}: c ** x is not zero"
@@ -1195,7 +1350,7 @@ def _h_layer_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tup
     eps = a.get("eps", 1e-5)
     if key == "rms_norm" and eps is None:
         eps = torch.finfo(torch.float32).eps
-    fact = _normalised(f.fact(a.get("input")), eps, True)
+    fact = _normalised(f.fact(a.get("input")), eps, True, f.changed(a.get("input")))
     if a.get("weight") is not None:
         fact = product(fact, f.fact(a["weight"]))
     if a.get("bias") is not None:
@@ -1213,7 +1368,8 @@ def _h_batch_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tup
 def _h_normalize(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
     eps = a.get("eps", 1e-12)
     x = f.fact(a.get("input"))
-    return _normalised(x, eps, True), f"{what} with eps = {eps!r} divides zero by zero"
+    return (_normalised(x, eps, True, f.changed(a.get("input"))),
+            f"{what} with eps = {eps!r} divides zero by zero")
 
 
 def _h_sdpa(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:

@@ -474,7 +474,8 @@ class AdaLNZero(Rule):
             out.targets.append(Target(
                 layer.owner, layer.params, (node.name,),
                 f"adaLN modulation from {source}: {counts} of the data path{split}", self.name,
-                node.name, cover=f"adaln:{node.name}", kind="adaln"))
+                node.name, cover=f"adaln:{node.name}", kind="adaln", roles=tuple(roles),
+                chunks=pieces))
         # the gates' own targets, where the modulation layers above do not already say it
         listed = {(t.nodes, t.params) for t in out.targets}
         out.targets += [t for t in gate_targets if (t.nodes, t.params) not in listed]

@@ -37,7 +37,8 @@ class Site:
     ``merge`` is the additive merge, ``skip`` its skip operand, ``fork`` where skip and
     branch part, ``skip_kind`` ``"identity"`` or ``"projection"`` (through the layers
     ``skip_modules``). ``zero_at`` names the graph value that zeroing makes exactly zero,
-    where there is one.
+    where there is one. An adaLN site lists the ``roles`` its output plays on the data path
+    (``"shift"``, ``"scale"``, ``"gate"``, one per use) and the ``chunks`` it is split into.
     """
 
     kind: str
@@ -49,6 +50,8 @@ class Site:
     skip_modules: tuple[str, ...] = ()
     zero_at: str = ""
     position: str = ""
+    roles: tuple[str, ...] = ()
+    chunks: int = 0
 
     @property
     def claim(self) -> str:
@@ -59,15 +62,13 @@ class Site:
             return f"`{self.merge}` equals its skip `{self.skip}`"
         if self.kind == "composite":
             return f"`{self.node}` computes its skip"
-        if self.kind == "fixup":
-            return "none (rescaled, not zeroed)"
         return f"`{self.zero_at or self.node}` is exactly zero"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "node": self.node, "merge": self.merge, "skip": self.skip,
                 "fork": self.fork, "skip_kind": self.skip_kind,
                 "skip_modules": list(self.skip_modules), "zero_at": self.zero_at,
-                "position": self.position}
+                "position": self.position, "roles": list(self.roles), "chunks": self.chunks}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Site":
@@ -75,7 +76,8 @@ class Site:
                    _text(data.get("skip", "")), _text(data.get("fork", "")),
                    _text(data.get("skip_kind", "")),
                    tuple(_text(m) for m in data.get("skip_modules", ())),
-                   _text(data.get("zero_at", "")), _text(data.get("position", "")))
+                   _text(data.get("zero_at", "")), _text(data.get("position", "")),
+                   tuple(_text(r) for r in data.get("roles", ())), _count(data.get("chunks", 0)))
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,14 @@ class Target:
     fork: str = ""
     skip_kind: str = ""
     skip_modules: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    chunks: int = 0
 
     def sites(self) -> tuple[Site, ...]:
         """One :class:`Site` per graph node of this target."""
         return tuple(Site(self.kind, node, self.merge, self.skip, self.fork, self.skip_kind,
-                          self.skip_modules, self.zero_at, self.position)
+                          self.skip_modules, self.zero_at, self.position, self.roles,
+                          self.chunks)
                      for node in self.nodes)
 
 
@@ -135,6 +140,12 @@ class Selection:
 
     targets: list[Target] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
 
 
 def _text(value: Any) -> str:

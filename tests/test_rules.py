@@ -1,4 +1,10 @@
-"""The rule library: output_layer, adaln_zero, by_name/by_type/where, scoping, registry, ties."""
+"""The rules (``zeta_fx.rules``): residual_branch_last's options, output_layer, adaln_zero,
+by_name/by_type/where, scoping, composition and the registry.
+
+Each rule is checked by its exact zeroed set and by running the model; the site a row
+carries (``row["site"]``) is checked as data. Ties are refused by apply (``test_apply.py``,
+``test_bad_inputs.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,31 +12,79 @@ import pytest
 import torch
 from torch import nn
 
-from families_helpers import (assert_unchanged, params_of, run_and_check,
-                              snapshot)
-from zeta_fx import TiedParameterError, UnknownRuleError, zero_init_pass
+from claims import assert_unchanged, check_pass, params_of, snapshot
+from zeta_fx import UnknownRuleError, zero_init_pass
 from zeta_fx.cli import main
 from zeta_fx.models import GPT, DiT, SEResNet, UNet
 from zeta_fx.rules import (AdaLNZero, ByName, ByType, OutputLayer, ResidualBranchLast, Where,
                            get_rule, list_rules, register_rule)
 
 
+# -- residual_branch_last: nested residuals ------------------------------------------------
+class Inner(nn.Module):
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class Outer(nn.Module):
+    def __init__(self, dim: int = 8, with_proj: bool = True) -> None:
+        super().__init__()
+        self.inner1, self.inner2 = Inner(dim), Inner(dim)
+        self.proj = nn.Linear(dim, dim) if with_proj else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(self.inner2(self.inner1(x)))
+
+
+def test_nested_residuals_all_by_default():
+    torch.manual_seed(0)
+    model = Outer()
+    check_pass(model, params=params_of("inner1.fc2", "inner2.fc2", "proj"))
+    x = torch.randn(3, 8)
+    assert torch.equal(model(x), x)
+    assert torch.equal(model.inner1(x), x)
+
+
+def test_nested_residuals_outermost_only():
+    torch.manual_seed(0)
+    model = Outer()
+    report = check_pass(model, ResidualBranchLast(nested="outermost"), params=params_of("proj"))
+    nested = [s for s in report.skipped if "nested='outermost'" in s.reason]
+    assert len(nested) == 2
+    x = torch.randn(3, 8)
+    assert torch.equal(model(x), x)
+    assert not torch.equal(model.inner1(x), x)
+    with pytest.raises(ValueError, match="nested must be"):
+        ResidualBranchLast(nested="inner")
+
+
+def test_outer_branch_ending_in_residual_blocks_is_left_alone():
+    model = Outer(with_proj=False)
+    report = check_pass(model, params=params_of("inner1.fc2", "inner2.fc2"))
+    outer = [s for s in report.skipped if "outside the branch" in s.reason]
+    assert len(outer) == 1 and "without passing a layer" in outer[0].reason
+
+
 # -- output_layer ----------------------------------------------------------------------------
 def test_output_layer_classifier_head():
     model = SEResNet().eval()
-    run_and_check(model, "output_layer", params_of("head"))
+    check_pass(model, "output_layer", params=params_of("head"))
     assert not model(torch.randn(2, 3, 32, 32)).any()
 
 
 def test_output_layer_unet_final_conv():
     model = UNet().eval()
-    run_and_check(model, "output_layer", params_of("out.2"))
+    check_pass(model, "output_layer", params=params_of("out.2"))
     assert not model(torch.randn(2, 3, 16, 16), torch.rand(2) * 1000).any()
 
 
 def test_output_layer_dit_final_linear():
     model = DiT().eval()
-    run_and_check(model, OutputLayer(), params_of("final_layer.linear"))
+    check_pass(model, OutputLayer(), params=params_of("final_layer.linear"))
     out = model(torch.randn(2, 4, 8, 8), torch.rand(2) * 1000, torch.tensor([1, 2]))
     assert out.shape == (2, 4, 8, 8) and not out.any()
 
@@ -44,11 +98,15 @@ DIT_ZEROED = params_of("blocks.0.adaLN_modulation.1", "blocks.1.adaLN_modulation
 def test_adaln_zero_matches_dits_own_initialisation():
     torch.manual_seed(0)
     model = DiT(depth=3).eval()
-    report = run_and_check(model, "adaln_zero", DIT_ZEROED)
-    positions = {row["module"]: row["position"] for row in report.touched}
-    assert "2 shift, 2 scale, 2 gate" in positions["blocks.0.adaLN_modulation.1"]
-    assert "chunked into 6" in positions["blocks.0.adaLN_modulation.1"]
-    assert "1 shift, 1 scale" in positions["final_layer.adaLN_modulation.1"]
+    report = check_pass(model, "adaln_zero", params=DIT_ZEROED)
+    sites = {row["module"]: row["site"] for row in report.touched}
+    assert {m: site["kind"] for m, site in sites.items()} == {
+        "blocks.0.adaLN_modulation.1": "adaln", "blocks.1.adaLN_modulation.1": "adaln",
+        "blocks.2.adaLN_modulation.1": "adaln", "final_layer.adaLN_modulation.1": "adaln",
+        "final_layer.linear": "output"}
+    # a modulation layer's own output is what becomes zero; no merge is claimed
+    assert all(site["zero_at"] == site["node"] and not site["merge"]
+               for site in sites.values() if site["kind"] == "adaln")
     # the timestep/label embedders only shift the conditioning: examined and left alone
     left = {s.module: s.reason for s in report.skipped}
     assert "never scales or gates" in left["t_embedder.2"]
@@ -75,15 +133,16 @@ class Renamed(nn.Module):
 
 def test_adaln_zero_is_derived_from_the_graph_not_from_names():
     model = Renamed()
-    report = run_and_check(model, "adaln_zero", params_of("b", "c"))
-    assert "1 shift, 1 scale, 1 gate" in report.touched[0]["position"]
+    report = check_pass(model, "adaln_zero", params=params_of("b", "c"))
+    assert [(row["module"], row["site"]["kind"]) for row in report.touched] == [
+        ("b", "adaln"), ("c", "output")]
     x = torch.randn(3, 8)
     assert not model(x, torch.randn(3, 4)).any()
 
 
 def test_adaln_zero_on_unet_leaves_additive_timestep_embedding():
     model = UNet().eval()
-    report = run_and_check(model, AdaLNZero(), params_of("out.2"))
+    report = check_pass(model, AdaLNZero(), params=params_of("out.2"))
     shifts = [s for s in report.skipped if "never scales or gates" in s.reason]
     assert sorted(s.module for s in shifts) == sorted(
         f"{b}.emb_layers.1" for b in ("down.0", "down.1", "mid_res1", "mid_res2", "up.0", "up.1"))
@@ -107,16 +166,36 @@ class FiLMBlock(nn.Module):
 
 def test_adaln_zero_without_chunk():
     model = FiLMBlock()
-    report = run_and_check(model, "adaln_zero", params_of("scale", "gate", "out"))
-    roles = {row["module"]: row["position"] for row in report.touched}
-    assert "1 gate" in roles["gate"] and "1 scale" in roles["scale"]
+    report = check_pass(model, "adaln_zero", params=params_of("scale", "gate", "out"))
+    kinds = {row["module"]: row["site"]["kind"] for row in report.touched}
+    assert kinds == {"scale": "adaln", "gate": "adaln", "out": "output"}
+
+
+@pytest.mark.parametrize("make, roles", [
+    (lambda: DiT(depth=3), {"blocks.0.adaLN_modulation.1": ({"shift": 2, "scale": 2, "gate": 2},
+                                                            6),
+                            "final_layer.adaLN_modulation.1": ({"shift": 1, "scale": 1}, 2)}),
+    (Renamed, {"b": ({"shift": 1, "scale": 1, "gate": 1}, 3)}),
+    (FiLMBlock, {"gate": ({"gate": 1}, 1), "scale": ({"scale": 1}, 1)}),
+], ids=["dit", "renamed", "film"])
+def test_adaln_sites_name_each_modulation_role(make, roles):
+    """Each modulation layer's site lists the roles its output plays on the data path (one
+    per use) and how many chunks it is split into; the prose says the same."""
+    report = zero_init_pass(make(), rule="adaln_zero", dry_run=True)
+    sites = {row["module"]: row["site"] for row in report.touched}
+    for module, (counts, chunks) in roles.items():
+        site = sites[module]
+        assert {r: site["roles"].count(r) for r in set(site["roles"])} == counts, site
+        assert site["chunks"] == chunks, site
+        words = ", ".join(f"{n} {r}" for r, n in counts.items())
+        assert words in site["position"], site["position"]
 
 
 # -- ByName / ByType / Where / scoping / combination ------------------------------------
 def test_by_name_glob_on_fqns():
     model = GPT(n_layer=2)
     expected = params_of("h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.attn.c_proj", "h.1.mlp.c_proj")
-    run_and_check(model, ByName("*.c_proj"), expected)
+    check_pass(model, ByName("*.c_proj"), params=expected)
     with pytest.raises(ValueError, match="glob"):
         ByName()
     typo = zero_init_pass(GPT(n_layer=1), rule=ByName("*.cproj"), dry_run=True)
@@ -128,7 +207,7 @@ def test_by_type_batchnorm():
     model = SEResNet(depth=1)
     bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) > 5
-    run_and_check(model, ByType(nn.BatchNorm2d), params_of(*bns))
+    check_pass(model, ByType(nn.BatchNorm2d), params=params_of(*bns))
     with pytest.raises(TypeError, match="nn.Module subclasses"):
         ByType("BatchNorm2d")
 
@@ -142,14 +221,14 @@ def test_by_type_multihead_attention_zeroes_out_proj_only():
         def forward(self, x):
             return self.attn(x, x, x)[0]
 
-    run_and_check(Net(), ByType(nn.MultiheadAttention), params_of("attn.out_proj"))
+    check_pass(Net(), ByType(nn.MultiheadAttention), params=params_of("attn.out_proj"))
 
 
 def test_where_predicate_and_scoping():
     model = GPT(n_layer=3)
     rule = Where(lambda fqn, m: isinstance(m, nn.Linear) and fqn.endswith("c_fc"),
                  within="h.1")
-    report = run_and_check(model, rule, params_of("h.1.mlp.c_fc"))
+    report = check_pass(model, rule, params=params_of("h.1.mlp.c_fc"))
     outside = [s for s in report.skipped if "outside within='h.1'" in s.reason]
     assert sorted(s.module for s in outside) == ["h.0.mlp.c_fc", "h.2.mlp.c_fc"]
 
@@ -157,7 +236,7 @@ def test_where_predicate_and_scoping():
 def test_scope_exclude_glob_and_prefix():
     model = GPT(n_layer=2)
     rule = ResidualBranchLast(exclude=["h.0", "*.mlp"])
-    report = run_and_check(model, rule, params_of("h.1.attn.c_proj"))
+    report = check_pass(model, rule, params=params_of("h.1.attn.c_proj"))
     reasons = {s.module: s.reason for s in report.skipped if "excluded by" in s.reason}
     assert set(reasons) == {"h.0.attn.c_proj", "h.0.mlp.c_proj", "h.1.mlp.c_proj"}
     assert "exclude='h.0'" in reasons["h.0.attn.c_proj"]
@@ -183,6 +262,17 @@ def test_combinations_union_intersection_difference():
     assert zero_init_pass(model, rule=minus, dry_run=True).modules == [
         "down.0.out_layers.3", "down.1.out_layers.3", "mid_res1.out_layers.3",
         "mid_attn.proj_out", "mid_res2.out_layers.3"]
+
+
+def test_rules_compose(small_resnet):
+    torch.manual_seed(0)
+    both = ResidualBranchLast() | OutputLayer()
+    report = zero_init_pass(small_resnet(), rule=both, dry_run=True)
+    assert report.modules == ["blocks.0.bn3", "blocks.1.bn3", "head"]
+    only_head = zero_init_pass(small_resnet(), rule=both - "residual_branch_last", dry_run=True)
+    assert only_head.modules == ["head"]
+    none = zero_init_pass(small_resnet(), rule=ResidualBranchLast() & OutputLayer(), dry_run=True)
+    assert none.modules == []
 
 
 # -- registry --------------------------------------------------------------------------------
@@ -231,30 +321,3 @@ def test_unknown_rule_name_lists_valid_names_and_closest_match():
     for name in list_rules():
         assert name in message
     assert_unchanged(model, before)
-
-
-# -- tied parameters -------------------------------------------------------------------------
-def test_tied_head_and_embedding_refused_naming_both():
-    model = GPT(n_layer=1, tie_weights=True)
-    before = snapshot(model)
-    with pytest.raises(TiedParameterError) as info:
-        zero_init_pass(model, rule="output_layer")
-    message = str(info.value)
-    assert "`lm_head.weight`" in message and "`wte.weight`" in message
-    assert "allow_tied=True" in message
-    assert_unchanged(model, before)
-
-
-def test_tied_allowed_zeroes_the_shared_tensor():
-    model = GPT(n_layer=1, tie_weights=True)
-    report = zero_init_pass(model, rule="output_layer", allow_tied=True)
-    assert report.params == ["lm_head.weight"]
-    assert not model.wte.weight.any() and model.lm_head.weight is model.wte.weight
-
-
-def test_tied_check_in_dry_run_and_by_name():
-    model = GPT(n_layer=1, tie_weights=True)
-    with pytest.raises(TiedParameterError, match="wte.weight"):
-        zero_init_pass(model, rule="output_layer", dry_run=True)
-    with pytest.raises(TiedParameterError, match="lm_head.weight"):
-        zero_init_pass(model, rule=ByName("wte"))
