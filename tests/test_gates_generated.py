@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from torch import fx
 
 import netgen
 from netgen import Net
+from test_gates import _values
 from test_generated import PROFILE, nets
 from zeta_fx import gate_residuals
 from zeta_fx.gates import GatesReport
@@ -26,17 +26,6 @@ EXAMPLES = {"ci": 60, "dev": 2000}[PROFILE]
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=PROFILE == "ci",
                     print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-class _Values(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.values: dict[str, object] = {}
-
-    def run_node(self, n: fx.Node):
-        out = super().run_node(n)
-        self.values[n.name] = out.clone() if isinstance(out, torch.Tensor) else out
-        return out
 
 
 def _first(out):
@@ -57,19 +46,14 @@ def check_gates(spec: Net) -> None:
 
     # A model that computes a NaN on these inputs (`x / x.norm()` of a zero row) is outside
     # the claim, for gates as for zeroing: 0 * NaN is NaN. Check alpha = 0 on the others.
-    as_is = _Values(one)
-    with torch.no_grad():
-        as_is.run(x, cond)
-    if not all(torch.isfinite(v).all() for v in as_is.values.values()
+    if not all(torch.isfinite(v).all() for v in _values(one, (x, cond)).values()
                if isinstance(v, torch.Tensor) and v.is_floating_point()):
         return
     zero = gate_residuals(model, init=0.0, leaf_modules=netgen.LEAF_MODULES).eval()
     report = GatesReport.of(zero)
-    recorder = _Values(zero)
-    with torch.no_grad():
-        recorder.run(x, cond)
+    values = _values(zero, (x, cond))
     for gate in report.gates:
-        merge, skip = recorder.values[gate.merge], recorder.values[gate.skip]
+        merge, skip = values[gate.merge], values[gate.skip]
         assert torch.isfinite(merge).all(), f"`{gate.merge}` is not finite\n{report}"
         assert torch.equal(merge, skip), f"`{gate.merge}` != its skip `{gate.skip}`\n{report}"
     assert set(model.state_dict()) == set(state)
