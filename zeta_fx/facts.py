@@ -324,18 +324,15 @@ _STEADY_KINDS: dict[str, tuple[str, ...]] = {
 
 def _eps_free(module: nn.Module, kind: str) -> bool:
     """A norm that divides a changed input by ``sqrt(var + 0)`` (see ``_normalised``): not
-    steady, since an input the zeroing changed may now have zero variance."""
+    steady, since an input the zeroing changed may now have zero variance. (Batch norms
+    with running statistics divide by those; a layer norm's ``eps=None`` is float32's.)"""
     if kind == "batch_norm":
-        if module.running_mean is not None:
-            return False  # running statistics: (x - mean) / std stays finite
         eps = module.eps
-    elif kind == "layer_norm":
+        return isinstance(eps, (int, float)) and eps == 0 and module.running_mean is None
+    if kind == "layer_norm":
         eps = getattr(module, "eps", 1e-5)
-        if eps is None:
-            return False  # torch.finfo(torch.float32).eps
-    else:
-        return False
-    return isinstance(eps, (int, float)) and eps == 0
+        return isinstance(eps, (int, float)) and eps == 0
+    return False
 
 
 # Known leaf modules: the class whose own ``forward`` a module must run, and how it acts.
@@ -726,7 +723,8 @@ class ZeroFacts:
                                                                         self.declared)
             self._kinds[target] = cached
         kind = cached[0]
-        steady = kind in _STEADY_KINDS and not _eps_free(module, kind)
+        steady = kind in _STEADY_KINDS and not (
+            (kind == "batch_norm" or kind == "layer_norm") and _eps_free(module, kind))
         if steady:
             params = module._parameters
             for local in _STEADY_KINDS[kind]:
