@@ -254,14 +254,9 @@ class _Sum(nn.Module):
         return torch.stack([x, f]).sum(0)  # "stack"
 
 
-STACK_NOT_A_JOIN = pytest.mark.xfail(
-    strict=True, reason="zeta_fx.joins reads torch.stack([x, f]).sum(0) as a sum, but its fork "
-                        "search counts the stack as an outside use of `f`: no join, no gate")
-
-
 @pytest.mark.parametrize("form", ["flat", "sub_sum", "branch_first", "alpha", "minus",
                                   "in_place", "method",
-                                  pytest.param("stack", marks=STACK_NOT_A_JOIN)])
+                                  "stack"])
 def test_each_additive_form_is_gated_bit_exactly(form):
     torch.manual_seed(0)
     model = _Sum(form)

@@ -85,7 +85,7 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
     checking = (gm, graph_args(gm, example_inputs, example_kwargs)) if verify else None
     outcome = apply_plan(plan, traced.model, write=not dry_run, allow_tied=allow_tied,
                          init=getattr(initialiser, "fn", None), named=traced.view.params,
-                         verify=checking)
+                         buffers=traced.view.buffers, verify=checking)
     return ZeroInitReport(plan, outcome, view=traced.view)
 
 

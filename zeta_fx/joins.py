@@ -170,6 +170,8 @@ def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, 
     """The operands of the longest sum ending at ``merge`` (iteratively: no recursion)."""
     flat: list[tuple[Any, float]] = []
     inner: list[Node] = []
+    # ``torch.stack([a, b]).sum(0)``: the stack is part of the merge (its operands' one use)
+    inner += _stacked(view, merge)
     stack: list[tuple[Any, float, Node]] = [(v, c, merge) for v, c in reversed(operands(merge))]
     while stack:
         value, coeff, parent = stack.pop()
@@ -178,10 +180,18 @@ def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, 
             sub = operands(value)
             if sub is not None and _same_scope(value, parent):
                 inner.append(value)
+                inner += _stacked(view, value)
                 stack.extend((v, c * coeff, value) for v, c in reversed(sub))
                 continue
         flat.append((value, coeff))
     return flat, inner
+
+
+def _stacked(view: "GraphView", node: Node) -> list[Node]:
+    """The ``stack`` node a ``stack(...).sum(dim)`` sums, as a list (empty for other adds)."""
+    source = view.bound(node).get("input") if view.keys.get(node, ("",))[0] == "sum" else None
+    return [source] if isinstance(source, Node) and view.keys.get(source, ("",))[0] == "stack" \
+        else []
 
 
 def _scope(node: Node) -> str | None:
