@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import fx, nn
-from torch.nn.parameter import UninitializedParameter
+# the lazy mixin: Parameter's metaclass makes isinstance(p, UninitializedParameter) slow
+from torch.nn.parameter import UninitializedTensorMixin
 
 from zeta_fx.errors import (NotAModuleError, PartialWriteError, PlanError, PlanMismatchError,
                             TiedParameterError, UnsupportedParameterError, VerificationError)
@@ -379,7 +380,7 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
                                 "a parameter of this model")
                 continue
             name, tensor = hit
-            if isinstance(tensor, UninitializedParameter):
+            if isinstance(tensor, UninitializedTensorMixin):
                 raise UnsupportedParameterError(
                     f"`{name}` (module `{entry.module}`) is an uninitialised lazy parameter; "
                     "run one forward pass to materialise the lazy modules, then apply the "

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from torch import nn
 from torch.fx import Node
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import UninitializedTensorMixin
 
 from zeta_fx.apply import refuse_pruned
 from zeta_fx.errors import UnsupportedParameterError
@@ -171,7 +171,7 @@ def _planned_params(view: "GraphView", fqns: Iterable[str]) -> dict[str, tuple[i
     for fqn in fqns:
         stored = fqn if fqn in view.params else _weight_norm_magnitude(view.root, fqn)
         tensor = view.params[stored]
-        if isinstance(tensor, UninitializedParameter):
+        if isinstance(tensor, UninitializedTensorMixin):
             raise UnsupportedParameterError(
                 f"`{stored}` is an uninitialised lazy parameter; run one forward pass to "
                 "materialise the lazy modules, then apply the pass; nothing was written")

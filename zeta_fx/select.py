@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from torch import fx, nn
+from torch.nn.parameter import UninitializedTensorMixin
 
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec
@@ -68,7 +69,7 @@ def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_in
     view = GraphView(gm, model, ops)
     check_not_sharded(model, view.params)
     lazy = next((name for name, p in view.params.items()
-                 if isinstance(p, nn.parameter.UninitializedParameter)), None)
+                 if isinstance(p, UninitializedTensorMixin)), None)
     if lazy is not None:
         raise UnsupportedParameterError(
             f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to "

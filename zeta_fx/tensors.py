@@ -36,8 +36,15 @@ def any_nonzero(tensors: list[torch.Tensor]) -> bool:
             local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # own shard
             if local.numel():
                 locals_.append(local.detach())
-        # A trained or freshly initialised tensor shows a non-zero in its first values: one
-        # found there decides it, exactly, without reading every tensor whole.
+        # A trained or freshly initialised tensor's first element is rarely zero: read the
+        # first element of the first few CPU tensors as a Python number (exact: -0.0 == 0,
+        # NaN and subnormals != 0), which needs no kernel and no thread pool.
+        for local in locals_[:8]:
+            if local.device.type == "cpu" and local.is_floating_point() and \
+                    type(local) in (torch.Tensor, nn.Parameter) and \
+                    local.reshape(-1)[0].item() != 0:
+                return True
+        # Otherwise the first values of large tensors, then everything, in few kernels.
         for local in locals_:
             if local.is_contiguous() and local.numel() > 4096 and \
                     bool(nonzero_flag(local.view(-1)[:4096])):
