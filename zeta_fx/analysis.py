@@ -868,6 +868,16 @@ class GraphView:
         return self._joins
 
     @cached_property
+    def residual_joins(self) -> dict[str, Join]:
+        """The valid residual joins, by the name of their merge node."""
+        return {j.merge.name: j for j in self._joins if j.ok}
+
+    @cached_property
+    def by_name(self) -> dict[str, Node]:
+        """Every node of the graph by its name (built when first asked)."""
+        return {n.name: n for n in self.nodes}
+
+    @cached_property
     def unused_items(self) -> frozenset[Node]:
         """Values that nothing uses (``x, _ = attn(x, x, x)``, a dead slice): they lead nowhere."""
         # (an unused getitem is one more data value without users; the output node is no

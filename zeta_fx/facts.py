@@ -1059,11 +1059,6 @@ _SIGN_CARRIERS = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand
 _SIGN_DEPTH = 12
 
 
-def _first_input(node: Node) -> Any:
-    args = bind(node)
-    return args.get("input", node.args[0] if node.args else None)
-
-
 def nonnegative(value: Any, depth: int = 0) -> bool:
     """Whether ``value`` is provably ``>= 0`` wherever it is finite (``x * x``, ``x ** 2``,
     ``abs``, norms, variances, ``exp``, their means and sums, views and casts of them)."""
@@ -1077,12 +1072,12 @@ def nonnegative(value: Any, depth: int = 0) -> bool:
     key, _ = op_key(value)
     if key in _NONNEG_OPS or key in _POSITIVE_OPS:
         return True
-    if key in ("min", "amin", "minimum") and bind(value).get("other") is not None:
-        other = bind(value)["other"]
-        return nonnegative(_first_input(value), depth + 1) and nonnegative(other, depth + 1)
-    if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key == "sqrt":
-        return nonnegative(_first_input(value), depth + 1)
     args = bind(value)
+    first = args.get("input", value.args[0] if value.args else None)
+    if key in ("min", "amin", "minimum") and args.get("other") is not None:
+        return nonnegative(first, depth + 1) and nonnegative(args["other"], depth + 1)
+    if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key == "sqrt":
+        return nonnegative(first, depth + 1)
     if key == "pow":
         exponent = args.get("exponent")
         if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and \
@@ -1127,7 +1122,7 @@ def positive(value: Any, depth: int = 0) -> bool:
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return positive(args.get("input"), depth + 1) and positive(args["other"], depth + 1)
     if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
-        return positive(_first_input(value), depth + 1)
+        return positive(args.get("input", value.args[0] if value.args else None), depth + 1)
     if key == "add":
         a, b = args.get("input"), args.get("other")
         alpha = args.get("alpha", 1)

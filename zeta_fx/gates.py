@@ -263,7 +263,7 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
                               leaf_modules=leaf_modules, capture=capture)
     model, gm, view, rule_obj, selection = (traced.model, traced.gm, traced.view, traced.rule,
                                             traced.selection)
-    joins = {j.merge.name: j for j in view.joins() if j.ok}
+    joins = view.residual_joins
     targets, skipped = _gated_targets(selection, joins)
 
     result = _graph_module_over(gm, model)

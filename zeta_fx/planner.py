@@ -52,13 +52,11 @@ class Branches:
 
     def __init__(self, view: "GraphView", entries: Iterable[PlanEntry]) -> None:
         self.view = view
-        nodes = {n.name: n for n in view.nodes}
+        nodes = view.by_name
         merges = {s.merge for e in entries for s in e.sites if s.kind == "residual" and s.merge}
         order = sorted((m for m in merges if m in nodes), key=lambda m: view.index[nodes[m]])
         self._depth = {m: i for i, m in enumerate(order)}
         self.count = len(order)
-        self._nodes = nodes
-        self._joins: dict[str, Any] | None = None
 
     def module_type(self, fqn: str) -> str:
         return self.view.module_type(fqn)
@@ -69,9 +67,7 @@ class Branches:
     def layers(self, site: Site) -> list[tuple[str, str, tuple[int, ...], str]]:
         """(module FQN, weight FQN, shape, graph node) of each weight layer on the branch
         that ends at ``site``'s merge, in graph order."""
-        if self._joins is None:
-            self._joins = {j.merge.name: j for j in self.view.joins() if j.ok}
-        join = self._joins.get(site.merge)
+        join = self.view.residual_joins.get(site.merge)
         if join is None:
             return []
         side: set[Node] = set()
@@ -108,12 +104,11 @@ def build_plan(view: "GraphView", selection: Selection, rule: str,
         group["rules"][target.rule] = None
     skipped = list(selection.skipped) + partial
     entries = []
-    node_names = {n.name: n for n in view.nodes}
     for module, group in grouped.items():
         chosen = set(group["sites"])
         other_sites = sorted({c.name for fqn in group["params"]
                               for c in view.consumers.get(fqn, ()) if c.name not in chosen},
-                             key=lambda n: view.index[node_names[n]])
+                             key=lambda n: view.index[view.by_name[n]])
         if other_sites:
             sites = ", ".join(f"`{n}`" for n in other_sites[:3])
             skipped.append(Skipped(

@@ -46,9 +46,9 @@ def settle(view: "GraphView", selection: "Selection") -> "Selection":
 
     targets = list(selection.targets)
     skipped = list(selection.skipped)
-    joins = {j.merge.name: j for j in view.joins() if j.ok}
+    joins = view.residual_joins
     skip_params = _skip_params(view)
-    names = _NodesByName(view.nodes)  # built when first asked (a failing or output claim)
+    names = view.by_name  # built when first asked (a failing or output claim)
     for rounds in range(_MAX_ROUNDS):
         drop: dict[str, str] = {}  # cover -> reason
         selected_nodes: dict[str, set[str]] = {}
@@ -172,18 +172,6 @@ def _skip_params(view: "GraphView") -> dict[str, str]:
                 for p in roots:
                     out.setdefault(p, join.merge.name)
     return out
-
-
-class _NodesByName:
-    """``{node.name: node}`` over ``nodes``, made on the first ``get``."""
-
-    def __init__(self, nodes: list[Node]) -> None:
-        self._nodes, self._by_name = nodes, None
-
-    def get(self, name: str) -> Node | None:
-        if self._by_name is None:
-            self._by_name = {n.name: n for n in self._nodes}
-        return self._by_name.get(name)
 
 
 def _claim_fails(view: "GraphView", facts, target: "Target", joins, names) -> str:

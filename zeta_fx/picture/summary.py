@@ -197,9 +197,8 @@ class _Summarizer:
         summary.edges = [PictureEdge(a, b, k) for (a, b), k in edges.items()]
 
         # A note per reason, tied to the box it explains.
-        by_name = {n.name: n for n in view.nodes}
         for name, reasons in self.left_alone.items():
-            target = by_name.get(name)
+            target = view.by_name.get(name)
             for reason in reasons:
                 ident = f"n{len(summary.nodes)}"
                 summary.nodes.append(PictureNode(
