@@ -4,7 +4,7 @@ Built once per pass in a single sweep over the nodes; every query after that tou
 the part of the graph it asks about. Only *value* edges count as data flow: shape and
 metadata queries (``x.shape``, ``x.size()``, ``x.new_empty(...)``, ``torch._assert``),
 parameters, buffers and anything computed from those alone are not data. In-place writes
-that a later node reads through the written name are indexed (``clobbered``).
+and reads that see them are indexed by :mod:`zeta_fx.storage` (``storage``).
 
 The other analyses read this view: residual joins (:mod:`zeta_fx.joins`), the zero facts
 (:mod:`zeta_fx.facts`, through :meth:`GraphView.facts`) and the proof
@@ -38,6 +38,9 @@ from zeta_fx.facts import (_FINITE, _PRESERVING, _SINGULAR, LAYER_PARAMS, Fact, 
                            _bind, _hooked, get_local, known_module, makes_zeros, op_key)
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps, target_name
+from zeta_fx.storage import Storages
+from zeta_fx.tensors import byte_span
+from zeta_fx.value_dtypes import ValueDtypes
 
 __all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
 
@@ -89,6 +92,13 @@ def _named_modules(root: nn.Module) -> list[tuple[str, nn.Module]] | None:
             stack.extend(reversed([(dot + name, child, depth)
                                    for name, child in children.items() if child is not None]))
     return out
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two :func:`~zeta_fx.tensors.byte_span` s overlap (unknown spans: taken to)."""
+    if a is None or b is None:
+        return True
+    return a[1] < b[2] and b[1] < a[2]
 
 
 def owner_of(param_fqns: Iterable[str]) -> str:
@@ -183,12 +193,6 @@ _BATCH_NORMS = frozenset({"batch_norm", "instance_norm", "_native_batch_norm_leg
 _CONVS = frozenset({"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                     "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution"})
 # views: an in-place write through one of these writes its base
-_VIEWS = frozenset({"view", "reshape", "transpose", "permute", "unsqueeze", "squeeze",
-                    "flatten", "unflatten", "narrow", "select", "slice", "expand", "t",
-                    "getitem", "chunk", "split", "unbind", "view_as", "reshape_as",
-                    "contiguous", "detach", "alias", "as_strided", "diagonal", "movedim",
-                    "swapaxes", "swapdims", "split_with_sizes", "tensor_split", "_unsafe_view"})
-
 
 class GraphView:
     """The value-flow index of ``gm``, its layers, zero search and residual joins.
@@ -211,8 +215,6 @@ class GraphView:
         self.param_roots: dict[Node, frozenset[str]] = {}
         self.consumers: dict[str, list[Node]] = {}
         self.layer_nodes: set[Node] = set()  # data nodes that consume parameters
-        # value -> the node that writes it in place while a later node still reads it
-        self.clobbered: dict[Node, Node] = {}
         self.input_nodes: dict[Node, list[Node]] = {}  # every input, values or not
         self.keys: dict[Node, tuple[str, bool]] = {}  # op_key of each call_function/method
         self.params: dict[str, torch.Tensor] = {}
@@ -223,17 +225,19 @@ class GraphView:
         self._param_results: dict[Node, _Params | str] = {}
         self._group_cache: dict[Node, list[list[Any]] | str] = {}
         self._bound: dict[Node, dict[str, Any]] = {}
-        self._class_inplace: dict[type, bool] = {}
         self._class_kinds: dict[type, tuple[str | None, str]] = {}
-        self._writers: list[Node] = []
         self._leaves: dict[str, tuple[nn.Module, str | None, str, bool]] = {}  # see ZeroFacts
         self._shape_functions: dict[Any, bool] = {}
         self._kinds: dict[str, tuple[str | None, str]] = {}
         self._getattrs: dict[str, list[Node]] = {}
+        self._param_storages: dict[Any, list[str]] | None = None
         self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
         self.declared.update({cls: "composite" for cls in self.ops.composites})
         self._build()
-        self._find_in_place_writes()
+        #: which values share storage, and which writes each read sees
+        self.storage = Storages(self.nodes, self.root, gm=gm, bound=self.bound,
+                                module_of=self.module, known_module=self._torch_forward,
+                                dtype_of=lambda node: self.dtypes[node])
 
     # -- construction: one sweep in topological order ---------------------------------
     def _index_modules(self) -> None:
@@ -266,7 +270,7 @@ class GraphView:
         input_nodes, keys, layer_nodes = self.input_nodes, self.keys, self.layer_nodes
         params, getattrs = self.params, self._getattrs
         shape_query, module_params = self._is_shape_query, self._module_params
-        modules, writers = self._modules, self._writers
+        modules = self._modules
         for i, node in enumerate(self.nodes):
             index[node] = i
             data_users[node] = []
@@ -284,6 +288,12 @@ class GraphView:
                 getattrs.setdefault(node.target, []).append(node)
                 if node.target in params:
                     roots = frozenset((node.target,))
+                else:  # a plain tensor attribute that shares a parameter's storage is it
+                    shared = self._parameter_sharing(node.target)
+                    if shared:
+                        roots = frozenset(shared)
+                        for fqn in shared:
+                            getattrs.setdefault(fqn, []).append(node)
             elif shape:
                 data, inputs = False, ()
             else:
@@ -312,18 +322,31 @@ class GraphView:
                                 consumers.setdefault(fqn, []).append(node)
                 if data:
                     roots = empty  # a data node's value is not a parameter
-                    if op == "call_module":
-                        module = modules.get(node.target)
-                        if self._writes_in_place(module if module is not None
-                                                 else self.module(node.target)):
-                            writers.append(node)
-                    elif keys[node][1]:
-                        writers.append(node)
                 for inp in inputs:  # the output node too
                     data_users[inp].append(node)
             is_data[node] = data
             data_inputs[node] = inputs
             param_roots[node] = roots
+
+    def _parameter_sharing(self, target: str) -> tuple[str, ...]:
+        """The parameters whose storage the tensor attribute ``target`` shares (overlapping
+        bytes): zeroing them writes it too."""
+        value = self.root
+        for part in target.split("."):
+            value = getattr(value, part, None)
+        if not isinstance(value, torch.Tensor) or isinstance(value, nn.Parameter):
+            return ()
+        return self._parameter_sharing_tensor(value)
+
+    def _parameter_sharing_tensor(self, value: torch.Tensor) -> tuple[str, ...]:
+        if self._param_storages is None:
+            table: dict[Any, list[str]] = {}
+            for fqn, param in self.params.items():
+                table.setdefault(Storages.tensor_root(param), []).append(fqn)
+            self._param_storages = table
+        candidates = self._param_storages.get(Storages.tensor_root(value), ())
+        span = byte_span(value)
+        return tuple(fqn for fqn in candidates if _overlap(span, byte_span(self.params[fqn])))
 
     def op_key(self, node: Node) -> tuple[str, bool]:
         """:func:`zeta_fx.facts.op_key` of ``node``, worked out once in the index sweep."""
@@ -337,46 +360,15 @@ class GraphView:
             got = self._bound[node] = _bind(node, self.op_key(node)[0])
         return got
 
-    def _find_in_place_writes(self) -> None:
-        """Values written in place (``relu_``, ``+=``, ``ReLU(inplace=True)``) while a later
-        node still reads them: the graph's value edges do not tell what that node sees."""
-        for node in self._writers:  # data nodes that write in place, found by _build
-            written = node.args[0] if node.args else None
-            if not isinstance(written, Node):
-                continue
-            # the write reaches the base of a view, and every view of it
-            base = written
-            while base.op in ("call_function", "call_method") and self.op_key(base)[0] in _VIEWS \
-                    and base.args and isinstance(base.args[0], Node):
-                base = base.args[0]
-            family = self._views_of(base)
-            here = self.index[node]
-            for value in family:
-                if any(self.index[u] > here and u is not node for u in value.users):
-                    self.clobbered.setdefault(value, node)
-
-    def _writes_in_place(self, module: nn.Module) -> bool:
-        """``module.inplace is True``, without nn.Module's slow failing attribute lookup
-        for the many modules that have no such attribute (convs, norms)."""
-        cls = type(module)
-        has = self._class_inplace.get(cls)
-        if has is None:
-            has = self._class_inplace[cls] = hasattr(cls, "inplace")
-        if has:  # a class attribute or property: ask the module
-            return getattr(module, "inplace", False) is True
-        # an instance attribute, or a parameter/buffer/child named so (never True)
-        return module.__dict__.get("inplace", False) is True
-
-    def _views_of(self, base: Node) -> list[Node]:
-        out, stack = [base], [base]
-        while stack and len(out) < 256:
-            value = stack.pop()
-            for user in value.users:
-                if user.op in ("call_function", "call_method") and self.op_key(user)[0] in _VIEWS \
-                        and user.args and user.args[0] is value:
-                    out.append(user)
-                    stack.append(user)
-        return out
+    def _torch_forward(self, fqn: str) -> bool:
+        """Whether the module at ``fqn`` runs torch's own ``forward`` (a torch.nn class's,
+        not overridden, not replaced on the instance, no hook around it): it writes only
+        what its class writes (``inplace=True``); any other module may write its inputs."""
+        module = self.module(fqn)
+        if "forward" in module.__dict__ or _hooked(module):
+            return False
+        owner = getattr(type(module).forward, "__module__", "") or ""
+        return owner.startswith("torch.")
 
     def _is_shape_query(self, node: Node) -> bool:
         if node.op == "call_method":
@@ -453,7 +445,14 @@ class GraphView:
                          weights=self.param_roots, declared=self.declared,
                          preserving=self.ops.declared_keys, kinds=self._kinds,
                          index=self.index, module_of=self.module, inputs=self.input_nodes,
-                         keys=self.keys, bound=self.bound, leaves=self._leaves)
+                         keys=self.keys, bound=self.bound, leaves=self._leaves,
+                         storage=self.storage, dtypes=self.dtypes)
+
+    @cached_property
+    def dtypes(self) -> ValueDtypes:
+        """The dtype of every value (:mod:`zeta_fx.value_dtypes`), worked out when asked."""
+        return ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
+                           bound=self.bound, module_of=self.module)
 
     def weight_closure(self, params: Iterable[str]) -> set[Node]:
         """The parameter-only nodes that zeroing ``params`` reaches: their ``get_attr``
@@ -475,8 +474,35 @@ class GraphView:
         if node in self._layers:
             return self._layers[node]
         layer = self._classify_layer(node) if node in self.layer_nodes else None
+        if layer is not None and layer.zeroable:
+            aliased = [(p, self.attribute_aliases[p]) for p in layer.params
+                       if p in self.attribute_aliases]
+            if aliased:
+                param, attr = aliased[0]
+                layer = Layer(node, layer.owner, (), False,
+                              f"`{param}` shares its storage with the plain tensor attribute "
+                              f"`{attr}`: zeroing it would change `{attr}` too, which the "
+                              "graph does not follow (tracing may fold it into a constant); "
+                              "make it a view computed in forward, or a buffer")
         self._layers[node] = layer
         return layer
+
+    @cached_property
+    def attribute_aliases(self) -> dict[str, str]:
+        """``{parameter FQN: attribute FQN}`` for the parameters whose storage a plain
+        tensor attribute (neither parameter nor buffer) shares, such as
+        ``self.w_half = self.fc.weight.data[:, :4]``."""
+        plain = [(f"{prefix}.{name}" if prefix else name, value)
+                 for prefix, module in self._walked
+                 for name, value in module.__dict__.items()
+                 if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)]
+        if not plain:
+            return {}
+        out: dict[str, str] = {}
+        for attr, value in plain:
+            for fqn in self._parameter_sharing_tensor(value):
+                out.setdefault(fqn, attr)
+        return out
 
     def _classify_layer(self, node: Node) -> Layer | None:
         if node.op == "call_module":

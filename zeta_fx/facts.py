@@ -55,6 +55,8 @@ from torch import fx, nn
 from torch.fx import Node
 from torch.nn.modules import module as _global_hooks
 
+from zeta_fx.semantics.dtypes import computation_dtype, in_dtype, overflows_easily, rounds_to_zero
+
 __all__ = ["Fact", "ZeroFacts", "op_key", "bind", "known_module", "opaque_reason", "get_local",
            "makes_zeros"]
 
@@ -307,6 +309,17 @@ arccos acos
 """.split())
 # non-finite where the input is zero
 _SINGULAR = frozenset("reciprocal rsqrt log log2 log10 digamma lgamma acosh".split())
+# Ops defined only on part of the line: of a value the zeroing changed (and that may now
+# lie anywhere) they are finite only where the domain is proven (``sqrt`` of a norm).
+_DOMAINS = {"sqrt": "x >= 0", "log1p": "x > -1", "asin": "|x| <= 1", "arcsin": "|x| <= 1",
+            "acos": "|x| <= 1", "arccos": "|x| <= 1", "atanh": "|x| < 1",
+            "arctanh": "|x| < 1", "erfinv": "|x| < 1", "acosh": "x >= 1",
+            "arccosh": "x >= 1"}
+# Ops that overflow on moderate inputs in half precision (exp(12) > float16's max)
+_OVERFLOWING = frozenset({"exp", "exp2", "expm1", "cosh", "sinh", "square"})
+# ... and these overflow on moderate inputs in any dtype (exp(89) is inf in float32); powers
+# overflow only where the changed value is huge, which half precision reaches soonest
+_EXPONENTIAL = frozenset({"exp", "exp2", "expm1", "cosh", "sinh"})
 # ops that read only shapes or metadata of their data input, or make fresh values
 _FRESH = frozenset("""
 zeros_like empty_like new_zeros new_empty new_ones new_full arange full zeros ones empty
@@ -424,6 +437,9 @@ def opaque_reason(module: nn.Module) -> str:
     if not _hooked(module):
         return ""  # the common case, without the checks below
     name = type(module).__name__
+    if "forward" in module.__dict__:
+        return (f"`{name}`'s forward is replaced on the instance (`module.forward = ...`): it "
+                f"does not compute what `{name}.forward` does")
     if module._forward_hooks or getattr(module, "_forward_hooks_with_kwargs", None):
         return f"`{name}` has a forward hook ({_hook_names(module._forward_hooks)})"
     pre = [h for h in module._forward_pre_hooks.values() if not _weight_norm_hook(h)]
@@ -453,6 +469,7 @@ def _hooked(module: nn.Module) -> bool:
     """Whether a hook or parametrization may change what ``module`` computes (if not, its
     class alone decides its kind)."""
     return bool(module._forward_hooks or module._forward_pre_hooks
+                or "forward" in module.__dict__
                 or _global_hooks._global_forward_hooks
                 or _global_hooks._global_forward_pre_hooks
                 or "parametrizations" in module._modules)
@@ -498,8 +515,8 @@ class ZeroFacts:
                  inputs: Mapping[Node, Sequence[Node]] | None = None,
                  keys: Mapping[Node, tuple[str, bool]] | None = None,
                  bound: Callable[[Node], dict[str, Any]] | None = None,
-                 leaves: dict[str, tuple[nn.Module, str | None, str, bool]] | None = None
-                 ) -> None:
+                 leaves: dict[str, tuple[nn.Module, str | None, str, bool]] | None = None,
+                 storage: Any = None, dtypes: Any = None) -> None:
         self.gm = gm
         self.root = root if root is not None else gm
         self.zeroed = frozenset(zeroed)
@@ -527,6 +544,12 @@ class ZeroFacts:
         self._inputs = inputs
         self._keys = keys
         self._bound = bound
+        # which reads see writes (zeta_fx.storage.Storages) and each value's dtype
+        # (zeta_fx.value_dtypes.ValueDtypes); without them, no write and float32
+        self._storage = storage
+        self._dtypes = dtypes
+        self._reading: dict[Node, Fact] = {}  # what the node being stepped reads, if stale
+        self._zeroed_roots = self._roots_of_zeroed() if storage is not None else frozenset()
         order = list(gm.graph.nodes) if nodes is None else \
             sorted(nodes, key=(index.__getitem__ if index is not None else _position(gm)))
         self._order = order
@@ -539,6 +562,10 @@ class ZeroFacts:
     def fact(self, value: Any) -> Fact:
         """The fact of a node, constant or (nested) list of them."""
         if isinstance(value, Node):
+            if self._reading:
+                got = self._reading.get(value)
+                if got is not None:
+                    return got
             got = self._facts.get(value)
             if got is None:  # outside the swept part: as it was
                 return self._unchanged_fact(value)
@@ -546,6 +573,56 @@ class ZeroFacts:
         if isinstance(value, (list, tuple)):
             return join(*(self.fact(v) for v in value)) if value else Z
         return _constant_fact(value)
+
+    def fact_at(self, value: Any, reader: Node) -> Fact:
+        """The fact of ``value`` as ``reader`` reads it: joined with what was written to its
+        storage in between (``zeta_fx.storage``)."""
+        if isinstance(value, Node) and self._storage is not None:
+            for read, writers in self._storage.stale_reads(reader):
+                if read is value:
+                    return self._read_fact(value, writers, reader)
+        return self.fact(value)
+
+    def why_at(self, value: Node, reader: Node) -> str:
+        """:meth:`why` for ``value`` as ``reader`` reads it: a write in between comes first."""
+        if self._storage is not None:
+            for read, writers in self._storage.stale_reads(reader):
+                if read is value and self.fact_at(value, reader) != self.fact(value):
+                    return (f"{self._storage.describe_write((value, writers))} before "
+                            f"`{reader.name}` reads it")
+        return self.why(value)
+
+    def written_after(self, value: Any) -> bool:
+        """Whether a write reaches ``value``'s storage after it is made: its sign and range
+        are then not what its op says."""
+        return isinstance(value, Node) and self._storage is not None and \
+            self._storage.written_after(value)
+
+    def dtype_of(self, value: Any) -> "torch.dtype | None":
+        """The floating dtype of ``value`` (a node), if known."""
+        if self._dtypes is None or not isinstance(value, Node):
+            return value.dtype if isinstance(value, torch.Tensor) else None
+        return self._dtypes[value]
+
+    def eps_in(self, eps: Any, value: Any, key: str) -> Any:
+        """``eps`` as op ``key`` adds it to ``value``: in the dtype it computes in, where it
+        may be zero (``F.normalize``'s ``1e-12`` in float16)."""
+        dtype = self.dtype_of(value)
+        if dtype is None or isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            return eps
+        return in_dtype(float(eps), computation_dtype(key, dtype))
+
+    def operand(self, value: Any, node: Node) -> Fact:
+        """The fact of an operand of ``node``: a value's, or a constant's in ``node``'s
+        dtype."""
+        if isinstance(value, (Node, list, tuple)):
+            return self.fact(value)
+        return self.constant(value, node)
+
+    def constant(self, value: Any, node: Node) -> Fact:
+        """The fact of a Python number as ``node`` combines it: in ``node``'s dtype, where
+        ``1e-8`` is zero in float16 and ``-1e9`` is ``-inf``."""
+        return _constant_fact(value, self.dtype_of(node))
 
     def fact_of(self, name: str) -> Fact:
         return self.fact(self._named(name))
@@ -631,8 +708,12 @@ class ZeroFacts:
         facts, inputs, owned_by = self._facts, self._inputs, self._owned
         zeroed, data, weights = self.zeroed, self._data, self._weights
         leaves, lazy = self._modules, self._lazy
+        stale = self._storage.readers_of_stale if self._storage is not None else ()
         for node in order:
             op = node.op
+            if stale and node in stale and op not in ("output", "get_attr") and \
+                    self._stale_step(node):
+                continue
             if op == "call_module":
                 target = node.target
                 owned = owned_by.get(target)
@@ -657,7 +738,8 @@ class ZeroFacts:
                     owned = ()
                 self._module(node, owned)
             elif op == "get_attr":
-                if node.target in zeroed:
+                if node.target in zeroed or (self._zeroed_roots and
+                                             self._storage.roots[node] & self._zeroed_roots):
                     facts[node] = Z
             elif op != "placeholder" and op != "output":
                 for i in (inputs[node] if inputs is not None else node.all_input_nodes):
@@ -693,6 +775,59 @@ class ZeroFacts:
                         lazy.add(node)
                         continue
                 self._function(node)
+
+    def _roots_of_zeroed(self) -> frozenset[Any]:
+        """The storages of the zeroed tensors: an attribute that shares one is zeroed too."""
+        roots = set()
+        for fqn in self.zeroed:
+            tensor = _fetch_or_none(self.root, fqn)
+            if isinstance(tensor, torch.Tensor):
+                root = self._storage.tensor_root(tensor)
+                if root is not None:
+                    roots.add(root)
+        return frozenset(roots)
+
+    def _read_fact(self, value: Node, writers: Sequence[Node], reader: Node) -> Fact:
+        """What ``reader`` finds in ``value``'s storage after ``writers`` wrote it: the value
+        joined with what each wrote (an opaque call the zeroing reaches: anything; a write
+        the zeroing does not reach: the model's own finite values; a write later in the
+        call, to a storage the module holds, is not known yet: anything)."""
+        facts, storage = self._facts, self._storage
+        written = []
+        for w in writers:
+            if w in facts:
+                written.append(U if storage.effects[w].opaque else facts[w])
+            else:
+                later = storage.index[w] > storage.index[reader]
+                written.append(U if later and value in facts else F_)
+        return join(self.fact(value), *written)
+
+    def _stale_step(self, node: Node) -> bool:
+        """Step ``node``, which reads values that writes reached since they were made;
+        ``False`` (nothing done) if the zeroing reaches neither those values nor the
+        writes: the ordinary step decides then."""
+        facts = self._facts
+        reading: dict[Node, Fact] = {}
+        changed_by: tuple[Node, tuple[Node, ...]] | None = None
+        for value, writers in self._storage.stale_reads(node):
+            if value in facts or any(w in facts for w in writers):
+                reading[value] = self._read_fact(value, writers, node)
+                if changed_by is None and reading[value] != self.fact(value):
+                    changed_by = (value, writers)
+        if not reading:
+            return False
+        self._reading = reading
+        try:
+            if node.op == "call_module":
+                self._module(node, self._owned.get(node.target, ()))
+            else:
+                self._function(node)
+        finally:
+            self._reading = {}
+        if changed_by is not None and facts[node] != Z:
+            self._why[node] = (f"{self._storage.describe_write(changed_by)} before "
+                               f"`{node.name}` reads it")
+        return True
 
     def _key(self, node: Node) -> tuple[str, bool]:
         """``op_key(node)``, from the value-flow index's table when it has one."""
@@ -765,7 +900,8 @@ class ZeroFacts:
             return
         if kind == "batch_norm":
             # in eval mode a module with running statistics uses them: -mean/std for zero
-            normed = _normalised(x, module.eps, module.running_mean is None,
+            normed = _normalised(x, self.eps_in(module.eps, data[0] if data else None,
+                                                "batch_norm"), module.running_mean is None,
                                  self.changed(node.args))
             w = self._param(module, "weight", owned)
             self._affine(node, product(normed, w)
@@ -836,7 +972,9 @@ class ZeroFacts:
             return
         if kind == "layer_norm":
             eps = getattr(module, "eps", 1e-5)
-            normed = _normalised(x, torch.finfo(torch.float32).eps if eps is None else eps, True,
+            eps = torch.finfo(torch.float32).eps if eps is None else eps
+            normed = _normalised(x, self.eps_in(eps, data[0] if data else None, "layer_norm"),
+                                 True,
                                  self.changed(node.args))
             w = param("weight")
             self._affine(node, product(normed, w) if w is not None else normed,
@@ -883,6 +1021,12 @@ class ZeroFacts:
         if handler is not None:
             self._set(node, *handler(self, node, args, what))
             return
+        if x == F_ and (key in _DOMAINS or key in _OVERFLOWING):
+            source = args.get("input")
+            why = self._out_of_range(node, key, source)
+            if why:
+                self._set(node, U, why)
+                return
         if key in _PRESERVING or key in self.preserving:
             if key == "nan_to_num":
                 self._set(node, F_ if x == U else x)
@@ -905,7 +1049,8 @@ class ZeroFacts:
             self._set(node, Z if makes_zeros(node) else F_)
             return
         if key == "native_layer_norm" or key == "native_group_norm":
-            fact = _normalised(x, args.get("eps", 1e-5), True, self.changed(args.get("input")))
+            fact = _normalised(x, self.eps_in(args.get("eps", 1e-5), args.get("input"), key),
+                               True, self.changed(args.get("input")))
             fact = product(fact, self.fact(args["weight"])) if args.get("weight") is not None \
                 else fact
             fact = total(fact, self.fact(args["bias"])) if args.get("bias") is not None else fact
@@ -928,6 +1073,27 @@ class ZeroFacts:
                            "computes from a value that may be zero (declare it with "
                            "zero_preserving=[...] if it maps zero to zero)")
 
+    def _out_of_range(self, node: Node, key: str, source: Any, domain: str | None = None
+                      ) -> str:
+        """Why ``key`` of ``source`` (finite, and changed by the zeroing) may not be finite:
+        the value may now lie outside the op's domain (``sqrt`` of a negative, ``log1p`` of
+        ``-1``), or overflow in half precision (``exp``); ``""`` if it is proven in range."""
+        if not isinstance(source, Node) or not self.changed(source):
+            return ""  # as it was: the model's own values stay in range
+        name = f"`{node.name}` ({key}) of `{source.name}`, which the zeroing changed,"
+        domain = domain or _DOMAINS.get(key)
+        if domain is not None:
+            if domain == "x >= 0" and nonnegative(source, 0, self):
+                return ""
+            if domain == "x > -1" and nonnegative(source, 0, self):
+                return ""
+            return f"{name} may be outside its domain ({domain}) and not finite"
+        dtype = self.dtype_of(node)
+        if key in _EXPONENTIAL or overflows_easily(dtype):
+            where = f" in {str(dtype).replace('torch.', '')}" if dtype is not None else ""
+            return f"{name} may overflow to inf{where}"
+        return ""
+
     def _batch_norm(self, args: dict[str, Any], key: str) -> Fact:
         x = self.fact(args.get("input"))
         running = args.get("running_mean")
@@ -935,7 +1101,8 @@ class ZeroFacts:
         # with its running statistics in eval mode: only norms without them always
         # normalise a zero input to zero.
         batch_stats = running is None
-        fact = _normalised(x, args.get("eps", 1e-5), batch_stats,
+        fact = _normalised(x, self.eps_in(args.get("eps", 1e-5), args.get("input"), key),
+                           batch_stats,
                            self.changed(args.get("input")))
         if args.get("weight") is not None:
             fact = product(fact, self.fact(args["weight"]))
@@ -987,6 +1154,13 @@ def _fetch(root: nn.Module, dotted: str) -> Any:
     return obj
 
 
+def _fetch_or_none(root: nn.Module, dotted: str) -> Any:
+    try:
+        return _fetch(root, dotted)
+    except AttributeError:
+        return None
+
+
 def get_local(module: nn.Module, dotted: str) -> Any:
     """``module``'s tensor at ``dotted`` (a parametrized one: its stored original)."""
     obj: Any = module
@@ -1003,7 +1177,9 @@ def get_local(module: nn.Module, dotted: str) -> Any:
     return obj
 
 
-def _constant_fact(value: Any) -> Fact:
+def _constant_fact(value: Any, dtype: "torch.dtype | None" = None) -> Fact:
+    """The fact of a constant; a Python float is taken in ``dtype`` (the dtype the op that
+    reads it computes in), where it may round to zero or overflow."""
     if value is None:
         return F_
     if isinstance(value, bool):
@@ -1011,7 +1187,15 @@ def _constant_fact(value: Any) -> Fact:
     if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             return U
-        return Z if value == 0 else F_
+        if value == 0:
+            return Z
+        if dtype is not None and dtype.is_floating_point:
+            held = in_dtype(float(value), dtype)
+            if held == 0.0:
+                return Z
+            if math.isinf(held):
+                return U
+        return F_
     if isinstance(value, complex):
         return Z if value == 0 else (F_ if math.isfinite(abs(value)) else U)
     if isinstance(value, torch.Tensor):
@@ -1059,7 +1243,7 @@ _SIGN_CARRIERS = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand
 _SIGN_DEPTH = 12
 
 
-def nonnegative(value: Any, depth: int = 0) -> bool:
+def nonnegative(value: Any, depth: int = 0, ctx: Any = None) -> bool:
     """Whether ``value`` is provably ``>= 0`` wherever it is finite (``x * x``, ``x ** 2``,
     ``abs``, norms, variances, ``exp``, their means and sums, views and casts of them)."""
     if isinstance(value, bool):
@@ -1067,7 +1251,7 @@ def nonnegative(value: Any, depth: int = 0) -> bool:
     if isinstance(value, (int, float)):
         return value >= 0
     if not isinstance(value, Node) or depth > _SIGN_DEPTH or \
-            value.op not in ("call_function", "call_method"):
+            value.op not in ("call_function", "call_method") or _rewritten(value, ctx):
         return False
     key, _ = op_key(value)
     if key in _NONNEG_OPS or key in _POSITIVE_OPS:
@@ -1075,24 +1259,24 @@ def nonnegative(value: Any, depth: int = 0) -> bool:
     args = bind(value)
     first = args.get("input", value.args[0] if value.args else None)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
-        return nonnegative(first, depth + 1) and nonnegative(args["other"], depth + 1)
+        return nonnegative(first, depth + 1, ctx) and nonnegative(args["other"], depth + 1, ctx)
     if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key == "sqrt":
-        return nonnegative(first, depth + 1)
+        return nonnegative(first, depth + 1, ctx)
     if key == "pow":
         exponent = args.get("exponent")
         if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and \
                 float(exponent).is_integer() and int(exponent) % 2 == 0:
             return True
-        return nonnegative(args.get("input"), depth + 1)
+        return nonnegative(args.get("input"), depth + 1, ctx)
     if key in ("mul", "multiply"):
         a, b = args.get("input"), args.get("other")
-        return a is b or (nonnegative(a, depth + 1) and nonnegative(b, depth + 1))
+        return a is b or (nonnegative(a, depth + 1, ctx) and nonnegative(b, depth + 1, ctx))
     if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
-        return positive(value, depth)
+        return positive(value, depth, ctx)
     return False
 
 
-def positive(value: Any, depth: int = 0) -> bool:
+def positive(value: Any, depth: int = 0, ctx: Any = None) -> bool:
     """Whether ``value`` is provably ``> 0`` wherever it is finite, so that dividing by it
     (``rsqrt``, ``log``, ``1 / x``) stays finite: a positive constant, ``v + eps`` with
     ``v >= 0``, ``clamp(v, min=eps)``, ``exp``, ``sigmoid``, ``softmax``, the sum, mean or
@@ -1113,29 +1297,43 @@ def positive(value: Any, depth: int = 0) -> bool:
     if isinstance(value, (int, float)):
         return value > 0
     if not isinstance(value, Node) or depth > _SIGN_DEPTH or \
-            value.op not in ("call_function", "call_method"):
+            value.op not in ("call_function", "call_method") or _rewritten(value, ctx):
         return False
     key, _ = op_key(value)
     if key in _POSITIVE_OPS:
         return True
     args = bind(value)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
-        return positive(args.get("input"), depth + 1) and positive(args["other"], depth + 1)
+        return positive(args.get("input"), depth + 1, ctx) and positive(args["other"], depth + 1, ctx)
     if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
-        return positive(args.get("input", value.args[0] if value.args else None), depth + 1)
+        return positive(args.get("input", value.args[0] if value.args else None), depth + 1, ctx)
     if key == "add":
-        a, b = args.get("input"), args.get("other")
+        a, b = (_held(v, value, ctx) for v in (args.get("input"), args.get("other")))
         alpha = args.get("alpha", 1)
         if not isinstance(alpha, (int, float)) or alpha <= 0:
             return False
-        return (positive(a, depth + 1) and nonnegative(b, depth + 1)) or \
-            (nonnegative(a, depth + 1) and positive(b, depth + 1))
+        return (positive(a, depth + 1, ctx) and nonnegative(b, depth + 1, ctx)) or \
+            (nonnegative(a, depth + 1, ctx) and positive(b, depth + 1, ctx))
     if key in ("clamp", "clip", "clamp_min"):
-        low = args.get("min", node_arg(value, 1))
+        low = _held(args.get("min", node_arg(value, 1)), value, ctx)
         return isinstance(low, (int, float)) and not isinstance(low, bool) and low > 0
     if key == "maximum":
-        return positive(args.get("other"), depth + 1) or positive(args.get("input"), depth + 1)
+        return positive(args.get("other"), depth + 1, ctx) or positive(args.get("input"), depth + 1, ctx)
     return False
+
+
+def _rewritten(value: Node, ctx: Any) -> bool:
+    """Whether a write reaches ``value``'s storage after it is made (its op no longer says
+    what it holds)."""
+    return ctx is not None and ctx.written_after(value)
+
+
+def _held(constant: Any, node: Node, ctx: Any) -> Any:
+    """A Python float as ``node`` holds it, in its dtype (``1e-8`` is ``0.0`` in float16)."""
+    if ctx is None or isinstance(constant, bool) or not isinstance(constant, float):
+        return constant
+    dtype = ctx.dtype_of(node)
+    return in_dtype(constant, dtype) if dtype is not None else constant
 
 
 def node_arg(node: Node, i: int) -> Any:
@@ -1150,7 +1348,7 @@ def may_be_zero(f: "ZeroFacts", value: Any) -> bool:
     fact = f.fact(value)
     if fact == U:
         return True
-    if positive(value):
+    if positive(value, 0, f):
         return False
     if fact in (Z, P):
         return True
@@ -1183,7 +1381,7 @@ def _threshold(x: Fact, threshold: Any, value: Any, what: str) -> tuple[Fact, st
 
 def _h_add(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
     key = f._key(node)[0]
-    x, other = f.fact(a.get("input")), f.fact(a.get("other"))
+    x, other = f.operand(a.get("input"), node), f.operand(a.get("other"), node)
     alpha = a.get("alpha", 1)
     scaled = other
     if isinstance(alpha, Node):
@@ -1209,7 +1407,10 @@ def _h_mul(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact
     out = product(*facts)
     why = ""
     if out == U and Z in facts:
-        why = f"{what} multiplies a zero by a value that may be non-finite (0 * inf is NaN)"
+        bad = next((v for v, fact in zip(operands, facts) if fact == U), None)
+        cause = f" (`{bad.name}`: {f.why(bad)})" if isinstance(bad, Node) else ""
+        why = (f"{what} multiplies a zero by a value that may be non-finite (0 * inf is "
+               f"NaN){cause}")
     elif out != Z:
         why = f"{what}: no factor is zero"
     return out, why
@@ -1229,6 +1430,14 @@ def _h_pow(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact
     if isinstance(exponent, (int, float)):
         x = f.fact(base)
         if exponent > 0:
+            if x == F_ and not float(exponent).is_integer():
+                why = f._out_of_range(node, f"** {exponent:g}", base, "x >= 0")
+                if why:
+                    return U, why
+            if x == F_ and exponent > 1:
+                why = f._out_of_range(node, f"** {exponent:g}", base)
+                if why:
+                    return U, why
             return x, what
         if exponent == 0:
             return finite(x), f"{what}: x ** 0 is 1"
@@ -1252,7 +1461,7 @@ def _h_where(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fa
 
 def _h_masked_fill(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
     value = a.get("value")
-    out = join(f.fact(a.get("input")), f.fact(value))
+    out = join(f.fact(a.get("input")), f.operand(value, node))
     return out, f"{what} fills with {getattr(value, 'name', value)!r}, not zero"
 
 
@@ -1343,7 +1552,8 @@ def _h_layer_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tup
     eps = a.get("eps", 1e-5)
     if key == "rms_norm" and eps is None:
         eps = torch.finfo(torch.float32).eps
-    fact = _normalised(f.fact(a.get("input")), eps, True, f.changed(a.get("input")))
+    fact = _normalised(f.fact(a.get("input")), f.eps_in(eps, a.get("input"), key), True,
+                       f.changed(a.get("input")))
     if a.get("weight") is not None:
         fact = product(fact, f.fact(a["weight"]))
     if a.get("bias") is not None:
@@ -1361,7 +1571,8 @@ def _h_batch_norm(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tup
 def _h_normalize(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
     eps = a.get("eps", 1e-12)
     x = f.fact(a.get("input"))
-    return (_normalised(x, eps, True, f.changed(a.get("input"))),
+    return (_normalised(x, f.eps_in(eps, a.get("input"), "normalize"), True,
+                        f.changed(a.get("input"))),
             f"{what} with eps = {eps!r} divides zero by zero")
 
 
@@ -1409,7 +1620,36 @@ def _h_remainder(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tupl
     return f.fact(a.get("input")), what
 
 
+def _h_copy(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    """``x.copy_(src)``: ``x`` now holds ``src``."""
+    src = a.get("src", node_arg(node, 1))
+    return f.operand(src, node), f"{what} copies a value that is not zero"
+
+
+def _h_zero(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    return Z, ""
+
+
+def _h_fill(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    value = a.get("value", node_arg(node, 1))
+    return f.operand(value, node), f"{what} fills with {getattr(value, 'name', value)!r}"
+
+
+def _h_setitem(f: ZeroFacts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    """``x[i] = v`` (and ``x.index_put_(i, v)``): ``x`` holds its own values and ``v``'s
+    (added to them, with ``accumulate=True``)."""
+    if f._key(node)[0] == "setitem":
+        value = node_arg(node, 2)
+    else:
+        value = a.get("values", node_arg(node, 2))
+    old, new = f.fact(node_arg(node, 0)), f.operand(value, node)
+    out = total(old, new) if a.get("accumulate") is True else join(old, new)
+    return out, f"{what} writes {getattr(value, 'name', value)!r} into `{node_arg(node, 0)}`"
+
+
 _HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
+    "copy": _h_copy, "zero": _h_zero, "fill": _h_fill, "setitem": _h_setitem,
+    "index_put": _h_setitem,
     "add": _h_add, "sub": _h_add, "subtract": _h_add, "rsub": _h_add,
     "mul": _h_mul, "multiply": _h_mul, "matmul": _h_mul, "mm": _h_mul, "bmm": _h_mul,
     "outer": _h_mul, "kron": _h_mul, "einsum": _h_mul, "dot": _h_mul, "vdot": _h_mul,

@@ -141,7 +141,7 @@ def find_joins(view: "GraphView") -> list[Join]:
             continue
         users = view.data_users[node]
         if len(users) == 1 and operands(users[0]) is not None and users[0] not in separate \
-                and node not in view.clobbered and _same_scope(node, users[0]):
+                and not view.storage.written_after(node) and _same_scope(node, users[0]):
             continue  # part of a longer sum; examined with its outermost add
         flat, inner = _flatten(view, node, operands)
         data_terms = [v for v, _ in flat if isinstance(v, Node) and view.is_data[v]]
@@ -176,7 +176,8 @@ def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, 
     while stack:
         value, coeff, parent = stack.pop()
         if isinstance(value, Node) and view.is_data.get(value) and \
-                view.data_users[value] == [parent] and value not in view.clobbered:
+                view.data_users[value] == [parent] and \
+                not view.storage.written_after(value):
             sub = operands(value)
             if sub is not None and _same_scope(value, parent):
                 inner.append(value)
@@ -312,13 +313,15 @@ def _skip_verdict(view: "GraphView", fork: Node, term: Node, side: frozenset[Nod
                     f"({', '.join(f'`{o}`' for o in others[:2]) or 'several inputs'})")
         if node in view.layer_nodes and not view.structured_layer(node):
             return f"`{node.name}` scales it by a parameter of its own, not a projection layer"
+    # the skip's values as the merge reads them: no write reaches them on the way
     watched = set(side) | {fork}
-    for value in watched:
-        writer = view.clobbered.get(value)
-        if writer is not None and view.index[writer] < view.index[merge] and \
-                writer is not merge and writer not in inner:
-            return (f"`{writer.name}` writes `{value.name}` in place before the merge reads "
-                    "it, so the merge does not see the fork's value")
+    storage = view.storage
+    for reader in view.nodes_in_order(side | {merge} | inner):
+        for value, writers in storage.stale_reads(reader):
+            if value in watched and any(w is not merge for w in writers):
+                return (f"{storage.describe_write((value, writers))} before "
+                        f"`{reader.name}` reads it, so the merge does not see the fork's "
+                        "value")
     return None
 
 

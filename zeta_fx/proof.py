@@ -26,7 +26,7 @@ one value zero), and the check runs again until nothing changes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch.fx import Node
 
@@ -142,14 +142,25 @@ def local_reason(view: "GraphView", join, params: tuple[str, ...]) -> str:
     sweep = set(join.region) | readers | view.weight_closure(params)
     facts = view.facts(params, sweep)
     for op in join.branch_operands:
-        if facts.fact(op) != Fact.ZERO:
+        reader = merge_reader(join, op)
+        if facts.fact_at(op, reader) != Fact.ZERO:
             name = f"`{op.name}`" if isinstance(op, Node) else repr(op)
-            why = facts.why(op) if isinstance(op, Node) else f"the constant {op!r} is not zero"
+            why = facts.why_at(op, reader) if isinstance(op, Node) else \
+                f"the constant {op!r} is not zero"
             return (f"zeroing {', '.join(f'`{p}`' for p in params[:4])} does not make "
                     f"{name} exactly zero: {why}")
     if facts.fact(join.skip) == Fact.UNKNOWN:
         return f"the skip `{join.skip.name}` may become non-finite: {facts.why(join.skip)}"
     return ""
+
+
+def merge_reader(join: Any, operand: Any) -> Node:
+    """The node of ``join``'s sum that reads ``operand`` (the merge, or an inner add)."""
+    if isinstance(operand, Node):
+        for node in (join.merge, *join.inner):
+            if operand in node.all_input_nodes:
+                return node
+    return join.merge
 
 
 def _cover(target: "Target") -> str:
@@ -181,10 +192,12 @@ def _claim_fails(view: "GraphView", facts, target: "Target", joins, names) -> st
         if join is None:
             return f"`{target.merge}` is not a residual join"
         for operand in join.branch_operands:
-            fact = facts.fact(operand)
+            reader = merge_reader(join, operand)
+            fact = facts.fact_at(operand, reader)
             if fact != Fact.ZERO:
                 label = f"`{operand.name}`" if isinstance(operand, Node) else repr(operand)
-                why = facts.why(operand) if isinstance(operand, Node) else "a constant"
+                why = facts.why_at(operand, reader) if isinstance(operand, Node) else \
+                    "a constant"
                 return (f"with every planned parameter zero, {label} is "
                         f"{fact.name.lower().replace('_', ' ')}, not zero ({why})")
         if facts.fact(join.skip) == Fact.UNKNOWN:
