@@ -55,8 +55,24 @@ def inputs_for(dtype: str, shape: tuple[int, ...] = SHAPE):
     return make
 
 
+# Writes the captured graph does not show, so no analysis of the graph can see them (both
+# are README limitations). Symbolic tracing records ``v *= 2`` on a view as an out-of-place
+# ``mul`` (fx's Proxy has no in-place operators), while eager writes ``x`` through ``v``;
+# a concrete capture records only the branch of value-dependent Python its example takes.
+CAPTURE_GAPS = {
+    "augmented_assign_through_view": "symbolic tracing records `v *= 2` as an out-of-place mul",
+    "data_dependent_write_concrete": "a concrete capture follows only the example's path",
+}
+
+
+def _marks(name: str) -> tuple:
+    why = CAPTURE_GAPS.get(name)
+    return (pytest.mark.xfail(strict=True, reason=why),) if why else ()
+
+
 def _params(case: Case) -> list:
-    return [pytest.param(name, dtype, method, id=f"{name}-{dtype}-{method}")
+    return [pytest.param(name, dtype, method, id=f"{name}-{dtype}-{method}",
+                         marks=_marks(name))
             for name, case in CASES.items() for dtype in case.dtypes
             for method in case.captures]
 
@@ -297,7 +313,7 @@ def test_claims_hold(name: str, dtype: str, method: str) -> None:
 
 
 @pytest.mark.parametrize("name, dtype", [
-    pytest.param(name, dtype, id=f"{name}-{dtype}")
+    pytest.param(name, dtype, id=f"{name}-{dtype}", marks=_marks(name))
     for name, case in CASES.items() for dtype in case.dtypes])
 def test_verify_never_accepts_a_false_claim(name: str, dtype: str) -> None:
     """``verify=True`` with example inputs: either the pass refuses (a left-alone row, or

@@ -905,11 +905,18 @@ class GraphView:
 
     @cached_property
     def unused_items(self) -> frozenset[Node]:
-        """Values that nothing uses (``x, _ = attn(x, x, x)``, a dead slice): they lead nowhere."""
+        """Values that lead nowhere: nothing uses them (``x, _ = attn(x, x, x)``, a dead
+        slice, an in-place statement ``h.mul_(2)``), or only such values do (the view in
+        ``h.view(-1).mul_(3)``). What their writes do to the values they alias is
+        :mod:`zeta_fx.storage`'s to follow."""
         # (an unused getitem is one more data value without users; the output node is no
         # data value)
         is_data = self.is_data
-        return frozenset([n for n in self.nodes if not n.users and is_data[n]])
+        dead: set[Node] = set()
+        for n in reversed(self.nodes):
+            if is_data[n] and all(u in dead for u in n.users):
+                dead.add(n)
+        return frozenset(dead)
 
     @cached_property
     def buffers(self) -> dict[str, torch.Tensor]:

@@ -367,23 +367,33 @@ def _find_fork(view: "GraphView", merge: Node, terms: tuple[Node, ...], merge_se
     if fork is None:
         if boundary:
             b = max(boundary, key=view.index.__getitem__)
-            outside = [u.name for u in view.data_users[b] if u not in expanded and u not in merge_set]
+            outside = [u for u in view.data_users[b] if u not in expanded and u not in merge_set]
             return None, frozenset(), mask, (
                 f"not a residual join: the paths into `{merge.name}` do not meet at a fork "
                 f"whose intermediate values feed only this merge (`{b.name}` is also used "
-                f"by {', '.join(f'`{n}`' for n in outside[:3])})")
+                f"by {_uses(view, outside)})")
         return None, frozenset(), mask, (f"not a residual join: the paths into `{merge.name}` "
                                          "share no common input")
     boundary_set = set(boundary)
     leaking = [u for u in view.data_users[fork] if u in boundary_set]
     if leaking:
         u = leaking[0]
-        outside = [w.name for w in view.data_users[u] if w not in expanded and w not in merge_set]
+        outside = [w for w in view.data_users[u] if w not in expanded and w not in merge_set]
         return None, frozenset(), mask, (
             f"not a residual join: `{u.name}`, between fork `{fork.name}` and merge "
-            f"`{merge.name}`, is also used by {', '.join(f'`{n}`' for n in outside[:3])}")
+            f"`{merge.name}`, is also used by {_uses(view, outside)}")
     region = _descendants_within(view, fork, expanded)
     return fork, region, mask, ""
+
+
+def _uses(view: "GraphView", users: list[Node]) -> str:
+    """``users`` named for a reason: a view that is written in place says by what."""
+    parts = []
+    for user in users[:3]:
+        writers = view.storage.writers_after(user)
+        written = f" (written in place by `{writers[0].name}`)" if writers else ""
+        parts.append(f"`{user.name}`{written}")
+    return ", ".join(parts)
 
 
 _PIECES = frozenset({"slice", "narrow", "select", "getitem", "split", "split_with_sizes",

@@ -114,6 +114,13 @@ class Storages:
                 return True
         return False
 
+    def writers_after(self, value: Node) -> list[Node]:
+        """The nodes that write a storage of ``value`` after it is made."""
+        here = self.index.get(value, -1)
+        found = sorted({p for root in self.roots.get(value, ()) for p in
+                        self._by_root.get(root, ()) if p > here or root in self._persistent})
+        return [self.nodes[p] for p in found]
+
     def writes(self, node: Node) -> bool:
         return node in self.written_roots
 
