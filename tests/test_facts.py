@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from zeta_fx import zero_init_pass
-from zeta_fx.facts import Fact, ZeroFacts, bind, join, known_module, op_key, product, total
+from zeta_fx.facts import Fact, ZeroFacts, join, product, total
+from zeta_fx.semantics.keys import bind, op_key
+from zeta_fx.semantics.modules import known_module
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
 
 Z, FIN, P, U = Fact.ZERO, Fact.FINITE, Fact.PARTLY_ZERO, Fact.UNKNOWN

@@ -101,3 +101,32 @@ def test_the_oracle_never_asks_the_analysis():
     assert local == []
     assert top <= {"zeta_fx", "zeta_fx.zero_init_pass", "zeta_fx.capture",
                    "zeta_fx.capture.capture"}, top
+
+
+def _op_keys() -> frozenset[str]:
+    """Every op key the semantics tables name."""
+    from zeta_fx.semantics import tables
+    keys: set[str] = set()
+    for name in tables.__all__:
+        value = getattr(tables, name)
+        keys.update(value if isinstance(value, (frozenset, set)) else value.keys())
+    return frozenset(keys)
+
+
+def test_op_sets_live_only_in_semantics():
+    """One home for op knowledge: outside ``zeta_fx/semantics/`` no module builds a set,
+    tuple or dict of op names (a table of its own); it asks the semantics tables."""
+    keys = _op_keys()
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "semantics":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.Set, ast.Tuple, ast.List, ast.Dict)):
+                continue
+            items = node.keys if isinstance(node, ast.Dict) else node.elts
+            named = {i.value for i in items if isinstance(i, ast.Constant) and
+                     isinstance(i.value, str) and i.value in keys}
+            if len(named) >= 2:
+                offenders.append(f"{_module_name(path)}:{node.lineno} {sorted(named)[:4]}")
+    assert not offenders, "op sets outside zeta_fx/semantics:\n" + "\n".join(offenders)

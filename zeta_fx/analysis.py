@@ -34,39 +34,21 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.facts import (_FINITE, _PRESERVING, _SINGULAR, LAYER_PARAMS, Fact, ZeroFacts,
-                           _bind, _hooked, get_local, known_module, makes_zeros, op_key)
+from zeta_fx.facts import Fact, ZeroFacts, makes_zeros
 from zeta_fx.joins import Join, additive_operands, find_joins
-from zeta_fx.ops import ZeroOps, target_name
+from zeta_fx.ops import ZeroOps
+from zeta_fx.semantics.keys import bind_as, op_key, target_name
+from zeta_fx.semantics.modules import (LAYER_PARAMS, STRUCTURED_KINDS, get_local, hooked,
+                                       known_module)
+from zeta_fx.semantics.tables import (BATCH_NORMS, CONVS, FINITE_OPS, GATHERS, LAYOUT_OPS,
+                                      NORMS, PRESERVING, PRODUCTS, SHAPE_ATTRS, SHAPE_FUNCTIONS,
+                                      SHAPE_METHODS, SINGULAR, STRUCTURED)
 from zeta_fx.storage import Storages
 from zeta_fx.tensors import byte_span
 from zeta_fx.value_dtypes import ValueDtypes
 
 __all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
 
-# Metadata queries: their outputs carry no values of their inputs.
-_SHAPE_METHODS = frozenset({
-    "size", "dim", "ndimension", "numel", "nelement", "get_device", "element_size",
-    "stride", "storage_offset", "is_contiguous", "is_floating_point", "is_complex",
-    "new_empty", "new_zeros", "new_ones", "new_full", "new_empty_strided",
-})
-_SHAPE_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
-                          "requires_grad", "is_sparse", "names"})
-_SHAPE_FUNCTIONS = frozenset({
-    "torch._assert", "torch._assert_async", "builtins.len", "torch.numel",
-    "torch.zeros_like", "torch.ones_like", "torch.empty_like", "torch.rand_like",
-    "torch.randn_like", "torch.randint_like", "torch.full_like", "torch._shape_as_tensor",
-    "torch.fx._symbolic_trace._assert_is_none", "torch.is_floating_point", "torch.is_tensor",
-    "torch.sym_int", "torch.sym_float", "torch.sym_max", "torch.sym_min", "torch.sym_not",
-    # torch.export (aten) graphs
-    "aten.sym_size.int", "aten.sym_size.default", "aten.sym_numel.default",
-    "aten.sym_stride.int", "aten.sym_stride.default", "aten.sym_storage_offset.default",
-    "aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
-    "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default",
-    "aten.full_like.default", "aten.rand_like.default", "aten.randn_like.default",
-    "aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default",
-    "aten.new_full.default", "aten.dim.default", "aten.numel.default",
-})
 
 
 def _quoted(names: list[str]) -> str:
@@ -171,28 +153,6 @@ class _Params:
     chain: tuple[Node, ...]
 
 
-# op keys whose parameter operands are weights/biases of a structured layer (a projection)
-_STRUCTURED = frozenset({
-    "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-    "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution", "batch_norm",
-    "instance_norm", "layer_norm", "group_norm", "rms_norm", "native_layer_norm",
-    "native_group_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
-    "_native_batch_norm_legit_functional", "native_batch_norm", "addmm",
-    "shifted_window_attention",
-})
-# (an embedding lookup is not one: `tok(ids) + pos(ids)` sums embeddings, not a block)
-_STRUCTURED_KINDS = frozenset({"linear", "conv", "bilinear", "batch_norm", "layer_norm",
-                               "local_response_norm"})
-_PRODUCTS = frozenset({"mul", "multiply", "matmul", "mm", "bmm", "outer", "kron", "einsum",
-                       "dot", "vdot"})
-_NORMS = frozenset({"layer_norm", "group_norm", "rms_norm", "native_layer_norm",
-                    "native_group_norm"})
-_BATCH_NORMS = frozenset({"batch_norm", "instance_norm", "_native_batch_norm_legit",
-                          "_native_batch_norm_legit_no_training", "native_batch_norm",
-                          "_native_batch_norm_legit_functional"})
-_CONVS = frozenset({"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-                    "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution"})
-# views: an in-place write through one of these writes its base
 
 class GraphView:
     """The value-flow index of ``gm``, its layers, zero search and residual joins.
@@ -270,7 +230,6 @@ class GraphView:
         input_nodes, keys, layer_nodes = self.input_nodes, self.keys, self.layer_nodes
         params, getattrs = self.params, self._getattrs
         shape_query, module_params = self._is_shape_query, self._module_params
-        modules = self._modules
         for i, node in enumerate(self.nodes):
             index[node] = i
             data_users[node] = []
@@ -349,15 +308,15 @@ class GraphView:
         return tuple(fqn for fqn in candidates if _overlap(span, byte_span(self.params[fqn])))
 
     def op_key(self, node: Node) -> tuple[str, bool]:
-        """:func:`zeta_fx.facts.op_key` of ``node``, worked out once in the index sweep."""
+        """:func:`zeta_fx.semantics.keys.op_key` of ``node``, worked out once in the index sweep."""
         got = self.keys.get(node)
         return got if got is not None else op_key(node)
 
     def bound(self, node: Node) -> dict[str, Any]:
-        """:func:`zeta_fx.facts.bind` of ``node``, worked out once per pass (read-only)."""
+        """:func:`zeta_fx.semantics.keys.bind` of ``node``, worked out once per pass (read-only)."""
         got = self._bound.get(node)
         if got is None:
-            got = self._bound[node] = _bind(node, self.op_key(node)[0])
+            got = self._bound[node] = bind_as(node, self.op_key(node)[0])
         return got
 
     def _torch_forward(self, fqn: str) -> bool:
@@ -365,24 +324,24 @@ class GraphView:
         not overridden, not replaced on the instance, no hook around it): it writes only
         what its class writes (``inplace=True``); any other module may write its inputs."""
         module = self.module(fqn)
-        if "forward" in module.__dict__ or _hooked(module):
+        if "forward" in module.__dict__ or hooked(module):
             return False
         owner = getattr(type(module).forward, "__module__", "") or ""
         return owner.startswith("torch.")
 
     def _is_shape_query(self, node: Node) -> bool:
         if node.op == "call_method":
-            return node.target in _SHAPE_METHODS
+            return node.target in SHAPE_METHODS
         if node.op == "call_function":
             if node.target is getattr:
-                return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
+                return len(node.args) > 1 and node.args[1] in SHAPE_ATTRS
             try:
                 known = self._shape_functions.get(node.target)
             except TypeError:  # an unhashable callable
-                return target_name(node.target) in _SHAPE_FUNCTIONS
+                return target_name(node.target) in SHAPE_FUNCTIONS
             if known is None:
                 known = self._shape_functions[node.target] = (
-                    target_name(node.target) in _SHAPE_FUNCTIONS)
+                    target_name(node.target) in SHAPE_FUNCTIONS)
             return known
         return False
 
@@ -422,7 +381,7 @@ class GraphView:
         cached = self._kinds.get(fqn)
         if cached is None:
             module = self.module(fqn)
-            if _hooked(module):
+            if hooked(module):
                 cached = known_module(module, self.declared)
             else:  # no hook: known_module's answer is its class's
                 cached = self._class_kinds.get(type(module))
@@ -435,8 +394,8 @@ class GraphView:
     def structured_layer(self, node: Node) -> bool:
         """A conv, linear, norm or embedding: a layer a projection shortcut is made of."""
         if node.op == "call_module":
-            return self.module_kind(node.target)[0] in _STRUCTURED_KINDS
-        return self.op_key(node)[0] in _STRUCTURED
+            return self.module_kind(node.target)[0] in STRUCTURED_KINDS
+        return self.op_key(node)[0] in STRUCTURED
 
     # -- zero facts -----------------------------------------------------------------------
     def facts(self, zeroed: Iterable[str], nodes: Iterable[Node] | None = None) -> ZeroFacts:
@@ -598,22 +557,22 @@ class GraphView:
             return [[a.get("input")], [a.get("other")]]
         if key == "sum" and additive_operands(self, node) is not None:
             return [[v] for v, _ in additive_operands(self, node)]
-        if key in _PRODUCTS:
+        if key in PRODUCTS:
             operands = list(a["operands"]) if "operands" in a else \
                 [v for k, v in a.items() if k in ("input", "other", "mat2", "vec2")]
             return [operands]
         if key in ("div", "divide", "true_divide", "floor_divide"):
             return [[a.get("input")]]
-        if key in _CONVS:
+        if key in CONVS:
             groups = [[a.get("input"), a.get("weight")]]
             if key == "bilinear":
                 groups = [[a.get("input1"), a.get("input2"), a.get("weight")]]
             if a.get("bias") is not None:
                 groups.append([a.get("bias")])
             return groups
-        if key in _NORMS or key in _BATCH_NORMS:
-            batch = key in _NORMS
-            if key in _BATCH_NORMS:
+        if key in NORMS or key in BATCH_NORMS:
+            batch = key in NORMS
+            if key in BATCH_NORMS:
                 batch = a.get("running_mean") is None  # eval mode uses running statistics
             # the norm's own weight (a gain) first: a zeroed input normalises to zero too,
             # but then neither factor gets a gradient and the layer never leaves zero
@@ -656,18 +615,15 @@ class GraphView:
         if key in ("masked_fill", "clamp", "clip", "clamp_min", "clamp_max", "hardtanh",
                    "threshold", "pad", "constant_pad_nd", "nan_to_num", "relu6", "maximum",
                    "minimum", "max", "min", "prelu", "_prelu_kernel", "normalize", "getattr") \
-                or key in _PRESERVING or key in self.ops.declared_keys:
+                or key in PRESERVING or key in self.ops.declared_keys:
             first = a.get("input", node.args[0] if node.args else None)
             return [[first]]
-        if key in _FINITE:
+        if key in FINITE_OPS:
             return f"{what} at `{node.name}` maps zero to a non-zero value"
-        if key in _SINGULAR:
+        if key in SINGULAR:
             return f"{what} at `{node.name}` is not finite at zero"
         return (f"{what} at `{node.name}` is not known to map zero to zero; declare it with "
                 "zero_preserving=[...] if it does")
-
-    _GATHERS = frozenset({"index", "index_select", "gather", "take", "take_along_dim",
-                          "getitem", "select", "narrow", "slice"})
 
     def param_gather(self, value: Any) -> Node | None:
         """The parameter-only value that data ``value`` selects rows of (``w[expert_ids]``,
@@ -680,12 +636,10 @@ class GraphView:
                 return None
             key, _ = self.op_key(node)
             source = node.args[0] if node.args else None
-            if key in self._GATHERS or key in ("transpose", "permute", "t", "view", "reshape",
-                                               "contiguous", "to", "_to_copy", "unsqueeze",
-                                               "squeeze", "expand", "clone", "numpy_T"):
+            if key in GATHERS or key in LAYOUT_OPS:
                 if isinstance(source, Node) and not self.is_data[source] and \
                         self.param_roots.get(source):
-                    return source if key in self._GATHERS else None
+                    return source if key in GATHERS else None
                 node = source
                 continue
             return None

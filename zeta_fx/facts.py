@@ -53,12 +53,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import fx, nn
 from torch.fx import Node
-from torch.nn.modules import module as _global_hooks
 
-from zeta_fx.semantics.dtypes import computation_dtype, in_dtype, overflows_easily, rounds_to_zero
+from zeta_fx.semantics.dtypes import computation_dtype, in_dtype, overflows_easily
+from zeta_fx.semantics.keys import bind, bind_as, op_key, signature
+from zeta_fx.semantics.modules import (STEADY_KINDS, class_kind, eps_free, get_local, hooked,
+                                       opaque_reason)
+from zeta_fx.semantics.tables import (DOMAINS, EXPONENTIAL, FINITE_OPS, FRESH, FULL,
+                                      NONNEG_OPS, OVERFLOWING, POSITIVE_OPS, PRESERVING,
+                                      SIGN_CARRIERS, SIGN_REDUCTIONS, SINGULAR, ZEROS)
 
-__all__ = ["Fact", "ZeroFacts", "op_key", "bind", "known_module", "opaque_reason", "get_local",
-           "makes_zeros"]
+__all__ = ["Fact", "ZeroFacts", "makes_zeros", "positive", "nonnegative", "may_be_zero"]
 
 
 class Fact(enum.IntEnum):
@@ -116,373 +120,6 @@ def singular(f: Fact) -> Fact:
 def finite(f: Fact) -> Fact:
     """``exp``, ``sigmoid``, ``softmax``: finite and never forced to zero on finite input."""
     return U if f == U else F_
-
-
-# -- ops: a key per op, arguments bound to names ------------------------------------------
-
-_OPERATOR_KEYS = {
-    "add": "add", "iadd": "add", "sub": "sub", "isub": "sub", "mul": "mul", "imul": "mul",
-    "truediv": "div", "itruediv": "div", "floordiv": "floor_divide", "matmul": "matmul",
-    "imatmul": "matmul", "neg": "neg", "pos": "pos", "getitem": "getitem", "pow": "pow",
-    "ipow": "pow", "mod": "remainder", "abs": "abs",
-}
-_IN_PLACE_OPERATORS = frozenset({"iadd", "isub", "imul", "itruediv", "ifloordiv", "ipow",
-                                 "imatmul", "imod"})
-
-
-def op_key(node: Node) -> tuple[str, bool]:
-    """``(key, in_place)``: one key for ``torch.relu``, ``F.relu``, ``x.relu()``,
-    ``aten.relu.default`` and their in-place forms; ``operator.iadd`` is ``add``.
-
-    >>> gm = fx.symbolic_trace(lambda x: (x + 1).relu_())
-    >>> [op_key(n) for n in gm.graph.nodes if n.op.startswith("call")]
-    [('add', False), ('relu', True)]
-    """
-    if node.op == "call_method":
-        return _strip_in_place(node.target)
-    if node.op != "call_function":
-        return node.op, False
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        key, in_place = _strip_in_place(target._schema.name.split("::")[-1])
-        return key, in_place or target._schema.is_mutable and key not in _FUNCTIONAL_MUTABLE
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return _strip_in_place(str(target).split(".")[-1])
-    name = getattr(target, "__name__", "") or ""
-    module = getattr(target, "__module__", "") or ""
-    if module in ("_operator", "operator"):
-        return _OPERATOR_KEYS.get(name, name), name in _IN_PLACE_OPERATORS
-    key, in_place = _strip_in_place(name)
-    if key in ("relu", "elu", "leaky_relu", "hardtanh", "threshold", "rrelu", "celu",
-               "selu", "dropout", "alpha_dropout", "feature_alpha_dropout",
-               "dropout1d", "dropout2d", "dropout3d") and node.kwargs.get("inplace") is True:
-        in_place = True
-    return key, in_place
-
-
-# aten ops that are mutable in schema but whose data output is a fresh value
-_FUNCTIONAL_MUTABLE = frozenset({"_native_batch_norm_legit", "native_batch_norm",
-                                 "_native_batch_norm_legit_functional", "batch_norm"})
-
-
-def _strip_in_place(name: str) -> tuple[str, bool]:
-    if name.endswith("_") and not name.endswith("__") and not name.startswith("_"):
-        return name[:-1], True
-    return name, False
-
-
-# Positional argument names for torch functions and methods whose arguments beyond the
-# first matter. aten ops are bound from their schemas (``self`` is called ``input``).
-_SIGNATURES: dict[str, tuple[str, ...]] = {
-    "add": ("input", "other", "alpha"), "sub": ("input", "other", "alpha"),
-    "subtract": ("input", "other", "alpha"), "rsub": ("input", "other", "alpha"),
-    "mul": ("input", "other"), "multiply": ("input", "other"), "div": ("input", "other"),
-    "divide": ("input", "other"), "true_divide": ("input", "other"),
-    "floor_divide": ("input", "other"), "remainder": ("input", "other"),
-    "fmod": ("input", "other"), "matmul": ("input", "other"), "mm": ("input", "mat2"),
-    "bmm": ("input", "mat2"), "outer": ("input", "vec2"), "kron": ("input", "other"),
-    "pow": ("input", "exponent"), "float_power": ("input", "exponent"),
-    "where": ("condition", "input", "other"), "masked_fill": ("input", "mask", "value"),
-    "clamp": ("input", "min", "max"), "clip": ("input", "min", "max"),
-    "clamp_min": ("input", "min"), "clamp_max": ("input", "max"),
-    "hardtanh": ("input", "min_val", "max_val"), "threshold": ("input", "threshold", "value"),
-    "pad": ("input", "pad", "mode", "value"), "maximum": ("input", "other"),
-    "minimum": ("input", "other"), "fmax": ("input", "other"), "fmin": ("input", "other"),
-    "linear": ("input", "weight", "bias"), "bilinear": ("input1", "input2", "weight", "bias"),
-    **{c: ("input", "weight", "bias") for c in (
-        "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-        "conv_transpose3d")},
-    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
-    "group_norm": ("input", "num_groups", "weight", "bias", "eps"),
-    "rms_norm": ("input", "normalized_shape", "weight", "eps"),
-    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training",
-                   "momentum", "eps"),
-    "instance_norm": ("input", "running_mean", "running_var", "weight", "bias",
-                      "use_input_stats", "momentum", "eps"),
-    "normalize": ("input", "p", "dim", "eps"),
-    "local_response_norm": ("input", "size", "alpha", "beta", "k"),
-    "embedding": ("input", "weight"),
-    "addmm": ("input", "mat1", "mat2"), "baddbmm": ("input", "batch1", "batch2"),
-    "scaled_dot_product_attention": ("query", "key", "value", "attn_mask", "dropout_p",
-                                     "is_causal", "scale"),
-    "cat": ("tensors", "dim"), "concat": ("tensors", "dim"), "concatenate": ("tensors", "dim"),
-    "stack": ("tensors", "dim"), "hstack": ("tensors",), "vstack": ("tensors",),
-    "dstack": ("tensors",), "sum": ("input", "dim", "keepdim"),
-    "einsum": ("equation", "operands"),
-    "prelu": ("input", "weight"), "nan_to_num": ("input", "nan", "posinf", "neginf"),
-    "index_add": ("input", "dim", "index", "source", "alpha"),
-    "scatter_add": ("input", "dim", "index", "src"),
-    # torchvision's Swin attention, an fx-wrapped (opaque) function whose output is
-    # ``dropout(linear(..., proj_weight, proj_bias))`` with the windows put back in place
-    "shifted_window_attention": ("input", "qkv_weight", "proj_weight",
-                                 "relative_position_bias", "window_size", "num_heads",
-                                 "shift_size", "attention_dropout", "dropout", "qkv_bias",
-                                 "proj_bias", "logit_scale", "training"),
-}
-# torch.batch_norm / torch.instance_norm / torch.layer_norm follow the aten order
-_TORCH_ATEN_ORDER = frozenset({"batch_norm", "instance_norm", "embedding"})
-
-
-def bind(node: Node) -> dict[str, Any]:
-    """``node``'s arguments by name (``input``, ``other``, ``weight``, ...).
-
-    >>> gm = fx.symbolic_trace(lambda x, y: torch.add(x, other=y, alpha=2))
-    >>> add = next(n for n in gm.graph.nodes if n.op == "call_function")
-    >>> {k: getattr(v, "name", v) for k, v in bind(add).items()}
-    {'input': 'x', 'other': 'y', 'alpha': 2}
-    """
-    return _bind(node, op_key(node)[0])
-
-
-def _bind(node: Node, key: str) -> dict[str, Any]:
-    """:func:`bind` of ``node``, whose op key is ``key``."""
-    target = node.target
-    names: tuple[str, ...] | None = None
-    if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
-        names = tuple("input" if a.name == "self" else a.name
-                      for a in target._schema.arguments)
-    elif node.op == "call_function" and key in _TORCH_ATEN_ORDER and \
-            getattr(target, "__module__", "") in ("torch", "torch._C._VariableFunctions", None) \
-            and not _is_functional(target):
-        overload = getattr(torch.ops.aten, key).default
-        names = tuple("input" if a.name == "self" else a.name
-                      for a in overload._schema.arguments)
-    else:
-        names = _SIGNATURES.get(key)
-    out: dict[str, Any] = {}
-    args = node.args
-    if node.op == "call_function" and key == "einsum" and args and isinstance(args[0], str):
-        out["equation"] = args[0]
-        rest = args[1:]
-        out["operands"] = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) \
-            else list(rest)
-        return out
-    if key in ("cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack") \
-            and node.op == "call_method":
-        names = None
-    for i, value in enumerate(args):
-        name = names[i] if names is not None and i < len(names) else f"arg{i}"
-        if i == 0 and name == "arg0":
-            name = "input"
-        out[name] = value
-    for k, v in node.kwargs.items():
-        out["input" if k == "self" else k] = v
-    return out
-
-
-def _is_functional(target: Any) -> bool:
-    return (getattr(target, "__module__", "") or "").startswith("torch.nn.functional")
-
-
-# -- categories ------------------------------------------------------------------------
-
-# f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
-_PRESERVING = frozenset("""
-relu relu6 leaky_relu rrelu gelu silu mish hardswish elu selu celu softsign tanhshrink
-softshrink hardshrink tanh sin sinh asin asinh atan atanh tan neg negative pos abs sign sgn
-square sqrt erf erfinv expm1 log1p sinc_ deg2rad rad2deg trunc fix round floor ceil frac
-dropout dropout1d dropout2d dropout3d feature_dropout native_dropout alpha_dropout_
-interpolate upsample upsample_nearest upsample_bilinear upsample_nearest1d upsample_nearest2d
-upsample_nearest3d _upsample_nearest_exact1d _upsample_nearest_exact2d
-_upsample_nearest_exact3d upsample_bilinear2d upsample_linear1d upsample_bicubic2d
-upsample_trilinear3d avg_pool1d avg_pool2d avg_pool3d max_pool1d max_pool2d max_pool3d
-max_pool2d_with_indices max_pool3d_with_indices adaptive_avg_pool1d adaptive_avg_pool2d
-adaptive_avg_pool3d _adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool1d
-adaptive_max_pool2d adaptive_max_pool3d pixel_shuffle pixel_unshuffle channel_shuffle
-native_channel_shuffle unfold fold im2col col2im lp_pool1d lp_pool2d
-flatten unflatten reshape view view_as reshape_as _unsafe_view _reshape_alias permute
-transpose swapaxes swapdims t numpy_T T mT mH adjoint squeeze unsqueeze expand expand_as
-broadcast_to repeat repeat_interleave tile chunk split split_with_sizes tensor_split unbind
-narrow select slice roll flip fliplr flipud rot90 movedim moveaxis contiguous clone detach
-alias lift_fresh_copy to type type_as float half bfloat16 double _to_copy cpu cuda
-pin_memory requires_grad_ real conj resolve_conj resolve_neg view_as_real view_as_complex
-as_strided diagonal diag tril triu cumsum sum nansum mean nanmean trace amax amin max min
-index_select gather take take_along_dim index masked_select
-stochastic_depth diag_embed block_diag unsqueeze_copy squeeze_copy view_copy permute_copy
-expand_copy clone_ nan_to_num_ std var norm linalg_vector_norm linalg_norm frobenius_norm
-""".split())
-# finite on finite input, and never forced to zero (f(0) != 0)
-_FINITE = frozenset("""
-sigmoid exp exp2 cos cosh softmax log_softmax _softmax _log_softmax _safe_softmax
-hardsigmoid softplus logsigmoid erfc silu_backward ones_like full_like rand_like randn_like
-arccos acos
-""".split())
-# non-finite where the input is zero
-_SINGULAR = frozenset("reciprocal rsqrt log log2 log10 digamma lgamma acosh".split())
-# Ops defined only on part of the line: of a value the zeroing changed (and that may now
-# lie anywhere) they are finite only where the domain is proven (``sqrt`` of a norm).
-_DOMAINS = {"sqrt": "x >= 0", "log1p": "x > -1", "asin": "|x| <= 1", "arcsin": "|x| <= 1",
-            "acos": "|x| <= 1", "arccos": "|x| <= 1", "atanh": "|x| < 1",
-            "arctanh": "|x| < 1", "erfinv": "|x| < 1", "acosh": "x >= 1",
-            "arccosh": "x >= 1"}
-# Ops that overflow on moderate inputs in half precision (exp(12) > float16's max)
-_OVERFLOWING = frozenset({"exp", "exp2", "expm1", "cosh", "sinh", "square"})
-# ... and these overflow on moderate inputs in any dtype (exp(89) is inf in float32); powers
-# overflow only where the changed value is huge, which half precision reaches soonest
-_EXPONENTIAL = frozenset({"exp", "exp2", "expm1", "cosh", "sinh"})
-# ops that read only shapes or metadata of their data input, or make fresh values
-_FRESH = frozenset("""
-zeros_like empty_like new_zeros new_empty new_ones new_full arange full zeros ones empty
-rand randn randint scalar_tensor tensor
-""".split())
-
-# Kinds of known leaf modules that, unowned, map a FINITE input to FINITE when the tensors
-# named (read by ZeroFacts._module) are absent or FINITE: product, total and finite of
-# FINITE are FINITE, and so is _normalised of FINITE unless the norm is eps-free (_eps_free).
-_STEADY_KINDS: dict[str, tuple[str, ...]] = {
-    "linear": ("weight", "bias"), "conv": ("weight", "bias"),
-    "batch_norm": ("weight", "bias"), "layer_norm": ("weight", "bias"),
-    "preserving": (), "finite": (), "prelu": ()}
-
-
-def _eps_free(module: nn.Module, kind: str) -> bool:
-    """A norm that divides a changed input by ``sqrt(var + 0)`` (see ``_normalised``): not
-    steady, since an input the zeroing changed may now have zero variance. (Batch norms
-    with running statistics divide by those; a layer norm's ``eps=None`` is float32's.)"""
-    if kind == "batch_norm":
-        eps = module.eps
-        return isinstance(eps, (int, float)) and eps == 0 and module.running_mean is None
-    if kind == "layer_norm":
-        eps = getattr(module, "eps", 1e-5)
-        return isinstance(eps, (int, float)) and eps == 0
-    return False
-
-
-# Known leaf modules: the class whose own ``forward`` a module must run, and how it acts.
-_MODULE_KINDS: dict[type[nn.Module], str] = {}
-
-
-def _register_modules(kind: str, names: Iterable[str]) -> None:
-    for name in names:
-        cls = getattr(nn, name, None)
-        if cls is not None:
-            _MODULE_KINDS[cls] = kind
-
-
-_register_modules("preserving", """ReLU ReLU6 LeakyReLU RReLU GELU SiLU Mish Hardswish ELU
-SELU CELU Tanh Softsign Tanhshrink Softshrink Hardshrink Dropout Dropout1d Dropout2d Dropout3d
-AlphaDropout FeatureAlphaDropout Identity Flatten Unflatten MaxPool1d MaxPool2d MaxPool3d
-AvgPool1d AvgPool2d AvgPool3d AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d
-AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d Upsample UpsamplingNearest2d
-UpsamplingBilinear2d PixelShuffle PixelUnshuffle ZeroPad1d ZeroPad2d ZeroPad3d ChannelShuffle
-LPPool1d LPPool2d LPPool3d Fold Unfold ReflectionPad1d ReflectionPad2d ReflectionPad3d
-ReplicationPad1d ReplicationPad2d ReplicationPad3d CircularPad1d CircularPad2d CircularPad3d
-""".split())
-_register_modules("finite", "Sigmoid Softmax LogSoftmax Softmax2d Hardsigmoid Softplus LogSigmoid"
-                  .split())
-_register_modules("hardtanh", ["Hardtanh"])
-_register_modules("threshold", ["Threshold"])
-_register_modules("constant_pad", ["ConstantPad1d", "ConstantPad2d", "ConstantPad3d"])
-_register_modules("linear", ["Linear", "LazyLinear"])
-_register_modules("conv", """Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d
-LazyConv1d LazyConv2d LazyConv3d LazyConvTranspose1d LazyConvTranspose2d LazyConvTranspose3d
-""".split())
-_register_modules("bilinear", ["Bilinear"])
-_register_modules("batch_norm", """BatchNorm1d BatchNorm2d BatchNorm3d SyncBatchNorm LazyBatchNorm1d
-LazyBatchNorm2d LazyBatchNorm3d InstanceNorm1d InstanceNorm2d InstanceNorm3d LazyInstanceNorm1d
-LazyInstanceNorm2d LazyInstanceNorm3d""".split())
-_register_modules("layer_norm", ["LayerNorm", "GroupNorm", "RMSNorm"])
-_register_modules("local_response_norm", ["LocalResponseNorm", "CrossMapLRN2d"])
-_register_modules("embedding", ["Embedding"])
-_register_modules("prelu", ["PReLU"])
-_register_modules("mha", ["MultiheadAttention"])
-
-#: Known layer kinds: the local names of the parameters whose zeroing zeroes the output.
-LAYER_PARAMS = {"linear": ("weight", "bias"), "conv": ("weight", "bias"),
-                "bilinear": ("weight", "bias"), "batch_norm": ("weight", "bias"),
-                "layer_norm": ("weight", "bias"), "embedding": ("weight",),
-                "mha": ("out_proj.weight", "out_proj.bias")}
-
-
-def known_module(module: nn.Module, declared: Mapping[type, str] | None = None
-                 ) -> tuple[str | None, str]:
-    """``(kind, why_not)``: the kind of a known leaf module, or ``None`` and the reason.
-
-    A module is what its class computes only if its ``forward`` is that class's own, and no
-    hook runs around it.
-
-    >>> class Lora(nn.Linear):
-    ...     def forward(self, x):
-    ...         return super().forward(x) + 1
-    >>> known_module(nn.Linear(2, 2))[0], known_module(Lora(2, 2))
-    ('linear', (None, '`Lora` overrides `Linear.forward`'))
-    """
-    why = opaque_reason(module)
-    if why:
-        return None, why
-    return _class_kind(type(module), declared)
-
-
-def _class_kind(cls: type, declared: Mapping[type, str] | None) -> tuple[str | None, str]:
-    """:func:`known_module` of a module of class ``cls`` without hooks."""
-    for base in cls.__mro__:
-        kind = declared.get(base) if declared else None
-        if kind is None:
-            kind = _MODULE_KINDS.get(base)
-        if kind is None:
-            continue
-        if cls.forward is not base.forward and not _parametrized_class(cls, base):
-            return None, f"`{cls.__name__}` overrides `{base.__name__}.forward`"
-        return kind, ""
-    return None, f"`{cls.__name__}` is not a known layer"
-
-
-def _parametrized_class(cls: type, base: type) -> bool:
-    # torch.nn.utils.parametrize swaps in a subclass ``ParametrizedLinear`` that keeps forward
-    return cls.__name__ == f"Parametrized{base.__name__}" and cls.forward is base.forward
-
-
-def opaque_reason(module: nn.Module) -> str:
-    """Why ``module`` cannot be read as its class computes it (hooks), or ``""``."""
-    if not _hooked(module):
-        return ""  # the common case, without the checks below
-    name = type(module).__name__
-    if "forward" in module.__dict__:
-        return (f"`{name}`'s forward is replaced on the instance (`module.forward = ...`): it "
-                f"does not compute what `{name}.forward` does")
-    if module._forward_hooks or getattr(module, "_forward_hooks_with_kwargs", None):
-        return f"`{name}` has a forward hook ({_hook_names(module._forward_hooks)})"
-    pre = [h for h in module._forward_pre_hooks.values() if not _weight_norm_hook(h)]
-    if pre:
-        kinds = _hook_names(dict(enumerate(pre)))
-        if any(type(h).__module__.startswith("torch.nn.utils.prune") for h in pre):
-            return (f"`{name}` is pruned (a {kinds} forward pre-hook computes its weight); "
-                    "call torch.nn.utils.prune.remove(module, 'weight') first")
-        hint = ("; remove it with torch.nn.utils.remove_spectral_norm(module) first"
-                if "SpectralNorm" in kinds else "")
-        return f"`{name}` has a forward pre-hook ({kinds}) that computes what it uses{hint}"
-    if _global_hooks._global_forward_hooks or _global_hooks._global_forward_pre_hooks:
-        return "a global module forward hook is registered (register_module_forward_hook)"
-    if torch.nn.utils.parametrize.is_parametrized(module):
-        for pname, chain in module.parametrizations.items():
-            kinds = [type(p).__name__ for p in chain]
-            if kinds != ["_WeightNorm"]:
-                return (f"`{name}`.{pname} is computed by the parametrization "
-                        f"{', '.join(k.lstrip('_') for k in kinds)}: no stored tensor can be "
-                        "zeroed to make it an exact, finite zero; remove it with "
-                        "torch.nn.utils.parametrize.remove_parametrizations(module, "
-                        f"{pname!r}) to let the pass zero this layer")
-    return ""
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether a hook or parametrization may change what ``module`` computes (if not, its
-    class alone decides its kind)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or "forward" in module.__dict__
-                or _global_hooks._global_forward_hooks
-                or _global_hooks._global_forward_pre_hooks
-                or "parametrizations" in module._modules)
-
-
-def _weight_norm_hook(hook: Any) -> bool:
-    from torch.nn.utils.weight_norm import WeightNorm
-    return isinstance(hook, WeightNorm)
-
-
-def _hook_names(hooks: Mapping[Any, Any]) -> str:
-    names = [getattr(h, "__qualname__", None) or type(h).__name__ for h in hooks.values()]
-    return ", ".join(f"`{n}`" for n in names[:3])
 
 
 # -- the interpretation -------------------------------------------------------------------
@@ -837,7 +474,7 @@ class ZeroFacts:
     # -- modules -----------------------------------------------------------------------
     def _leaf(self, target: str) -> tuple[nn.Module, str | None, str, bool]:
         """``(module, kind, why_not, steady)`` of the leaf module at ``target``; ``steady``:
-        unowned, it maps a FINITE input to FINITE (a kind in ``_STEADY_KINDS`` whose tensors
+        unowned, it maps a FINITE input to FINITE (a kind in ``STEADY_KINDS`` whose tensors
         are absent or FINITE)."""
         if self._module_of is not None:
             module = self._module_of(target)
@@ -848,21 +485,21 @@ class ZeroFacts:
                 module = self.gm.get_submodule(target)
         cached = self._kinds.get(target)
         if cached is None:  # known_module, its class part asked once per class
-            why = opaque_reason(module) if _hooked(module) else ""
+            why = opaque_reason(module) if hooked(module) else ""
             if why:
                 cached = (None, why)
             else:
                 cached = self._classes.get(type(module))
                 if cached is None:
-                    cached = self._classes[type(module)] = _class_kind(type(module),
+                    cached = self._classes[type(module)] = class_kind(type(module),
                                                                         self.declared)
             self._kinds[target] = cached
         kind = cached[0]
-        steady = kind in _STEADY_KINDS and not (
-            (kind == "batch_norm" or kind == "layer_norm") and _eps_free(module, kind))
+        steady = kind in STEADY_KINDS and not (
+            (kind == "batch_norm" or kind == "layer_norm") and eps_free(module, kind))
         if steady:
             params = module._parameters
-            for local in _STEADY_KINDS[kind]:
+            for local in STEADY_KINDS[kind]:
                 obj = params.get(local, params)  # (params itself: not a parameter)
                 if obj is None or type(obj) is nn.Parameter:
                     continue  # absent or FINITE, as _param says
@@ -1005,7 +642,7 @@ class ZeroFacts:
     # -- functions and methods -------------------------------------------------------------
     def _function(self, node: Node) -> None:
         key, in_place = self._key(node)
-        args = self._bound(node) if self._bound is not None else _bind(node, key)
+        args = self._bound(node) if self._bound is not None else bind_as(node, key)
         x = self.fact(args.get("input"))
         what = f"`{node.name}` ({key})"
         if key == "getitem":
@@ -1021,22 +658,22 @@ class ZeroFacts:
         if handler is not None:
             self._set(node, *handler(self, node, args, what))
             return
-        if x == F_ and (key in _DOMAINS or key in _OVERFLOWING):
+        if x == F_ and (key in DOMAINS or key in OVERFLOWING):
             source = args.get("input")
             why = self._out_of_range(node, key, source)
             if why:
                 self._set(node, U, why)
                 return
-        if key in _PRESERVING or key in self.preserving:
+        if key in PRESERVING or key in self.preserving:
             if key == "nan_to_num":
                 self._set(node, F_ if x == U else x)
                 return
             self._set(node, x, f"{what}")
             return
-        if key in _FINITE:
+        if key in FINITE_OPS:
             self._set(node, finite(x), f"{what} maps zero to a non-zero value")
             return
-        if key in _SINGULAR:
+        if key in SINGULAR:
             source = args.get("input")
             if x == F_ and may_be_zero(self, source):
                 self._set(node, U, f"{what} of `{getattr(source, 'name', source)}`, which the "
@@ -1045,7 +682,7 @@ class ZeroFacts:
                 return
             self._set(node, singular(x), f"{what} of a value that may be zero is not finite")
             return
-        if key in _FRESH:
+        if key in FRESH:
             self._set(node, Z if makes_zeros(node) else F_)
             return
         if key == "native_layer_norm" or key == "native_group_norm":
@@ -1081,7 +718,7 @@ class ZeroFacts:
         if not isinstance(source, Node) or not self.changed(source):
             return ""  # as it was: the model's own values stay in range
         name = f"`{node.name}` ({key}) of `{source.name}`, which the zeroing changed,"
-        domain = domain or _DOMAINS.get(key)
+        domain = domain or DOMAINS.get(key)
         if domain is not None:
             if domain == "x >= 0" and nonnegative(source, 0, self):
                 return ""
@@ -1089,7 +726,7 @@ class ZeroFacts:
                 return ""
             return f"{name} may be outside its domain ({domain}) and not finite"
         dtype = self.dtype_of(node)
-        if key in _EXPONENTIAL or overflows_easily(dtype):
+        if key in EXPONENTIAL or overflows_easily(dtype):
             where = f" in {str(dtype).replace('torch.', '')}" if dtype is not None else ""
             return f"{name} may overflow to inf{where}"
         return ""
@@ -1111,19 +748,15 @@ class ZeroFacts:
         return fact
 
 
-_ZEROS = frozenset({"zeros_like", "new_zeros", "zeros", "zero"})
-_FULL = frozenset({"full_like", "new_full", "full", "fill"})
-
-
 def makes_zeros(node: Node) -> bool:
     """Whether ``node`` makes a fresh tensor of zeros (``torch.zeros_like(x)``,
     ``x.new_zeros(...)``, ``torch.full(..., 0.0)``): the start of an accumulation."""
     if node.op not in ("call_function", "call_method"):
         return False
     key, _ = op_key(node)
-    if key in _ZEROS:
+    if key in ZEROS:
         return True
-    if key in _FULL:
+    if key in FULL:
         value = node.kwargs.get("fill_value", node.kwargs.get("value"))
         if value is None and len(node.args) > 1:
             value = node.args[-1] if key != "fill" else node.args[1]
@@ -1159,22 +792,6 @@ def _fetch_or_none(root: nn.Module, dotted: str) -> Any:
         return _fetch(root, dotted)
     except AttributeError:
         return None
-
-
-def get_local(module: nn.Module, dotted: str) -> Any:
-    """``module``'s tensor at ``dotted`` (a parametrized one: its stored original)."""
-    obj: Any = module
-    for part in dotted.split("."):
-        if isinstance(obj, nn.Module) and part in obj._parameters:
-            obj = obj._parameters[part]
-            continue
-        if isinstance(obj, nn.Module) and "parametrizations" in obj._modules and \
-                part in obj.parametrizations._modules:
-            return next(obj.parametrizations[part].parameters(), None)
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def _constant_fact(value: Any, dtype: "torch.dtype | None" = None) -> Fact:
@@ -1223,23 +840,6 @@ def _normalised(x: Fact, eps: Any, batch_stats: bool, changed: bool = False) -> 
     return x
 
 
-# Ops whose output is >= 0 wherever it is finite (``sqrt`` and powers: of a value >= 0).
-_NONNEG_OPS = frozenset({"abs", "relu", "relu6", "square", "norm", "frobenius_norm",
-                         "linalg_vector_norm", "var", "std", "var_mean", "hardsigmoid"})
-# Ops whose output is > 0 on finite input. (Taken so: in float32 ``exp`` underflows to 0
-# below about -103, ``sigmoid`` likewise; the README's limitations say so.)
-_POSITIVE_OPS = frozenset({"exp", "exp2", "sigmoid", "softmax", "_softmax", "softplus",
-                           "cosh"})
-# Reductions and selections that keep the sign of what they read (all >= 0 gives >= 0, all
-# > 0 gives > 0): a mean, a sum, a maximum, the top-k values.
-_SIGN_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "max", "min", "cumsum", "topk",
-                              "sort", "kthvalue"})
-# Ops that carry a value unchanged in sign (views, casts, copies, selections).
-_SIGN_CARRIERS = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
-                            "_to_copy", "float", "half", "bfloat16", "double", "type_as",
-                            "contiguous", "clone", "detach", "alias", "unsqueeze", "squeeze",
-                            "flatten", "unflatten", "transpose", "permute", "t", "getitem",
-                            "select", "slice", "repeat", "repeat_interleave", "movedim"})
 _SIGN_DEPTH = 12
 
 
@@ -1254,13 +854,13 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None) -> bool:
             value.op not in ("call_function", "call_method") or _rewritten(value, ctx):
         return False
     key, _ = op_key(value)
-    if key in _NONNEG_OPS or key in _POSITIVE_OPS:
+    if key in NONNEG_OPS or key in POSITIVE_OPS:
         return True
     args = bind(value)
     first = args.get("input", value.args[0] if value.args else None)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return nonnegative(first, depth + 1, ctx) and nonnegative(args["other"], depth + 1, ctx)
-    if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key == "sqrt":
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key == "sqrt":
         return nonnegative(first, depth + 1, ctx)
     if key == "pow":
         exponent = args.get("exponent")
@@ -1300,12 +900,12 @@ def positive(value: Any, depth: int = 0, ctx: Any = None) -> bool:
             value.op not in ("call_function", "call_method") or _rewritten(value, ctx):
         return False
     key, _ = op_key(value)
-    if key in _POSITIVE_OPS:
+    if key in POSITIVE_OPS:
         return True
     args = bind(value)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return positive(args.get("input"), depth + 1, ctx) and positive(args["other"], depth + 1, ctx)
-    if key in _SIGN_CARRIERS or key in _SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
         return positive(args.get("input", value.args[0] if value.args else None), depth + 1, ctx)
     if key == "add":
         a, b = (_held(v, value, ctx) for v in (args.get("input"), args.get("other")))
@@ -1681,8 +1281,8 @@ _HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
     "grouped_mm": _h_grouped_mm, "max": _h_extremum, "min": _h_extremum,
 }
 
-# Methods whose fact is their first argument's (``_PRESERVING``, no handler of their own,
+# Methods whose fact is their first argument's (``PRESERVING``, no handler of their own,
 # that argument bound as ``input``): views, reshapes, casts, activations.
 _QUICK_METHODS = frozenset(
-    k for k in _PRESERVING if k not in _HANDLERS and k not in ("getitem", "nan_to_num")
-    and (_SIGNATURES.get(k) or ("input",))[0] == "input")
+    k for k in PRESERVING if k not in _HANDLERS and k not in ("getitem", "nan_to_num")
+    and (signature(k) or ("input",))[0] == "input")

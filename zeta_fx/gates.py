@@ -112,7 +112,8 @@ from torch.fx import Node
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec
 from zeta_fx.errors import ExampleInputsError, GateError
-from zeta_fx.facts import bind, op_key
+from zeta_fx.semantics.keys import bind, op_key
+from zeta_fx.semantics.tables import CHANNELS_FIRST
 from zeta_fx.joins import Join
 from zeta_fx.rules import Rule
 from zeta_fx.select import trace_and_select
@@ -125,12 +126,6 @@ __all__ = ["gate_residuals", "Gate", "GatesReport", "META_KEY"]
 
 META_KEY = "zeta_fx_gates"  # the key of the report in the returned GraphModule's ``meta``
 
-_CHANNELS_FIRST_OPS = frozenset({
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "convolution", "_convolution", "batch_norm", "instance_norm", "group_norm",
-    "native_group_norm", "native_batch_norm", "_native_batch_norm_legit",
-    "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
-})
 _CHANNELS_FIRST_MODULES = (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase,
                            nn.GroupNorm)
 
@@ -458,7 +453,7 @@ def _channels_first(node: Node | None, result: fx.GraphModule) -> bool:
         return False
     if node.op == "call_module":
         return isinstance(result.get_submodule(node.target), _CHANNELS_FIRST_MODULES)
-    return op_key(node)[0] in _CHANNELS_FIRST_OPS
+    return op_key(node)[0] in CHANNELS_FIRST
 
 
 # -- the rewrite ------------------------------------------------------------------------------

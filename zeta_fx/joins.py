@@ -32,9 +32,12 @@ from __future__ import annotations
 import heapq
 import operator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from torch.fx import Node
+
+from zeta_fx.semantics.tables import ADDITIVE, PIECES
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
@@ -66,8 +69,12 @@ class Join:
     sides: dict[Node, frozenset[Node]] = field(default_factory=dict)
     region: frozenset[Node] = frozenset()
 
+    @cached_property
+    def sum_nodes(self) -> frozenset[Node]:
+        """The merge and the inner adds of its sum: the nodes that read the operands."""
+        return frozenset((self.merge, *self.inner))
 
-_ADD = frozenset({"add", "sub", "subtract", "rsub"})
+
 _BINARY = {operator.add: 1.0, operator.iadd: 1.0, operator.sub: -1.0, operator.isub: -1.0}
 _BUILTIN = type(operator.add)
 
@@ -84,7 +91,7 @@ def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] 
         # `a + b`, `a - b` (what bind gives them: input, other, alpha 1)
         return [(node.args[0], 1.0), (node.args[1], _BINARY[node.target])]
     key, _ = view.op_key(node)
-    if key in _ADD:
+    if key in ADDITIVE:
         args = view.bound(node)
         if "input" not in args or "other" not in args:
             return None
@@ -134,7 +141,7 @@ def find_joins(view: "GraphView") -> list[Join]:
     keys = view.keys
     for node in reversed(view.nodes):  # outermost add of a longer sum first
         key = keys.get(node)  # (only calls are additive: a quick look first)
-        if key is None or (key[0] not in _ADD and key[0] != "sum"):
+        if key is None or (key[0] not in ADDITIVE and key[0] != "sum"):
             continue
         ops = operands(node)
         if ops is None:
@@ -396,10 +403,6 @@ def _uses(view: "GraphView", users: list[Node]) -> str:
     return ", ".join(parts)
 
 
-_PIECES = frozenset({"slice", "narrow", "select", "getitem", "split", "split_with_sizes",
-                     "chunk", "tensor_split", "unbind"})
-
-
 def _split_for_streams(view: "GraphView", node: Node, inside: set[Node]) -> bool:
     """Whether ``node``'s value is cut into pieces, one of which leads to this merge: a
     joint attention whose output is split into an image and a text stream (SD3, Flux), each
@@ -410,10 +413,10 @@ def _split_for_streams(view: "GraphView", node: Node, inside: set[Node]) -> bool
     for user in users:
         if user in inside:
             continue
-        if user.op not in ("call_function", "call_method") or view.op_key(user)[0] not in _PIECES:
+        if user.op not in ("call_function", "call_method") or view.op_key(user)[0] not in PIECES:
             return False
     pieces = [u for u in users if u in inside]
-    return all(p.op in ("call_function", "call_method") and view.op_key(p)[0] in _PIECES
+    return all(p.op in ("call_function", "call_method") and view.op_key(p)[0] in PIECES
                for p in pieces)
 
 

@@ -1,6 +1,6 @@
 """What users declare about ops and modules for one pass, and readable names for targets.
 
-The zero semantics of ops and layers live in :mod:`zeta_fx.facts` (one table for torch,
+The zero semantics of ops and layers live in :mod:`zeta_fx.semantics` (one home for torch,
 method and aten graphs). This module holds what a pass adds to it: the ops and modules a
 user declares with ``zero_preserving=[...]``, and the composite leaves whose hidden
 residual branches are known (:mod:`zeta_fx.composite`).
@@ -22,31 +22,17 @@ import torch
 from torch import nn
 
 from zeta_fx.composite import CompositeFn, default_composites
-from zeta_fx.facts import LAYER_PARAMS, get_local, known_module
+from zeta_fx.semantics.keys import target_name
+from zeta_fx.semantics.modules import LAYER_PARAMS, get_local, known_module
 
-__all__ = ["ZeroOps", "target_name"]
-
-
-def target_name(target: Any) -> str:
-    """A readable, stable name for a node target: ``torch.relu``, ``operator.add``, ``.view``."""
-    if isinstance(target, str):
-        return f".{target}"
-    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-        return str(target)  # aten.relu.default (torch.export graphs)
-    module = getattr(target, "__module__", None) or ""
-    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
-    module = {"_operator": "operator", "torch._C._nn": "torch.nn.functional",
-              "torch._C._VariableFunctions": "torch"}.get(module, module)
-    if name.startswith("_VariableFunctionsClass."):
-        module, name = "torch", name.split(".", 1)[1]
-    return f"{module}.{name}" if module else name
+__all__ = ["ZeroOps"]
 
 
 @dataclass(frozen=True)
 class ZeroOps:
     """What one pass knows beyond the built-in zero facts; extend it with :meth:`declare`.
 
-    ``declared_keys`` are op keys (``zeta_fx.facts.op_key``: a function's or method's
+    ``declared_keys`` are op keys (``zeta_fx.semantics.keys.op_key``: a function's or method's
     name) that map zero to zero; ``declared_modules`` are module classes that output zero
     once all their own parameters are zero (or, without parameters, map zero to zero);
     ``composites`` maps opaque leaf types to their hidden residual branches.

@@ -157,9 +157,10 @@ def local_reason(view: "GraphView", join, params: tuple[str, ...]) -> str:
 def merge_reader(join: Any, operand: Any) -> Node:
     """The node of ``join``'s sum that reads ``operand`` (the merge, or an inner add)."""
     if isinstance(operand, Node):
-        for node in (join.merge, *join.inner):
-            if operand in node.all_input_nodes:
-                return node
+        inside = join.sum_nodes
+        for user in operand.users:
+            if user in inside:
+                return user
     return join.merge
 
 

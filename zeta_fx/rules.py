@@ -29,7 +29,10 @@ from torch import nn
 from torch.fx import Node
 
 from zeta_fx.analysis import Blocked, Found, GraphView, Join, owner_of
-from zeta_fx.facts import Fact, op_key, opaque_reason
+from zeta_fx.facts import Fact
+from zeta_fx.semantics.keys import op_key
+from zeta_fx.semantics.modules import opaque_reason
+from zeta_fx.semantics.tables import ADDITIVE, CARRIERS, MULTIPLY, PASS_THROUGH, SPLITS
 from zeta_fx.composite import composite_branches
 from zeta_fx.errors import UnknownRuleError
 from zeta_fx.selection import Selection, Skipped, Target
@@ -375,20 +378,6 @@ class Difference(_Combined):
 
 
 # -- adaLN-Zero ---------------------------------------------------------------------------
-# Ops that carry a modulation vector to where it is applied without mixing it with anything:
-# chunk/split into shift, scale and gate, unsqueeze to broadcast, dtype casts.
-# Keyed by op identity (:func:`zeta_fx.facts.op_key`: one key for the torch function, the
-# tensor method, the aten op and their in-place forms).
-_SPLIT_OPS = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes"})
-_CARRIER_OPS = _SPLIT_OPS | frozenset({
-    "getitem", "unsqueeze", "view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
-    "_to_copy", "float", "half", "bfloat16", "type_as", "contiguous", "squeeze", "flatten",
-    "unflatten", "slice", "select", "clone", "alias",
-})
-_ADD_OPS = frozenset({"add"})
-_MUL_OPS = frozenset({"mul", "multiply"})
-
-
 def _op_name(node: Node) -> str:
     return op_key(node)[0] if node.op in ("call_function", "call_method") else ""
 
@@ -520,14 +509,13 @@ class AdaLNZero(Rule):
             if not isinstance(node, Node) or node.op not in ("call_function", "call_method"):
                 return None
             key = view.op_key(node)[0]
-            if key in ("mul", "multiply"):
+            if key in MULTIPLY:
                 factors = [a for a in node.args[:2] if isinstance(a, Node) and view.is_data[a]]
                 gates = [a for a in factors if conditioning(a)]
                 if len(factors) == 2 and len(gates) == 1:
                     return gates[0]
                 return None
-            if key not in ("to", "_to_copy", "contiguous", "view", "reshape", "clone",
-                           "type_as", "dropout"):
+            if key not in PASS_THROUGH:
                 return None
             node = node.args[0] if node.args else None
         return None
@@ -551,12 +539,12 @@ class AdaLNZero(Rule):
                 seen.add(user)
                 name = _op_name(user)
                 others = [n for n in view.data_inputs[user] if n is not value]
-                if name in _CARRIER_OPS or (name in _ADD_OPS and not others):
-                    if name in _SPLIT_OPS:
+                if name in CARRIERS or (name in ADDITIVE and not others):
+                    if name in SPLITS:
                         pieces = max(pieces, sum(1 for u in view.data_users[user]))
                     stack.append(user)
                     continue
-                kind = "mul" if name in _MUL_OPS else "add" if name in _ADD_OPS else None
+                kind = "mul" if name in MULTIPLY else "add" if name in ADDITIVE else None
                 if kind is None or user in stream:
                     if other is None and kind is None and user not in stream:
                         other = user  # a use that is no modulation (another embedding path)

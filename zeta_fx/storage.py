@@ -66,7 +66,7 @@ class Storages:
 
     ``nodes`` are the graph's nodes in order; ``root`` holds the real tensors (``get_attr``
     targets are looked up there first, then in ``gm``). ``bound(node)`` names a call's
-    arguments (:func:`zeta_fx.facts.bind`); ``known_module(target)`` tells whether a module
+    arguments (:func:`zeta_fx.semantics.keys.bind`); ``known_module(target)`` tells whether a module
     computes what its torch.nn class does (an opaque one may write what it receives).
     """
 

@@ -394,13 +394,14 @@ class _ClaimChecker(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         self.current = n
         claims = self.by_value.get(n.name, ())
-        # An in-place merge (``x += f(x)``) overwrites its skip: compare with a copy.
-        before = {c.skip: _copy(self.kept.get(c.skip)) for c in claims if c.kind == "residual"}
+        # Skips are kept as copies made when they were produced: a write through any alias
+        # between the skip and its merge (``x.T.mul_(2)``, ``x += f(x)``) cannot hide.
+        before = {c.skip: self.kept.get(c.skip) for c in claims if c.kind == "residual"}
         if any(c.kind == "composite" for c in claims):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
         out = super().run_node(n)
         if n.name in self.pending:
-            self.kept[n.name] = out
+            self.kept[n.name] = _copy(out)
         for c in claims:
             if c.kind == "residual":
                 skip = before.get(c.skip)

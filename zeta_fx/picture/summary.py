@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
 from torch.fx import Node
 
 from zeta_fx.analysis import GraphView, Join
-from zeta_fx.ops import target_name
+from zeta_fx.semantics.keys import target_name
+from zeta_fx.semantics.tables import PLUMBING
 from zeta_fx.picture.dot import longest_prefix, to_dot
 from zeta_fx.words import format_shape, plural
 
@@ -373,7 +374,7 @@ class _Summarizer:
             # Layers and compute ops tell a block apart; reshapes and indexing do not.
             telling = [s for m, s in zip(members, shorts)
                        if view.layer(m) is not None or m.op == "call_module"
-                       or s not in _PLUMBING]
+                       or s not in PLUMBING]
             telling = telling if chain else list(dict.fromkeys(telling))
             shown = telling if 0 < len(telling) <= 7 else shown[:3] + ["…"] + shown[-2:]
         lines = title + _wrap_tokens(shown, " → " if chain else " · ", 40, 4)
@@ -498,15 +499,6 @@ def _is_chain(members: tuple[Node, ...], view: GraphView) -> bool:
 
 
 # -- label text ------------------------------------------------------------------------------
-# Shape plumbing: left out of a collapsed box's label when the label would be long.
-_PLUMBING = frozenset({
-    "getitem", "view", "reshape", "transpose", "permute", "contiguous", "split", "chunk",
-    "unbind", "flatten", "unflatten", "squeeze", "unsqueeze", "expand", "expand_as",
-    "floordiv", "size", "type_as", "to", "float", "clone", "detach",
-    "repeat", "movedim", "narrow", "select", "t",
-})
-
-
 def _wrap_tokens(tokens: list[str], sep: str, width: int, max_lines: int) -> tuple[str, ...]:
     lines: list[str] = []
     current = ""

@@ -1,0 +1,173 @@
+"""Op categories: what each op does to the zero, finite and sign facts, by op key.
+
+Each set holds op keys (:func:`zeta_fx.semantics.keys.op_key`); the analysis asks these and
+never spells an op name of its own.
+
+>>> "relu" in PRESERVING, "sigmoid" in FINITE_OPS, "rsqrt" in SINGULAR
+(True, True, True)
+"""
+
+from __future__ import annotations
+
+__all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EXPONENTIAL",
+           "FRESH", "ZEROS", "FULL", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
+           "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
+           "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
+           "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
+           "CHANNELS_FIRST"]
+
+# f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
+PRESERVING = frozenset("""
+relu relu6 leaky_relu rrelu gelu silu mish hardswish elu selu celu softsign tanhshrink
+softshrink hardshrink tanh sin sinh asin asinh atan atanh tan neg negative pos abs sign sgn
+square sqrt erf erfinv expm1 log1p sinc_ deg2rad rad2deg trunc fix round floor ceil frac
+dropout dropout1d dropout2d dropout3d feature_dropout native_dropout alpha_dropout_
+interpolate upsample upsample_nearest upsample_bilinear upsample_nearest1d upsample_nearest2d
+upsample_nearest3d _upsample_nearest_exact1d _upsample_nearest_exact2d
+_upsample_nearest_exact3d upsample_bilinear2d upsample_linear1d upsample_bicubic2d
+upsample_trilinear3d avg_pool1d avg_pool2d avg_pool3d max_pool1d max_pool2d max_pool3d
+max_pool2d_with_indices max_pool3d_with_indices adaptive_avg_pool1d adaptive_avg_pool2d
+adaptive_avg_pool3d _adaptive_avg_pool2d _adaptive_avg_pool3d adaptive_max_pool1d
+adaptive_max_pool2d adaptive_max_pool3d pixel_shuffle pixel_unshuffle channel_shuffle
+native_channel_shuffle unfold fold im2col col2im lp_pool1d lp_pool2d
+flatten unflatten reshape view view_as reshape_as _unsafe_view _reshape_alias permute
+transpose swapaxes swapdims t numpy_T T mT mH adjoint squeeze unsqueeze expand expand_as
+broadcast_to repeat repeat_interleave tile chunk split split_with_sizes tensor_split unbind
+narrow select slice roll flip fliplr flipud rot90 movedim moveaxis contiguous clone detach
+alias lift_fresh_copy to type type_as float half bfloat16 double _to_copy cpu cuda
+pin_memory requires_grad_ real conj resolve_conj resolve_neg view_as_real view_as_complex
+as_strided diagonal diag tril triu cumsum sum nansum mean nanmean trace amax amin max min
+index_select gather take take_along_dim index masked_select
+stochastic_depth diag_embed block_diag unsqueeze_copy squeeze_copy view_copy permute_copy
+expand_copy clone_ nan_to_num_ std var norm linalg_vector_norm linalg_norm frobenius_norm
+""".split())
+# finite on finite input, and never forced to zero (f(0) != 0)
+FINITE_OPS = frozenset("""
+sigmoid exp exp2 cos cosh softmax log_softmax _softmax _log_softmax _safe_softmax
+hardsigmoid softplus logsigmoid erfc silu_backward ones_like full_like rand_like randn_like
+arccos acos
+""".split())
+# non-finite where the input is zero
+SINGULAR = frozenset("reciprocal rsqrt log log2 log10 digamma lgamma acosh".split())
+# Ops defined only on part of the line: of a value the zeroing changed (and that may now
+# lie anywhere) they are finite only where the domain is proven (``sqrt`` of a norm).
+DOMAINS = {"sqrt": "x >= 0", "log1p": "x > -1", "asin": "|x| <= 1", "arcsin": "|x| <= 1",
+            "acos": "|x| <= 1", "arccos": "|x| <= 1", "atanh": "|x| < 1",
+            "arctanh": "|x| < 1", "erfinv": "|x| < 1", "acosh": "x >= 1",
+            "arccosh": "x >= 1"}
+# Ops that overflow on moderate inputs in half precision (exp(12) > float16's max)
+OVERFLOWING = frozenset({"exp", "exp2", "expm1", "cosh", "sinh", "square"})
+# ... and these overflow on moderate inputs in any dtype (exp(89) is inf in float32); powers
+# overflow only where the changed value is huge, which half precision reaches soonest
+EXPONENTIAL = frozenset({"exp", "exp2", "expm1", "cosh", "sinh"})
+# ops that read only shapes or metadata of their data input, or make fresh values
+FRESH = frozenset("""
+zeros_like empty_like new_zeros new_empty new_ones new_full arange full zeros ones empty
+rand randn randint scalar_tensor tensor
+""".split())
+
+
+# Ops that make a fresh tensor of zeros, or of a fill value.
+ZEROS = frozenset({"zeros_like", "new_zeros", "zeros", "zero"})
+FULL = frozenset({"full_like", "new_full", "full", "fill"})
+
+# Ops whose output is >= 0 wherever it is finite (``sqrt`` and powers: of a value >= 0).
+NONNEG_OPS = frozenset({"abs", "relu", "relu6", "square", "norm", "frobenius_norm",
+                         "linalg_vector_norm", "var", "std", "var_mean", "hardsigmoid"})
+# Ops whose output is > 0 on finite input. (Taken so: in float32 ``exp`` underflows to 0
+# below about -103, ``sigmoid`` likewise; the README's limitations say so.)
+POSITIVE_OPS = frozenset({"exp", "exp2", "sigmoid", "softmax", "_softmax", "softplus",
+                           "cosh"})
+# Reductions and selections that keep the sign of what they read (all >= 0 gives >= 0, all
+# > 0 gives > 0): a mean, a sum, a maximum, the top-k values.
+SIGN_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "max", "min", "cumsum", "topk",
+                              "sort", "kthvalue"})
+# Ops that carry a value unchanged in sign (views, casts, copies, selections).
+SIGN_CARRIERS = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
+                            "_to_copy", "float", "half", "bfloat16", "double", "type_as",
+                            "contiguous", "clone", "detach", "alias", "unsqueeze", "squeeze",
+                            "flatten", "unflatten", "transpose", "permute", "t", "getitem",
+                            "select", "slice", "repeat", "repeat_interleave", "movedim"})
+
+
+# Metadata queries: their outputs carry no values of their inputs.
+SHAPE_METHODS = frozenset({
+    "size", "dim", "ndimension", "numel", "nelement", "get_device", "element_size",
+    "stride", "storage_offset", "is_contiguous", "is_floating_point", "is_complex",
+    "new_empty", "new_zeros", "new_ones", "new_full", "new_empty_strided",
+})
+SHAPE_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
+                          "requires_grad", "is_sparse", "names"})
+SHAPE_FUNCTIONS = frozenset({
+    "torch._assert", "torch._assert_async", "builtins.len", "torch.numel",
+    "torch.zeros_like", "torch.ones_like", "torch.empty_like", "torch.rand_like",
+    "torch.randn_like", "torch.randint_like", "torch.full_like", "torch._shape_as_tensor",
+    "torch.fx._symbolic_trace._assert_is_none", "torch.is_floating_point", "torch.is_tensor",
+    "torch.sym_int", "torch.sym_float", "torch.sym_max", "torch.sym_min", "torch.sym_not",
+    # torch.export (aten) graphs
+    "aten.sym_size.int", "aten.sym_size.default", "aten.sym_numel.default",
+    "aten.sym_stride.int", "aten.sym_stride.default", "aten.sym_storage_offset.default",
+    "aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
+    "aten.zeros_like.default", "aten.ones_like.default", "aten.empty_like.default",
+    "aten.full_like.default", "aten.rand_like.default", "aten.randn_like.default",
+    "aten.new_zeros.default", "aten.new_ones.default", "aten.new_empty.default",
+    "aten.new_full.default", "aten.dim.default", "aten.numel.default",
+})
+
+# op keys whose parameter operands are weights/biases of a structured layer (a projection)
+STRUCTURED = frozenset({
+    "linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+    "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution", "batch_norm",
+    "instance_norm", "layer_norm", "group_norm", "rms_norm", "native_layer_norm",
+    "native_group_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit_functional", "native_batch_norm", "addmm",
+    "shifted_window_attention",
+})
+PRODUCTS = frozenset({"mul", "multiply", "matmul", "mm", "bmm", "outer", "kron", "einsum",
+                       "dot", "vdot"})
+NORMS = frozenset({"layer_norm", "group_norm", "rms_norm", "native_layer_norm",
+                    "native_group_norm"})
+BATCH_NORMS = frozenset({"batch_norm", "instance_norm", "_native_batch_norm_legit",
+                          "_native_batch_norm_legit_no_training", "native_batch_norm",
+                          "_native_batch_norm_legit_functional"})
+CONVS = frozenset({"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                    "conv_transpose2d", "conv_transpose3d", "convolution", "_convolution"})
+# Selections of rows: ``w[expert_ids]``, ``index_select(w, 0, idx)``
+GATHERS = frozenset({"index", "index_select", "gather", "take", "take_along_dim",
+                      "getitem", "select", "narrow", "slice"})
+# Ops that move or re-type a value without combining it: a parameter read through them is
+# the same parameter (``w.t()``, ``w.to(x.dtype)``)
+LAYOUT_OPS = frozenset({"transpose", "permute", "t", "view", "reshape", "contiguous", "to",
+                        "_to_copy", "unsqueeze", "squeeze", "expand", "clone", "numpy_T"})
+
+# Additive merges (``x - f`` is ``x + (-1) * f``)
+ADDITIVE = frozenset({"add", "sub", "subtract", "rsub"})
+MULTIPLY = frozenset({"mul", "multiply"})
+# Ops that cut a value into pieces (a joint attention's output split into two streams)
+PIECES = frozenset({"slice", "narrow", "select", "getitem", "split", "split_with_sizes",
+                    "chunk", "tensor_split", "unbind"})
+SPLITS = frozenset({"chunk", "split", "unbind", "tensor_split", "split_with_sizes"})
+# Ops that carry a modulation vector to where it is applied without mixing it with anything:
+# chunk/split into shift, scale and gate, unsqueeze to broadcast, dtype casts.
+CARRIERS = SPLITS | frozenset({
+    "getitem", "unsqueeze", "view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
+    "_to_copy", "float", "half", "bfloat16", "type_as", "contiguous", "squeeze", "flatten",
+    "unflatten", "slice", "select", "clone", "alias",
+})
+# Ops a conditioning gate passes through on its way to where it multiplies
+PASS_THROUGH = frozenset({"to", "_to_copy", "contiguous", "view", "reshape", "clone",
+                          "type_as", "dropout"})
+# Shape plumbing: left out of a collapsed box's label when the label would be long.
+PLUMBING = frozenset({
+    "getitem", "view", "reshape", "transpose", "permute", "contiguous", "split", "chunk",
+    "unbind", "flatten", "unflatten", "squeeze", "unsqueeze", "expand", "expand_as",
+    "floordiv", "size", "type_as", "to", "float", "clone", "detach",
+    "repeat", "movedim", "narrow", "select", "t",
+})
+# Ops whose channels are on dimension 1 (a per-channel gate broadcasts as (C, 1, ...))
+CHANNELS_FIRST = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "convolution", "_convolution", "batch_norm", "instance_norm", "group_norm",
+    "native_group_norm", "native_batch_norm", "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+})
