@@ -117,6 +117,9 @@ def test_op_sets_live_only_in_semantics():
     """One home for op knowledge: outside ``zeta_fx/semantics/`` no module builds a set,
     tuple or dict of op names (a table of its own); it asks the semantics tables."""
     keys = _op_keys()
+    # names that are op keys by coincidence: the CLI's dtype names, an action's fields
+    not_ops = {"zeta_fx.cli": {"float", "half", "bfloat16", "double"},
+               "zeta_fx.plan": {"mean", "std"}}
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.relative_to(PACKAGE).parts[0] == "semantics":
@@ -127,6 +130,7 @@ def test_op_sets_live_only_in_semantics():
             items = node.keys if isinstance(node, ast.Dict) else node.elts
             named = {i.value for i in items if isinstance(i, ast.Constant) and
                      isinstance(i.value, str) and i.value in keys}
+            named -= not_ops.get(_module_name(path), set())
             if len(named) >= 2:
                 offenders.append(f"{_module_name(path)}:{node.lineno} {sorted(named)[:4]}")
     assert not offenders, "op sets outside zeta_fx/semantics:\n" + "\n".join(offenders)

@@ -38,9 +38,9 @@ from zeta_fx.facts import Fact, ZeroFacts, makes_zeros
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps
 from zeta_fx.semantics.keys import bind_as, op_key, target_name
-from zeta_fx.semantics.modules import (LAYER_PARAMS, STRUCTURED_KINDS, get_local, hooked,
+from zeta_fx.semantics.modules import (LAYER_PARAMS, STRUCTURED_KINDS, ZERO_KEEPING_KINDS, get_local, hooked,
                                        known_module)
-from zeta_fx.semantics.tables import (BATCH_NORMS, CONVS, FINITE_OPS, GATHERS, LAYOUT_OPS,
+from zeta_fx.semantics.tables import (ADDITIVE, ZERO_KEEPING, BATCH_NORMS, CONVS, FINITE_OPS, GATHERS, LAYOUT_OPS,
                                       NORMS, PRESERVING, PRODUCTS, SHAPE_ATTRS, SHAPE_FUNCTIONS,
                                       SHAPE_METHODS, SINGULAR, STRUCTURED)
 from zeta_fx.storage import Storages
@@ -540,8 +540,8 @@ class GraphView:
             data = [a for a in node.args if isinstance(a, Node)]
             if kind is None:
                 return f"{what} at `{node.name}` is opaque: {why_not}"
-            if kind in ("preserving", "hardtanh", "threshold", "constant_pad", "prelu",
-                        "local_response_norm") or (kind == "declared" and not self._params_of_module(node.target)):
+            if kind in ZERO_KEEPING_KINDS or (
+                    kind == "declared" and not self._params_of_module(node.target)):
                 return [data[:1]]
             if kind == "layer_norm" or (kind == "batch_norm" and getattr(
                     self.module(node.target), "running_mean", None) is None):
@@ -553,7 +553,7 @@ class GraphView:
             return f"`{node.name}` is not an op"
         key, _ = self.op_key(node)
         a = self.bound(node)
-        if key in ("add", "sub", "subtract", "rsub"):
+        if key in ADDITIVE:
             return [[a.get("input")], [a.get("other")]]
         if key == "sum" and additive_operands(self, node) is not None:
             return [[v] for v, _ in additive_operands(self, node)]
@@ -612,10 +612,7 @@ class GraphView:
             if isinstance(exponent, (int, float)) and exponent > 0:
                 return [[a.get("input")]]
             return f"{what} at `{node.name}` is a power that does not keep zero"
-        if key in ("masked_fill", "clamp", "clip", "clamp_min", "clamp_max", "hardtanh",
-                   "threshold", "pad", "constant_pad_nd", "nan_to_num", "relu6", "maximum",
-                   "minimum", "max", "min", "prelu", "_prelu_kernel", "normalize", "getattr") \
-                or key in PRESERVING or key in self.ops.declared_keys:
+        if key in ZERO_KEEPING or key in PRESERVING or key in self.ops.declared_keys:
             first = a.get("input", node.args[0] if node.args else None)
             return [[first]]
         if key in FINITE_OPS:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.fx import Node
 
-from zeta_fx.semantics.tables import ADDITIVE, PIECES
+from zeta_fx.semantics.tables import ADDITIVE, PIECES, SUBTRACTIVE
 
 if TYPE_CHECKING:
     from zeta_fx.analysis import GraphView
@@ -100,9 +100,9 @@ def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] 
             return None  # a tensor alpha: not a plain sum
         if key == "rsub":
             return [(args["other"], 1.0), (args["input"], -float(alpha))]
-        sign = -1.0 if key in ("sub", "subtract") else 1.0
+        sign = -1.0 if key in SUBTRACTIVE else 1.0
         return [(args["input"], 1.0), (args["other"], sign * float(alpha))]
-    if key in ("sum", "nansum") and key == "sum":
+    if key == "sum":
         return _stack_sum(view, node)
     return None
 

@@ -30,6 +30,7 @@ the storage itself, not the name.
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_right
 from typing import Any, Callable
 
@@ -59,6 +60,16 @@ def _fetch(root: nn.Module, dotted: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+def _item_roots(roots: frozenset[Any], item: Node) -> frozenset[Any]:
+    """The roots of ``container[i]``: an op that returns several fresh tensors (``topk``'s
+    values and indices) gives each its own storage; items of a view (``split``) share the
+    input's."""
+    container, index = item.args[0], item.args[1] if len(item.args) > 1 else None
+    if container in roots and isinstance(index, int):
+        return (roots - {container}) | {(container, index)}
+    return roots
 
 
 class Storages:
@@ -203,6 +214,8 @@ class Storages:
                     aliased = []  # a cast to another dtype copies
                 roots[node] = frozenset().union(*(roots[a] for a in aliased)) if aliased \
                     else frozenset((node,))
+                if node.target is operator.getitem and aliased:
+                    roots[node] = _item_roots(roots[node], node)
                 written = [n for name in effects.writes
                            for n in _nodes_in(self._argument(node, name))]
             if written:

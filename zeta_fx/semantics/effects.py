@@ -53,6 +53,8 @@ from typing import Any, Callable
 import torch
 from torch.fx import Node
 
+from zeta_fx.semantics.tables import LIBRARY_PURE
+
 __all__ = ["Effects", "op_effects", "module_effects", "schema_effects", "PURE", "OPAQUE",
            "VIEW_ATTRS"]
 
@@ -85,6 +87,9 @@ _OUT = Effects(frozenset({"out"}), frozenset({"out"}))
 _CAST = Effects(aliases=frozenset({"input"}), cast=True)
 _CASTS = frozenset({"to", "type", "type_as", "float", "half", "double", "bfloat16"})
 
+_METADATA_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda", "layout",
+                             "requires_grad", "is_sparse", "names", "grad_fn", "is_leaf"})
+
 #: Tensor attributes that are views of the tensor (``x.T.mul_(2)`` writes ``x``).
 VIEW_ATTRS = frozenset({"data", "T", "mT", "H", "mH", "real", "imag"})
 
@@ -111,8 +116,9 @@ def schema_effects(schema: torch.FunctionSchema) -> Effects:
     """The :class:`Effects` an aten schema annotates: ``Tensor(a!)`` arguments are
     written; an argument whose alias set a return names is aliased by the output.
 
-    >>> schema_effects(torch.ops.aten.add_.Tensor._schema)
-    Effects(writes=frozenset({'input'}), aliases=frozenset({'input'}), opaque=False)
+    >>> e = schema_effects(torch.ops.aten.add_.Tensor._schema)
+    >>> sorted(e.writes), sorted(e.aliases)
+    (['input'], ['input'])
     >>> schema_effects(torch.ops.aten.split.Tensor._schema).aliases
     frozenset({'input'})
     """
@@ -215,7 +221,9 @@ def op_effects(node: Node) -> Effects:
     elif isinstance(target, torch._ops.OpOverloadPacket):
         effects = _named_effects(target._qualified_op_name.split("::")[-1])
     elif target is getattr:
-        return _VIEW if len(node.args) > 1 and node.args[1] in VIEW_ATTRS else PURE
+        # a view (``.T``, ``.data``), a field of a returned tuple (``.values``): the value
+        # itself; metadata (``.shape``, ``.dtype``) holds none
+        return PURE if len(node.args) > 1 and node.args[1] in _METADATA_ATTRS else _VIEW
     elif getattr(target, "__module__", None) in ("_operator", "operator"):
         name = target.__name__
         if name == "setitem":
@@ -235,6 +243,8 @@ def op_effects(node: Node) -> Effects:
         position = _inplace_position(target)
         if _flag(node, position, "inplace"):
             effects = effects | _IN_PLACE
+    elif getattr(target, "__name__", None) in LIBRARY_PURE:
+        return PURE
     else:
         return OPAQUE
     if node.kwargs.get("out") is not None:
@@ -261,8 +271,8 @@ def module_effects(module: torch.nn.Module, known: bool) -> Effects:
     >>> from torch import nn
     >>> module_effects(nn.ReLU(inplace=True), True).writes
     frozenset({'input'})
-    >>> module_effects(nn.Linear(2, 2), True), module_effects(nn.Linear(2, 2), False).opaque
-    (Effects(writes=frozenset(), aliases=frozenset(), opaque=False), True)
+    >>> module_effects(nn.Linear(2, 2), True) == PURE, module_effects(nn.Linear(2, 2), False).opaque
+    (True, True)
     """
     if not known:
         return OPAQUE

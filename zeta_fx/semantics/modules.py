@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _global_hooks
 
-__all__ = ["LAYER_PARAMS", "STEADY_KINDS", "STRUCTURED_KINDS", "known_module", "class_kind", "opaque_reason",
+__all__ = ["LAYER_PARAMS", "STEADY_KINDS", "STRUCTURED_KINDS", "ZERO_KEEPING_KINDS", "known_module", "class_kind", "opaque_reason",
            "hooked", "eps_free", "get_local"]
 
 # Kinds of known leaf modules that, unowned, map a FINITE input to FINITE when the tensors
@@ -83,6 +83,10 @@ _register_modules("mha", ["MultiheadAttention"])
 # (an embedding lookup is not one: `tok(ids) + pos(ids)` sums embeddings, not a block)
 STRUCTURED_KINDS = frozenset({"linear", "conv", "bilinear", "batch_norm", "layer_norm",
                                "local_response_norm"})
+
+#: Kinds of modules without parameters to zero whose output is zero where their input is
+ZERO_KEEPING_KINDS = frozenset({"preserving", "hardtanh", "threshold", "constant_pad", "prelu",
+                                "local_response_norm"})
 
 #: Known layer kinds: the local names of the parameters whose zeroing zeroes the output.
 LAYER_PARAMS = {"linear": ("weight", "bias"), "conv": ("weight", "bias"),

@@ -10,11 +10,11 @@ never spells an op name of its own.
 from __future__ import annotations
 
 __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EXPONENTIAL",
-           "FRESH", "ZEROS", "FULL", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
+           "BOUNDED_BY_ONE", "FRESH", "ZEROS", "FULL", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
-           "CHANNELS_FIRST"]
+           "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -57,6 +57,8 @@ DOMAINS = {"sqrt": "x >= 0", "log1p": "x > -1", "asin": "|x| <= 1", "arcsin": "|
             "arccosh": "x >= 1"}
 # Ops that overflow on moderate inputs in half precision (exp(12) > float16's max)
 OVERFLOWING = frozenset({"exp", "exp2", "expm1", "cosh", "sinh", "square"})
+# ... of which these are at most 1 on inputs <= 0
+BOUNDED_BY_ONE = frozenset({"exp", "exp2"})
 # ... and these overflow on moderate inputs in any dtype (exp(89) is inf in float32); powers
 # overflow only where the changed value is huge, which half precision reaches soonest
 EXPONENTIAL = frozenset({"exp", "exp2", "expm1", "cosh", "sinh"})
@@ -171,3 +173,18 @@ CHANNELS_FIRST = frozenset({
     "native_group_norm", "native_batch_norm", "_native_batch_norm_legit",
     "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
 })
+# The additive merges whose second operand enters with a minus sign
+SUBTRACTIVE = frozenset({"sub", "subtract"})
+# Ops whose output is zero where their first input is, with their fills and bounds zero
+# (the zero search follows them back to the input it must make zero)
+ZERO_KEEPING = frozenset({"masked_fill", "clamp", "clip", "clamp_min", "clamp_max",
+                          "hardtanh", "threshold", "pad", "constant_pad_nd", "nan_to_num",
+                          "relu6", "maximum", "minimum", "max", "min", "prelu",
+                          "_prelu_kernel", "normalize", "getattr"})
+# aten's batch-norm kernels (mutable in schema: they update the running statistics)
+BATCH_NORM_KERNELS = frozenset({"_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+                                "_native_batch_norm_legit_no_training", "native_batch_norm"})
+# Functions of other libraries, wrapped with torch.fx.wrap (opaque to tracing), known to
+# write none of their inputs: torchvision's Swin attention. (Any other wrapped function may
+# write what it receives: torch has nothing to say about them.)
+LIBRARY_PURE = frozenset({"shifted_window_attention"})

@@ -1,0 +1,169 @@
+"""Signs: which values are provably ``>= 0`` or ``> 0`` wherever they are finite.
+
+A division, ``rsqrt`` or ``log`` of a value the zeroing changed is finite only if its divisor
+is provably positive: ``v + eps`` with ``v >= 0`` and ``eps`` nonzero in the add's dtype,
+``clamp(min=eps)``, ``exp``, ``sigmoid``, ``softmax``, their sums, means and top-k values,
+views and casts. ``ctx`` (the zero facts) says which values a write reaches after they are
+made (their op no longer says what they hold) and each value's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.fx import Node
+
+from zeta_fx.semantics.dtypes import in_dtype
+from zeta_fx.semantics.keys import bind, op_key
+from zeta_fx.semantics.tables import (MULTIPLY, NONNEG_OPS, POSITIVE_OPS, SIGN_CARRIERS,
+                                      SIGN_REDUCTIONS)
+
+__all__ = ["nonnegative", "nonpositive", "positive", "node_arg"]
+
+
+_SIGN_DEPTH = 12
+_NEGATIONS = frozenset({"neg", "negative"})
+# <= 0 wherever finite: log of a probability
+_NONPOSITIVE_OPS = frozenset({"logsigmoid", "log_softmax", "_log_softmax"})
+
+
+def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
+                ) -> bool:
+    """Whether ``value`` is provably ``>= 0`` wherever it is finite (``x * x``, ``x ** 2``,
+    ``abs``, norms, variances, ``exp``, their means and sums, views and casts of them), as
+    ``reader`` reads it (a write in between: not provable)."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return value >= 0
+    if not _readable(value, depth, ctx, reader):
+        return False
+    key, _ = op_key(value)
+    if key in NONNEG_OPS or key in POSITIVE_OPS:
+        return True
+    args = bind(value)
+    first = args.get("input", node_arg(value, 0))
+    deeper = depth + 1
+    if key in ("min", "amin", "minimum") and args.get("other") is not None:
+        return nonnegative(first, deeper, ctx, value) and \
+            nonnegative(args["other"], deeper, ctx, value)
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key == "sqrt":
+        return nonnegative(first, deeper, ctx, value)
+    if key in _NEGATIONS:
+        return nonpositive(first, deeper, ctx, value)
+    if key == "pow":
+        exponent = args.get("exponent")
+        if isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and \
+                float(exponent).is_integer() and int(exponent) % 2 == 0:
+            return True
+        return nonnegative(args.get("input"), deeper, ctx, value)
+    if key in MULTIPLY:
+        a, b = args.get("input"), args.get("other")
+        return a is b or (nonnegative(a, deeper, ctx, value) and
+                          nonnegative(b, deeper, ctx, value)) or \
+            (nonpositive(a, deeper, ctx, value) and nonpositive(b, deeper, ctx, value))
+    if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
+        return positive(value, depth, ctx, reader)
+    return False
+
+
+def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
+                ) -> bool:
+    """Whether ``value`` is provably ``<= 0`` wherever it is finite: ``-exp(a)``, a
+    negated norm, ``log_softmax``, and products of such with values ``>= 0`` (a state-space
+    model's ``A * dt``, whose ``exp`` is then at most 1)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value <= 0
+    if not _readable(value, depth, ctx, reader):
+        return False
+    key, _ = op_key(value)
+    if key in _NONPOSITIVE_OPS:
+        return True
+    args = bind(value)
+    first = args.get("input", node_arg(value, 0))
+    deeper = depth + 1
+    if key in _NEGATIONS:
+        return nonnegative(first, deeper, ctx, value)
+    if key in SIGN_CARRIERS or key in ("sum", "mean", "amax", "amin", "max", "min", "cumsum"):
+        return nonpositive(first, deeper, ctx, value)
+    if key in MULTIPLY:
+        a, b = args.get("input"), args.get("other")
+        return (nonpositive(a, deeper, ctx, value) and nonnegative(b, deeper, ctx, value)) or \
+            (nonnegative(a, deeper, ctx, value) and nonpositive(b, deeper, ctx, value))
+    return False
+
+
+def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None) -> bool:
+    """Whether ``value`` is provably ``> 0`` wherever it is finite, so that dividing by it
+    (``rsqrt``, ``log``, ``1 / x``) stays finite: a positive constant, ``v + eps`` with
+    ``v >= 0`` (``eps`` nonzero in the add's dtype), ``clamp(v, min=eps)``, ``exp``,
+    ``sigmoid``, ``softmax``, the sum, mean or top-k values of such (a router's
+    ``p / p.sum()``), ``sqrt``/``rsqrt`` of such, and views and casts.
+
+    >>> import torch
+    >>> from torch import fx
+    >>> gm = fx.symbolic_trace(lambda x: (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True)
+    ...                                    + 1e-6), x / x.norm()))
+    >>> divisors = [n.args[1] for n in gm.graph.nodes if n.op == "call_function"
+    ...             and n.target.__name__ == "truediv"]
+    >>> [positive(d) for d in divisors]
+    [True, False]
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value > 0
+    if not _readable(value, depth, ctx, reader):
+        return False
+    key, _ = op_key(value)
+    if key in POSITIVE_OPS:
+        return True
+    args = bind(value)
+    deeper = depth + 1
+    if key in ("min", "amin", "minimum") and args.get("other") is not None:
+        return positive(args.get("input"), deeper, ctx, value) and \
+            positive(args["other"], deeper, ctx, value)
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
+        return positive(args.get("input", node_arg(value, 0)), deeper, ctx, value)
+    if key == "add":
+        a, b = (_held(v, value, ctx) for v in (args.get("input"), args.get("other")))
+        alpha = args.get("alpha", 1)
+        if not isinstance(alpha, (int, float)) or alpha <= 0:
+            return False
+        return (positive(a, deeper, ctx, value) and nonnegative(b, deeper, ctx, value)) or \
+            (nonnegative(a, deeper, ctx, value) and positive(b, deeper, ctx, value))
+    if key in ("clamp", "clip", "clamp_min"):
+        low = _held(args.get("min", node_arg(value, 1)), value, ctx)
+        return isinstance(low, (int, float)) and not isinstance(low, bool) and low > 0
+    if key == "maximum":
+        return positive(args.get("other"), deeper, ctx, value) or \
+            positive(args.get("input"), deeper, ctx, value)
+    return False
+
+
+def _readable(value: Any, depth: int, ctx: Any, reader: Node | None) -> bool:
+    """Whether ``value``'s op says what ``reader`` finds: an op node, not too deep, and no
+    write to its storage in between (``ctx.read_is_stale``; without a reader, any write
+    after it is made)."""
+    if not isinstance(value, Node) or depth > _SIGN_DEPTH or \
+            value.op not in ("call_function", "call_method"):
+        return False
+    if ctx is None:
+        return True
+    if reader is None:
+        return not ctx.written_after(value)
+    return not ctx.read_is_stale(value, reader)
+
+
+def _held(constant: Any, node: Node, ctx: Any) -> Any:
+    """A Python float as ``node`` holds it, in its dtype (``1e-8`` is ``0.0`` in float16)."""
+    if ctx is None or isinstance(constant, bool) or not isinstance(constant, float):
+        return constant
+    dtype = ctx.dtype_of(node)
+    return in_dtype(constant, dtype) if dtype is not None else constant
+
+
+def node_arg(node: Node, i: int) -> Any:
+    return node.args[i] if len(node.args) > i else None
