@@ -34,9 +34,10 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.facts import Fact, ZeroFacts, makes_zeros
+from zeta_fx.facts import Fact, ZeroFacts, makes_zeros, zero_inputs_needed
 from zeta_fx.joins import Join, additive_operands, find_joins
 from zeta_fx.ops import ZeroOps
+from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.keys import bind_as, op_key, target_name
 from zeta_fx.semantics.modules import (LAYER_PARAMS, STRUCTURED_KINDS, ZERO_KEEPING_KINDS, get_local, hooked,
                                        known_module)
@@ -191,6 +192,7 @@ class GraphView:
         self._kinds: dict[str, tuple[str | None, str]] = {}
         self._getattrs: dict[str, list[Node]] = {}
         self._param_storages: dict[Any, list[str]] | None = None
+        self._decompositions: dict[Node, Any] = {}  # shared by the facts sweeps of a pass
         self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
         self.declared.update({cls: "composite" for cls in self.ops.composites})
         self._build()
@@ -405,7 +407,8 @@ class GraphView:
                          preserving=self.ops.declared_keys, kinds=self._kinds,
                          index=self.index, module_of=self.module, inputs=self.input_nodes,
                          keys=self.keys, bound=self.bound, leaves=self._leaves,
-                         storage=self.storage, dtypes=self.dtypes)
+                         storage=self.storage, dtypes=self.dtypes,
+                         decompositions=self._decompositions)
 
     @cached_property
     def dtypes(self) -> ValueDtypes:
@@ -619,6 +622,16 @@ class GraphView:
             return f"{what} at `{node.name}` maps zero to a non-zero value"
         if key in SINGULAR:
             return f"{what} at `{node.name}` is not finite at zero"
+        decomposed = self._decompositions.get(node)
+        if node not in self._decompositions:
+            decomposed = self._decompositions[node] = decompose(node, self.dtypes.__getitem__, self.op_key(node)[0])
+        if decomposed is not None:
+            # torch decomposes it into ops whose facts are known: the inputs that must be
+            # zero are read off the decomposition
+            needed = zero_inputs_needed(decomposed)
+            if needed is None:
+                return f"{what} at `{node.name}` does not map zero to zero (as torch decomposes it)"
+            return [[t] for t in needed]
         return (f"{what} at `{node.name}` is not known to map zero to zero; declare it with "
                 "zero_preserving=[...] if it does")
 

@@ -33,12 +33,14 @@ the known class's own and no hook runs around it.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import fx, nn
 from torch.fx import Node
 
+from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.dtypes import computation_dtype, in_dtype, overflows_easily
 from zeta_fx.semantics.keys import bind_as, op_key
 from zeta_fx.semantics.modules import (STEADY_KINDS, class_kind, eps_free, get_local, hooked,
@@ -51,7 +53,7 @@ from zeta_fx.semantics.tables import (BATCH_NORM_KERNELS, BOUNDED_BY_ONE, DOMAIN
 from zeta_fx.semantics.transfer import (HANDLERS, QUICK_METHODS, clamp_fact, makes_zeros,
                                         may_be_zero, threshold_fact)
 
-__all__ = ["Fact", "ZeroFacts", "makes_zeros", "join", "product", "total"]
+__all__ = ["Fact", "ZeroFacts", "makes_zeros", "join", "product", "total", "zero_inputs_needed"]
 
 
 # -- the interpretation -------------------------------------------------------------------
@@ -85,7 +87,9 @@ class ZeroFacts:
                  keys: Mapping[Node, tuple[str, bool]] | None = None,
                  bound: Callable[[Node], dict[str, Any]] | None = None,
                  leaves: dict[str, tuple[nn.Module, str | None, str, bool]] | None = None,
-                 storage: Any = None, dtypes: Any = None) -> None:
+                 storage: Any = None, dtypes: Any = None,
+                 seeds: Mapping[Node, Fact] | None = None,
+                 decompositions: dict[Node, Any] | None = None) -> None:
         self.gm = gm
         self.root = root if root is not None else gm
         self.zeroed = frozenset(zeroed)
@@ -118,6 +122,10 @@ class ZeroFacts:
         self._storage = storage
         self._dtypes = dtypes
         self._reading: dict[Node, Fact] = {}  # what the node being stepped reads, if stale
+        # placeholders' facts where this sweep reads a decomposed op (others: as they were)
+        self._seeds = seeds or {}
+        # decompositions worked out so far (shared by the sweeps of one pass); None: none
+        self._decompositions = decompositions if decompositions is not None or seeds else {}
         self._zeroed_roots = self._roots_of_zeroed() if storage is not None else frozenset()
         order = list(gm.graph.nodes) if nodes is None else \
             sorted(nodes, key=(index.__getitem__ if index is not None else _position(gm)))
@@ -312,6 +320,9 @@ class ZeroFacts:
                             continue
                     owned = ()
                 self._module(node, owned)
+            elif op == "placeholder":
+                if node in self._seeds:
+                    facts[node] = self._seeds[node]
             elif op == "get_attr":
                 if node.target in zeroed or (self._zeroed_roots and
                                              self._storage.roots[node] & self._zeroed_roots):
@@ -644,6 +655,10 @@ class ZeroFacts:
             # to zero: finite, as the model's own values are
             self._set(node, F_)
             return
+        through = self._through_decomposition(node, what)
+        if through is not None:
+            self._set(node, *through)
+            return
         self._set(node, U, f"{what} is not in the table of ops: it is not known what it "
                            "computes from a value that may be zero (declare it with "
                            "zero_preserving=[...] if it maps zero to zero)")
@@ -668,6 +683,30 @@ class ZeroFacts:
             where = f" in {str(dtype).replace('torch.', '')}" if dtype is not None else ""
             return f"{name} may overflow to inf{where}"
         return ""
+
+    def _through_decomposition(self, node: Node, what: str) -> tuple[Fact, str] | None:
+        """The fact of an op without a transfer function, read through torch's
+        decomposition of it (:mod:`zeta_fx.semantics.decompose`), or ``None``."""
+        if self._decompositions is None:
+            return None
+        if node not in self._decompositions:
+            self._decompositions[node] = decompose(node, self.dtype_of, self.key(node)[0])
+        got = self._decompositions[node]
+        if got is None:
+            return None
+        sub, tensors = got
+        placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        seeds = {p: self.fact(t) for p, t in zip(placeholders, tensors) if self.changed(t)}
+        facts = ZeroFacts(sub, sub, seeds=seeds, decompositions=None)
+        out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
+        fact = facts.fact(out)
+        why = ""
+        if fact != Z:
+            culprit = out if isinstance(out, Node) else None
+            why = f"{what}, read as torch decomposes it: " + (
+                facts.why(culprit) if culprit is not None and facts.changed(culprit) else
+                f"its output is {fact.name.lower().replace('_', ' ')}")
+        return fact, why
 
     def batch_norm_fact(self, args: dict[str, Any], key: str) -> Fact:
         x = self.fact(args.get("input"))
@@ -705,3 +744,23 @@ def _fetch_or_none(root: nn.Module, dotted: str) -> Any:
         return None
 
 
+
+
+def zero_inputs_needed(decomposed: tuple[fx.GraphModule, list[Node]]) -> list[Node] | None:
+    """The fewest tensor inputs of a decomposed op (:func:`zeta_fx.semantics.decompose.
+    decompose`) whose zeroing makes its output zero (``addcmul(h, h, g)`` needs ``h``, not
+    ``g``; ``addcdiv(h, h, d)`` must not zero its divisor ``d``); ``None`` if none do."""
+    sub, tensors = decomposed
+    placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+    out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
+
+    def zero_with(zeroed: list[Node]) -> bool:
+        seeds = {p: Z for p, t in zip(placeholders, tensors) if t in zeroed}
+        return ZeroFacts(sub, sub, seeds=seeds, decompositions=None).fact(out) == Z
+
+    inputs = list(dict.fromkeys(tensors))
+    for size in range(1, len(inputs) + 1):  # the fewest inputs that do it (a few at most)
+        for chosen in itertools.combinations(inputs, size):
+            if zero_with(list(chosen)):
+                return list(chosen)
+    return None
