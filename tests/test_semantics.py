@@ -27,10 +27,10 @@ def _bound(name: str) -> str:
     return "input" if name == "self" else name
 
 
-@pytest.mark.parametrize("op", sorted(decomposition_table, key=str), ids=str)
+@pytest.mark.parametrize("op", sorted((op for op in decomposition_table
+                                       if isinstance(op, torch._ops.OpOverload)), key=str),
+                         ids=str)
 def test_schema_records_agree_with_the_schema(op):
-    if not isinstance(op, torch._ops.OpOverload):
-        pytest.skip("not an overload")
     effects = schema_effects(op._schema)
     tensor_args = [a for a in op._schema.arguments if "Tensor" in str(a.type)]
     written = {_bound(a.name) for a in tensor_args if a.alias_info and a.alias_info.is_write}
