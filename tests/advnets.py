@@ -742,7 +742,9 @@ def _(s, x):
     return y
 
 
-@case("lerp_at_branch_end", "harmful", ("lerp",))
+# (read through torch's decomposition of lerp, the refusal names the term that keeps it off
+# zero: the constant 1.0 added to the branch)
+@case("lerp_at_branch_end", "harmful", ("lerp", "1.0"))
 def _(s, x):
     f = s.branch(x)
     return x + torch.lerp(f, f + 1.0, 0.5)  # 0.5 where f = 0

@@ -184,7 +184,7 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _differ(a: Any, b: Any) -> str | None:
+def differ(a: Any, b: Any) -> str | None:
     """Why ``a`` is not exactly ``b`` (None when equal and finite)."""
     ta, tb = _tensors(a), _tensors(b)
     if len(ta) != len(tb) or not ta:
@@ -274,7 +274,7 @@ def _claim_problems(model: nn.Module, claims: Sequence[Claim], make_inputs: Make
                 calls = _run_recording(model, claims, args, seed)
                 for i, a, kw, out, ref in calls:
                     called.add(i)
-                    why = _differ(out, ref)
+                    why = differ(out, ref)
                     if why:
                         bad(i, f"({mode}, seed {seed}): {why}")
                     if standalone and not why:
@@ -285,14 +285,14 @@ def _claim_problems(model: nn.Module, claims: Sequence[Claim], make_inputs: Make
                             out1 = claims[i][0](*_clone(a1), **_clone(kw1))
                             torch.manual_seed(seed)
                             ref1 = claims[i][1](*_clone(a1), **_clone(kw1))
-                        why = _differ(out1, ref1)
+                        why = differ(out1, ref1)
                         if why:
                             bad(i, f"on its own ({mode}, seed {seed}): {why}")
                 if before is not None and mode == "eval":
                     with state_swapped(model, before), torch.no_grad():
                         for i, a, kw, out, ref in calls:
                             orig = claims[i][1](*_clone(a), **_clone(kw))
-                            if _differ(ref, orig):
+                            if differ(ref, orig):
                                 bad(i, "- the skip value changed with the pass (the skip was zeroed)")
     for i in range(len(claims)):
         if i not in called:
@@ -433,7 +433,7 @@ def graph_claim_mismatches(model: nn.Module, gm: fx.GraphModule, report, make_in
                 values = _graph_values(gm, args, wanted, seed)
                 for r in rows:
                     merge, skip = _merge_and_skip(r)
-                    why = _differ(values[merge], values[skip])
+                    why = differ(values[merge], values[skip])
                     if why:
                         problems.append(f"merge `{merge}` vs skip `{skip}` "
                                         f"({mode}, seed {seed}): {why}")
@@ -443,8 +443,11 @@ def graph_claim_mismatches(model: nn.Module, gm: fx.GraphModule, report, make_in
                         if r["node"] not in names:
                             problems.append(f"row node `{r['node']}` is not a node of the graph")
                             continue
-                        moved = _graph_values(gm, args, {skip}, seed, perturb=r["node"])
-                        if _differ(values[skip], moved[skip]):
+                        # fresh inputs: a graph that writes its input must not see the
+                        # first run's write
+                        moved = _graph_values(gm, make_inputs(seed), {skip}, seed,
+                                              perturb=r["node"])
+                        if differ(values[skip], moved[skip]):
                             problems.append(f"zeroed node `{r['node']}` feeds the skip "
                                             f"`{skip}` of `{merge}` (the skip was zeroed)")
     return sorted(set(problems))

@@ -37,7 +37,8 @@ from torch import fx
 
 import advnets
 from advnets import CASES, SHAPE, Case
-from claims import assert_only_zeroed, assert_unchanged, preserved, residual_rows, snapshot
+from claims import (assert_only_zeroed, assert_unchanged, differ, preserved, residual_rows,
+                    snapshot)
 from zeta_fx import zero_init_pass
 from zeta_fx.capture import capture
 from zeta_fx.errors import CaptureError, ZetaFxError
@@ -146,16 +147,9 @@ def _node_values(model, gm: fx.GraphModule, make) -> dict[int, dict[str, Any]]:
 def _why(merge: Any, skip: Any) -> str | None:
     if not isinstance(merge, torch.Tensor) or not isinstance(skip, torch.Tensor):
         return "merge or skip is not a tensor"
-    if merge.is_floating_point() and not torch.isfinite(merge).all():
-        return "the merge is not finite (NaN/Inf)"
-    if skip.is_floating_point() and not torch.isfinite(skip).all():
-        return "the skip is not finite (NaN/Inf)"
-    if merge.shape != skip.shape:
-        return f"shape {tuple(merge.shape)} vs skip {tuple(skip.shape)}"
-    if not torch.equal(merge, skip):
-        diff = (merge.double() - skip.double()).abs().max().item()
-        return f"differs from the skip by up to {diff:.3g}"
-    return None
+    why = differ(merge, skip)
+    return why.replace("output is", "the merge is").replace("skip value is", "the skip is") \
+        if why else None
 
 
 def _graph_problems(model, gm: fx.GraphModule, rows: list[dict], make) -> list[str]:
