@@ -31,6 +31,7 @@ from zeta_fx.apply import apply_plan, resolve
 from zeta_fx.capture import LeafSpec
 from zeta_fx.errors import ExampleInputsError, ZetaFxError
 from zeta_fx.inits import Init, Zero, as_init
+from zeta_fx.plan import check_seed
 from zeta_fx.planner import build_plan
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
@@ -56,10 +57,15 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
 
     ``init`` is ``"zero"`` (what :func:`zero_init_pass` does), an initialiser from
     :mod:`zeta_fx.inits` (``scaled_normal(std=0.02)``, ``fixup()``) or a callable
-    ``fn(tensor, site)`` that writes ``tensor`` in place. ``seed`` fixes the draws of a
-    random initialiser (default: one drawn from torch's global generator, so
-    ``torch.manual_seed`` makes the pass reproducible); the plan records it. Every other
-    option is :func:`zero_init_pass`'s.
+    ``fn(tensor, site)`` that writes ``tensor`` in place. ``seed`` (an integer in
+    ``[0, 2**64)``) fixes the draws of a random initialiser; the plan records it. Without
+    it, the seed is drawn from a fork of torch's global CPU generator
+    (``torch.random.fork_rng``), so ``torch.manual_seed`` makes it reproducible, and a dry
+    run (or a call that fails) leaves the global generator exactly as it was: the plan of
+    ``dry_run=True`` is the one a writing call would make from the same state. A call that
+    writes then advances the global generator by that one draw, as torch's own initialisers
+    consume randomness, so two models initialised one after the other get different seeds.
+    Every other option is :func:`zero_init_pass`'s.
 
     >>> import torch
     >>> from torch import nn
@@ -74,19 +80,30 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
             "verify=True runs a forward pass and needs example_inputs=(...) (and/or "
             "example_kwargs={...}) that the model's forward accepts; nothing was written")
     initialiser = as_init(init)
+    check_seed(seed)
     verb = "zero_init_pass" if isinstance(initialiser, Zero) else "init_pass"
     traced = trace_and_select(model, rule, verb=verb, example_inputs=example_inputs,
                               example_kwargs=example_kwargs, leaf_modules=leaf_modules,
                               zero_preserving=zero_preserving, capture=capture)
-    if seed is None and not isinstance(initialiser, Zero):
-        seed = int(torch.randint(0, 2**62, ()).item())
+    drawn = seed is None and not isinstance(initialiser, Zero)
+    if drawn:
+        with torch.random.fork_rng(devices=[]):
+            seed = _draw_seed()
     plan = build_plan(traced.view, traced.selection, traced.rule.name, initialiser, seed)
     gm = traced.gm
     checking = (gm, graph_args(gm, example_inputs, example_kwargs)) if verify else None
     outcome = apply_plan(plan, traced.model, write=not dry_run, allow_tied=allow_tied,
                          init=getattr(initialiser, "fn", None), named=traced.view.params,
                          buffers=traced.view.buffers, verify=checking)
+    if drawn and outcome.applied:
+        _draw_seed()  # the write consumed the draw: the next call gets another seed
     return ZeroInitReport(plan, outcome, view=traced.view)
+
+
+def _draw_seed() -> int:
+    """A plan seed from torch's global CPU generator (an explicit device: the caller may be
+    inside ``with torch.device("meta")``)."""
+    return int(torch.randint(0, 2**62, (), device="cpu").item())
 
 
 def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
