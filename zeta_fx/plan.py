@@ -183,7 +183,8 @@ class PlanEntry:
         for fqn, shape in self.params.items():
             if not (isinstance(fqn, str) and _is_fqn(fqn)):
                 return "params", f"{fqn!r} is not a parameter FQN (names joined by dots)"
-            if not fqn.startswith(prefix) or fqn == prefix:
+            # DDP's `module.` prefix may be on either name: apply looks both ways too
+            if not _under(fqn, prefix):
                 return "params", (f"`{fqn}` is not a parameter of module `{self.module}` "
                                   f"(it would start with `{prefix}`)")
             if not isinstance(shape, tuple) or any(
@@ -431,6 +432,12 @@ def _seed(value: Any) -> int | None:
     if bad is not None:
         raise ValueError(bad)
     return value
+
+
+def _under(fqn: str, prefix: str) -> bool:
+    bare = prefix.removeprefix("module.")
+    return any(name.startswith(p) and len(name) > len(p)
+               for name in (fqn, fqn.removeprefix("module.")) for p in (prefix, bare))
 
 
 def _is_fqn(text: str) -> bool:
