@@ -266,6 +266,10 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
     joins = view.residual_joins
     targets, skipped = _gated_targets(selection, joins)
 
+    for merge in targets:  # every gate's value, in the dtype it is stored in, before any
+        like = _layer_tensor(view, targets[merge])
+        _check_init_fits(init, like.dtype if like is not None else torch.get_default_dtype(),
+                         merge, targets[merge])
     result = _graph_module_over(gm, model)
     nodes = {n.name: n for n in result.graph.nodes}
     shapes = {}
@@ -295,6 +299,29 @@ def _check_init(init: Any) -> float:
                         f"(0.0 for ReZero/SkipInit, 1.0 to keep the model's output), got "
                         f"{init!r}")
     return float(init)
+
+
+def _check_init_fits(init: float, dtype: torch.dtype, merge: str, targets: list[Target]) -> None:
+    """Refuse an ``init`` that the gate's dtype (its branch's last layer's) cannot hold: beyond
+    its largest finite value (the gate would be ``inf``), or non-zero but rounding to zero."""
+    if not dtype.is_floating_point:
+        return
+    info = torch.finfo(dtype)
+    layers = ", ".join(f"`{m}`" for m in dict.fromkeys(t.module for t in targets)) or "-"
+    name = str(dtype).removeprefix("torch.")
+    where = (f"the gate of merge `{merge}` is {name}, the dtype of its branch's last layer "
+             f"({layers})")
+    stored = float(torch.tensor(init, dtype=torch.float64, device="cpu").to(dtype))
+    if not math.isfinite(stored):
+        raise GateError(f"init={init!r} does not fit: {where}, whose largest finite value is "
+                        f"{info.max:g}, so the gate would be inf. Pass an init within "
+                        f"±{info.max:g} (0.0 for ReZero/SkipInit, 1.0 to keep the output); "
+                        "nothing was changed")
+    if init != 0 and stored == 0:
+        raise GateError(f"init={init!r} does not fit: {where}, in which it rounds to 0 (the "
+                        f"smallest positive {name} is {info.smallest_normal:g} normal), so the "
+                        "gate would start closed. Pass init=0.0 for a closed gate, or a larger "
+                        "value; nothing was changed")
 
 
 def _check_per_channel(per_channel: Any) -> bool | int:
