@@ -404,7 +404,7 @@ def _read(data: dict[str, Any], key: str, parse: Callable[[Any], Any],
     ``ValueError`` naming the field."""
     if key not in data:
         if default is _MISSING:
-            raise ValueError(f"field `{key}` is missing")
+            raise _FieldError(key, "")
         return default
     try:
         return parse(data[key])
@@ -415,8 +415,11 @@ def _read(data: dict[str, Any], key: str, parse: Callable[[Any], Any],
 
 
 class _FieldError(ValueError):
+    """A bad field; ``problem`` is empty for a missing one."""
+
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"field `{field}`: {problem}")
+        super().__init__(f"field `{field}`: {problem}" if problem else
+                         f"field `{field}` is missing")
         self.field, self.problem = field, problem
 
 
