@@ -24,8 +24,8 @@ from torch import fx, nn
 
 from zeta_fx.capture_concrete import concrete_capture
 from zeta_fx.errors import CaptureError, ModuleStateWriteError
-from zeta_fx.tracer import (LeafSpec, ZetaTracer, _aliases, _first_line, clone_inputs,
-                            leave_no_trace, quiet_torch)
+from zeta_fx.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
+                            quiet_torch, tied_aliases)
 
 __all__ = ["ZetaTracer", "capture", "export_capture", "LeafSpec", "CAPTURE_METHODS",
            "quiet_torch"]
@@ -77,7 +77,7 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
         state_write = exc if isinstance(exc, ModuleStateWriteError) else None
         where, cls = tracer.failed_in or ("", type(model))
         place = f"`{where}` ({cls.__name__})" if where else f"the model's own forward ({cls.__name__})"
-        failure = f"symbolic tracing failed in {place}: {type(exc).__name__}: {_first_line(exc)}"
+        failure = f"symbolic tracing failed in {place}: {type(exc).__name__}: {first_line(exc)}"
         if method == "auto" and has_examples:
             try:
                 return export_capture(model, example_inputs, example_kwargs)
@@ -157,7 +157,7 @@ def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[
                                           strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as exc:
         failure = (f"torch.export (non-strict) failed on {type(model).__name__}: "
-                   f"{type(exc).__name__}: {_first_line(exc)}")
+                   f"{type(exc).__name__}: {first_line(exc)}")
         advice = ("check that example_inputs/example_kwargs run the model's forward as they "
                   "are, or trace the model yourself and pass the GraphModule")
         error = CaptureError(f"{failure}. What to do: {advice}")
@@ -167,7 +167,7 @@ def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[
     for spec in program.graph_signature.input_specs:
         if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             lifted[spec.arg.name] = spec.target
-    aliases = _aliases(model)
+    aliases = tied_aliases(model)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     attrs: dict[str, Any] = {}

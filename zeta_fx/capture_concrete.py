@@ -34,8 +34,8 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
-from zeta_fx.tracer import (LeafSpec, ZetaTracer, _aliases, _first_line, clone_inputs,
-                            leave_no_trace, quiet_torch)
+from zeta_fx.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
+                            quiet_torch, tied_aliases)
 from zeta_fx.errors import CaptureError
 
 __all__ = ["concrete_capture"]
@@ -115,7 +115,7 @@ class _Inliner:
 
     def __init__(self, graph: fx.Graph, model: nn.Module) -> None:
         self.graph = graph
-        self.aliases = _aliases(model)
+        self.aliases = tied_aliases(model)
         self.getattrs: dict[str, fx.Node] = {}
         self.constants: dict[str, Any] = {}
 
@@ -186,7 +186,7 @@ def _trace_call(module: nn.Module, prefix: str, args: tuple[Any, ...],
                 *params.values(), *buffers.values(), *real)
     except Exception as exc:
         raise _error(f"following the Python of {where} on the example inputs failed: "
-                     f"{type(exc).__name__}: {_first_line(exc)}",
+                     f"{type(exc).__name__}: {first_line(exc)}",
                      _leaf_advice(module, prefix)) from exc
     # the values that steered the Python (`.item()`, `bool(t)`) are dead in the graph; left
     # in, they would count as extra uses of a branch's values
@@ -223,7 +223,7 @@ def _record_calls(model: nn.Module, paths: list[str], args: tuple[Any, ...],
             model(*args, **kwargs)
     except Exception as exc:
         raise _error(f"running the model on the example inputs raised {type(exc).__name__}: "
-                     f"{_first_line(exc)}", "check that example_inputs/example_kwargs are what "
+                     f"{first_line(exc)}", "check that example_inputs/example_kwargs are what "
                      "the forward takes (run model(*example_inputs, **example_kwargs) once)"
                      ) from exc
     finally:

@@ -117,7 +117,7 @@ from zeta_fx.joins import Join
 from zeta_fx.rules import Rule
 from zeta_fx.select import trace_and_select
 from zeta_fx.selection import Selection, Skipped, Target
-from zeta_fx.tracer import _first_line
+from zeta_fx.tracer import first_line
 from zeta_fx.verify import graph_args
 from zeta_fx.words import format_shape, plural
 
@@ -450,7 +450,7 @@ def _merge_shapes(result: fx.GraphModule, merges: list[str], example_inputs: Any
             raise ExampleInputsError(
                 f"per_channel gates need the shape of each merge, and running the graph on "
                 f"fake copies of example_inputs failed: {type(exc).__name__}: "
-                f"{_first_line(exc)}; pass inputs that the model's forward accepts, on the "
+                f"{first_line(exc)}; pass inputs that the model's forward accepts, on the "
                 "model's device") from exc
     shapes = {}
     for m in merges:

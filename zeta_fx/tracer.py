@@ -25,7 +25,8 @@ from torch import fx, nn
 from zeta_fx.errors import ModuleStateWriteError
 
 
-__all__ = ["ZetaTracer", "LeafSpec", "quiet_torch", "leave_no_trace", "clone_inputs"]
+__all__ = ["ZetaTracer", "LeafSpec", "quiet_torch", "leave_no_trace", "clone_inputs",
+           "tied_aliases", "first_line"]
 
 logger = logging.getLogger("zeta_fx.capture")
 
@@ -145,14 +146,16 @@ def quiet_torch() -> Iterator[None]:
                          "\n".join(said + [printed.getvalue()]).strip())
 
 
-def _aliases(model: nn.Module) -> dict[str, list[str]]:
+def tied_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Every name of each parameter registered under several names (tied), by each name."""
     by_id: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(param), []).append(name)
     return {name: names for names in by_id.values() if len(names) > 1 for name in names}
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (for one-line errors)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else "(no message)"
 
