@@ -147,7 +147,13 @@ def quiet_torch() -> Iterator[None]:
 
 
 def tied_aliases(model: nn.Module) -> dict[str, list[str]]:
-    """Every name of each parameter registered under several names (tied), by each name."""
+    """Every name of each parameter registered under several names (tied), by each name.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    >>> model[1].weight = model[0].weight
+    >>> tied_aliases(model)["1.weight"]
+    ['0.weight', '1.weight']
+    """
     by_id: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(param), []).append(name)
@@ -155,7 +161,11 @@ def tied_aliases(model: nn.Module) -> dict[str, list[str]]:
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (for one-line errors)."""
+    """The first line of an exception's message (for one-line errors).
+
+    >>> first_line(ValueError("bad value\nat node x")), first_line(ValueError())
+    ('bad value', '(no message)')
+    """
     text = str(exc).strip()
     return text.splitlines()[0] if text else "(no message)"
 
