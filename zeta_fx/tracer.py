@@ -163,7 +163,7 @@ def tied_aliases(model: nn.Module) -> dict[str, list[str]]:
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (for one-line errors).
 
-    >>> first_line(ValueError("bad value\nat node x")), first_line(ValueError())
+    >>> first_line(ValueError(" bad value ")), first_line(ValueError())
     ('bad value', '(no message)')
     """
     text = str(exc).strip()
