@@ -276,6 +276,38 @@ def test_leave_no_trace_restores_even_when_the_forward_raises():
     assert nn.Module.__setattr__ is torch.nn.modules.module.Module.__setattr__
 
 
+class CountsCalls(nn.Module):
+    """Counts its calls in a plain Python attribute; kept a leaf, so only a run sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls, self.fc = 0, nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x)
+
+
+class AfterACountingLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.fc1, self.fc2 = CountsCalls(), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.pre(x)
+        return y + self.fc2(torch.relu(self.fc1(y)))
+
+
+@pytest.mark.parametrize("cap", CAPTURES)
+def test_verification_puts_back_what_a_leafs_forward_assigns(cap: str):
+    model, x = AfterACountingLeaf(), torch.randn(3, 4)
+    before = Snapshot.of(model, (x,))
+    report = zero_init_pass(model, dry_run=True, verify=True, example_inputs=(x,), capture=cap,
+                            leaf_modules=[CountsCalls])
+    assert report.params == ["fc2.weight", "fc2.bias"]
+    assert before.changes() == [] and model.pre.calls == 0
+
+
 def test_pending_backward_survives_a_dry_run_with_example_inputs():
     """The user's symptom: BatchNorm's running statistics in a pending autograd graph."""
     model = BatchNormDropout().train()
