@@ -467,7 +467,13 @@ TAMPERED = {
     "module an empty name": (_set(E + ("module",), "1..fc2"), "plan entry 1", "module"),
     "sites not a list": (_set(E + ("sites",), [{"kind": 1}]), "plan entry 1", "sites"),
     "rule missing": (_set(E + ("rule",), _DELETE), "plan entry 1", "rule"),
+    "module_type not a string": (_set(E + ("module_type",), ["Linear"]), "plan entry 1",
+                                 "module_type"),
+    "label not a string": (_set(E + ("action", "label"), 3), "plan entry 1", "action.label"),
     "plan rule not a string": (_set(("rule",), None), "plan", "rule"),
+    "model missing": (_set(("model",), _DELETE), "plan", "model"),
+    "init a number": (_set(("init",), 0.02), "plan", "init"),
+    "skipped malformed": (_set(("skipped",), [{"node": "x"}]), "plan", "skipped"),
     "entries not a list": (_set(("entries",), {}), "entries", None),
 }
 

@@ -72,8 +72,9 @@ class Action:
         """Read an action from :meth:`to_dict`'s data; a bad field raises ``ValueError`` or
         ``TypeError`` naming it (``field `std`: ...``)."""
         kind = _read(data, "kind", _text)
-        figures = _read(data, "figures", lambda v: tuple(
-            (_text(k), _figure(x)) for k, x in v), ())
+        figures = _read(data, "figures", _each(lambda pair: (_text(pair[0]), _figure(pair[1]))
+                                               if isinstance(pair, list) and len(pair) == 2
+                                               else _pair_error(pair)), ())
         return cls(kind, _read(data, "std", _number, 0.0), _read(data, "mean", _number, 0.0),
                    _read(data, "name", _text, ""), _read(data, "label", _text, kind), figures)
 
@@ -152,7 +153,7 @@ class PlanEntry:
         params = _read(e, "params", lambda v: {_text(k): tuple(_dim(d) for d in shape)
                                                for k, shape in v.items()})
         if "sites" in e:
-            sites = _read(e, "sites", lambda v: tuple(Site.from_dict(s) for s in v))
+            sites = _read(e, "sites", _each(Site.from_dict))
         else:  # version 1: parallel lists
             nodes = _read(e, "nodes", lambda v: [_text(n) for n in v])
             positions = _read(e, "positions", lambda v: [_text(p) for p in v])
@@ -287,8 +288,7 @@ class ZeroInitPlan:
         fields: dict[str, Any] = {}
         for name, parse, default in (("rule", _text, _MISSING), ("model", _text, _MISSING),
                                      ("init", _text, "zero"), ("seed", _seed, None),
-                                     ("skipped", lambda v: tuple(Skipped.from_dict(s)
-                                                                 for s in v), ())):
+                                     ("skipped", _each(Skipped.from_dict), ())):
             try:
                 fields[name] = _read(data, name, parse, default)
             except RecursionError:
@@ -409,9 +409,30 @@ def _read(data: dict[str, Any], key: str, parse: Callable[[Any], Any],
     try:
         return parse(data[key])
     except _FieldError as exc:  # a nested field: name the path
-        raise _FieldError(f"{key}.{exc.field}", exc.problem) from None
+        sep = "" if exc.field.startswith("[") else "."
+        raise _FieldError(f"{key}{sep}{exc.field}", exc.problem) from None
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise _FieldError(key, _said(exc)) from None
+
+
+def _each(parse: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """A parser of a list whose items ``parse`` reads; a bad item is named by its index."""
+    def parse_all(items: Any) -> tuple[Any, ...]:
+        if not isinstance(items, list):
+            raise TypeError(f"expected a list, got {type(items).__name__}")
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(parse(item))
+            except _FieldError as exc:
+                sep = "" if exc.field.startswith("[") else "."
+                raise _FieldError(f"[{i}]{sep}{exc.field}", exc.problem) from None
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+                if isinstance(exc, KeyError):
+                    raise _FieldError(f"[{i}].{exc.args[0]}", "") from None
+                raise _FieldError(f"[{i}]", _said(exc)) from None
+        return tuple(out)
+    return parse_all
 
 
 class _FieldError(ValueError):
@@ -421,6 +442,10 @@ class _FieldError(ValueError):
         super().__init__(f"field `{field}`: {problem}" if problem else
                          f"field `{field}` is missing")
         self.field, self.problem = field, problem
+
+
+def _pair_error(pair: Any) -> Any:
+    raise TypeError(f"expected a [name, value] pair, got {pair!r}")
 
 
 def _said(exc: BaseException) -> str:
@@ -477,6 +502,11 @@ def _number(value: Any) -> float:
 
 
 def _figure(value: Any) -> Any:
+    """A figure's value: a string, an integer (``depth`` is -1 off the branches) or a number."""
     if isinstance(value, str):
         return value
-    return _number(value) if isinstance(value, float) else _dim(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value
+    raise TypeError(f"a figure is a number or a string, got {value!r}")
