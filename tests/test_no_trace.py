@@ -176,6 +176,8 @@ SPOILERS: dict[str, Callable[[nn.Module, torch.Tensor], Any]] = {
     "an attribute assigned": lambda m, x: setattr(m, "cache", 1),
     "a buffer reassigned": lambda m, x: setattr(m.bn, "running_var", m.bn.running_var * 1),
     "training flipped": _toggle_training,
+    "an item appended to a list attribute": lambda m, x: m.history.append(1),
+    "an entry put in a dict attribute": lambda m, x: m.cache.update(k=1),
     "a hook left behind": lambda m, x: m.fc2.register_forward_hook(lambda *a: None),
     "requires_grad switched off": lambda m, x: m.fc2.weight.requires_grad_(False),
     "the global generator advanced": lambda m, x: torch.rand(1),
@@ -189,6 +191,7 @@ SPOILERS: dict[str, Callable[[nn.Module, torch.Tensor], Any]] = {
 @pytest.mark.parametrize("spoil", list(SPOILERS), ids=list(SPOILERS))
 def test_the_snapshot_sees_every_part_of_the_contract(spoil: str):
     model, x = BatchNormDropout(), torch.randn(3, 4)
+    model.history, model.cache = [], {}
     before = Snapshot.of(model, (x,))
     assert before.changes() == []
     try:
@@ -265,6 +268,24 @@ def test_symbolic_capture_takes_no_tensor_constant_off_the_model():
     assert before.changes() == []  # the tracer's `_tensor_constant0` lives on gm only
     assert any(n.op == "get_attr" for n in gm.graph.nodes)
     torch.testing.assert_close(gm(torch.ones(1, 2)), model(torch.ones(1, 2)))
+
+
+def test_leave_no_trace_puts_back_containers_a_forward_fills():
+    class Caching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.seen, self.cache = nn.Linear(4, 4), [], {}
+
+        def forward(self, x):
+            self.seen.append(x.shape)
+            self.cache[x.shape] = x
+            return x + self.fc(x)
+
+    model, x = Caching(), torch.randn(3, 4)
+    before = Snapshot.of(model, (x,))
+    for cap in CAPTURES[1:]:
+        zero_init_pass(model, dry_run=True, verify=True, example_inputs=(x,), capture=cap)
+    assert before.changes() == [] and model.seen == [] and model.cache == {}
 
 
 def test_leave_no_trace_restores_even_when_the_forward_raises():

@@ -8,8 +8,9 @@ version counters) of the parameters its plan names, and nothing else.
 The contract, as :meth:`Snapshot.of` records it:
 
 - the module tree: at every path the same module object, of the same class, with the same
-  attributes (same objects: a forward that assigns ``self.ema = ...`` is a change), the same
-  ``training`` flag and the same hooks (the module's own and the global ones);
+  attributes (same objects: a forward that assigns ``self.ema = ...`` is a change; the
+  items of dicts, lists and sets it holds, as objects), the same ``training`` flag and the
+  same hooks (the module's own and the global ones);
 - every parameter and buffer: the same tensor object at the same name, bit-identical values,
   the same ``_version`` (a write of the same value moves it, and breaks a pending
   ``loss.backward()``), ``requires_grad``, dtype, device, shape and ``.grad``;
@@ -134,11 +135,14 @@ class Snapshot:
 
 def _attributes(module: nn.Module) -> dict[str, Any]:
     """A module's attributes: plain values as they are, containers (``_parameters``,
-    ``_buffers``, hook dicts) as their items, anything else as the object itself."""
+    ``_buffers``, hook dicts, lists, sets) as their items, anything else as the object
+    itself (its own attributes are not looked into)."""
     out: dict[str, Any] = {}
     for name, value in vars(module).items():
         if isinstance(value, dict):
             out[name] = ("dict", tuple(value.items()))
+        elif isinstance(value, list):
+            out[name] = ("list", tuple(value))
         elif isinstance(value, (set, frozenset)):
             out[name] = ("set", frozenset(value))
         else:

@@ -181,8 +181,8 @@ def leave_no_trace(model: nn.Module, *, clone_buffers: bool = False) -> Iterator
 
     - The global random generators are forked (``torch.random.fork_rng``: the CPU one and
       every initialised CUDA device): dropout in a train-mode forward draws from a copy.
-    - Every module's attributes, and the contents of its dicts and sets (parameters,
-      buffers, submodules, hooks), are put back afterwards as objects: a forward that
+    - Every module's attributes, and the contents of its dicts, lists and sets (parameters,
+      buffers, submodules, hooks, caches), are put back afterwards as objects: a forward that
       assigns ``self.ema = ...``, a tracer that sets ``_tensor_constant0`` on the root, a
       hook left registered, are undone without writing a tensor (no ``_version`` moves).
     - ``clone_buffers=True`` puts a clone in place of every buffer while it runs (the
@@ -208,7 +208,7 @@ def leave_no_trace(model: nn.Module, *, clone_buffers: bool = False) -> Iterator
     for path, m in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(m), path)
     saved = [(m, dict(vars(m)), {name: _contents(value) for name, value in vars(m).items()
-                                 if isinstance(value, (dict, set))}) for m in modules]
+                                 if isinstance(value, (dict, list, set))}) for m in modules]
     if clone_buffers:
         with torch.no_grad():
             for m in modules:
@@ -234,8 +234,9 @@ def leave_no_trace(model: nn.Module, *, clone_buffers: bool = False) -> Iterator
             _put_back(m, attributes, contents)
 
 
-def _contents(value: dict | set) -> Any:
-    return dict(value) if isinstance(value, dict) else set(value)
+def _contents(value: dict | list | set) -> Any:
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(
+        value, list) else set(value)
 
 
 def _put_back(module: nn.Module, attributes: dict[str, Any], contents: dict[str, Any]) -> None:
@@ -251,6 +252,9 @@ def _put_back(module: nn.Module, attributes: dict[str, Any], contents: dict[str,
                                                        for k, v in items.items()):
                 container.clear()
                 container.update(items)
+        elif isinstance(container, list):
+            if len(container) != len(items) or any(a is not b for a, b in zip(container, items)):
+                container[:] = items
         elif container != items:
             container.clear()
             container.update(items)
