@@ -83,6 +83,7 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
             "example_kwargs={...}) that the model's forward accepts; nothing was written")
     initialiser = as_init(init)
     check_seed(seed)
+    seed = None if seed is None else int(seed)  # a NumPy integer too: the plan is JSON
     verb = "zero_init_pass" if isinstance(initialiser, Zero) else "init_pass"
     traced = trace_and_select(model, rule, verb=verb, example_inputs=example_inputs,
                               example_kwargs=example_kwargs, leaf_modules=leaf_modules,
