@@ -205,8 +205,7 @@ def test_the_snapshot_sees_a_rewritten_graph():
     gm = fx.symbolic_trace(BatchNormDropout())
     before = Snapshot.of(gm)
     node = next(n for n in gm.graph.nodes if n.op == "call_function")
-    node.target = torch.sigmoid
-    gm.recompile()
+    node.target = torch.sigmoid  # not even recompiled
     assert any("graph changed" in line for line in before.changes())
 
 

@@ -14,7 +14,7 @@ The contract, as :meth:`Snapshot.of` records it:
 - every parameter and buffer: the same tensor object at the same name, bit-identical values,
   the same ``_version`` (a write of the same value moves it, and breaks a pending
   ``loss.backward()``), ``requires_grad``, dtype, device, shape and ``.grad``;
-- a ``GraphModule``'s graph (its generated code);
+- a ``GraphModule``'s graph (its nodes, targets and arguments);
 - torch's global state: the CPU random generator (and CUDA's, where initialised), grad mode
   and the default dtype;
 - the example inputs: the same tensors, bit-identical values, the same ``_version``.
@@ -79,8 +79,8 @@ class Snapshot:
         code: dict[str, str] = {}
         for path, module in model.named_modules(remove_duplicate=False):
             modules[path] = (module, type(module), _attributes(module))
-            if isinstance(module, fx.GraphModule):
-                code[path] = module.code
+            if isinstance(module, fx.GraphModule):  # the graph itself, recompiled or not
+                code[path] = str(module.graph)
             for name, t in (*module._parameters.items(), *module._buffers.items()):
                 if isinstance(t, torch.Tensor):  # anything else shows in the owner's dict
                     tensors[f"{path}.{name}" if path else name] = _tensor_state(t)
