@@ -192,7 +192,10 @@ def leave_no_trace(model: nn.Module, *, clone_buffers: bool = False) -> Iterator
       not cloned (a forward does not write its parameters).
     - While it runs, assigning a ``torch.fx.Proxy`` to an attribute of one of the model's
       modules (symbolic tracing of ``self.steps += 1``) raises
-      :class:`~zeta_fx.errors.ModuleStateWriteError` before the assignment happens.
+      :class:`~zeta_fx.errors.ModuleStateWriteError` before the assignment happens. Like
+      ``torch.fx``'s own tracer (which patches ``nn.Module.__call__`` and ``__getattr__``
+      while it traces), this patches ``nn.Module.__setattr__`` for the duration, checking
+      only the model's own modules: do not capture from two threads at once.
 
     >>> import torch
     >>> from torch import nn
