@@ -279,10 +279,11 @@ def test_plan_with_a_wrong_shape_writes_nothing() -> None:
     ('{"format": "zeta_fx.plan", "version": 99, "rule": "r", "model": "m", "entries": []}',
      "plan version 99 is not supported"),
     ('{"format": "zeta_fx.plan", "version": 1, "rule": "r", "model": "m", '
-     '"entries": [{"module": "fc2"}]}', "the plan's entries are malformed (KeyError"),
+     '"entries": [{"module": "fc2"}]}', "plan entry 0 (module `fc2`): field `params` is missing"),
     ('{"format": "zeta_fx.plan", "version": 1, "rule": "r", "model": "m", "entries": '
      '[{"module": "fc2", "module_type": "Linear", "params": {"fc2.weight": ["x"]}, '
-     '"nodes": [], "positions": [], "rule": "r"}]}', "the plan's entries are malformed (ValueError"),
+     '"nodes": [], "positions": [], "rule": "r"}]}',
+     "plan entry 0 (module `fc2`): field `params`: a shape holds non-negative integers, got 'x'"),
 ])
 def test_corrupted_plan_file(tmp_path, text: str, message: str) -> None:
     path = tmp_path / "plan.json"

@@ -289,3 +289,68 @@ def test_python_dash_m_runs_the_demo():
     assert proc.returncode == 0, proc.stderr
     assert "| h_0_attn_c_proj |" in proc.stdout
 
+
+
+# -- a command line that survives its factory (issue 18) ------------------------------------
+def exits_zero():
+    sys.exit(0)
+
+
+def exits_with_a_message():
+    raise SystemExit("no model today")
+
+
+def exits_three():
+    sys.exit(3)
+
+
+def chatty(width: int = 8):
+    print("building the model...")
+    return build(width=width)
+
+
+class ChattyForward(nn.Module):
+    """Prints from its forward, which export capture runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        print("forward on", tuple(x.shape))
+        return x + self.fc(x)
+
+
+@pytest.mark.parametrize("factory, said", [
+    ("exits_zero", "sys.exit(0)"), ("exits_with_a_message", "sys.exit('no model today')"),
+    ("exits_three", "sys.exit(3)")])
+def test_a_factory_that_exits_is_an_error_naming_it(capsys, factory, said):
+    code, out, err = run(capsys, "plan", f"{ME}:{factory}")
+    assert code == 2 and out == ""
+    assert f"calling {ME}:{factory}() called {said}" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("factory, argv", [
+    ("chatty", []), ("ChattyForward", ["--input-shape", "2,4", "--capture", "export"])])
+def test_a_printing_factory_still_gives_one_json_document(capsys, factory, argv):
+    code, out, err = run(capsys, "plan", f"{ME}:{factory}", "--format", "json", *argv)
+    assert code == 0
+    json.loads(out)  # stdout is the report alone
+    assert ("building the model..." if factory == "chatty" else "forward on (2, 4)") in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`zeta-fx plan ... --format json | head -c 10`: the reader is gone before the report
+    is written (made certain here by closing the pipe's read end first)."""
+    read, write = os.pipe()
+    os.close(read)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / "tests"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "zeta_fx", "plan", "test_cli:chatty",
+                               "--format", "json"], stdout=write, stderr=subprocess.PIPE,
+                              cwd=tmp_path, env=env, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a Unix tool stopped by the pipe
+    assert proc.stderr == "building the model...\n"  # the factory's own words, nothing else

@@ -118,3 +118,17 @@ def test_a_good_plan_still_round_trips(small_resnet):
     assert ZeroInitPlan.from_json(plan.to_json()) == plan
     assert json.loads(plan.to_json())["entries"][0]["params"]["blocks.0.bn3.bias"] == [8]
 
+
+
+def test_a_callable_plan_off_the_branches_round_trips():
+    """Its figures hold depth -1 (no residual branch): a figure may be a negative integer."""
+    from zeta_fx import init_pass
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    fill = lambda tensor, site: tensor.fill_(0.5)  # noqa: E731
+    plan = init_pass(model, rule="output_layer", init=fill, dry_run=True).plan
+    assert dict(plan.entries[0].action.figures)["depth"] == -1
+    again = ZeroInitPlan.from_json(plan.to_json())
+    assert again == plan
+    again.apply(model, init=fill)
+    assert bool((model[1].weight == 0.5).all())

@@ -149,3 +149,9 @@ def test_capture_error_row_is_the_message_users_get():
     got = str(info.value).replace("_DataDependent", "DataDependent")
     # " / " in the table is a line break of the message; "..." elides.
     assert row[2].replace(" / ", "\n") == got
+
+
+def test_no_trace_block_runs_and_changes_nothing():
+    namespace, printed, _ = run_block("no-trace")
+    assert printed.strip() == "[]"
+    assert namespace["report"].params  # the dry run planned something: it did run

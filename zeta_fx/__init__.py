@@ -43,10 +43,11 @@ from zeta_fx.errors import (CaptureError, NotAModuleError, NoWeightError, PlanEr
                             UnknownRuleError, UnsupportedParameterError, ZetaFxError)
 from zeta_fx.errors import (ExampleInputsError, PartialWriteError, UnsupportedWrapperError,
                             VerificationError)
-from zeta_fx.errors import GateError
+from zeta_fx.errors import GateError, ModuleStateWriteError
 from zeta_fx.gates import GatesReport, gate_residuals
 from zeta_fx.plan import ZeroInitPlan
 from zeta_fx.report import ZeroInitReport
+from zeta_fx.snapshot import Snapshot
 from zeta_fx.utils import exists, init_zero_
 
 __version__ = "0.1.0"
@@ -57,5 +58,5 @@ __all__ = [
     "NotAModuleError", "NoWeightError", "PlanError", "PlanFormatError", "PlanMismatchError",
     "TiedParameterError", "UnknownRuleError", "UnsupportedParameterError",
     "UnsupportedWrapperError", "VerificationError", "PartialWriteError", "ExampleInputsError", "RenderError",
-    "gate_residuals", "GatesReport", "GateError",
+    "gate_residuals", "GatesReport", "GateError", "ModuleStateWriteError", "Snapshot",
 ]

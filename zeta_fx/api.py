@@ -21,6 +21,8 @@ True
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from typing import Any, Callable, Iterable
 
 import torch
@@ -31,6 +33,7 @@ from zeta_fx.apply import apply_plan, resolve
 from zeta_fx.capture import LeafSpec
 from zeta_fx.errors import ExampleInputsError, ZetaFxError
 from zeta_fx.inits import Init, Zero, as_init
+from zeta_fx.plan import check_seed
 from zeta_fx.planner import build_plan
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
@@ -56,10 +59,15 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
 
     ``init`` is ``"zero"`` (what :func:`zero_init_pass` does), an initialiser from
     :mod:`zeta_fx.inits` (``scaled_normal(std=0.02)``, ``fixup()``) or a callable
-    ``fn(tensor, site)`` that writes ``tensor`` in place. ``seed`` fixes the draws of a
-    random initialiser (default: one drawn from torch's global generator, so
-    ``torch.manual_seed`` makes the pass reproducible); the plan records it. Every other
-    option is :func:`zero_init_pass`'s.
+    ``fn(tensor, site)`` that writes ``tensor`` in place. ``seed`` (an integer in
+    ``[0, 2**64)``) fixes the draws of a random initialiser; the plan records it. Without
+    it, the seed is drawn from a fork of torch's global CPU generator
+    (``torch.random.fork_rng``), so ``torch.manual_seed`` makes it reproducible, and a dry
+    run (or a call that fails) leaves the global generator exactly as it was: the plan of
+    ``dry_run=True`` is the one a writing call would make from the same state. A call that
+    writes then advances the global generator by that one draw, as torch's own initialisers
+    consume randomness, so two models initialised one after the other get different seeds.
+    Every other option is :func:`zero_init_pass`'s.
 
     >>> import torch
     >>> from torch import nn
@@ -74,19 +82,31 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
             "verify=True runs a forward pass and needs example_inputs=(...) (and/or "
             "example_kwargs={...}) that the model's forward accepts; nothing was written")
     initialiser = as_init(init)
+    check_seed(seed)
+    seed = None if seed is None else int(seed)  # a NumPy integer too: the plan is JSON
     verb = "zero_init_pass" if isinstance(initialiser, Zero) else "init_pass"
     traced = trace_and_select(model, rule, verb=verb, example_inputs=example_inputs,
                               example_kwargs=example_kwargs, leaf_modules=leaf_modules,
                               zero_preserving=zero_preserving, capture=capture)
-    if seed is None and not isinstance(initialiser, Zero):
-        seed = int(torch.randint(0, 2**62, ()).item())
+    drawn = seed is None and not isinstance(initialiser, Zero)
+    if drawn:
+        with torch.random.fork_rng(devices=[]):
+            seed = _draw_seed()
     plan = build_plan(traced.view, traced.selection, traced.rule.name, initialiser, seed)
     gm = traced.gm
     checking = (gm, graph_args(gm, example_inputs, example_kwargs)) if verify else None
     outcome = apply_plan(plan, traced.model, write=not dry_run, allow_tied=allow_tied,
                          init=getattr(initialiser, "fn", None), named=traced.view.params,
                          buffers=traced.view.buffers, verify=checking)
+    if drawn and outcome.applied:
+        _draw_seed()  # the write consumed the draw: the next call gets another seed
     return ZeroInitReport(plan, outcome, view=traced.view)
+
+
+def _draw_seed() -> int:
+    """A plan seed from torch's global CPU generator (an explicit device: the caller may be
+    inside ``with torch.device("meta")``)."""
+    return int(torch.randint(0, 2**62, (), device="cpu").item())
 
 
 def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
@@ -132,12 +152,16 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
 class ZeroInitPass(PassBase):
     """``zero_init_pass`` as a ``torch.fx.passes.infra`` pass.
 
-    ``modified`` is true only when a parameter value changed, decided exactly before the
+    ``modified`` is true exactly when a parameter value changed, decided exactly before the
     write (a weight of 1e-30, a subnormal or a NaN counts as non-zero). Inside a ``PassManager`` with
-    ``steps > 1`` the pass does its work once: a later call on an unchanged graph whose
-    planned parameters are still zero returns ``modified=False`` without tracing or analysing
-    again (``analyses`` counts the runs that did). If another pass changed the graph, or the
-    parameters were re-initialised, the pass runs again.
+    ``steps > 1`` the pass does its work once: a later call on the same, unchanged graph
+    module whose planned parameters are still zero returns ``modified=False`` without tracing
+    or analysing again (``analyses`` counts the runs that did). "Unchanged" covers everything
+    the analysis reads: the graph's nodes, their targets and constant arguments (a literal
+    ``0.5`` rewritten to ``inf`` counts), the modules that ``call_module`` nodes call (the
+    objects, their settings, hooks and buffers' values) and what ``get_attr`` nodes read
+    (parameters by identity, buffers and constants by value). If another pass changed any of
+    it, or the parameters were re-initialised, the pass runs again.
 
     ``report`` is the report of the last run that changed values (the one that did the
     work); runs that found nothing to change do not replace it (until one has changed
@@ -158,15 +182,20 @@ class ZeroInitPass(PassBase):
         self.report: ZeroInitReport | None = None
         self.last_report: ZeroInitReport | None = None
         self.analyses = 0
-        self._seen: tuple[int, int] | None = None  # (id, structure hash) of the last graph
+        # the graph module last analysed (weakly: an id can be reused) and, as it was after
+        # that run, everything the analysis read
+        self._seen: weakref.ref[fx.GraphModule] | None = None
+        self._key: tuple[Any, ...] | None = None
 
     def call(self, graph_module: fx.GraphModule) -> PassResult:
-        key = (id(graph_module), _graph_key(graph_module))
-        if key == self._seen and self.last_report is not None and self._still_zero(graph_module):
+        seen = self._seen() if self._seen is not None else None
+        if seen is graph_module and self.last_report is not None and \
+                _analysis_key(graph_module) == self._key and self._still_zero(graph_module):
             return PassResult(graph_module, False)
         report = zero_init_pass(graph_module, self.rule, **self.options)
         self.analyses += 1
-        self._seen = key
+        self._seen = weakref.ref(graph_module)
+        self._key = _analysis_key(graph_module)  # after the write: what the next call sees
         self.last_report = report
         modified = report.changed and report.applied
         if modified or self.report is None or not self.report.changed:
@@ -184,7 +213,83 @@ class ZeroInitPass(PassBase):
         return not any_nonzero(list(tensors.values()))
 
 
-def _graph_key(gm: fx.GraphModule) -> int:
-    """A hash of the graph's structure: ops, targets and value edges, in order."""
-    return hash(tuple((n.op, str(n.target), tuple(a.name for a in n.all_input_nodes))
-                      for n in gm.graph.nodes))
+def _analysis_key(gm: fx.GraphModule) -> tuple[Any, ...]:
+    """Everything the analysis of ``gm`` reads, as a value that compares equal only when all
+    of it is the same: per node its op, target and arguments (nodes by name, constants by
+    value), the module a ``call_module`` calls and the value a ``get_attr`` reads."""
+    key: list[Any] = []
+    modules: dict[int, Any] = {}
+    for node in gm.graph.nodes:
+        key.append((node.op, _target_key(node.target), _arg_key(node.args),
+                    _arg_key(node.kwargs)))
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if id(module) not in modules:
+                modules[id(module)] = _module_key(module)
+            key.append(modules[id(module)])
+        elif node.op == "get_attr":
+            try:
+                key.append(_value_key(_fetch(gm, node.target)))
+            except AttributeError:
+                key.append(("missing", node.target))
+    return tuple(key)
+
+
+def _fetch(root: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _target_key(target: Any) -> Any:
+    if isinstance(target, str):
+        return target
+    return (getattr(target, "__module__", None), getattr(target, "__qualname__", str(target)),
+            id(target))
+
+
+def _arg_key(value: Any) -> Any:
+    """Arguments as comparable values: ``-0.0`` and ``0.0`` differ, a NaN equals a NaN."""
+    if isinstance(value, fx.Node):
+        return ("node", value.name)
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_arg_key(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((str(k), _arg_key(v)) for k, v in value.items()))
+    if isinstance(value, slice):
+        return ("slice", _arg_key(value.start), _arg_key(value.stop), _arg_key(value.step))
+    if isinstance(value, torch.Tensor):
+        return _value_key(value)
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return (type(value).__qualname__, repr(value))
+
+
+def _value_key(value: Any) -> Any:
+    """A parameter by identity (the analysis takes parameters as finite, never reads them);
+    any other tensor by its bytes; anything else as an argument."""
+    if not isinstance(value, torch.Tensor):
+        return _arg_key(value)
+    head = (id(value) if isinstance(value, nn.Parameter) else None, str(value.dtype),
+            tuple(value.shape))
+    if isinstance(value, nn.Parameter) or value.is_meta or \
+            type(value) not in (torch.Tensor, nn.Parameter):
+        return head + (value._version if not isinstance(value, nn.Parameter) else None,)
+    data = value.detach().reshape(-1).contiguous().cpu()
+    return head + (hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(),
+                                   digest_size=16).digest(),)
+
+
+def _module_key(module: nn.Module) -> Any:
+    """A called module: the object, its class, its plain settings (``eps``, ``p``,
+    ``training``), its hooks, and what its tensors hold (buffers by value)."""
+    settings = tuple(sorted((name, _arg_key(v)) for name, v in vars(module).items()
+                            if v is None or isinstance(v, (bool, int, float, str, tuple))))
+    hooks = tuple((name, tuple((k, id(h)) for k, h in value.items()))
+                  for name, value in vars(module).items()
+                  if name.endswith("hooks") and isinstance(value, dict))
+    tensors = tuple((name, _value_key(t)) for name, t in
+                    [*module.named_parameters(), *module.named_buffers()])
+    return ("module", id(module), type(module).__qualname__, settings, hooks, tensors)

@@ -43,7 +43,8 @@ from zeta_fx.wrappers import check_writable, unwrap
 if TYPE_CHECKING:
     from zeta_fx.plan import PlanEntry, ZeroInitPlan
 
-__all__ = ["Outcome", "InitSite", "apply_plan", "resolve", "refuse_pruned", "tensor_seed"]
+__all__ = ["Outcome", "InitSite", "apply_plan", "resolve", "refuse_pruned", "tensor_seed",
+           "check_draw_fits"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def apply_plan(plan: "ZeroInitPlan", model: nn.Module, *, write: bool = True,
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
+    plan.validate()  # every field of every entry, before anything else
     if named is None:
         named = _named_params(model)
     if verify is not None:
@@ -107,6 +109,8 @@ def apply_plan(plan: "ZeroInitPlan", model: nn.Module, *, write: bool = True,
     if write:
         _refuse_meta(tensors)
     actions = _by_action(plan, tensors)
+    for name, (tensor, entry) in actions.get("normal", {}).items():
+        check_draw_fits(entry, name, tensor.dtype)
     zeros = actions.get("zero", {})
     changed = any_nonzero(list(zeros.values())) or any(
         t.numel() for kind, group in actions.items() if kind != "zero"
@@ -142,6 +146,48 @@ def _by_action(plan: "ZeroInitPlan", tensors: dict[str, torch.Tensor]
             else:
                 out.setdefault(entry.action.kind, {})[name] = (tensors[name], entry)
     return out
+
+
+# A draw of N(mean, std) lands beyond mean ± 10·std with probability 1.5e-23 per element:
+# never, for any tensor that fits in memory.
+_SIGMAS = 10.0
+
+
+def check_draw_fits(entry: "PlanEntry", fqn: str, dtype: torch.dtype) -> None:
+    """Refuse, before any write, a normal draw whose values ``dtype`` cannot hold: beyond its
+    largest finite value (they would be stored as ``inf``), or a non-zero standard deviation
+    that rounds to zero in it (the "random" init would be a constant). The draw is made in
+    float32, so its range counts too.
+
+    >>> from zeta_fx.plan import Action, PlanEntry
+    >>> entry = PlanEntry("fc", "Linear", {"fc.weight": (2, 2)}, (), "r", Action("normal", std=1e5))
+    >>> check_draw_fits(entry, "fc.weight", torch.bfloat16)
+    >>> check_draw_fits(entry, "fc.weight", torch.float16)
+    Traceback (most recent call last):
+    ...
+    zeta_fx.errors.PlanError: `fc.weight` (module `fc`) is torch.float16: N(0, 100000) draws values up to 1e+06 (mean ± 10·std), beyond float16's largest finite value 65504, ...
+    """
+    if not dtype.is_floating_point:
+        return  # resolve() has refused it with its reason
+    action = entry.action
+    mean, std = action.mean, action.std
+    reach = abs(mean) + _SIGMAS * std
+    for where in (torch.float32, dtype):
+        info = torch.finfo(where)
+        if reach > info.max:
+            raise PlanError(
+                f"`{fqn}` (module `{entry.module}`) is {dtype}: N({mean:g}, {std:g}) draws "
+                f"values up to {reach:g} (mean ± {_SIGMAS:g}·std), beyond "
+                f"{str(where).removeprefix('torch.')}'s largest finite value {info.max:g}, so "
+                "they would be stored as inf. Choose a smaller std, or initialise the model "
+                "in a wider dtype and cast it after; nothing was written")
+    if std > 0 and float(torch.tensor(std, dtype=torch.float64, device="cpu").to(dtype)) == 0.0:
+        raise PlanError(
+            f"`{fqn}` (module `{entry.module}`) is {dtype}: the standard deviation {std:g} of "
+            f"its draw N({mean:g}, {std:g}) rounds to 0 in {str(dtype).removeprefix('torch.')} "
+            f"(smallest positive value {torch.finfo(dtype).smallest_normal:g} normal), so the "
+            "draw would be a constant. Choose a larger std, or initialise the model in a wider "
+            "dtype and cast it after; nothing was written")
 
 
 def tensor_seed(seed: int | None, fqn: str) -> int:

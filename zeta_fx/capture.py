@@ -23,8 +23,9 @@ import torch
 from torch import fx, nn
 
 from zeta_fx.capture_concrete import concrete_capture
-from zeta_fx.errors import CaptureError
-from zeta_fx.tracer import LeafSpec, ZetaTracer, _aliases, _first_line, quiet_torch
+from zeta_fx.errors import CaptureError, ModuleStateWriteError
+from zeta_fx.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
+                            quiet_torch, tied_aliases)
 
 __all__ = ["ZetaTracer", "capture", "export_capture", "LeafSpec", "CAPTURE_METHODS",
            "quiet_torch"]
@@ -44,6 +45,14 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
     ``"symbolic"``, ``"export"`` and ``"concrete"`` force one of them. The graph module
     shares the model's parameters: nothing is copied, so models on the meta device trace
     too (symbolically or with export).
+
+    Capture leaves no trace (:func:`zeta_fx.tracer.leave_no_trace`): the model's attributes,
+    parameters, buffers (objects, values and version counters), hooks and modes, the example
+    inputs and torch's global random state are as they were, whichever method ran and
+    whether it succeeded or failed. A forward that assigns module state (``self.steps +=
+    1``) cannot be traced symbolically: it is refused with
+    :class:`~zeta_fx.errors.ModuleStateWriteError` (with example inputs, ``"auto"`` goes on
+    to ``torch.export``, which captures the update).
     """
     if method not in CAPTURE_METHODS:
         raise ValueError(f"capture must be one of {', '.join(map(repr, CAPTURE_METHODS))}, "
@@ -61,11 +70,14 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
         return _concrete(model, example_inputs, example_kwargs, leaf_modules)
     tracer = ZetaTracer(leaf_modules)
     try:
-        graph = tracer.trace(model)
+        with leave_no_trace(model):  # the tracer sets `_tensor_constant0`s on the root
+            graph = tracer.trace(model)
+            return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:
+        state_write = exc if isinstance(exc, ModuleStateWriteError) else None
         where, cls = tracer.failed_in or ("", type(model))
         place = f"`{where}` ({cls.__name__})" if where else f"the model's own forward ({cls.__name__})"
-        failure = f"symbolic tracing failed in {place}: {type(exc).__name__}: {_first_line(exc)}"
+        failure = f"symbolic tracing failed in {place}: {type(exc).__name__}: {first_line(exc)}"
         if method == "auto" and has_examples:
             try:
                 return export_capture(model, example_inputs, example_kwargs)
@@ -79,6 +91,8 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
                     f"{getattr(concrete_exc, 'failure', concrete_exc)}. What to do: "
                     f"{getattr(concrete_exc, 'advice', 'trace the model yourself')}"
                 ) from concrete_exc
+        if state_write is not None:
+            raise state_write from None
         # The model itself cannot be a leaf of its own trace: only offer that for submodules.
         leaf = (f"; or mark it as a leaf (leaf_modules=[{cls.__name__}] or [{where!r}]) if "
                 "its parameters are not the ones to zero") if where else ""
@@ -87,7 +101,6 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
             f"so that the model is captured with torch.export, or by following its Python on "
             f"those inputs where its forward branches on tensor values{leaf}"
         ) from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _concrete(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] | None,
@@ -119,6 +132,12 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
     >>> [n.target for n in gm.graph.nodes if n.op == "get_attr"]
     ['fc.weight', 'fc.bias']
     """
+    with leave_no_trace(model):
+        return _export_capture(model, example_inputs, example_kwargs, dynamic_shapes)
+
+
+def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] | None,
+                    dynamic_shapes: Any) -> fx.GraphModule:
     from torch.export.graph_signature import InputKind, OutputKind
 
     if example_inputs is None:
@@ -129,13 +148,16 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
         args = tuple(example_inputs)
     else:
         args = (example_inputs,)
+    tensors = _model_tensors(model)  # the model's own, before export runs anything
+    # export runs the forward on fake copies; cloned inputs keep even that off the caller's
+    args, kwargs = clone_inputs((args, dict(example_kwargs or {})))
     try:
         with quiet_torch():
-            program = torch.export.export(model, args, dict(example_kwargs or {}),
+            program = torch.export.export(model, args, kwargs,
                                           strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as exc:
         failure = (f"torch.export (non-strict) failed on {type(model).__name__}: "
-                   f"{type(exc).__name__}: {_first_line(exc)}")
+                   f"{type(exc).__name__}: {first_line(exc)}")
         advice = ("check that example_inputs/example_kwargs run the model's forward as they "
                   "are, or trace the model yourself and pass the GraphModule")
         error = CaptureError(f"{failure}. What to do: {advice}")
@@ -145,8 +167,7 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
     for spec in program.graph_signature.input_specs:
         if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             lifted[spec.arg.name] = spec.target
-    tensors = _model_tensors(model)
-    aliases = _aliases(model)
+    aliases = tied_aliases(model)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     attrs: dict[str, Any] = {}

@@ -27,7 +27,6 @@ The graph is the branch the example inputs take: another input may take another 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import operator
 from typing import Any, Iterator
@@ -35,7 +34,8 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
-from zeta_fx.tracer import LeafSpec, ZetaTracer, _aliases, _first_line, quiet_torch
+from zeta_fx.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
+                            quiet_torch, tied_aliases)
 from zeta_fx.errors import CaptureError
 
 __all__ = ["concrete_capture"]
@@ -46,12 +46,14 @@ def concrete_capture(model: nn.Module, example_inputs: Any = None,
                      leaf_modules: tuple[LeafSpec, ...] | list[LeafSpec] = ()) -> fx.GraphModule:
     """Capture ``model`` following its Python on ``example_inputs`` (see the module doc).
 
-    The graph module shares the model's parameters and buffers; the model's buffers (BatchNorm
-    running statistics) are as they were before. Raises ``CaptureError`` (with ``.failure``,
+    The graph module shares the model's parameters and buffers. The model is run on clones
+    of the example inputs, with clones of its buffers and the global random state forked
+    (:func:`~zeta_fx.tracer.leave_no_trace`): its buffers (BatchNorm running statistics:
+    objects, values, version counters), attributes, the inputs and the random state are as
+    they were before. Raises ``CaptureError`` (with ``.failure``,
     one line on what failed, and ``.advice``) when the forward cannot be run or traced.
     """
-    args = _as_tuple(example_inputs)
-    kwargs = dict(example_kwargs or {})
+    args, kwargs = clone_inputs((_as_tuple(example_inputs), dict(example_kwargs or {})))
     on_meta = next((name for name, t in [*model.named_parameters(), *model.named_buffers()]
                     if t.is_meta), None)
     if on_meta is not None or any(t.is_meta for t in _tensors((args, kwargs))):
@@ -61,38 +63,51 @@ def concrete_capture(model: nn.Module, example_inputs: Any = None,
                      "architecture (zero_init_pass(..., dry_run=True).plan) and apply the plan to this one "
                      "(plan.apply(model))")
     tracer = ZetaTracer(leaf_modules, split=True)
-    try:
-        graph: fx.Graph | None = tracer.trace(model)
-    except Exception:  # the model's own forward: it is followed whole
-        graph = None
-    with _buffers_kept(model):
-        if graph is None:
-            graph = fx.Graph()
-            inputs = _signature_placeholders(graph, model, args, kwargs)
-            inliner = _Inliner(graph, model)
-            graph.output(inliner.inline(model, "", inputs, args, kwargs))
-        else:
-            calls = _record_calls(model, list(tracer.split_paths), args, kwargs)
-            inliner = _Inliner(graph, model)
-            for node in list(graph.nodes):
-                if node.op != "call_module" or node.target not in tracer.split_paths:
-                    continue
-                if not calls[node.target]:
-                    raise _error(f"`{node.target}` is called more often in the traced graph "
-                                 "than when the model ran", "trace the model yourself and "
-                                 "pass the GraphModule")
-                call_args, call_kwargs = calls[node.target].pop(0)
-                with graph.inserting_before(node):
-                    out = inliner.inline(model.get_submodule(node.target), node.target,
-                                         (node.args, node.kwargs), call_args, call_kwargs)
-                _replace_uses(node, out)
-                graph.erase_node(node)
-    attrs: dict[str, Any] = dict(inliner.constants)
-    for node in graph.nodes:
-        if node.op in ("get_attr", "call_module") and node.target not in attrs:
-            attrs[node.target] = _fetch(model, node.target)
+    # the graph module gets the model's own buffers, not the clones the run updates
+    own = dict(model.named_buffers(remove_duplicate=False))
+    with leave_no_trace(model, clone_buffers=True):
+        try:
+            graph: fx.Graph | None = tracer.trace(model)
+        except Exception:  # the model's own forward: it is followed whole
+            graph = None
+        # the root's tensor constants (`_tensor_constant0`) live on the tracer's root until
+        # leave_no_trace takes them off the model: fetch every attribute the graph reads now
+        graph, inliner = _follow(model, graph, tracer, args, kwargs)
+        attrs: dict[str, Any] = dict(inliner.constants)
+        for node in graph.nodes:
+            if node.op in ("get_attr", "call_module") and node.target not in attrs:
+                attrs[node.target] = own[node.target] if node.target in own else \
+                    _fetch(model, node.target)
     graph.lint()
     return fx.GraphModule(attrs, graph, type(model).__name__)
+
+
+def _follow(model: nn.Module, graph: fx.Graph | None, tracer: ZetaTracer, args: tuple[Any, ...],
+            kwargs: dict[str, Any]) -> tuple[fx.Graph, "_Inliner"]:
+    """Replace each split leaf of ``graph`` (or, for ``None``, the whole model) by the ops its
+    Python runs on the example inputs."""
+    if graph is None:
+        graph = fx.Graph()
+        inputs = _signature_placeholders(graph, model, args, kwargs)
+        inliner = _Inliner(graph, model)
+        graph.output(inliner.inline(model, "", inputs, args, kwargs))
+    else:
+        calls = _record_calls(model, list(tracer.split_paths), args, kwargs)
+        inliner = _Inliner(graph, model)
+        for node in list(graph.nodes):
+            if node.op != "call_module" or node.target not in tracer.split_paths:
+                continue
+            if not calls[node.target]:
+                raise _error(f"`{node.target}` is called more often in the traced graph "
+                             "than when the model ran", "trace the model yourself and "
+                             "pass the GraphModule")
+            call_args, call_kwargs = calls[node.target].pop(0)
+            with graph.inserting_before(node):
+                out = inliner.inline(model.get_submodule(node.target), node.target,
+                                     (node.args, node.kwargs), call_args, call_kwargs)
+            _replace_uses(node, out)
+            graph.erase_node(node)
+    return graph, inliner
 
 
 class _Inliner:
@@ -100,7 +115,7 @@ class _Inliner:
 
     def __init__(self, graph: fx.Graph, model: nn.Module) -> None:
         self.graph = graph
-        self.aliases = _aliases(model)
+        self.aliases = tied_aliases(model)
         self.getattrs: dict[str, fx.Node] = {}
         self.constants: dict[str, Any] = {}
 
@@ -171,7 +186,7 @@ def _trace_call(module: nn.Module, prefix: str, args: tuple[Any, ...],
                 *params.values(), *buffers.values(), *real)
     except Exception as exc:
         raise _error(f"following the Python of {where} on the example inputs failed: "
-                     f"{type(exc).__name__}: {_first_line(exc)}",
+                     f"{type(exc).__name__}: {first_line(exc)}",
                      _leaf_advice(module, prefix)) from exc
     # the values that steered the Python (`.item()`, `bool(t)`) are dead in the graph; left
     # in, they would count as extra uses of a branch's values
@@ -208,7 +223,7 @@ def _record_calls(model: nn.Module, paths: list[str], args: tuple[Any, ...],
             model(*args, **kwargs)
     except Exception as exc:
         raise _error(f"running the model on the example inputs raised {type(exc).__name__}: "
-                     f"{_first_line(exc)}", "check that example_inputs/example_kwargs are what "
+                     f"{first_line(exc)}", "check that example_inputs/example_kwargs are what "
                      "the forward takes (run model(*example_inputs, **example_kwargs) once)"
                      ) from exc
     finally:
@@ -301,20 +316,6 @@ def _replace_uses(node: fx.Node, out: Any) -> None:
         else:
             user.args = fx.node.map_arg(user.args, lambda n: out if n is node else n)
             user.kwargs = fx.node.map_arg(user.kwargs, lambda n: out if n is node else n)
-
-
-@contextlib.contextmanager
-def _buffers_kept(model: nn.Module) -> Iterator[None]:
-    """Put every buffer back (object and value) after running the model on real inputs."""
-    saved = [(m, name, b, b.clone()) for m in model.modules() for name, b in m._buffers.items()
-             if b is not None]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for module, name, buf, value in saved:
-                module._buffers[name] = buf
-                buf.copy_(value)
 
 
 def _owner(node: fx.Node, prefix: str) -> str | None:

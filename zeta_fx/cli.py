@@ -11,15 +11,23 @@
 prints the report; it never writes the model's weights anywhere, it only prints and saves
 the plan and the picture. Like ``python -m``, it finds modules in the current directory.
 Errors are one line on stderr and exit code 2 (``--debug`` adds the traceback).
+
+The user's code (importing the factory's module, the factory, the model's forward during
+capture) runs with its ``print`` output sent to stderr, so ``--format json`` on stdout is
+always one JSON document; a ``sys.exit(...)`` in it, with any code, is an error naming the
+factory (exit code 2), never a silent exit. A closed pipe (``zeta-fx plan ... | head``)
+ends the program quietly, as Unix tools do (exit code 141, 128 + SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
 import importlib
 import os
+import signal
 import sys
 import traceback
 from typing import Any, Callable, Sequence
@@ -96,6 +104,9 @@ def _resolve(spec: str, kind: str, example: str) -> Any:
     except ImportError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc} (is it installed, in "
                          "the current directory, or on PYTHONPATH?)") from exc
+    except SystemExit as exc:
+        raise UsageError(f"importing module {module_name!r} (for {spec}) called "
+                         f"sys.exit({exc.code!r}); it must import without exiting") from None
     where = module_name
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -209,6 +220,9 @@ def _build_model(spec: str, kwargs: dict[str, Any], device: str) -> nn.Module:
     except Exception as exc:
         raise UsageError(f"calling {spec}({shown}) failed: {type(exc).__name__}: "
                          f"{_one_line(exc)}") from exc
+    except SystemExit as exc:  # sys.exit(0) too: a factory returns a model, never exits
+        raise UsageError(f"calling {spec}({shown}) called sys.exit({exc.code!r}) instead of "
+                         "returning an nn.Module; a factory must return the model") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"{spec}({shown}) returned a {type(model).__name__}, not an nn.Module")
     return model
@@ -234,21 +248,9 @@ def _plan(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise UsageError(f"--device {args.device!r}: {_one_line(exc)}") from exc
     _cwd_on_path()
-    leaves = [parse_leaf(text) for text in args.leaf]
-    model = _build_model(args.factory, kwargs, args.device)
-    _check_leaf_names(leaves, model)
-    inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
-    try:
-        report = zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
-                                leaf_modules=leaves, capture=args.capture)
-    except CaptureError as exc:
-        # The library's advice names Python arguments; say what they are called here.
-        hint = ("check that --input-shape and --dtype describe inputs the forward accepts"
-                if inputs else
-                "--input-shape with the shape of each input, e.g. --input-shape 1,3,224,224, "
-                "captures it with torch.export")
-        raise UsageError(f"{_one_line(exc)} (on the command line: {hint}; --leaf FQN or "
-                         "--leaf package.module:Class keeps a submodule opaque)") from exc
+    # the user's code prints to stderr: stdout holds the report alone (one JSON document)
+    with contextlib.redirect_stdout(sys.stderr):
+        report = _dry_run(args, rule, shapes, kwargs)
     print(report.to_json() if fmt == "json" else report.table(fmt))
     if args.save_plan:
         with open(args.save_plan, "w") as f:
@@ -258,6 +260,29 @@ def _plan(args: argparse.Namespace) -> int:
         result = report.draw(args.draw, focus=args.focus or None, rankdir=args.rankdir)
         print(f"zeta-fx: {result}", file=sys.stderr)
     return 0
+
+
+def _dry_run(args: argparse.Namespace, rule: Any, shapes: list[tuple[int, ...]],
+             kwargs: dict[str, Any]) -> Any:
+    """Import the factory, build the model, and run the pass as a dry run."""
+    leaves = [parse_leaf(text) for text in args.leaf]
+    model = _build_model(args.factory, kwargs, args.device)
+    _check_leaf_names(leaves, model)
+    inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
+    try:
+        return zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
+                              leaf_modules=leaves, capture=args.capture)
+    except SystemExit as exc:
+        raise UsageError(f"the forward of the model that {args.factory} built called "
+                         f"sys.exit({exc.code!r}) while it was captured") from None
+    except CaptureError as exc:
+        # The library's advice names Python arguments; say what they are called here.
+        hint = ("check that --input-shape and --dtype describe inputs the forward accepts"
+                if inputs else
+                "--input-shape with the shape of each input, e.g. --input-shape 1,3,224,224, "
+                "captures it with torch.export")
+        raise UsageError(f"{_one_line(exc)} (on the command line: {hint}; --leaf FQN or "
+                         "--leaf package.module:Class keeps a submodule opaque)") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,16 +341,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for a bad argument or model)."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except Exception as exc:
-        if getattr(args, "debug", False):
-            traceback.print_exc()
+        try:
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            raise
+        except Exception as exc:
+            if getattr(args, "debug", False):
+                traceback.print_exc()
+                return 2
+            known = isinstance(exc, (UsageError, ZetaFxError, OSError))
+            what = _one_line(exc) if known else f"{type(exc).__name__}: {_one_line(exc)}"
+            print(f"zeta-fx {args.command}: error: {what}"
+                  + ("" if known else " (run with --debug for the traceback)"), file=sys.stderr)
             return 2
-        known = isinstance(exc, (UsageError, ZetaFxError, OSError))
-        what = _one_line(exc) if known else f"{type(exc).__name__}: {_one_line(exc)}"
-        print(f"zeta-fx {args.command}: error: {what}"
-              + ("" if known else " (run with --debug for the traceback)"), file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader went away (``| head``): stop quietly, as a Unix tool killed by SIGPIPE.
+
+    What is still buffered for stdout can never be written: point stdout at ``/dev/null``
+    so that Python's flush at exit does not report the broken pipe either.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue  # not a file (captured in a test, replaced by the caller)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return 128 + getattr(signal, "SIGPIPE", 13)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,18 @@ class CaptureError(ZetaFxError):
     """The model could not be turned into an FX graph."""
 
 
+class ModuleStateWriteError(CaptureError):
+    """Symbolic tracing reached a ``forward`` that assigns module state (``self.steps += 1``,
+    ``self.ema = ...``): tracing it would store a ``torch.fx.Proxy`` in the module. The
+    assignment was refused before it happened; the module is as it was. ``module`` is the
+    FQN of the module assigned to (``""`` for the root), ``attribute`` the name."""
+
+    def __init__(self, message: str, module: str = "", attribute: str = "") -> None:
+        super().__init__(message)
+        self.module = module
+        self.attribute = attribute
+
+
 class UnknownRuleError(ZetaFxError, KeyError):
     """A rule was asked for by a name the registry does not know."""
 

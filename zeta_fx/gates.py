@@ -118,7 +118,7 @@ from zeta_fx.joins import Join
 from zeta_fx.rules import Rule
 from zeta_fx.select import trace_and_select
 from zeta_fx.selection import Selection, Skipped, Target
-from zeta_fx.tracer import _first_line
+from zeta_fx.tracer import first_line
 from zeta_fx.verify import graph_args
 from zeta_fx.words import format_shape, plural
 
@@ -261,6 +261,10 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
     joins = view.residual_joins
     targets, skipped = _gated_targets(selection, joins)
 
+    for merge in targets:  # every gate's value, in the dtype it is stored in, before any
+        like = _layer_tensor(view, targets[merge])
+        _check_init_fits(init, like.dtype if like is not None else torch.get_default_dtype(),
+                         merge, targets[merge])
     result = _graph_module_over(gm, model)
     nodes = {n.name: n for n in result.graph.nodes}
     shapes = {}
@@ -290,6 +294,29 @@ def _check_init(init: Any) -> float:
                         f"(0.0 for ReZero/SkipInit, 1.0 to keep the model's output), got "
                         f"{init!r}")
     return float(init)
+
+
+def _check_init_fits(init: float, dtype: torch.dtype, merge: str, targets: list[Target]) -> None:
+    """Refuse an ``init`` that the gate's dtype (its branch's last layer's) cannot hold: beyond
+    its largest finite value (the gate would be ``inf``), or non-zero but rounding to zero."""
+    if not dtype.is_floating_point:
+        return
+    info = torch.finfo(dtype)
+    layers = ", ".join(f"`{m}`" for m in dict.fromkeys(t.module for t in targets)) or "-"
+    name = str(dtype).removeprefix("torch.")
+    where = (f"the gate of merge `{merge}` is {name}, the dtype of its branch's last layer "
+             f"({layers})")
+    stored = float(torch.tensor(init, dtype=torch.float64, device="cpu").to(dtype))
+    if not math.isfinite(stored):
+        raise GateError(f"init={init!r} does not fit: {where}, whose largest finite value is "
+                        f"{info.max:g}, so the gate would be inf. Pass an init within "
+                        f"±{info.max:g} (0.0 for ReZero/SkipInit, 1.0 to keep the output); "
+                        "nothing was changed")
+    if init != 0 and stored == 0:
+        raise GateError(f"init={init!r} does not fit: {where}, in which it rounds to 0 (the "
+                        f"smallest positive {name} is {info.smallest_normal:g} normal), so the "
+                        "gate would start closed. Pass init=0.0 for a closed gate, or a larger "
+                        "value; nothing was changed")
 
 
 def _check_per_channel(per_channel: Any) -> bool | int:
@@ -418,7 +445,7 @@ def _merge_shapes(result: fx.GraphModule, merges: list[str], example_inputs: Any
             raise ExampleInputsError(
                 f"per_channel gates need the shape of each merge, and running the graph on "
                 f"fake copies of example_inputs failed: {type(exc).__name__}: "
-                f"{_first_line(exc)}; pass inputs that the model's forward accepts, on the "
+                f"{first_line(exc)}; pass inputs that the model's forward accepts, on the "
                 "model's device") from exc
     shapes = {}
     for m in merges:

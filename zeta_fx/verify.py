@@ -10,7 +10,9 @@ its norms for post-LN).
 :func:`check_claims` runs the captured graph with a ``torch.fx.Interpreter`` while the
 planned parameters are swapped for zeros and every buffer for a clone (the
 ``torch.func.functional_call`` idea, applied to every module object the graph reaches):
-eval mode, no grad, the global RNG state forked. The caller's tensors are never written,
+eval mode, no grad, the global RNG state forked, and the attributes a leaf's forward
+assigns (``self.calls += 1``) put back (:func:`zeta_fx.tracer.leave_no_trace`). The
+caller's tensors are never written,
 so their values and ``._version`` counters are unchanged and autograd graphs built before
 stay valid. :func:`zeta_fx.apply.apply_plan` writes only if every claim held.
 
@@ -41,6 +43,7 @@ from torch import fx, nn
 from zeta_fx.composite import composite_branches, default_composites
 from zeta_fx.errors import ExampleInputsError, VerificationError
 from zeta_fx.tensors import byte_span, nonzero_flag
+from zeta_fx.tracer import clone_inputs, leave_no_trace
 from zeta_fx.wrappers import is_sharded
 
 if TYPE_CHECKING:
@@ -236,18 +239,6 @@ def _quiet_forward(modules: list[nn.Module]) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def _clone_inputs(value: Any) -> Any:
-    """Example inputs as clones, so that an in-place merge (``x += f(x)``) leaves the
-    caller's tensors alone."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        return type(value)(_clone_inputs(v) for v in value)
-    if isinstance(value, dict) and type(value) is dict:
-        return {k: _clone_inputs(v) for k, v in value.items()}
-    return value
 
 
 # -- comparisons ----------------------------------------------------------------------------
@@ -449,8 +440,10 @@ def check_claims(plan: "ZeroInitPlan", model: nn.Module, gm: fx.GraphModule, arg
     substitution = _Substitution(modules, targets.values())
     checker = _ClaimChecker(gm, claims, substitution.zeroed)
     try:
-        with _quiet_forward(modules), substitution:
-            checker.run(*_clone_inputs(list(args)))
+        # a leaf's forward runs for real here: whatever Python state it assigns
+        # (`self.calls += 1`) is put back with the modules' attributes
+        with leave_no_trace(model), leave_no_trace(gm), _quiet_forward(modules), substitution:
+            checker.run(*clone_inputs(list(args)))
     except Exception as exc:
         where = checker.current.name if checker.current is not None else "?"
         raise VerificationError(
