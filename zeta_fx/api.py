@@ -38,6 +38,8 @@ from zeta_fx.planner import build_plan
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, get_rule
 from zeta_fx.select import trace_and_select
+from zeta_fx.semantics.dtypes import node_dtype
+from zeta_fx.storage import Storages
 from zeta_fx.tensors import any_nonzero
 from zeta_fx.verify import graph_args
 
@@ -220,8 +222,9 @@ def _analysis_key(gm: fx.GraphModule) -> tuple[Any, ...]:
     key: list[Any] = []
     modules: dict[int, Any] = {}
     for node in gm.graph.nodes:
+        # (the dtype a capture recorded: constants are combined in it)
         key.append((node.op, _target_key(node.target), _arg_key(node.args),
-                    _arg_key(node.kwargs)))
+                    _arg_key(node.kwargs), str(node_dtype(node))))
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
             if id(module) not in modules:
@@ -232,6 +235,10 @@ def _analysis_key(gm: fx.GraphModule) -> tuple[Any, ...]:
                 key.append(_value_key(_fetch(gm, node.target)))
             except AttributeError:
                 key.append(("missing", node.target))
+    # plain tensor attributes: one that shares a parameter's storage keeps it from zeroing
+    key.extend((path, name, Storages.tensor_root(value))
+               for path, module in gm.named_modules() for name, value in vars(module).items()
+               if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter))
     return tuple(key)
 
 
@@ -292,4 +299,5 @@ def _module_key(module: nn.Module) -> Any:
                   if name.endswith("hooks") and isinstance(value, dict))
     tensors = tuple((name, _value_key(t)) for name, t in
                     [*module.named_parameters(), *module.named_buffers()])
-    return ("module", id(module), type(module).__qualname__, settings, hooks, tensors)
+    forward = id(vars(module).get("forward"))  # a forward replaced on the instance
+    return ("module", id(module), type(module).__qualname__, settings, hooks, tensors, forward)

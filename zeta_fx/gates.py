@@ -510,10 +510,10 @@ def _insert_gate(result: fx.GraphModule, nodes: dict[str, Node], join: Join,
     with graph.inserting_before(min(holders, key=_position(graph))):
         alpha = graph.get_attr(fqn)
         if dim is None:
-            alpha = graph.call_method("view", (alpha, ()))
+            alpha = graph.call_function(torch.Tensor.view, (alpha, ()))
         elif dim != len(shape) - 1:  # (C, 1, ..., 1): aligned with dim from the right
             trailing = (1,) * (len(shape) - 1 - dim)
-            alpha = graph.call_method("view", (alpha, (shape[dim], *trailing)))
+            alpha = graph.call_function(torch.Tensor.view, (alpha, (shape[dim], *trailing)))
     gated: list[str] = []
 
     def gate(value: Any, holder: Node) -> Any:
