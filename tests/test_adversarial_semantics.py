@@ -56,12 +56,10 @@ def inputs_for(dtype: str, shape: tuple[int, ...] = SHAPE):
     return make
 
 
-# Writes the captured graph does not show, so no analysis of the graph can see them (both
-# are README limitations). Symbolic tracing records ``v *= 2`` on a view as an out-of-place
-# ``mul`` (fx's Proxy has no in-place operators), while eager writes ``x`` through ``v``;
-# a concrete capture records only the branch of value-dependent Python its example takes.
+# Writes the captured graph does not show, so no analysis of the graph can see them (a
+# README limitation): a concrete capture records only the branch of value-dependent Python
+# its example takes.
 CAPTURE_GAPS = {
-    "augmented_assign_through_view": "symbolic tracing records `v *= 2` as an out-of-place mul",
     "data_dependent_write_concrete": "a concrete capture follows only the example's path",
 }
 

@@ -77,6 +77,16 @@ def _named_modules(root: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return out
 
 
+def _storage_shared(tensor: torch.Tensor) -> bool:
+    """Whether something besides ``tensor`` may hold its storage: torch's count of the
+    storage's users (the tensor itself and the storage object asked for it make 2), read
+    with a private call; any doubt (no such call, a tensor subclass) says yes."""
+    try:
+        return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) > 2
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError):
+        return True
+
+
 def _overlap(a: Any, b: Any) -> bool:
     """Whether two :func:`~zeta_fx.tensors.byte_span` s overlap (unknown spans: taken to)."""
     if a is None or b is None:
@@ -198,7 +208,7 @@ class GraphView:
         self._build()
         #: which values share storage, and which writes each read sees
         self.storage = Storages(self.nodes, self.root, gm=gm, bound=self.bound,
-                                module_of=self.module, known_module=self._torch_forward,
+                                module_of=self.module,
                                 dtype_of=lambda node: self.dtypes[node])
 
     # -- construction: one sweep in topological order ---------------------------------
@@ -321,16 +331,6 @@ class GraphView:
             got = self._bound[node] = bind_as(node, self.op_key(node)[0])
         return got
 
-    def _torch_forward(self, fqn: str) -> bool:
-        """Whether the module at ``fqn`` runs torch's own ``forward`` (a torch.nn class's,
-        not overridden, not replaced on the instance, no hook around it): it writes only
-        what its class writes (``inplace=True``); any other module may write its inputs."""
-        module = self.module(fqn)
-        if "forward" in module.__dict__ or hooked(module):
-            return False
-        owner = getattr(type(module).forward, "__module__", "") or ""
-        return owner.startswith("torch.")
-
     def _is_shape_query(self, node: Node) -> bool:
         if node.op == "call_method":
             return node.target in SHAPE_METHODS
@@ -414,7 +414,7 @@ class GraphView:
     def dtypes(self) -> ValueDtypes:
         """The dtype of every value (:mod:`zeta_fx.value_dtypes`), worked out when asked."""
         return ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
-                           bound=self.bound, module_of=self.module)
+                           module_of=self.module)
 
     def weight_closure(self, params: Iterable[str]) -> set[Node]:
         """The parameter-only nodes that zeroing ``params`` reaches: their ``get_attr``
@@ -454,10 +454,13 @@ class GraphView:
         """``{parameter FQN: attribute FQN}`` for the parameters whose storage a plain
         tensor attribute (neither parameter nor buffer) shares, such as
         ``self.w_half = self.fc.weight.data[:, :4]``."""
+        if not any(map(_storage_shared, self.params.values())):
+            return {}  # no parameter's storage is held by anything else (the common case)
+        tensor = torch._C.TensorBase  # (a C type check: most attributes are not tensors)
         plain = [(f"{prefix}.{name}" if prefix else name, value)
                  for prefix, module in self._walked
                  for name, value in module.__dict__.items()
-                 if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter)]
+                 if isinstance(value, tensor) and not isinstance(value, nn.Parameter)]
         if not plain:
             return {}
         out: dict[str, str] = {}

@@ -41,7 +41,8 @@ from torch import fx, nn
 from torch.fx import Node
 
 from zeta_fx.semantics.decompose import decompose
-from zeta_fx.semantics.dtypes import computation_dtype, in_dtype, overflows_easily
+from zeta_fx.semantics.dtypes import (computation_dtype, holds_exactly_enough, in_dtype,
+                                      overflows_easily)
 from zeta_fx.semantics.keys import bind_as, op_key
 from zeta_fx.semantics.modules import (STEADY_KINDS, class_kind, eps_free, get_local, hooked,
                                        opaque_reason)
@@ -126,7 +127,6 @@ class ZeroFacts:
         self._seeds = seeds or {}
         # decompositions worked out so far (shared by the sweeps of one pass); None: none
         self._decompositions = decompositions if decompositions is not None or seeds else {}
-        self._zeroed_roots = self._roots_of_zeroed() if storage is not None else frozenset()
         order = list(gm.graph.nodes) if nodes is None else \
             sorted(nodes, key=(index.__getitem__ if index is not None else _position(gm)))
         self._order = order
@@ -190,6 +190,8 @@ class ZeroFacts:
     def eps_in(self, eps: Any, value: Any, key: str) -> Any:
         """``eps`` as op ``key`` adds it to ``value``: in the dtype it computes in, where it
         may be zero (``F.normalize``'s ``1e-12`` in float16)."""
+        if holds_exactly_enough(eps):
+            return eps  # nonzero and finite in every floating dtype: no dtype to look up
         dtype = self.dtype_of(value)
         if dtype is None or isinstance(eps, bool) or not isinstance(eps, (int, float)):
             return eps
@@ -205,6 +207,8 @@ class ZeroFacts:
     def constant(self, value: Any, node: Node) -> Fact:
         """The fact of a Python number as ``node`` combines it: in ``node``'s dtype, where
         ``1e-8`` is zero in float16 and ``-1e9`` is ``-inf``."""
+        if holds_exactly_enough(value):
+            return constant_fact(value)
         return constant_fact(value, self.dtype_of(node))
 
     def fact_of(self, name: str) -> Fact:
@@ -324,9 +328,9 @@ class ZeroFacts:
                 if node in self._seeds:
                     facts[node] = self._seeds[node]
             elif op == "get_attr":
-                if node.target in zeroed or (self._zeroed_roots and
-                                             self._storage.roots[node] & self._zeroed_roots):
-                    facts[node] = Z
+                if node.target in zeroed or (weights is not None and
+                                             not zeroed.isdisjoint(weights.get(node, ()))):
+                    facts[node] = Z  # (an attribute that shares a zeroed parameter's storage)
             elif op != "placeholder" and op != "output":
                 for i in (inputs[node] if inputs is not None else node.all_input_nodes):
                     if i in facts:
@@ -361,17 +365,6 @@ class ZeroFacts:
                         lazy.add(node)
                         continue
                 self._function(node)
-
-    def _roots_of_zeroed(self) -> frozenset[Any]:
-        """The storages of the zeroed tensors: an attribute that shares one is zeroed too."""
-        roots = set()
-        for fqn in self.zeroed:
-            tensor = _fetch_or_none(self.root, fqn)
-            if isinstance(tensor, torch.Tensor):
-                root = self._storage.tensor_root(tensor)
-                if root is not None:
-                    roots.add(root)
-        return frozenset(roots)
 
     def _read_fact(self, value: Node, writers: Sequence[Node], reader: Node) -> Fact:
         """What ``reader`` finds in ``value``'s storage after ``writers`` wrote it: the value

@@ -77,24 +77,24 @@ class Storages:
 
     ``nodes`` are the graph's nodes in order; ``root`` holds the real tensors (``get_attr``
     targets are looked up there first, then in ``gm``). ``bound(node)`` names a call's
-    arguments (:func:`zeta_fx.semantics.keys.bind`); ``known_module(target)`` tells whether a module
-    computes what its torch.nn class does (an opaque one may write what it receives).
+    arguments (:func:`zeta_fx.semantics.keys.bind`); ``module_of(target)`` finds a called
+    module (one whose forward is not torch's own may write what it receives).
     """
 
     def __init__(self, nodes: list[Node], root: nn.Module, *,
                  gm: fx.GraphModule | None = None,
                  bound: Callable[[Node], dict[str, Any]] | None = None,
                  module_of: Callable[[str], nn.Module] | None = None,
-                 known_module: Callable[[str], bool] | None = None,
                  dtype_of: Callable[[Node], Any] | None = None) -> None:
         self.nodes = nodes
         self._root, self._gm = root, gm
         self._bound = bound
         self._module_of = module_of or (lambda fqn: root.get_submodule(fqn))
-        self._known = known_module or (lambda fqn: False)
         self._dtype_of = dtype_of
         self.index = {n: i for i, n in enumerate(nodes)}
-        self.roots: dict[Node, frozenset[Any]] = {}
+        # the storages of every value that shares one (an alias, an attribute, an item);
+        # any other value lives in its own
+        self._shared: dict[Node, frozenset[Any]] = {}
         self.effects: dict[Node, Effects] = {}
         #: writer -> the nodes (arguments) it writes, and the roots it writes
         self.written_args: dict[Node, tuple[Node, ...]] = {}
@@ -111,15 +111,15 @@ class Storages:
         return self._stale.get(reader, [])
 
     @property
-    def readers_of_stale(self) -> frozenset[Node]:
-        """Every node with a stale read."""
-        return frozenset(self._stale)
+    def readers_of_stale(self) -> dict[Node, Any]:
+        """Every node with a stale read (a mapping, for membership)."""
+        return self._stale
 
     def written_after(self, value: Node) -> bool:
         """Whether some node writes a storage of ``value`` after ``value`` is made (any
         write at all, for a storage the module holds)."""
         here = self.index.get(value, -1)
-        for root in self.roots.get(value, ()):
+        for root in self.roots_of(value):
             positions = self._by_root.get(root)
             if positions and (root in self._persistent or positions[-1] > here):
                 return True
@@ -128,7 +128,7 @@ class Storages:
     def writers_after(self, value: Node) -> list[Node]:
         """The nodes that write a storage of ``value`` after it is made."""
         here = self.index.get(value, -1)
-        found = sorted({p for root in self.roots.get(value, ()) for p in
+        found = sorted({p for root in self.roots_of(value) for p in
                         self._by_root.get(root, ()) if p > here or root in self._persistent})
         return [self.nodes[p] for p in found]
 
@@ -148,8 +148,7 @@ class Storages:
     # -- construction --------------------------------------------------------------------
     def _effects_of(self, node: Node) -> Effects:
         if node.op == "call_module":
-            target = node.target
-            return module_effects(self._module_of(target), self._known(target))
+            return module_effects(self._module_of(node.target))
         return op_effects(node)
 
     def _changes_dtype(self, cast: Node, sources: list[Node]) -> bool:
@@ -161,6 +160,8 @@ class Storages:
     def _argument(self, node: Node, name: str) -> Any:
         if name == "out":
             return node.kwargs.get("out")
+        if name == "input" and node.args and node.op != "call_function":
+            return node.args[0]  # a method's self, a module's first input
         bound = self._bound(node) if self._bound is not None else {}
         if name in bound:
             return bound[name]
@@ -183,46 +184,62 @@ class Storages:
             value = _fetch(self._gm, node.target)
         return self.tensor_root(value) if isinstance(value, torch.Tensor) else None
 
+    def roots_of(self, value: Node) -> frozenset[Any] | tuple[Node]:
+        """The storages ``value`` may live in (a value that aliases nothing: its own)."""
+        return self._shared.get(value) or (value,)
+
     def _build(self) -> None:
-        roots, index = self.roots, self.index
-        empty: frozenset[Any] = frozenset()
+        effects_of, all_effects = self._effects_of, self.effects
+        writes = False
+        for node in self.nodes:
+            if node.op in ("call_function", "call_method", "call_module"):
+                effects = all_effects[node] = effects_of(node)
+                writes = writes or bool(effects.writes) or effects.opaque
+        if writes:  # (a graph nothing writes has no stale read: every value as it was made)
+            self._trace_storages()
+
+    def _trace_storages(self) -> None:
+        shared, index, roots_of = self._shared, self.index, self.roots_of
         for node in self.nodes:
             op = node.op
-            if op == "placeholder":
-                roots[node] = frozenset((node,))
-                continue
+            if op == "placeholder" or op == "output":
+                continue  # its own storage; an output holds none of its own
             if op == "get_attr":
                 root = self._attr_root(node)
-                roots[node] = frozenset((root,)) if root is not None else empty
+                shared[node] = frozenset((root,)) if root is not None else frozenset()
                 if root is not None:
                     self._persistent.add(root)
                 continue
-            if op == "output":
-                roots[node] = empty
-                continue
-            effects = self._effects_of(node)
-            self.effects[node] = effects
-            inputs = node.all_input_nodes
+            effects = self.effects[node]
             if effects.opaque:
-                shared = frozenset().union(*(roots[i] for i in inputs)) if inputs else empty
-                roots[node] = shared | {node}
-                written = [i for i in inputs if roots[i]]
+                inputs = node.all_input_nodes
+                shared[node] = frozenset().union(*(roots_of(i) for i in inputs)) | {node}
+                written = [i for i in inputs if roots_of(i)]
             else:
-                aliased = [n for name in effects.aliases
-                           for n in _nodes_in(self._argument(node, name))]
-                if effects.cast and self._changes_dtype(node, aliased):
-                    aliased = []  # a cast to another dtype copies
-                roots[node] = frozenset().union(*(roots[a] for a in aliased)) if aliased \
-                    else frozenset((node,))
-                if node.target is operator.getitem and aliased:
-                    roots[node] = _item_roots(roots[node], node)
+                if effects.aliases:
+                    aliased = [n for name in effects.aliases
+                               for n in _nodes_in(self._argument(node, name))]
+                    if effects.cast and self._changes_dtype(node, aliased):
+                        aliased = []  # a cast to another dtype copies
+                    if aliased:
+                        got = frozenset().union(*(roots_of(a) for a in aliased))
+                        if node.target is operator.getitem:
+                            got = _item_roots(got, node)
+                        shared[node] = got
+                if not effects.writes:
+                    continue
                 written = [n for name in effects.writes
                            for n in _nodes_in(self._argument(node, name))]
             if written:
-                hit = frozenset().union(*(roots[w] for w in written))
+                hit = frozenset().union(*(roots_of(w) for w in written))
                 if hit:
                     self.written_args[node] = tuple(written)
                     self.written_roots[node] = hit
+                    if all(len(w.users) == 1 and w not in shared for w in written):
+                        # a fresh value whose only reader is this write (``relu_`` right
+                        # after a norm): no read can see it stale; only the writer's own
+                        # output lives on in that storage, and later writes say so
+                        continue
                     for root in hit:
                         self._by_root.setdefault(root, []).append(index[node])
         if self._by_root:
@@ -231,8 +248,12 @@ class Storages:
     def _find_stale(self) -> None:
         index, by_root, persistent, nodes = self.index, self._by_root, self._persistent, \
             self.nodes
-        for value, value_roots in self.roots.items():
-            hit = [r for r in value_roots if r in by_root]
+        # the values that live in a written storage: the written roots that are values
+        # themselves, and the values that alias one
+        candidates = [r for r in by_root if isinstance(r, Node)]
+        candidates += [v for v, rs in self._shared.items() if not rs.isdisjoint(by_root)]
+        for value in dict.fromkeys(candidates):
+            hit = [r for r in self.roots_of(value) if r in by_root]
             if not hit:
                 continue
             made = index[value]
@@ -249,4 +270,3 @@ class Storages:
                 if writers:
                     self._stale.setdefault(reader, []).append(
                         (value, tuple(nodes[p] for p in sorted(writers))))
-

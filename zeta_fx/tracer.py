@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import operator
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Union
 
@@ -25,14 +26,51 @@ from torch import fx, nn
 from zeta_fx.errors import ModuleStateWriteError
 
 
-__all__ = ["ZetaTracer", "LeafSpec", "quiet_torch", "leave_no_trace", "clone_inputs",
-           "tied_aliases", "first_line"]
+__all__ = ["ZetaTracer", "WritingProxy", "LeafSpec", "quiet_torch", "leave_no_trace",
+           "clone_inputs", "tied_aliases", "first_line"]
 
 logger = logging.getLogger("zeta_fx.capture")
 
 # A leaf is given as a module class, an FQN (exact, or a prefix ending in ".*"), or a
 # predicate ``(module, fqn) -> bool``.
 LeafSpec = Union[type, str, Callable[[nn.Module, str], bool]]
+
+
+class WritingProxy(fx.Proxy):
+    """A ``torch.fx.Proxy`` that records Python's in-place statements as what they are.
+
+    fx's own Proxy has no in-place operators, so ``v *= 2`` falls back to ``v = v * 2``: the
+    graph shows a fresh product while eager Python writes ``v`` (and every tensor it is a
+    view of) in place; and ``x[i] = v`` does not trace at all. Here ``*=``, ``+=``, ...
+    record ``operator.imul``, ``operator.iadd``, ... and ``x[i] = v`` records
+    ``operator.setitem``, which fx's code generator prints back as the same statements.
+
+    >>> import operator
+    >>> def f(x):
+    ...     v = x.view(-1)
+    ...     v *= 2
+    ...     x[0] = 1.0
+    ...     return x
+    >>> graph = ZetaTracer().trace(f)
+    >>> [n.target for n in graph.nodes if n.op == "call_function"][1:]
+    [<built-in function imul>, <built-in function setitem>]
+    """
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
+def _in_place(op: Callable[[Any, Any], Any]) -> Callable[[WritingProxy, Any], Any]:
+    def method(self: WritingProxy, other: Any) -> Any:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+    method.__name__ = f"__{op.__name__}__"
+    return method
+
+
+for _op in (operator.iadd, operator.isub, operator.imul, operator.itruediv,
+            operator.ifloordiv, operator.imod, operator.ipow, operator.imatmul,
+            operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift):
+    setattr(WritingProxy, f"__{_op.__name__}__", _in_place(_op))
 
 
 class ZetaTracer(fx.Tracer):
@@ -52,6 +90,9 @@ class ZetaTracer(fx.Tracer):
         self.leaf_predicates = tuple(s for s in leaf_modules
                                      if callable(s) and not isinstance(s, type))
         self.failed_in: tuple[str, type] | None = None
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return WritingProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.split_paths:

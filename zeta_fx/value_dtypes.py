@@ -41,12 +41,10 @@ class ValueDtypes:
 
     def __init__(self, nodes: list[Node], root: nn.Module, *,
                  key: Callable[[Node], str] | None = None,
-                 bound: Callable[[Node], dict[str, Any]] | None = None,
                  module_of: Callable[[str], nn.Module] | None = None) -> None:
         self._nodes, self._root = nodes, root
         self._key = key or (lambda n: n.target if isinstance(n.target, str)
                             else getattr(n.target, "__name__", ""))
-        self._bound = bound or (lambda n: {f"arg{i}": a for i, a in enumerate(n.args)})
         self._module_of = module_of or root.get_submodule
         self._dtypes: dict[Node, torch.dtype | None] | None = None
 
@@ -72,7 +70,7 @@ class ValueDtypes:
                 elif op == "call_module":
                     dtype = self._module_dtype(node, out)
                 elif op in ("call_function", "call_method"):
-                    dtype = output_dtype(node, self._key(node), lookup, self._bound(node))
+                    dtype = output_dtype(node, self._key(node), lookup)
             out[node] = dtype
         return out
 
@@ -89,8 +87,12 @@ class ValueDtypes:
         except AttributeError:
             module = None
         if module is not None:
-            for p in module.parameters():
-                if p.is_floating_point():
+            for p in module._parameters.values():  # its own: the common case
+                if p is not None and p.is_floating_point():
                     return p.dtype
+            if module._modules:  # a composite leaf (MultiheadAttention)
+                for p in module.parameters():
+                    if p.is_floating_point():
+                        return p.dtype
         first = next((a for a in node.args if isinstance(a, Node)), None)
         return out.get(first) if first is not None else None

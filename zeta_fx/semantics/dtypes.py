@@ -20,13 +20,13 @@ of its floating tensor inputs (Python numbers do not promote a float tensor).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from torch._prims_common import get_computation_dtype
 from torch.fx import Node
 
-__all__ = ["in_dtype", "rounds_to_zero", "computation_dtype", "overflows_easily", "output_dtype",
+__all__ = ["in_dtype", "holds_exactly_enough", "rounds_to_zero", "computation_dtype", "overflows_easily", "output_dtype",
            "node_dtype"]
 
 # Fused kernels that accumulate (and add their eps) in the computation dtype.
@@ -42,6 +42,21 @@ def in_dtype(value: float, dtype: torch.dtype) -> float:
     if not dtype.is_floating_point:
         return value
     return float(torch.tensor(value, dtype=dtype))
+
+
+# Every floating dtype torch computes in (float16, bfloat16, float32, float64) holds each
+# number of this magnitude as a nonzero, finite value: float16's smallest subnormal and
+# largest finite value bound it.
+_SAFE_MAGNITUDE = (2.0 ** -24, 65504.0)
+
+
+def holds_exactly_enough(value: Any) -> bool:
+    """Whether the Python number ``value`` is zero, or nonzero and finite in every floating
+    dtype (so that no dtype needs to be looked up for it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    magnitude = abs(value)
+    return magnitude == 0 or _SAFE_MAGNITUDE[0] <= magnitude <= _SAFE_MAGNITUDE[1]
 
 
 def rounds_to_zero(value: float, dtype: torch.dtype) -> bool:
@@ -84,11 +99,10 @@ def _cast_target(value: Any, dtype_of: Callable[[Any], torch.dtype | None]) -> t
     return None
 
 
-def output_dtype(node: Node, key: str, dtype_of: Callable[[Any], torch.dtype | None],
-                 tensors: Mapping[str, Any]) -> torch.dtype | None:
+def output_dtype(node: Node, key: str, dtype_of: Callable[[Any], torch.dtype | None]
+                 ) -> torch.dtype | None:
     """The floating dtype of ``node``'s output, from its op ``key`` and the dtypes of its
-    inputs (``dtype_of``); ``tensors`` are its bound arguments. ``None``: not a floating
-    value, or not known."""
+    inputs (``dtype_of``). ``None``: not a floating value, or not known."""
     if "dtype" in node.kwargs and isinstance(node.kwargs["dtype"], torch.dtype):
         return node.kwargs["dtype"]
     if node.op == "call_method" and key in _CAST_METHODS:
@@ -102,10 +116,8 @@ def output_dtype(node: Node, key: str, dtype_of: Callable[[Any], torch.dtype | N
     if key == "type_as" and len(node.args) > 1:
         return _cast_target(node.args[1], dtype_of)
     out: torch.dtype | None = None
-    for value in tensors.values():
-        for item in (value if isinstance(value, (list, tuple)) else (value,)):
-            dtype = _cast_target(item, dtype_of) if isinstance(item, (Node, torch.Tensor)) \
-                else None
-            if dtype is not None and dtype.is_floating_point:
-                out = dtype if out is None else torch.promote_types(out, dtype)
+    for item in node.all_input_nodes:
+        dtype = dtype_of(item)
+        if dtype is not None and dtype.is_floating_point and dtype is not out:
+            out = dtype if out is None else torch.promote_types(out, dtype)
     return out

@@ -53,6 +53,7 @@ from typing import Any, Callable
 import torch
 from torch.fx import Node
 
+from zeta_fx.semantics.modules import hooked
 from zeta_fx.semantics.tables import LIBRARY_PURE
 
 __all__ = ["Effects", "op_effects", "module_effects", "schema_effects", "PURE", "OPAQUE",
@@ -122,7 +123,14 @@ def schema_effects(schema: torch.FunctionSchema) -> Effects:
     >>> schema_effects(torch.ops.aten.split.Tensor._schema).aliases
     frozenset({'input'})
     """
-    returns = str(schema).rpartition("->")[2]
+    return _schema_effects(str(schema))
+
+
+@lru_cache(maxsize=None)
+def _schema_effects(text: str) -> Effects:
+    # keyed by the schema's text (a FunctionSchema with list defaults is not hashable)
+    schema = torch._C.parse_schema(text)
+    returns = text.rpartition("->")[2]
     returned = set(_RETURN_ALIAS.findall(returns))
     writes, aliases = set(), set()
     for arg in schema.arguments:
@@ -210,47 +218,57 @@ def _flag(node: Node, position: int | None, name: str) -> bool:
 
 def op_effects(node: Node) -> Effects:
     """The :class:`Effects` of a ``call_function`` or ``call_method`` node (modules are
-    :func:`zeta_fx.semantics.modules.module_effects`); other nodes have none."""
+    :func:`module_effects`); other nodes have none."""
     op, target = node.op, node.target
     if op == "call_method":
-        effects = _named_effects(target)
+        effects, position = _named_effects(target), None
     elif op != "call_function":
         return PURE
-    elif isinstance(target, torch._ops.OpOverload):
-        return schema_effects(target._schema)
-    elif isinstance(target, torch._ops.OpOverloadPacket):
-        effects = _named_effects(target._qualified_op_name.split("::")[-1])
     elif target is getattr:
         # a view (``.T``, ``.data``), a field of a returned tuple (``.values``): the value
         # itself; metadata (``.shape``, ``.dtype``) holds none
         return PURE if len(node.args) > 1 and node.args[1] in _METADATA_ATTRS else _VIEW
-    elif getattr(target, "__module__", None) in ("_operator", "operator"):
-        name = target.__name__
-        if name == "setitem":
-            return Effects(frozenset({"input"}))
-        if name == "getitem":
-            # an item of a container, or basic indexing of a tensor (a view); indexing
-            # with a list is advanced indexing, which copies
-            return PURE if _advanced_index(node.args[1] if len(node.args) > 1 else None) \
-                else _VIEW
-        in_place = _OPERATOR_OPS.get(name)
-        return _named_effects(in_place) if in_place else PURE
-    elif target in _BUILTIN_PURE:
-        return PURE
-    elif _torch_callable(target):
-        name = getattr(target, "__name__", "") or ""
-        effects = _named_effects(name)
-        position = _inplace_position(target)
-        if _flag(node, position, "inplace"):
-            effects = effects | _IN_PLACE
-    elif getattr(target, "__name__", None) in LIBRARY_PURE:
-        return PURE
+    elif target is operator.getitem:
+        # an item of a container, or basic indexing of a tensor (a view); indexing with a
+        # list is advanced indexing, which copies
+        return PURE if _advanced_index(node.args[1] if len(node.args) > 1 else None) \
+            else _VIEW
     else:
-        return OPAQUE
+        try:
+            effects, position = _function_effects(target)
+        except TypeError:  # an unhashable callable
+            effects, position = _function_effects.__wrapped__(target)
+        if effects.opaque or isinstance(target, torch._ops.OpOverload):
+            return effects  # (an aten overload's out= is part of its schema)
+    if position is not None and _flag(node, position, "inplace"):
+        effects = effects | _IN_PLACE
     if node.kwargs.get("out") is not None:
         effects = Effects(effects.writes | _OUT.writes, effects.aliases | _OUT.aliases,
                           effects.opaque)
     return effects
+
+
+@lru_cache(maxsize=None)
+def _function_effects(target: Any) -> tuple[Effects, int | None]:
+    """A ``call_function`` target's effects before its arguments are looked at, and the
+    position of its ``inplace`` parameter (if it has one)."""
+    if isinstance(target, torch._ops.OpOverload):
+        return schema_effects(target._schema), None
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return _named_effects(target._qualified_op_name.split("::")[-1]), None
+    if getattr(target, "__module__", None) in ("_operator", "operator"):
+        name = target.__name__
+        if name == "setitem":
+            return Effects(frozenset({"input"})), None
+        in_place = _OPERATOR_OPS.get(name)
+        return (_named_effects(in_place) if in_place else PURE), None
+    if target in _BUILTIN_PURE:
+        return PURE, None
+    if _torch_callable(target):
+        return _named_effects(getattr(target, "__name__", "") or ""), _inplace_position(target)
+    if getattr(target, "__name__", None) in LIBRARY_PURE:
+        return PURE, None
+    return OPAQUE, None
 
 
 _BUILTIN_PURE = frozenset({builtins.len, builtins.getattr, builtins.isinstance, builtins.int,
@@ -263,23 +281,40 @@ _MODULES_RETURNING_INPUT = ("Identity", "Dropout", "Dropout1d", "Dropout2d", "Dr
                             "AlphaDropout", "FeatureAlphaDropout", "Flatten", "Unflatten")
 
 
-def module_effects(module: torch.nn.Module, known: bool) -> Effects:
+def module_effects(module: torch.nn.Module, known: bool | None = None) -> Effects:
     """The :class:`Effects` of calling ``module`` on its inputs. ``known``: the module
-    computes what its torch.nn class computes (its own ``forward``, no hooks, not replaced
-    on the instance); otherwise it is opaque and may write what it receives.
+    computes what its torch.nn class computes; by default, decided here: its class's
+    ``forward`` is torch's own, not replaced on the instance, and no hook runs around it.
+    Any other module is opaque and may write what it receives.
 
     >>> from torch import nn
-    >>> module_effects(nn.ReLU(inplace=True), True).writes
+    >>> module_effects(nn.ReLU(inplace=True)).writes
     frozenset({'input'})
-    >>> module_effects(nn.Linear(2, 2), True) == PURE, module_effects(nn.Linear(2, 2), False).opaque
+    >>> module_effects(nn.Linear(2, 2)) == PURE, module_effects(nn.Linear(2, 2), False).opaque
     (True, True)
     """
+    if known is None:
+        known = "forward" not in module.__dict__ and not hooked(module)
     if not known:
         return OPAQUE
-    if module.__dict__.get("inplace") is True or \
-            (hasattr(type(module), "inplace") and getattr(module, "inplace", False) is True):
+    effects, has_inplace = _class_effects(type(module))
+    if has_inplace and getattr(module, "inplace", False) is True or \
+            module.__dict__.get("inplace") is True:
         return _IN_PLACE
-    for base in type(module).__mro__:
-        if base.__module__.startswith("torch.nn.") and base.__name__ in _MODULES_RETURNING_INPUT:
-            return _VIEW
-    return PURE
+    return effects
+
+
+@lru_cache(maxsize=None)
+def _class_effects(cls: type) -> tuple[Effects, bool]:
+    """A module class's effects (opaque unless its ``forward`` is torch's), and whether it
+    has an ``inplace`` setting."""
+    owner = getattr(cls.forward, "__module__", "") or ""
+    if not owner.startswith("torch."):
+        return OPAQUE, False
+    return (_VIEW if _returns_input(cls) else PURE), hasattr(cls, "inplace")
+
+
+@lru_cache(maxsize=None)
+def _returns_input(cls: type) -> bool:
+    return any(base.__module__.startswith("torch.nn.") and
+               base.__name__ in _MODULES_RETURNING_INPUT for base in cls.__mro__)
