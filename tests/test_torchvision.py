@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torchvision
-from torch import fx
 
 from claims import assert_graph_claims, fixed_inputs, residual_rows
 from zeta_fx import zero_init_pass
+from zeta_fx.capture import capture
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
            "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
@@ -44,8 +44,8 @@ def test_resnet_blocks_are_identities_after_the_pass():
             block = layer[1]  # identity skip: block(x) == relu(x)
             h = torch.randn(1, block.conv1.in_channels, 8, 8)
             assert torch.equal(block(h), torch.relu(h))
-    # and on a traced graph every row's merge equals its skip (eval and train mode)
-    gm = fx.symbolic_trace(model)
+    # and on the graph the pass captured every row's merge equals its skip (eval and train)
+    gm = capture(model)
     report = zero_init_pass(model, dry_run=True)
     assert len(residual_rows(report)) == 8
     assert_graph_claims(model, report, fixed_inputs((x,)), gm=gm, seeds=(0,))
