@@ -43,7 +43,10 @@ COND_OPS = ("cond_mod", "cond_add")
 HARD_OPS = ("l2div", "rms0", "rms_eps", "gemma", "wnconv", "tempconv", "unitconv",
             "where0", "where_half", "where_buf", "htanh", "htanh_pos", "htanh_neg", "lora",
             "plusone", "hooked", "prehooked", "relu_inplace", "relattn", "scan_d", "gc_gate",
-            "evo")
+            "evo") + ("view_write", "data_write", "silu_inplace", "out_write", "iadd_view")
+# Writes through an alias of the value they receive (the op-semantics issue): a branch
+# value, or the fork itself when one starts a branch.
+ALIAS_WRITE_OPS = ("view_write", "data_write", "silu_inplace", "out_write", "iadd_view")
 # Terms added beside a block's merge: ``skip + branch + extra``.
 EXTRAS = ("param", "buffer", "const")
 # Layer nodes an op puts in the branch region (the pass tells skip from branch by them).
@@ -360,6 +363,29 @@ class LoRAConv(nn.Conv2d):
         return super().forward(x) + self.B(self.A(x))
 
 
+class AliasWrite(nn.Module):
+    """Writes the value it receives in place through an alias and returns it: through a
+    view, ``.data``, ``inplace=True``, ``out=`` or an augmented assignment on a view."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "view_write":
+            x.flatten(1).mul_(2.0)
+        elif self.how == "data_write":
+            x.data.clamp_(min=-0.5)
+        elif self.how == "silu_inplace":
+            F.silu(x, inplace=True)
+        elif self.how == "out_write":  # (through detached aliases: out= and autograd)
+            torch.mul(x.detach(), 3.0, out=x.detach())
+        else:  # iadd_view
+            v = x.flatten(1)
+            v += 1.0
+        return x
+
+
 class PlusOne(nn.Identity):
     """An ``nn.Identity`` subclass that adds 1."""
 
@@ -664,6 +690,8 @@ class _Ctx:
             m.register_forward_pre_hook(_shift_input)
         elif k == "relu_inplace":
             m = nn.ReLU(inplace=True)
+        elif k in ALIAS_WRITE_OPS:
+            m = AliasWrite(k)
         elif k == "relattn":
             m = RelAttn(c, self.gen)
         elif k == "scan_d":

@@ -199,7 +199,7 @@ def check_model(spec: Net, seed: int = 0) -> None:
         # inputs now makes it zero. No row claims anything downstream of such a division.
         assert netgen.op_kinds(spec) & {"l2div", "rms0"}, f"non-finite output\n{report}"
         return
-    if "relu_inplace" not in netgen.op_kinds(spec):
+    if not netgen.op_kinds(spec) & {"relu_inplace", *netgen.ALIAS_WRITE_OPS}:
         out.square().mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
@@ -328,6 +328,15 @@ def test_shared_conv_in_two_branches_of_one_block() -> None:
 def test_hard_op_in_a_branch(kind: str, where: str) -> None:
     """conv1 → kind (→ conv1): judged by running the model, like every generated network."""
     ops = (Op("conv1", True), Op(kind)) + ((Op("conv1", True),) if where == "middle" else ())
+    check_model(Net(4, False, (("block", Block((ops,), 0, "op", False, None)),
+                               ("block", _block(Op("conv3", True))))))
+
+
+@pytest.mark.parametrize("kind", netgen.ALIAS_WRITE_OPS)
+def test_alias_write_on_the_fork(kind: str) -> None:
+    """A branch that starts by writing the fork through an alias (the skip the merge reads
+    is then not the block's input): judged by running the model."""
+    ops = (Op(kind), Op("conv1", False), Op("relu"), Op("conv1", True))
     check_model(Net(4, False, (("block", Block((ops,), 0, "op", False, None)),
                                ("block", _block(Op("conv3", True))))))
 
