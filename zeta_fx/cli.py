@@ -38,9 +38,10 @@ from torch import nn
 
 from zeta_fx.api import zero_init_pass
 from zeta_fx.capture import CAPTURE_METHODS, LeafSpec
-from zeta_fx.errors import CaptureError, ZetaFxError
+from zeta_fx.errors import CaptureError, UnknownModuleError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
-from zeta_fx.rules import get_rule, list_rules
+from zeta_fx.rules import ALIASES, get_rule, list_rules
+from zeta_fx.select import check_module_names
 
 __all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape", "parse_leaf"]
 
@@ -78,6 +79,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     for name, description in list_rules().items():
         print(f"{name:24s} {description}")
+    for alias, name in ALIASES.items():
+        print(f"{alias:24s} alias of {name}")
     return 0
 
 
@@ -180,18 +183,15 @@ def parse_leaf(text: str) -> LeafSpec:
     return cls
 
 
-def _check_leaf_names(leaves: Sequence[LeafSpec], model: nn.Module) -> None:
-    """A leaf FQN that names no module would silently do nothing: say so instead."""
-    names = [name for name, _ in model.named_modules() if name]
-    for leaf in leaves:
-        if not isinstance(leaf, str):
-            continue
-        prefix = leaf[:-1] if leaf.endswith(".*") else None
-        if any(n == leaf or (prefix is not None and n.startswith(prefix)) for n in names):
-            continue
-        close = difflib.get_close_matches(leaf.removesuffix(".*"), names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"--leaf {leaf!r} names no submodule of {type(model).__name__}{hint}")
+def _check_names(leaves: Sequence[LeafSpec], focus: Sequence[str], model: nn.Module) -> None:
+    """A --leaf or --focus that names no module would silently do nothing: say so instead,
+    with the nearest names."""
+    try:
+        check_module_names(model, leaf_modules=leaves, focus=focus, leaf_label="--leaf",
+                           focus_label="--focus")
+    except UnknownModuleError as exc:
+        raise UsageError(str(exc).replace("nothing was traced or written",
+                                          "nothing was run")) from None
 
 
 def _cwd_on_path() -> None:
@@ -240,6 +240,9 @@ def _plan(args: argparse.Namespace) -> int:
         raise UsageError(f"--format {fmt!r} is not json or a tabulate format{hint}")
     if args.dtype not in _DTYPES:
         raise UsageError(f"--dtype {args.dtype!r} is not one of {', '.join(_DTYPES)}")
+    if args.focus and not args.draw:
+        raise UsageError(f"--focus {args.focus[0]!r} only narrows the picture, and no picture "
+                         "was asked for: add --draw OUT.svg, or drop --focus")
     rule = get_rule(args.rule)
     kwargs = parse_kwargs(args.kw)
     shapes = [parse_shape(s) for s in args.input_shape]
@@ -267,7 +270,7 @@ def _dry_run(args: argparse.Namespace, rule: Any, shapes: list[tuple[int, ...]],
     """Import the factory, build the model, and run the pass as a dry run."""
     leaves = [parse_leaf(text) for text in args.leaf]
     model = _build_model(args.factory, kwargs, args.device)
-    _check_leaf_names(leaves, model)
+    _check_names(leaves, args.focus, model)
     inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
     try:
         return zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,

@@ -186,11 +186,20 @@ def fixup() -> Fixup:
     return Fixup()
 
 
+_FACTORIES = (scaled_normal, fixup)
+
+
 def as_init(init: "str | Init | Callable[..., Any]") -> Init:
     """An :class:`Init` from ``"zero"``, an initialiser or a callable.
 
     >>> as_init("zero").name, as_init(scaled_normal(0.02)).name
     ('zero', 'scaled_normal(std=0.02)')
+
+    An initialiser factory passed uncalled is called with its defaults (the report names
+    the call):
+
+    >>> as_init(scaled_normal).name, as_init(fixup).name
+    ('scaled_normal(std=0.02)', 'fixup()')
     >>> as_init("normal")
     Traceback (most recent call last):
     ...
@@ -198,6 +207,14 @@ def as_init(init: "str | Init | Callable[..., Any]") -> Init:
     """
     if isinstance(init, Init):
         return init
+    if init in _FACTORIES or (isinstance(init, type) and issubclass(init, Init)):
+        try:
+            return init()
+        except TypeError as exc:
+            raise TypeError(f"init={getattr(init, '__name__', init)} is an initialiser "
+                            f"factory, not an initialiser, and cannot be called without "
+                            f"arguments ({exc}); pass init={getattr(init, '__name__', init)}"
+                            "(...) with its arguments; nothing was written") from None
     if isinstance(init, str):
         if init == "zero":
             return Zero()
