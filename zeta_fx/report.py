@@ -35,6 +35,13 @@ POSITION_NOTE = ("position: `quoted` names are graph nodes (like the node column
                  "names module FQNs (like the module column)")
 
 
+def _kept(entry: Any) -> list[str]:
+    """Parameters at the entry's position that its initialiser leaves as they are (a bias
+    beside a weight drawn by ``scaled_normal``)."""
+    kept = dict(entry.action.figures).get("kept", "")
+    return kept.split(",") if isinstance(kept, str) and kept else []
+
+
 class ZeroInitReport:
     """What one pass (or one plan application) did, made once from the plan and the outcome.
 
@@ -95,8 +102,9 @@ class ZeroInitReport:
     @property
     def touched(self) -> list[dict[str, Any]]:
         """A row per (module, graph node): the claim's ``merge``/``skip`` (residual rows) or
-        ``zero_at``, the structured ``site``, the action and, after ``verify=True``,
-        ``verified``."""
+        ``zero_at``, the structured ``site``, the action, ``kept`` (parameters at the position
+        the initialiser leaves as they are, like a bias beside a drawn weight) and, after
+        ``verify=True``, ``verified``."""
         rows = []
         for entry in self.plan.entries:
             elements = sum(numel(s) for s in entry.params.values())
@@ -108,6 +116,7 @@ class ZeroInitReport:
                     "elements": elements, "shared": len(entry.sites) > 1, "rule": entry.rule,
                     "zero_at": site.zero_at, "merge": site.merge, "skip": site.skip,
                     "site": site.to_dict(), "action": entry.action.label,
+                    "kept": _kept(entry),
                     "verified": (self._verified(site.node) if entry.action.kind == "zero"
                                  else None),
                 })
@@ -152,6 +161,8 @@ class ZeroInitReport:
 
     @property
     def _zero_only(self) -> bool:
+        if not self.plan.entries:
+            return self.plan.init == "zero"
         return all(e.action.kind == "zero" for e in self.plan.entries)
 
     def summary(self) -> str:
@@ -194,6 +205,8 @@ class ZeroInitReport:
                                 for name, shape in row["params"].items())
             if not zero_only:
                 written += f": {row['action']}"
+                if row["kept"]:
+                    written += f"; {', '.join(k.rsplit('.', 1)[-1] for k in row['kept'])} kept"
             elements = f"{row['elements']:,}" + (" (shared)" if row["shared"] else "")
             rows.append([row["node"], row["module"], row["type"], row["position"], written,
                          elements])
