@@ -391,7 +391,10 @@ class AdaLNZero(Rule):
     (the data path) — plus the last layer before each output. On DiT that is each block's
     ``adaLN_modulation`` linear, the final layer's modulation and the final linear. A
     conditioning layer that only shifts (is only added, like a guided-diffusion ResBlock's
-    timestep embedding) is left alone, and the report says so.
+    timestep embedding) is left alone, and the report says so. A model with no such
+    modulation (a UNet) gets nothing zeroed, not even its output layer, and one row left
+    alone that says no modulation was found; compose with :class:`OutputLayer` to zero the
+    output anyway.
 
     >>> import torch
     >>> from zeta_fx import zero_init_pass
@@ -402,7 +405,7 @@ class AdaLNZero(Rule):
 
     name = "adaln_zero"
     description = ("adaLN-Zero: conditioning layers producing shift/scale/gate of the data "
-                   "path, and the output layer")
+                   "path, and the output layer; nothing where no modulation is found")
 
     def find(self, view: GraphView) -> Selection:
         out = Selection()
@@ -469,6 +472,15 @@ class AdaLNZero(Rule):
         # the gates' own targets, where the modulation layers above do not already say it
         listed = {(t.nodes, t.params) for t in out.targets}
         out.targets += [t for t in gate_targets if (t.nodes, t.params) not in listed]
+        if not out.targets:
+            # not an adaLN model: zeroing its output alone is output_layer's job, not this
+            # rule's, and doing it silently would hide that nothing was found
+            out.skipped.append(Skipped(
+                "", "", "no adaLN modulation found: no layer computed from the conditioning "
+                "inputs alone scales or gates the data path, so adaln_zero zeroes nothing "
+                "(to zero the output layer, use rule=\"output_layer\" or compose: "
+                "AdaLNZero() | OutputLayer())", self.name))
+            return out
         final = OutputLayer().select(view)
         out.targets += [dataclasses.replace(t, rule=self.name) for t in final.targets]
         out.skipped += [Skipped(s.node, s.module, s.reason, self.name) for s in final.skipped]
