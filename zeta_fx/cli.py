@@ -41,6 +41,7 @@ from zeta_fx.capture import CAPTURE_METHODS, LeafSpec
 from zeta_fx.errors import CaptureError, UnknownModuleError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.rules import ALIASES, get_rule, list_rules
+from zeta_fx.picture.render import check_folder
 from zeta_fx.select import check_module_names
 
 __all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape", "parse_leaf"]
@@ -243,6 +244,10 @@ def _plan(args: argparse.Namespace) -> int:
     if args.focus and not args.draw:
         raise UsageError(f"--focus {args.focus[0]!r} only narrows the picture, and no picture "
                          "was asked for: add --draw OUT.svg, or drop --focus")
+    if args.draw:
+        check_folder(args.draw)  # before the model is built: a typo costs nothing
+    if args.save_plan:
+        check_folder(args.save_plan, "write the plan to")
     rule = get_rule(args.rule)
     kwargs = parse_kwargs(args.kw)
     shapes = [parse_shape(s) for s in args.input_shape]

@@ -173,10 +173,17 @@ class ZeroInitReport:
             return (f"{self.plan.model}: rule {self.plan.rule} found nothing to "
                     f"{'zero' if self._zero_only else 'initialise'} ({left_alone})")
         init = "" if self.plan.init == "zero" else f" with {self.plan.init}{self._figures()}"
-        return (f"{self.plan.model}: rule {self.plan.rule} {self.verb} "
-                f"{plural(len(self.params), 'parameter')} in "
-                f"{plural(len(self.modules), 'module')}{init}, {self.elements:,} of "
-                f"{self.total_params:,} elements ({share:.2f}%); {left_alone}")
+        counted = (f"{plural(len(self.params), 'parameter')} in "
+                   f"{plural(len(self.modules), 'module')}")
+        if self._zero_only and not self.changed:
+            # every planned value was zero already: saying "zeroed" would claim a change
+            outcome = "nothing changed" if self.applied else "applying would change nothing"
+            return (f"{self.plan.model}: rule {self.plan.rule} found {counted} already zero "
+                    f"({outcome}), {self.elements:,} of {self.total_params:,} elements "
+                    f"({share:.2f}%); {left_alone}")
+        return (f"{self.plan.model}: rule {self.plan.rule} {self.verb} {counted}{init}, "
+                f"{self.elements:,} of {self.total_params:,} elements ({share:.2f}%); "
+                f"{left_alone}")
 
     def _figures(self) -> str:
         """The figures the actions used, once each: `` (L = 24, sigma = 0.02)``."""
