@@ -255,7 +255,8 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
     channel_dim = _check_per_channel(per_channel)
     traced = trace_and_select(model, rule, verb="gate_residuals",
                               example_inputs=example_inputs, example_kwargs=example_kwargs,
-                              leaf_modules=leaf_modules, capture=capture)
+                              leaf_modules=leaf_modules, capture=capture,
+                              use_cache_off=False)
     model, gm, view, rule_obj, selection = (traced.model, traced.gm, traced.view, traced.rule,
                                             traced.selection)
     joins = view.residual_joins
@@ -269,7 +270,7 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
     nodes = {n.name: n for n in result.graph.nodes}
     shapes = {}
     if channel_dim is not False and targets:
-        shapes = _merge_shapes(result, list(targets), example_inputs, example_kwargs)
+        shapes = _merge_shapes(result, list(targets), example_inputs, traced.example_kwargs)
     shared = {id(m) for m in model.modules()}  # modules the gates must never be added to
     gates = []
     for merge in sorted(targets, key=lambda name: view.index[joins[name].merge]):

@@ -53,9 +53,11 @@ class ZeroInitReport:
     """
 
     def __init__(self, plan: "ZeroInitPlan", outcome: "Outcome", *,
-                 view: "GraphView | None" = None) -> None:
+                 view: "GraphView | None" = None, notes: Sequence[str] = ()) -> None:
         self.plan = plan
         self.outcome = outcome
+        # how the model was captured, where the pass chose for the user (use_cache=False)
+        self.notes = list(notes)
         self._view = view
         self._summary: GraphSummary | None = None
 
@@ -153,6 +155,7 @@ class ZeroInitReport:
             "touched": self.touched,
             "init": self.plan.init,
             "skipped": [s.to_dict() for s in self.skipped],
+            "notes": list(self.notes),
             "plan": self.plan.to_dict(),
         }
 
@@ -229,6 +232,7 @@ class ZeroInitReport:
                                   disable_numparse=True))
             parts.append(POSITION_NOTE)
         parts.append(self.summary())
+        parts += [f"note: {note}" for note in self.notes]
         if self.skipped:
             skipped = [[s.node, s.module or "-", s.reason] for s in self.skipped]
             parts.append("left alone:")
