@@ -54,3 +54,17 @@ def test_use_cache_true_fails_naming_the_argument_and_what_to_do():
     assert "Caused by the forward argument `" in message and "Cache" in message
     assert '"use_cache": False' in message
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_rows_and_picture_under_export_name_modules_and_ops_not_overloads():
+    """Captured with torch.export (aten overloads): the picture's op boxes say ``add``,
+    ``linear``, never the overload names ``default``/``Tensor``; a merge left alone names
+    the module whose forward holds it (from ``nn_module_stack``), not ``-``."""
+    report = zero_init_pass(llama(), example_inputs=(IDS,), dry_run=True)
+    words = {word for node in report.picture().nodes if node.kind != "note"
+             for line in node.lines for word in line.replace("→", " ").replace("·", " ").split()}
+    assert not words & {"default", "Tensor", "Tensor_Scalar", "Scalar", "int", "dim"}, words
+    assert {"linear", "transpose"} <= words
+    rows = [line for line in report.table().splitlines()
+            if line.startswith("add_") and "parameter-free" in line]
+    assert rows and all(" in model.layers." in line and ".self_attn " in line for line in rows)

@@ -124,6 +124,17 @@ class ZeroInitReport:
                 })
         return rows
 
+    def _enclosing(self, node: str) -> str:
+        """For a row that names no module (a merge left alone): the module whose forward
+        holds the node, from the capture's ``nn_module_stack`` (``in model.layers.0``)."""
+        found = self._view.by_name.get(node) if self._view is not None and node else None
+        stack = found.meta.get("nn_module_stack") if found is not None else None
+        if not stack:
+            return "-"
+        last = list(stack.values())[-1]
+        path = str(last[0] if isinstance(last, tuple) else last)
+        return f"in {path}" if path else "-"
+
     def _verified(self, node: str) -> bool | None:
         """True/False once ``verify=True`` checked the node's zeroed value; None if unchecked."""
         if self.verification is None or node not in self.verification:
@@ -234,7 +245,8 @@ class ZeroInitReport:
         parts.append(self.summary())
         parts += [f"note: {note}" for note in self.notes]
         if self.skipped:
-            skipped = [[s.node, s.module or "-", s.reason] for s in self.skipped]
+            skipped = [[s.node, s.module or self._enclosing(s.node), s.reason]
+                       for s in self.skipped]
             parts.append("left alone:")
             parts.append(tabulate(skipped, headers=["node", "module", "reason"],
                                   tablefmt=tablefmt, disable_numparse=True))
