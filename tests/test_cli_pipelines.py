@@ -142,3 +142,17 @@ def test_gate_table_on_torchvision(capsys):
 def test_gate_unknown_rule_is_one_line(capsys):
     code, out, err = run(capsys, "gate", "zeta_fx.models:GPT", "--rule", "zero_init_lst")
     assert code == 2 and "Did you mean 'zero_init_last'?" in err
+
+
+def test_gate_on_llama_without_use_cache_says_to_pass_it(capsys):
+    """gate_residuals captures with the user's arguments only (its graph is called with
+    them): the error names the cache argument and the flag that fixes it; with the flag,
+    the gates are listed."""
+    code, out, err = run(capsys, "gate", f"{ME}:tiny_llama", "--input-shape", "1,8",
+                         "--dtype", "int64")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "Caused by the forward argument `" in err and "--forward-kw use_cache=False" in err
+    code, out, err = run(capsys, "gate", f"{ME}:tiny_llama", "--input-shape", "1,8",
+                         "--dtype", "int64", "--forward-kw", "use_cache=False")
+    assert code == 0, err
+    assert "model.layers.0.gate_self_attn" in out and "model.layers.1.gate_mlp" in out

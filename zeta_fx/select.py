@@ -217,7 +217,7 @@ def forward_argument_cause(model: nn.Module, message: str,
     ...     def forward(self, ids, past_key_values: Cache | None = None, use_cache=None):
     ...         return ids
     >>> forward_argument_cause(LM(), "Found DynamicCache in output", {"use_cache": True})
-    'Caused by the forward argument `past_key_values` (Cache | None): the model was called with use_cache=True, which makes it build and return a cache that capture cannot follow; pass example_kwargs={..., "use_cache": False} (a cache does not change which layers sit where).'
+    'Caused by the forward argument `past_key_values` (Cache | None): the model was called with use_cache=True, which makes it build and return a cache that capture cannot follow; pass example_kwargs={..., "use_cache": False} (on the command line: --forward-kw use_cache=False); a cache does not change which layers sit where.'
     """
     try:
         params = inspect.signature(model.forward).parameters
@@ -238,11 +238,15 @@ def forward_argument_cause(model: nn.Module, message: str,
         if not (named or typed):
             continue
         what = f" ({shown})" if shown else ""
-        if typed and (example_kwargs or {}).get("use_cache") is True:
-            return (f"Caused by the forward argument `{name}`{what}: the model was called "
-                    "with use_cache=True, which makes it build and return a cache that "
-                    "capture cannot follow; pass example_kwargs={..., \"use_cache\": False} "
-                    "(a cache does not change which layers sit where).")
+        use_cache = (example_kwargs or {}).get("use_cache", "unset")
+        if typed and "Cache" in str(shown) and "use_cache" in params and use_cache is not False:
+            called = ("was called with use_cache=True" if use_cache is True else
+                      "was called without use_cache (its config turns the cache on)")
+            return (f"Caused by the forward argument `{name}`{what}: the model {called}, "
+                    "which makes it build and return a cache that capture cannot follow; "
+                    "pass example_kwargs={..., \"use_cache\": False} (on the command line: "
+                    "--forward-kw use_cache=False); a cache does not change which layers sit "
+                    "where.")
         return (f"Caused by the forward argument `{name}`{what} of "
                 f"{type(model).__name__}.forward: pass a value for it in example_kwargs "
                 "that the capture can follow (a tensor, or None/False to turn it off).")
