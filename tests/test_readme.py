@@ -118,10 +118,10 @@ def test_json_keys_documented_in_report_section_exist():
 
     rows = _table_after("## Report", "key")
     keys = {row[0].strip("`") for row in rows}
-    assert keys == {"applied", "dry_run", "changed", "would_change"}
+    assert keys == {"applied", "dry_run", "changed", "would_change", "notes"}
     data = zero_init_pass(nn.Sequential(nn.Linear(2, 2)), rule="output_layer",
                           dry_run=True).to_dict()
-    assert keys <= set(data) and {"merge", "skip", "zero_at"} <= set(data["touched"][0])
+    assert keys <= set(data) and {"merge", "skip", "zero_at", "kept"} <= set(data["touched"][0])
 
 
 class _DataDependent(torch.nn.Module):
