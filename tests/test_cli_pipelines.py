@@ -156,3 +156,14 @@ def test_gate_on_llama_without_use_cache_says_to_pass_it(capsys):
                          "--dtype", "int64", "--forward-kw", "use_cache=False")
     assert code == 0, err
     assert "model.layers.0.gate_self_attn" in out and "model.layers.1.gate_mlp" in out
+
+
+def test_gate_previews_the_in_place_default_and_the_graph_rewrite(capsys):
+    """SE-ResNet's squeeze-excite joins need a gate at the merge: the default preview lists
+    them as left alone, --graph gates them."""
+    code, out, _ = run(capsys, "gate", "zeta_fx.models:SEResNet", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["gates"] == [] and sum("graph=True" in s["reason"] for s in data["skipped"]) == 6
+    code, out, _ = run(capsys, "gate", "zeta_fx.models:SEResNet", "--graph", "--format", "json")
+    assert code == 0 and len(json.loads(out)["gates"]) == 6

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import copy
 import difflib
 import importlib
 import json
@@ -41,6 +42,7 @@ import torch
 from tabulate import tabulate_formats
 from torch import nn
 
+from zeta_fx import inits
 from zeta_fx.api import init_pass, zero_init_pass
 from zeta_fx.gates import GatesReport, gate_residuals
 from zeta_fx.capture import CAPTURE_METHODS, LeafSpec
@@ -181,8 +183,6 @@ def parse_init(text: str) -> Any:
     >>> parse_init("zero"), parse_init("scaled_normal(std=0.01)").name, parse_init("fixup").name
     ('zero', 'scaled_normal(std=0.01)', 'fixup()')
     """
-    from zeta_fx import inits
-
     try:
         tree = ast.parse(text.strip(), mode="eval").body
     except SyntaxError:
@@ -375,7 +375,9 @@ def _dry_run(args: argparse.Namespace, rule: Any, shapes: list[tuple[int, ...]],
                    leaf_modules=leaves, capture=args.capture)
     try:
         if gate:
-            return gate_residuals(model, rule, per_channel=args.per_channel, **options)
+            # on a copy: the preview changes not even the instance the factory built
+            return gate_residuals(copy.deepcopy(model), rule, per_channel=args.per_channel,
+                                  graph=args.graph, **options)
         return init_pass(model, rule, init=init, dry_run=True, seed=args.seed, **options)
     except SystemExit as exc:
         raise UsageError(f"the forward of the model that {args.factory} built called "
@@ -405,7 +407,7 @@ def _gate(args: argparse.Namespace) -> int:
     _cwd_on_path()
     with contextlib.redirect_stdout(sys.stderr):
         gated = _dry_run(args, rule, shapes, kwargs, forward=forward, gate=True)
-    report = GatesReport.of(gated)
+    report = gated if isinstance(gated, GatesReport) else GatesReport.of(gated)
     print(json.dumps(report.to_dict(), indent=2) if fmt == "json" else report.table(fmt))
     print("zeta-fx: a preview: the model was not changed and nothing was written; "
           "zeta_fx.gate_residuals(model, ...) inserts these gates", file=sys.stderr)
@@ -488,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(gate)
     gate.add_argument("--per-channel", action="store_true",
                       help="one gate per channel of the merge instead of a scalar")
+    gate.add_argument("--graph", action="store_true",
+                      help="preview the opt-in graph rewrite (gate_residuals(..., graph=True)), "
+                           "which gates every accepted join at its merge")
     gate.set_defaults(func=_gate)
     return parser
 
