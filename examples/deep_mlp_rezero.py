@@ -165,7 +165,7 @@ def main() -> None:
     curves[f"default init, lr {lr:g}"] = train(fresh(), x, y, steps, lr)
     curves[f"default init, lr {small_lr:g}"] = train(fresh(), x, y, steps, small_lr)
 
-    gated = gate_residuals(fresh(), init=0.0)
+    gated = gate_residuals(fresh(), init=0.0, graph=True)
     report = GatesReport.of(gated)
     print("\n".join(str(report).splitlines()[:4]) + "\n...")
     print(report.summary())

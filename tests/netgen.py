@@ -469,6 +469,12 @@ class EvoAffine(nn.Module):
 LEAF_MODULES = (LoRAConv,)
 
 
+def leaves_in(model: nn.Module) -> tuple[type, ...]:
+    """The LEAF_MODULES classes this model holds (a leaf class that matches no module of
+    the model is an error in zeta_fx: it would silently do nothing)."""
+    return tuple(c for c in LEAF_MODULES if any(isinstance(m, c) for m in model.modules()))
+
+
 class Branch(nn.Module):
     def __init__(self, ops: tuple[Op, ...], ctx: "_Ctx") -> None:
         super().__init__()

@@ -191,9 +191,9 @@ def test_untraceable_submodule_error_names_the_cli_options(capsys):
 
 
 @pytest.mark.parametrize("leaf, message", [
-    ("gat", "--leaf 'gat' names no submodule of Gated; did you mean 'gate'?"),
-    ("fc9.*", "--leaf 'fc9.*' names no submodule of Gated"),
-    ("fc1.*", "--leaf 'fc1.*' names no submodule of Gated"),  # fc1 has none under it
+    ("gat", "--leaf: 'gat' names no module of Gated; nearest: 'gate'"),
+    ("fc9.*", "--leaf: 'fc9.*' names no module of Gated; nearest: 'fc2', 'fc1'"),
+    ("fc1.*", "--leaf: 'fc1.*' names no module of Gated; nearest: 'fc1'"),  # fc1 has none under it
     ("torch.nn:Linearr", "has no attribute 'Linearr'; did you mean 'Linear'?"),
     ("torch.nn:functional", "is a module, not an nn.Module subclass"),
     ("not a name", "expected a module FQN"),

@@ -497,6 +497,17 @@ def test_adaln_zero(name):
     assert not problems, f"{name}, adaln_zero:\n  " + "\n  ".join(problems)
 
 
+@pytest.mark.parametrize("name", ["UNet2DModel", "UNet2DConditionModel", "AutoencoderKL"])
+def test_adaln_zero_without_modulation_zeroes_nothing_and_says_so(name):
+    """The README's table says "—" under adaln_zero for the UNets and the VAE: the rule finds
+    no adaLN modulation there, zeroes nothing (not even ``conv_out``) and says why."""
+    model, args, kwargs = _build(name)
+    before = _state(model)
+    report = zero_init_pass(model, rule="adaln_zero", example_inputs=args, example_kwargs=kwargs)
+    assert report.params == [] and not _moved(model, before, set())
+    assert any(s.reason.startswith("no adaLN modulation found") for s in report.skipped)
+
+
 # Where symbolic tracing stops in each family (so the pass needs example inputs and
 # captures with torch.export): the submodule the CaptureError names.
 SYMBOLIC_FAILS_IN = {

@@ -99,7 +99,7 @@ def _build(name: str) -> tuple[nn.Module, tuple]:
 
 def _gate(name: str, model: nn.Module, x: tuple, **kw) -> fx.GraphModule:
     needs_examples = MODELS[name][2]
-    return gate_residuals(model, example_inputs=x if needs_examples else None, **kw)
+    return gate_residuals(model, example_inputs=x if needs_examples else None, **kw, graph=True)
 
 
 class _Recorder(fx.Interpreter):
@@ -214,7 +214,7 @@ def test_unused_parameters_and_non_persistent_buffers_keep_their_fqns_and_kind()
             return x + self.fc2(torch.relu(self.fc1(x)))
 
     model = Net()
-    gated = gate_residuals(model, init=1.0)
+    gated = gate_residuals(model, init=1.0, graph=True)
     assert set(gated.state_dict()) == set(model.state_dict()) | {"gate_fc2"}
     assert {n for n, _ in gated.named_buffers()} == {"scale", "offset", "spare"}
     assert gated.get_parameter("unused.weight") is model.unused.weight
@@ -261,7 +261,7 @@ def test_each_additive_form_is_gated_bit_exactly(form):
     torch.manual_seed(0)
     model = _Sum(form)
     x = torch.randn(4, 8) * 1e3  # large values: a non-exact rewrite would show in the bits
-    gated = gate_residuals(model, init=1.0)
+    gated = gate_residuals(model, init=1.0, graph=True)
     assert torch.equal(gated(x), model(x))
     (gate,) = GatesReport.of(gated).gates
     muls = [n for n in gated.graph.nodes if n.op == "call_function" and n.target.__name__ == "mul"]
@@ -288,7 +288,7 @@ def test_a_join_the_rule_leaves_alone_is_not_gated_and_the_report_says_why():
 
     torch.manual_seed(0)
     model = Net()
-    gated = gate_residuals(model, init=0.0)
+    gated = gate_residuals(model, init=0.0, graph=True)
     report = GatesReport.of(gated)
     assert report.names == ["gate_fc2"]
     assert [s.node for s in report.skipped] == ["add"]
@@ -302,7 +302,7 @@ def test_a_join_the_rule_leaves_alone_is_not_gated_and_the_report_says_why():
 
 def test_a_rule_that_finds_no_joins_returns_the_traced_model_with_an_empty_report():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    gated = gate_residuals(model, rule="residual_branch_last")
+    gated = gate_residuals(model, rule="residual_branch_last", graph=True)
     assert isinstance(gated, fx.GraphModule) and gated is not model
     report = GatesReport.of(gated)
     assert report.gates == () and "found nothing to gate" in str(report)
@@ -310,7 +310,7 @@ def test_a_rule_that_finds_no_joins_returns_the_traced_model_with_an_empty_repor
     x = torch.randn(3, 4)
     assert torch.equal(gated(x), model(x))
     # a rule without merges (the output layer) gates nothing and says so
-    other = GatesReport.of(gate_residuals(model, rule="output_layer"))
+    other = GatesReport.of(gate_residuals(model, rule="output_layer", graph=True))
     assert other.gates == () and "not a residual branch" in other.skipped[0].reason
 
 
@@ -333,7 +333,7 @@ def test_names_are_the_branch_child_and_never_collide():
             return self.block(self.block(x))  # one module, two merges
 
     model = Net()
-    gated = gate_residuals(model, init=1.0)
+    gated = gate_residuals(model, init=1.0, graph=True)
     assert GatesReport.of(gated).names == ["block.gate_fc2_1", "block.gate_fc2_2"]
     assert gated.get_submodule("block.gate_fc2") is model.block.gate_fc2
     assert not hasattr(model.block, "gate_fc2_1")
@@ -345,7 +345,7 @@ def test_a_graph_module_given_is_not_changed():
     torch.manual_seed(0)
     traced = fx.symbolic_trace(GPT(n_layer=2))
     code, before = traced.code, _snapshot(traced)
-    gated = gate_residuals(traced, init=0.5)
+    gated = gate_residuals(traced, init=0.5, graph=True)
     assert gated is not traced and traced.code == code
     _assert_unchanged(traced, before)
     assert len(GatesReport.of(gated).gates) == 4 and META_KEY not in traced.meta
@@ -355,13 +355,13 @@ def test_a_graph_module_given_is_not_changed():
 
 def test_per_channel_gates_follow_the_layout_of_the_branch():
     model, x = _build("gpt")  # (B, T, C): channels last
-    gated = gate_residuals(model, init=1.0, per_channel=True, example_inputs=x)
+    gated = gate_residuals(model, init=1.0, per_channel=True, example_inputs=x, graph=True)
     assert {(g.shape, g.dim) for g in GatesReport.of(gated).gates} == {((32,), 2)}
     with torch.no_grad():
         assert torch.equal(gated(*x), model(*x))
 
     model, x = _build("torchvision_resnet18")  # (B, C, H, W) after BatchNorm: dim 1
-    gated = gate_residuals(model, init=0.0, per_channel=True, example_inputs=x)
+    gated = gate_residuals(model, init=0.0, per_channel=True, example_inputs=x, graph=True)
     gates = GatesReport.of(gated).gates
     assert [(g.shape, g.dim) for g in gates][::2] == [((64,), 1), ((128,), 1), ((256,), 1),
                                                       ((512,), 1)]
@@ -373,7 +373,7 @@ def test_per_channel_gates_follow_the_layout_of_the_branch():
     diff = (values[gates[0].merge] - values[gates[0].skip]).abs().sum(dim=(0, 2, 3))
     assert diff[3] > 0 and diff.count_nonzero() == 1
 
-    gated = gate_residuals(model, init=1.0, per_channel=-1, example_inputs=x)  # explicit
+    gated = gate_residuals(model, init=1.0, per_channel=-1, example_inputs=x, graph=True)  # explicit
     assert GatesReport.of(gated).gates[0].shape == (8,) and GatesReport.of(gated).gates[0].dim == 3
 
 
@@ -381,7 +381,7 @@ def test_per_channel_shapes_come_from_fake_tensors_and_do_not_touch_the_model():
     model, x = _build("se_resnet")
     model.train()  # BatchNorm would update its running stats if anything really ran
     before = _snapshot(model)
-    gated = gate_residuals(model, per_channel=True, example_inputs=x)
+    gated = gate_residuals(model, per_channel=True, example_inputs=x, graph=True)
     assert [g.shape for g in GatesReport.of(gated).gates] == [(16,), (16,), (32,), (32,),
                                                               (64,), (64,)]
     _assert_unchanged(model, before)
@@ -392,18 +392,18 @@ def test_gates_take_the_dtype_and_device_of_the_branch():
     model = GPT(n_layer=2).double()
     x = (_ids(),)
     for per_channel in (False, True):
-        gated = gate_residuals(model, init=1.0, per_channel=per_channel, example_inputs=x)
+        gated = gate_residuals(model, init=1.0, per_channel=per_channel, example_inputs=x, graph=True)
         assert all(gated.get_parameter(n).dtype == torch.float64
                    for n in GatesReport.of(gated).names)
         assert torch.equal(gated(*x), model(*x))
-    scalar = gate_residuals(model)
+    scalar = gate_residuals(model, graph=True)
     assert scalar.get_parameter("h.0.gate_attn").shape == (1,)
 
 
 def test_meta_model_gates_are_meta():
     with torch.device("meta"):
         model = GPT(n_layer=2)
-    gated = gate_residuals(model, init=0.0)
+    gated = gate_residuals(model, init=0.0, graph=True)
     assert all(p.is_meta for p in gated.parameters())
     assert len(GatesReport.of(gated).gates) == 4
 
@@ -415,7 +415,7 @@ def test_init_must_be_a_finite_number(init):
     model = GPT(n_layer=1)
     before = _snapshot(model)
     with pytest.raises(GateError, match="init must be a finite number"):
-        gate_residuals(model, init=init)
+        gate_residuals(model, init=init, graph=True)
     assert issubclass(GateError, ValueError)
     _assert_unchanged(model, before)
 
@@ -423,15 +423,15 @@ def test_init_must_be_a_finite_number(init):
 def test_bad_per_channel_and_missing_shapes_say_what_to_pass():
     model, x = _build("gpt")
     with pytest.raises(GateError, match="per_channel must be"):
-        gate_residuals(model, per_channel="yes")
+        gate_residuals(model, per_channel="yes", graph=True)
     with pytest.raises(ExampleInputsError, match="pass example_inputs"):
-        gate_residuals(model, per_channel=True)
+        gate_residuals(model, per_channel=True, graph=True)
     with pytest.raises(GateError, match=r"per_channel=5 is not a dimension .*\[-3, 2\]"):
-        gate_residuals(model, per_channel=5, example_inputs=x)
+        gate_residuals(model, per_channel=5, example_inputs=x, graph=True)
     with pytest.raises(ExampleInputsError, match="fake copies of example_inputs failed"):
-        gate_residuals(model, per_channel=True, example_inputs=(torch.randn(2, 3, 4),))
+        gate_residuals(model, per_channel=True, example_inputs=(torch.randn(2, 3, 4),), graph=True)
     with pytest.raises(NotAModuleError):
-        gate_residuals(lambda x: x)
+        gate_residuals(lambda x: x, graph=True)
     with pytest.raises(GateError, match="holds no gates report"):
         GatesReport.of(fx.symbolic_trace(nn.Linear(2, 2)))
     assert not any("gate" in n for n, _ in model.named_parameters())
@@ -439,7 +439,7 @@ def test_bad_per_channel_and_missing_shapes_say_what_to_pass():
 
 def test_report_is_plain_data():
     model, x = _build("gpt")
-    gated = gate_residuals(model, init=0.0)
+    gated = gate_residuals(model, init=0.0, graph=True)
     report = gated.meta["zeta_fx_gates"]
     data = report.to_dict()
     assert [g["name"] for g in data["gates"]] == report.names
@@ -461,7 +461,7 @@ def test_gated_module_compiles_without_graph_breaks_and_trains_alpha():
     torch._dynamo.reset()
     try:
         model, x = _build("gpt")
-        gated = gate_residuals(model, init=0.0)
+        gated = gate_residuals(model, init=0.0, graph=True)
         explained = torch._dynamo.explain(gated)(*x)
         assert explained.graph_break_count == 0 and explained.graph_count == 1
         torch._dynamo.reset()
@@ -489,7 +489,7 @@ TIMEOUT_S = 90
 def _fsdp_model() -> tuple[fx.GraphModule, torch.Tensor]:
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=2, n_head=2, dim=16)
-    return gate_residuals(model, init=0.0), _ids(2, 8)
+    return gate_residuals(model, init=0.0, graph=True), _ids(2, 8)
 
 
 def _fsdp_step(gated: fx.GraphModule, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -588,7 +588,7 @@ def test_a_gate_never_lands_on_one_of_the_models_own_modules():
     traced = fx.symbolic_trace(_Sum("method"))
     merge = next(n for n in traced.graph.nodes if n.op == "call_method")
     merge.meta["nn_module_stack"] = {"fc2": ("fc2", nn.Linear)}
-    gated = gate_residuals(traced, init=1.0)
+    gated = gate_residuals(traced, init=1.0, graph=True)
     assert GatesReport.of(gated).names == ["fc2_residual_gate"]
     assert gated.fc2 is traced.fc2 and set(vars(traced.fc2)) == set(vars(nn.Linear(2, 2)))
     x = torch.randn(3, 8)

@@ -39,7 +39,8 @@ def check_gates(spec: Net) -> None:
     with torch.no_grad():
         expected = _first(model(x, cond))
 
-    one = gate_residuals(model, init=1.0, leaf_modules=netgen.LEAF_MODULES).eval()
+    one = gate_residuals(model, init=1.0, leaf_modules=netgen.leaves_in(model),
+                         graph=True).eval()
     with torch.no_grad():  # bit for bit, NaN where the model itself makes one (0 / 0)
         torch.testing.assert_close(_first(one(x, cond)), expected, rtol=0, atol=0,
                                    equal_nan=True, msg="alpha = 1 changed the output")
@@ -49,7 +50,8 @@ def check_gates(spec: Net) -> None:
     if not all(torch.isfinite(v).all() for v in _values(one, (x, cond)).values()
                if isinstance(v, torch.Tensor) and v.is_floating_point()):
         return
-    zero = gate_residuals(model, init=0.0, leaf_modules=netgen.LEAF_MODULES).eval()
+    zero = gate_residuals(model, init=0.0, leaf_modules=netgen.leaves_in(model),
+                         graph=True).eval()
     report = GatesReport.of(zero)
     values = _values(zero, (x, cond))
     for gate in report.gates:

@@ -152,7 +152,8 @@ def check_model(spec: Net, seed: int = 0) -> None:
     x, cond = netgen.example_inputs(spec)
     before = snapshot(model)
 
-    report = zero_init_pass(model, rule="residual_branch_last", leaf_modules=netgen.LEAF_MODULES)
+    report = zero_init_pass(model, rule="residual_branch_last",
+                            leaf_modules=netgen.leaves_in(model))
     names = {id(m): n for n, m in model.named_modules()}
 
     # Planned parameters are zero; everything else, buffers included, is bit-identical.

@@ -56,7 +56,11 @@ def test_scaled_normal_touches_what_nanogpt_touches_with_its_sigma():
     assert abs(drawn.std().item() / sigma - 1) < 0.05 and abs(drawn.mean().item()) < sigma / 10
     action = report.plan.entries[0].action
     assert action.kind == "normal" and math.isclose(action.std, sigma)
-    assert dict(action.figures) == {"sigma": 0.02, "L": 2 * n_layer}
+    # the bias beside the drawn weight is kept, and the row says so
+    assert dict(action.figures) == {"sigma": 0.02, "L": 2 * n_layer,
+                                    "kept": "h.0.attn.c_proj.bias"}
+    assert report.touched[0]["kept"] == ["h.0.attn.c_proj.bias"]
+    assert f"N(0, {sigma:.4g}); bias kept" in report.table()
     assert f"N(0, {sigma:.4g})" in report.table() and "L = 8" in report.summary()
 
 
@@ -175,3 +179,49 @@ def test_bad_inits_are_refused_before_anything_is_written():
     with pytest.raises(TypeError, match="callable"):
         init_pass(model, init=3)
     assert _changed(before, model) == set()
+
+
+# -- the papers' definitions on torchvision's blocks (issue 21) -----------------------------
+@pytest.mark.parametrize("arch, block_m, exponent", [("resnet18", 2, -1 / 2),
+                                                     ("resnet50", 3, -1 / 4)])
+def test_fixup_m_counts_the_branch_weight_layers_of_torchvision_blocks(arch, block_m, exponent):
+    """Fixup's m is the number of weight layers on a branch: BasicBlock's two convs,
+    Bottleneck's three (the zeroed bn2/bn3 is a norm, not a weight layer)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)()
+    before = snapshot(model)
+    report = init_pass(model, init=inits.fixup(), seed=0)
+    drawn = [e for e in report.plan.entries if e.action.kind == "normal"]
+    L = 8 if arch == "resnet18" else 16
+    assert {dict(e.action.figures)["m"] for e in drawn} == {block_m}
+    assert {dict(e.action.figures)["L"] for e in drawn} == {L}
+    # every conv of every branch is drawn He-normal (fan-out) times L^(-1/(2m-2))
+    convs = {n for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d)
+             and n.startswith("layer") and "downsample" not in n}
+    assert {e.module for e in drawn} == convs
+    for entry in drawn:
+        weight = model.get_submodule(entry.module).weight
+        fan_out = weight.shape[0] * weight.shape[2] * weight.shape[3]
+        assert math.isclose(entry.action.std, math.sqrt(2 / fan_out) * L ** exponent)
+    # nothing but the branch convs' weights and the zeroed norms changed
+    zeroed = {p for e in report.plan.entries if e.action.kind == "zero" for p in e.params}
+    assert _changed(before, model) <= {f"{m}.weight" for m in convs} | zeroed
+    assert all(name.endswith(("bn2.weight", "bn2.bias", "bn3.weight", "bn3.bias"))
+               for name in zeroed)
+
+
+def test_scaled_normal_on_resnet50_leaves_every_bn_gain_and_says_so():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet50()
+    before = snapshot(model)
+    report = init_pass(model, init=inits.scaled_normal(std=0.02), seed=0)
+    assert _changed(before, model) == set() and report.params == []
+    assert not report.changed
+    rows = {s.module: s.reason for s in report.skipped}
+    bn3 = [n for n in dict(model.named_modules()) if n.endswith("bn3")]
+    assert len(bn3) == 16 and all(
+        "a norm's gain (1-D)" in rows[n] and "draws weight layers' weights only" in rows[n]
+        and "left as it is" in rows[n] for n in bn3)
+    assert "found nothing to initialise" in report.summary()
+    assert "layer1.0.bn3" in report.table()

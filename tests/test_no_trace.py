@@ -109,7 +109,7 @@ def _run(verb: str, mode: str, cap: str, model: nn.Module, inputs: tuple) -> lis
         return report.params if report.applied else []
     if verb == "gate_residuals":
         init = 1e39 if mode == "error" else 0.0
-        gate_residuals(model, init=init, per_channel=mode == "per_channel", **kwargs)
+        gate_residuals(model, init=init, per_channel=mode == "per_channel", **kwargs, graph=True)
         return []
     if verb == "plan_apply":
         plan = zero_init_pass(model, dry_run=True, **kwargs).plan
@@ -401,12 +401,12 @@ def test_gate_init_is_checked_in_the_gates_dtype(dtype: torch.dtype, init: float
     model = BatchNormDropout().to(dtype)
     before = Snapshot.of(model)
     if fits:
-        gated = gate_residuals(model, init=init)
+        gated = gate_residuals(model, init=init, graph=True)
         gate = gated.get_parameter("gate_fc2")
         assert gate.dtype == dtype and bool(torch.isfinite(gate).all()) and bool(gate.ne(0).all())
     else:
         with pytest.raises(GateError) as info:
-            gate_residuals(model, init=init)
+            gate_residuals(model, init=init, graph=True)
         message = str(info.value)
         assert f"init={init!r}" in message and str(dtype).removeprefix("torch.") in message
         assert "`fc2`" in message and "`add`" in message

@@ -142,7 +142,16 @@ def test_adaln_zero_is_derived_from_the_graph_not_from_names():
 
 def test_adaln_zero_on_unet_leaves_additive_timestep_embedding():
     model = UNet().eval()
-    report = check_pass(model, AdaLNZero(), params=params_of("out.2"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = zero_init_pass(model, AdaLNZero())
+    # no modulation found: nothing zeroed, not even the output layer, and the report says so
+    assert report.params == [] and all(torch.equal(v, before[k])
+                                       for k, v in model.state_dict().items())
+    assert any(s.reason.startswith("no adaLN modulation found") and "OutputLayer()" in s.reason
+               for s in report.skipped)
+    assert "no adaLN modulation found" in report.table()
+    # composed with output_layer, the output is zeroed
+    report = check_pass(model, AdaLNZero() | OutputLayer(), params=params_of("out.2"))
     shifts = [s for s in report.skipped if "never scales or gates" in s.reason]
     assert sorted(s.module for s in shifts) == sorted(
         f"{b}.emb_layers.1" for b in ("down.0", "down.1", "mid_res1", "mid_res2", "up.0", "up.1"))

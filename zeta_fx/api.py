@@ -96,13 +96,13 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
             seed = _draw_seed()
     plan = build_plan(traced.view, traced.selection, traced.rule.name, initialiser, seed)
     gm = traced.gm
-    checking = (gm, graph_args(gm, example_inputs, example_kwargs)) if verify else None
+    checking = (gm, graph_args(gm, example_inputs, traced.example_kwargs)) if verify else None
     outcome = apply_plan(plan, traced.model, write=not dry_run, allow_tied=allow_tied,
                          init=getattr(initialiser, "fn", None), named=traced.view.params,
                          buffers=traced.view.buffers, verify=checking)
     if drawn and outcome.applied:
         _draw_seed()  # the write consumed the draw: the next call gets another seed
-    return ZeroInitReport(plan, outcome, view=traced.view)
+    return ZeroInitReport(plan, outcome, view=traced.view, notes=traced.notes)
 
 
 def _draw_seed() -> int:

@@ -1,10 +1,14 @@
-"""The ``zeta-fx`` command line: ``demo``, ``rules`` and ``plan``.
+"""The ``zeta-fx`` command line: ``demo``, ``rules``, ``plan`` and ``gate``.
 
     $ zeta-fx demo            # reports for the built-in models, nothing to pass
     $ zeta-fx rules           # the registered rules with one-line descriptions
     $ zeta-fx plan torchvision.models:resnet50 --draw resnet50.svg
     $ zeta-fx plan my_pkg.models:build --kw depth=12 --input-shape 1,3,224,224 --format json
     $ zeta-fx plan mymodels:Net --leaf encoder.* --leaf my_pkg.layers:Gate
+    $ zeta-fx plan my_pkg:gpt --init "scaled_normal(std=0.02)"
+    $ zeta-fx plan my_pkg:llama --input-shape 1,16 --dtype int64 \\
+          --input-kw attention_mask=1,16:int64 --forward-kw use_cache=False
+    $ zeta-fx gate torchvision.models:resnet18   # where the gates would go; writes nothing
 
 ``plan`` builds the user's model from ``package.module:factory`` (keyword arguments with
 ``--kw name=value``, values read as Python literals), runs the pass as a dry run, and
@@ -24,8 +28,10 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import copy
 import difflib
 import importlib
+import json
 import os
 import signal
 import sys
@@ -36,13 +42,18 @@ import torch
 from tabulate import tabulate_formats
 from torch import nn
 
-from zeta_fx.api import zero_init_pass
+from zeta_fx import inits
+from zeta_fx.api import init_pass, zero_init_pass
+from zeta_fx.gates import GatesReport, gate_residuals
 from zeta_fx.capture import CAPTURE_METHODS, LeafSpec
-from zeta_fx.errors import CaptureError, ZetaFxError
+from zeta_fx.errors import CaptureError, UnknownModuleError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
-from zeta_fx.rules import get_rule, list_rules
+from zeta_fx.rules import ALIASES, get_rule, list_rules
+from zeta_fx.picture.render import check_folder
+from zeta_fx.select import check_module_names
 
-__all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape", "parse_leaf"]
+__all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape", "parse_leaf",
+           "parse_init", "parse_input_kw"]
 
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16,
@@ -78,6 +89,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     for name, description in list_rules().items():
         print(f"{name:24s} {description}")
+    for alias, name in ALIASES.items():
+        print(f"{alias:24s} alias of {name}")
     return 0
 
 
@@ -119,7 +132,7 @@ def _resolve(spec: str, kind: str, example: str) -> Any:
     return obj
 
 
-def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
+def parse_kwargs(items: Sequence[str], flag: str = "--kw") -> dict[str, Any]:
     """``["num_classes=10", "norm=batch"]`` -> ``{"num_classes": 10, "norm": "batch"}``.
 
     Values are Python literals (``10``, ``None``, ``(1, 2)``, ``'x'``); anything else is
@@ -133,8 +146,9 @@ def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
         name, sep, text = item.partition("=")
         name = name.strip()
         if not sep or not name.isidentifier():
-            raise UsageError(f"--kw {item!r}: expected name=value (for example "
-                             "--kw num_classes=10)")
+            example = "use_cache=False" if flag == "--forward-kw" else "num_classes=10"
+            raise UsageError(f"{flag} {item!r}: expected name=value (for example "
+                             f"{flag} {example})")
         try:
             out[name] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
@@ -159,6 +173,71 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+_INITS = ("zero", "scaled_normal", "fixup")
+
+
+def parse_init(text: str) -> Any:
+    """An ``--init`` value: ``zero``, ``scaled_normal(std=0.02)``, ``fixup()`` (a call with
+    literal arguments; a bare name is called with its defaults).
+
+    >>> parse_init("zero"), parse_init("scaled_normal(std=0.01)").name, parse_init("fixup").name
+    ('zero', 'scaled_normal(std=0.01)', 'fixup()')
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        tree = None
+    name = tree.id if isinstance(tree, ast.Name) else (
+        tree.func.id if isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) else None)
+    if name not in _INITS:
+        close = difflib.get_close_matches(str(name or text), list(_INITS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"--init {text!r} is not one of zero, scaled_normal(std=...), "
+                         f"fixup(){hint}")
+    if name == "zero":
+        if isinstance(tree, ast.Call):
+            raise UsageError(f"--init {text!r}: zero takes no arguments; write --init zero")
+        return "zero"
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if isinstance(tree, ast.Call):
+        try:
+            args = [ast.literal_eval(a) for a in tree.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+        except ValueError:
+            raise UsageError(f"--init {text!r}: arguments must be Python literals, like "
+                             "scaled_normal(std=0.02)") from None
+    try:
+        return getattr(inits, name)(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--init {text!r}: {_one_line(exc)}") from None
+
+
+def parse_input_kw(text: str, default_dtype: str = "float32") -> tuple[str, tuple[int, ...],
+                                                                        torch.dtype]:
+    """An ``--input-kw`` value ``NAME=SHAPE[:DTYPE]``: a tensor passed to forward by keyword.
+
+    >>> parse_input_kw("attention_mask=1,16:int64")
+    ('attention_mask', (1, 16), torch.int64)
+    """
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not name.isidentifier() or not rest.strip():
+        raise UsageError(f"--input-kw {text!r}: expected NAME=SHAPE[:DTYPE] (for example "
+                         "--input-kw attention_mask=1,16:int64)")
+    shape_text, _, dtype = rest.partition(":")
+    dtype = (dtype or default_dtype).strip()
+    if dtype not in _DTYPES:
+        raise UsageError(f"--input-kw {text!r}: dtype {dtype!r} is not one of "
+                         f"{', '.join(_DTYPES)}")
+    try:
+        shape = parse_shape(shape_text)
+    except UsageError:
+        raise UsageError(f"--input-kw {text!r}: the shape {shape_text!r} is not "
+                         "comma-separated non-negative integers, like 1,16") from None
+    return name, shape, _DTYPES[dtype]
+
+
 def parse_leaf(text: str) -> LeafSpec:
     """A ``--leaf`` value: a module FQN (``encoder.gate``, or ``encoder.*`` for everything
     under ``encoder``) stays a string; ``package.module:Class`` is imported.
@@ -180,18 +259,15 @@ def parse_leaf(text: str) -> LeafSpec:
     return cls
 
 
-def _check_leaf_names(leaves: Sequence[LeafSpec], model: nn.Module) -> None:
-    """A leaf FQN that names no module would silently do nothing: say so instead."""
-    names = [name for name, _ in model.named_modules() if name]
-    for leaf in leaves:
-        if not isinstance(leaf, str):
-            continue
-        prefix = leaf[:-1] if leaf.endswith(".*") else None
-        if any(n == leaf or (prefix is not None and n.startswith(prefix)) for n in names):
-            continue
-        close = difflib.get_close_matches(leaf.removesuffix(".*"), names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"--leaf {leaf!r} names no submodule of {type(model).__name__}{hint}")
+def _check_names(leaves: Sequence[LeafSpec], focus: Sequence[str], model: nn.Module) -> None:
+    """A --leaf or --focus that names no module would silently do nothing: say so instead,
+    with the nearest names."""
+    try:
+        check_module_names(model, leaf_modules=leaves, focus=focus, leaf_label="--leaf",
+                           focus_label="--focus")
+    except UnknownModuleError as exc:
+        raise UsageError(str(exc).replace("nothing was traced or written",
+                                          "nothing was run")) from None
 
 
 def _cwd_on_path() -> None:
@@ -240,6 +316,13 @@ def _plan(args: argparse.Namespace) -> int:
         raise UsageError(f"--format {fmt!r} is not json or a tabulate format{hint}")
     if args.dtype not in _DTYPES:
         raise UsageError(f"--dtype {args.dtype!r} is not one of {', '.join(_DTYPES)}")
+    if args.focus and not args.draw:
+        raise UsageError(f"--focus {args.focus[0]!r} only narrows the picture, and no picture "
+                         "was asked for: add --draw OUT.svg, or drop --focus")
+    if args.draw:
+        check_folder(args.draw)  # before the model is built: a typo costs nothing
+    if args.save_plan:
+        check_folder(args.save_plan, "write the plan to")
     rule = get_rule(args.rule)
     kwargs = parse_kwargs(args.kw)
     shapes = [parse_shape(s) for s in args.input_shape]
@@ -248,9 +331,11 @@ def _plan(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise UsageError(f"--device {args.device!r}: {_one_line(exc)}") from exc
     _cwd_on_path()
+    init = parse_init(args.init)
+    forward = _forward_kwargs(args)
     # the user's code prints to stderr: stdout holds the report alone (one JSON document)
     with contextlib.redirect_stdout(sys.stderr):
-        report = _dry_run(args, rule, shapes, kwargs)
+        report = _dry_run(args, rule, shapes, kwargs, init=init, forward=forward)
     print(report.to_json() if fmt == "json" else report.table(fmt))
     if args.save_plan:
         with open(args.save_plan, "w") as f:
@@ -262,27 +347,105 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forward_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The forward's keyword arguments: ``--forward-kw`` literals and ``--input-kw`` tensors
+    (one name given twice is an error: which one was meant?)."""
+    literals = parse_kwargs(args.forward_kw, "--forward-kw")
+    tensors = {}
+    for text in args.input_kw:
+        name, shape, dtype = parse_input_kw(text, args.dtype)
+        if name in literals or name in tensors:
+            raise UsageError(f"--input-kw {text!r}: {name!r} is already given; pass each "
+                             "forward argument once")
+        tensors[name] = (shape, dtype)
+    return {**literals, **{name: _example_input(shape, dtype, args.device)
+                           for name, (shape, dtype) in tensors.items()}}
+
+
 def _dry_run(args: argparse.Namespace, rule: Any, shapes: list[tuple[int, ...]],
-             kwargs: dict[str, Any]) -> Any:
-    """Import the factory, build the model, and run the pass as a dry run."""
+             kwargs: dict[str, Any], *, init: Any = "zero",
+             forward: dict[str, Any] | None = None, gate: bool = False) -> Any:
+    """Import the factory, build the model, and run the pass as a dry run (or, for
+    ``gate``, build the gated graph, which leaves the model as it was)."""
     leaves = [parse_leaf(text) for text in args.leaf]
     model = _build_model(args.factory, kwargs, args.device)
-    _check_leaf_names(leaves, model)
+    _check_names(leaves, getattr(args, "focus", []), model)
     inputs = tuple(_example_input(s, _DTYPES[args.dtype], args.device) for s in shapes)
+    options = dict(example_inputs=inputs or None, example_kwargs=forward or None,
+                   leaf_modules=leaves, capture=args.capture)
     try:
-        return zero_init_pass(model, rule, dry_run=True, example_inputs=inputs or None,
-                              leaf_modules=leaves, capture=args.capture)
+        if gate:
+            # on a copy: the preview changes not even the instance the factory built
+            return gate_residuals(copy.deepcopy(model), rule, per_channel=args.per_channel,
+                                  graph=args.graph, **options)
+        return init_pass(model, rule, init=init, dry_run=True, seed=args.seed, **options)
     except SystemExit as exc:
         raise UsageError(f"the forward of the model that {args.factory} built called "
                          f"sys.exit({exc.code!r}) while it was captured") from None
     except CaptureError as exc:
         # The library's advice names Python arguments; say what they are called here.
-        hint = ("check that --input-shape and --dtype describe inputs the forward accepts"
-                if inputs else
+        hint = ("check that --input-shape, --input-kw, --forward-kw and --dtype describe "
+                "arguments the forward accepts" if inputs or forward else
                 "--input-shape with the shape of each input, e.g. --input-shape 1,3,224,224, "
                 "captures it with torch.export")
         raise UsageError(f"{_one_line(exc)} (on the command line: {hint}; --leaf FQN or "
                          "--leaf package.module:Class keeps a submodule opaque)") from exc
+
+
+def _gate(args: argparse.Namespace) -> int:
+    """Where ``gate_residuals`` would put its gates: built on a graph of its own, so the
+    model is never changed and nothing is written."""
+    fmt = args.format
+    if fmt != "json" and fmt not in tabulate_formats:
+        raise UsageError(f"--format {fmt!r} is not json or a tabulate format")
+    if args.dtype not in _DTYPES:
+        raise UsageError(f"--dtype {args.dtype!r} is not one of {', '.join(_DTYPES)}")
+    rule = get_rule(args.rule)
+    kwargs = parse_kwargs(args.kw)
+    shapes = [parse_shape(s) for s in args.input_shape]
+    forward = _forward_kwargs(args)
+    _cwd_on_path()
+    with contextlib.redirect_stdout(sys.stderr):
+        gated = _dry_run(args, rule, shapes, kwargs, forward=forward, gate=True)
+    report = gated if isinstance(gated, GatesReport) else GatesReport.of(gated)
+    print(json.dumps(report.to_dict(), indent=2) if fmt == "json" else report.table(fmt))
+    print("zeta-fx: a preview: the model was not changed and nothing was written; "
+          "zeta_fx.gate_residuals(model, ...) inserts these gates", file=sys.stderr)
+    return 0
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that build the user's model and capture it (plan and gate)."""
+    parser.add_argument("factory",
+                        help="package.module:factory, e.g. torchvision.models:resnet50")
+    parser.add_argument("--rule", default="residual_branch_last",
+                        help=f"a rule name ({', '.join(list_rules())}; aliases "
+                             f"{', '.join(ALIASES)})")
+    parser.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE",
+                        help="keyword argument for the factory, a Python literal (repeatable)")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="1,3,224,224",
+                        help="shape of one example input, for models captured with inputs "
+                             "(repeatable, in argument order)")
+    parser.add_argument("--input-kw", action="append", default=[],
+                        metavar="NAME=SHAPE[:DTYPE]",
+                        help="a tensor passed to forward by keyword, e.g. "
+                             "attention_mask=1,16:int64 (dtype defaults to --dtype; repeatable)")
+    parser.add_argument("--forward-kw", action="append", default=[], metavar="NAME=VALUE",
+                        help="a Python literal passed to forward by keyword, e.g. "
+                             "use_cache=False (repeatable)")
+    parser.add_argument("--leaf", action="append", default=[], metavar="FQN|pkg.mod:Class",
+                        help="keep a submodule opaque to tracing: its FQN (blocks.0.gate, or "
+                             "blocks.* for all under blocks) or its class (repeatable)")
+    parser.add_argument("--capture", default="auto", choices=CAPTURE_METHODS,
+                        help="auto: symbolic tracing, then torch.export with the example "
+                             "inputs if that fails; or force one of them")
+    parser.add_argument("--dtype", default="float32",
+                        help="dtype of the example inputs (float32, int64 for token ids, ...)")
+    parser.add_argument("--device", default="cpu",
+                        help="device to build the model on; 'meta' allocates no memory")
+    parser.add_argument("--format", default="simple", help="json, or any tabulate table format")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error too (the exit code stays 2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,25 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a model with package.module:factory, run the pass as a dry run "
                     "and print the report. Nothing is written to the model's weights; the "
                     "plan and the picture are saved only when asked.")
-    plan.add_argument("factory", help="package.module:factory, e.g. torchvision.models:resnet50")
-    plan.add_argument("--rule", default="residual_branch_last",
-                      help=f"a rule name ({', '.join(list_rules())})")
-    plan.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE",
-                      help="keyword argument for the factory, a Python literal (repeatable)")
-    plan.add_argument("--input-shape", action="append", default=[], metavar="1,3,224,224",
-                      help="shape of one example input, for models captured with inputs "
-                           "(repeatable, in argument order)")
-    plan.add_argument("--leaf", action="append", default=[], metavar="FQN|pkg.mod:Class",
-                      help="keep a submodule opaque to tracing: its FQN (blocks.0.gate, or "
-                           "blocks.* for all under blocks) or its class (repeatable)")
-    plan.add_argument("--capture", default="auto", choices=CAPTURE_METHODS,
-                      help="auto: symbolic tracing, then torch.export with the --input-shape "
-                           "inputs if that fails; or force one of them")
-    plan.add_argument("--dtype", default="float32", help="dtype of the example inputs "
-                                                         "(float32, int64 for token ids, ...)")
-    plan.add_argument("--device", default="cpu",
-                      help="device to build the model on; 'meta' allocates no memory")
-    plan.add_argument("--format", default="simple", help="json, or any tabulate table format")
+    _add_model_options(plan)
+    plan.add_argument("--init", default="zero", metavar="SPEC",
+                      help="what to write at the positions: zero, scaled_normal(std=0.02) or "
+                           "fixup() (a dry run: nothing is written)")
+    plan.add_argument("--seed", type=int, default=None,
+                      help="seed of a random --init's draws, recorded in the plan")
     plan.add_argument("--save-plan", metavar="PLAN.json", help="write the plan as JSON")
     plan.add_argument("--draw", metavar="OUT.svg",
                       help="draw the graph (svg, png, pdf with Graphviz; .dot otherwise)")
@@ -331,9 +481,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--dry-run", action="store_true", default=True,
                       help="accepted and ignored: plan is always a dry run, it never writes "
                            "weights")
-    plan.add_argument("--debug", action="store_true",
-                      help="print the traceback of an error too (the exit code stays 2)")
     plan.set_defaults(func=_plan)
+    gate = sub.add_parser(
+        "gate", help="show where gate_residuals would put its gates (writes nothing)",
+        description="Build a model with package.module:factory and print where "
+                    "gate_residuals would insert a gate (ReZero/SkipInit), and what it "
+                    "would leave alone. The model is not changed and nothing is written.")
+    _add_model_options(gate)
+    gate.add_argument("--per-channel", action="store_true",
+                      help="one gate per channel of the merge instead of a scalar")
+    gate.add_argument("--graph", action="store_true",
+                      help="preview the opt-in graph rewrite (gate_residuals(..., graph=True)), "
+                           "which gates every accepted join at its merge")
+    gate.set_defaults(func=_gate)
     return parser
 
 

@@ -97,3 +97,9 @@ class GateError(ZetaFxError, ValueError):
     """``gate_residuals`` was given an option it cannot apply (an ``init`` that is not a
     finite number, a per-channel dimension the merge does not have), or a module without a
     gates report was asked for one. Nothing was changed."""
+
+
+class UnknownModuleError(ZetaFxError, ValueError):
+    """A module FQN or class given to scope the pass (``leaf_modules=``, ``within=``, the
+    command line's ``--leaf``/``--focus``) matches no module of the model; the message lists
+    the nearest names. Nothing was traced or written."""

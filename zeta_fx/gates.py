@@ -1,9 +1,14 @@
 """Gating residual branches (ReZero, SkipInit): rewrite each join ``s + f`` into ``s + α·f``.
 
 ``gate_residuals`` traces a model, lets a rule find its residual joins (the same capture,
-analysis, rules and proof as ``zero_init_pass``) and returns a new ``torch.fx.GraphModule``
-in which every join the rule accepted computes ``skip + α·(everything else the merge
-adds)``, with ``α`` a new ``nn.Parameter`` initialised to ``init``. With ``init=0.0`` every
+analysis, rules and proof as ``zero_init_pass``) and makes every join the rule accepted
+compute ``skip + α·(everything else the merge adds)``, with ``α`` a new ``nn.Parameter``
+initialised to ``init``. By default the gates go into the user's own model (a parameter on
+the module that holds the merge, a forward hook on the branch's last layer, wherever scaling
+that layer's output is exactly scaling the branch; see :func:`gate_residuals`) and a
+:class:`GatesReport` is returned. ``graph=True`` returns instead a new
+``torch.fx.GraphModule`` with the gates at the merges; the rest of this docstring describes
+that rewrite. With ``init=0.0`` every
 gated block starts as the identity while its layers keep their own initialisation and
 gradients (ReZero, Bachlechner et al. 2020; SkipInit, De & Smith 2020).
 
@@ -19,13 +24,13 @@ gradients (ReZero, Bachlechner et al. 2020; SkipInit, De & Smith 2020).
 ...     def forward(self, x):
 ...         return x + self.mlp(self.norm(x))
 >>> block = PreNormMLP()
->>> gated = gate_residuals(block, init=0.0)
+>>> gated = gate_residuals(block, init=0.0, graph=True)
 >>> [(g.name, g.merge, g.skip, g.layers) for g in gated.meta["zeta_fx_gates"].gates]
 [('gate_mlp', 'add', 'x', ('mlp.2',))]
 >>> x = torch.randn(2, 8)
 >>> torch.equal(gated(x), x)  # alpha = 0: the block is the identity
 True
->>> torch.equal(gate_residuals(block, init=1.0)(x), block(x))  # alpha = 1: bit for bit
+>>> torch.equal(gate_residuals(block, init=1.0, graph=True)(x), block(x))  # alpha = 1: exact
 True
 
 The construction, and why it is bit-exact
@@ -113,7 +118,7 @@ from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec
 from zeta_fx.errors import ExampleInputsError, GateError
 from zeta_fx.semantics.keys import bind, op_key
-from zeta_fx.semantics.tables import CHANNELS_FIRST
+from zeta_fx.semantics.tables import CHANNELS_FIRST, LAYOUT_OPS, MULTIPLY, PASS_THROUGH
 from zeta_fx.joins import Join
 from zeta_fx.rules import Rule
 from zeta_fx.select import trace_and_select
@@ -122,7 +127,7 @@ from zeta_fx.tracer import first_line
 from zeta_fx.verify import graph_args
 from zeta_fx.words import format_shape, plural
 
-__all__ = ["gate_residuals", "Gate", "GatesReport", "META_KEY"]
+__all__ = ["gate_residuals", "Gate", "GatesReport", "GateHook", "META_KEY"]
 
 META_KEY = "zeta_fx_gates"  # the key of the report in the returned GraphModule's ``meta``
 
@@ -158,7 +163,7 @@ class GatesReport:
 
     >>> from torch import nn
     >>> from zeta_fx import gate_residuals
-    >>> report = GatesReport.of(gate_residuals(nn.Sequential(nn.Linear(2, 2))))
+    >>> report = gate_residuals(nn.Sequential(nn.Linear(2, 2)))
     >>> report.names, report.summary()
     ([], 'Sequential: rule residual_branch_last found nothing to gate (0 candidates left alone)')
     """
@@ -232,9 +237,26 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
                    example_inputs: tuple[Any, ...] | None = None,
                    example_kwargs: dict[str, Any] | None = None,
                    leaf_modules: Iterable[LeafSpec] = (),
-                   capture: str = "auto") -> fx.GraphModule:
-    """A ``GraphModule`` that computes ``model`` with each residual join ``s + f`` the rule
-    accepts rewritten to ``s + α·f``, ``α`` a new parameter set to ``init``.
+                   capture: str = "auto",
+                   graph: bool = False) -> "GatesReport | fx.GraphModule":
+    """Gate each residual join ``s + f`` the rule accepts: ``s + α·f``, ``α`` a new
+    parameter set to ``init``.
+
+    By default the gates go into the user's own module tree and a :class:`GatesReport` is
+    returned: where the branch's last layer is one module whose output reaches the merge
+    unchanged (or through dropout / identity modules, which scaling passes through), scaling
+    that output is exactly scaling the branch, so ``α`` is registered on the module whose
+    forward holds the merge (``h.0.gate_attn``) and a forward hook on the last layer
+    multiplies its output by it. The model keeps its class, its methods (``generate``), its
+    attributes (``config``), its keyword arguments and dynamic shapes; its ``state_dict``
+    gains the gates' keys only; ``α = 1`` is bit-exact (``v * 1.0`` is ``v``); and
+    ``torch.compile`` and ``copy.deepcopy`` carry the gates. A join where the gate must sit
+    at the merge itself (the branch ends in several layers, a summand besides the layer, an
+    op between the layer and the merge) is left alone and the report says so.
+
+    ``graph=True`` is the opt-in graph rewrite: the model is left as it is, and a new
+    ``GraphModule`` is returned in which every join the rule accepts is gated at the merge
+    (``gm.meta["zeta_fx_gates"]`` holds the report):
 
     ``model`` is an ``nn.Module`` (traced with ``symbolic_trace``, or with ``torch.export``
     / a concrete capture on ``example_inputs`` when symbolic tracing fails; ``capture``
@@ -255,7 +277,8 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
     channel_dim = _check_per_channel(per_channel)
     traced = trace_and_select(model, rule, verb="gate_residuals",
                               example_inputs=example_inputs, example_kwargs=example_kwargs,
-                              leaf_modules=leaf_modules, capture=capture)
+                              leaf_modules=leaf_modules, capture=capture,
+                              use_cache_off=False)
     model, gm, view, rule_obj, selection = (traced.model, traced.gm, traced.view, traced.rule,
                                             traced.selection)
     joins = view.residual_joins
@@ -265,11 +288,14 @@ def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
         like = _layer_tensor(view, targets[merge])
         _check_init_fits(init, like.dtype if like is not None else torch.get_default_dtype(),
                          merge, targets[merge])
+    if not graph:
+        return _gate_in_place(model, view, joins, targets, skipped, init, channel_dim,
+                              rule_obj.name)
     result = _graph_module_over(gm, model)
     nodes = {n.name: n for n in result.graph.nodes}
     shapes = {}
     if channel_dim is not False and targets:
-        shapes = _merge_shapes(result, list(targets), example_inputs, example_kwargs)
+        shapes = _merge_shapes(result, list(targets), example_inputs, traced.example_kwargs)
     shared = {id(m) for m in model.modules()}  # modules the gates must never be added to
     gates = []
     for merge in sorted(targets, key=lambda name: view.index[joins[name].merge]):
@@ -636,3 +662,143 @@ def _layer_tensor(view: GraphView, targets: list[Target]) -> torch.Tensor | None
             if tensor is not None and tensor.is_floating_point():
                 return tensor
     return None
+
+
+
+# -- gates in the user's own modules -------------------------------------------------------
+
+class GateHook:
+    """The forward hook of an in-place gate: multiplies the module's output by the gate
+    parameter ``name`` of ``home`` (the module whose forward holds the merge). A plain
+    object, so that ``copy.deepcopy`` and pickling carry it with the model; ``dim`` is the
+    channel dimension of a per-channel gate (``None``: a scalar gate, read as 0-d so it
+    never promotes the output's dtype)."""
+
+    def __init__(self, home: nn.Module, name: str, dim: int | None) -> None:
+        self.home, self.name, self.dim = home, name, dim
+
+    def __call__(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        gate = getattr(self.home, self.name)
+        if self.dim is None:
+            return output * gate.view(())
+        dim = self.dim % output.dim()
+        return output * gate.view((gate.shape[0],) + (1,) * (output.dim() - 1 - dim))
+
+
+def _node_module(node: Node) -> str:
+    """The FQN of the module a node computes in: a ``call_module``'s own, else the innermost
+    of its recorded ``nn_module_stack``."""
+    return str(node.target) if node.op == "call_module" else _innermost_module(node)
+
+
+def _passes_scaling(model: nn.Module, path: str) -> bool:
+    """Whether a node computed inside the module at ``path`` maps ``α·v`` to ``α·(its
+    value)``: dropout (a per-element mask and rescale) and identity modules."""
+    try:
+        module = model.get_submodule(path) if path else model
+    except AttributeError:
+        return False
+    return isinstance(module, (nn.modules.dropout._DropoutNd, nn.Identity))
+
+
+def _scales_through(node: Node, value: Node) -> bool:
+    """Whether ``node`` maps ``α·value`` to ``α·node``: a layout op or cast of ``value``
+    alone, or a product of ``value`` with a factor that does not depend on it (a DiT
+    block's ``gate * attn(x)``)."""
+    if node.op not in ("call_function", "call_method"):
+        return False
+    key = op_key(node)[0]
+    others = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, Node)]
+    if key in LAYOUT_OPS or key in PASS_THROUGH:
+        return others == [value]
+    if key in MULTIPLY:
+        return others.count(value) == 1 and len(others) <= 2
+    return False
+
+
+def _branch_end_module(model: nn.Module, view: GraphView, join: Join,
+                       targets: list[Target]) -> tuple[str, str]:
+    """The module whose output is the whole branch of ``join`` (``(fqn, "")``), or
+    ``("", reason)`` saying why the gate must sit at the merge instead."""
+    layers = list(dict.fromkeys(t.module for t in targets))
+    if len(layers) != 1 or not layers[0]:
+        return "", (f"the branch ends in {len(layers)} layers ({', '.join(layers) or 'the root'}"
+                    "): no one module's output is the whole branch")
+    layer = layers[0]
+    nodes = {n for t in targets for n in t.nodes}
+    uses = {c.name for t in targets for p in t.params for c in view.consumers.get(p, ())}
+    if len(nodes) != 1 or uses - nodes:
+        return "", f"`{layer}` is used at several nodes: a gate on its output would scale all"
+    operands = [o for o in join.branch_operands]
+    if len(operands) != 1 or not isinstance(operands[0], Node):
+        return "", (f"the merge `{join.merge.name}` adds {len(operands)} branch summands: "
+                    f"scaling `{layer}` alone would not scale them all")
+    node = view.by_name[next(iter(nodes))]
+    home = _node_module(node)
+    if home != layer and not home.startswith(layer + "."):
+        return "", (f"`{layer}`'s parameters are used by `{home or 'the root'}` without "
+                    f"calling `{layer}`: a hook on its output would never run")
+    operand = operands[0]
+    while node is not operand:
+        users = view.data_users.get(node, [])
+        if len(users) != 1:
+            return "", (f"the output of `{layer}` has {len(users)} uses on the way to the "
+                        f"merge `{join.merge.name}`")
+        previous, node = node, users[0]
+        path = _node_module(node)
+        inside = path == layer or path.startswith(layer + ".")
+        if node is not join.merge and not inside and not _passes_scaling(model, path) \
+                and not _scales_through(node, previous):
+            return "", (f"between `{layer}` and the merge `{join.merge.name}` the branch "
+                        f"passes `{node.name}`" + (f" (in `{path}`)" if path else "")
+                        + ", which scaling the layer's output is not proven to pass")
+        if node is join.merge:
+            return "", f"the output of `{layer}` does not reach `{join.merge.name}` alone"
+    return layer, ""
+
+
+def _gate_in_place(model: nn.Module, view: GraphView, joins: dict[str, Join],
+                   targets: dict[str, list[Target]], skipped: list[Skipped], init: float,
+                   channel_dim: bool | int, rule: str) -> GatesReport:
+    """Register each gate on the module that holds its merge and hook the branch's last
+    module; every join where that is not exactly scaling the branch is left alone."""
+    plans = []
+    for merge in sorted(targets, key=lambda name: view.index[joins[name].merge]):
+        join = joins[merge]
+        layer, why = _branch_end_module(model, view, join, targets[merge])
+        if not layer:
+            skipped.append(Skipped(merge, _innermost_module(join.merge), f"{why}; a gate "
+                                   "must sit at the merge itself: pass graph=True for a graph "
+                                   "rewrite that gates it there", rule))
+            continue
+        module = model.get_submodule(layer)
+        like = _layer_tensor(view, targets[merge])
+        dim: int | None = None
+        shape: tuple[int, ...] = (1,)
+        if channel_dim is not False:
+            if like is None or like.dim() == 0:
+                skipped.append(Skipped(merge, layer, f"`{layer}` has no parameter with a "
+                                       "channel count for a per-channel gate", rule))
+                continue
+            dim = (1 if isinstance(module, _CHANNELS_FIRST_MODULES) else -1) \
+                if channel_dim is True else channel_dim
+            shape = (like.shape[0],)
+        plans.append((join, layer, module, like, dim, shape))
+    gates = []
+    for join, layer, module, like, dim, shape in plans:  # all decided: now write
+        owner_path = _innermost_module(join.merge)
+        try:
+            home = model.get_submodule(owner_path) if owner_path else model
+        except AttributeError:
+            owner_path, home = "", model
+        name = _free_name(home, _gate_name(owner_path, (layer,)))
+        home.register_parameter(name, nn.Parameter(torch.full(
+            shape, init, dtype=like.dtype if like is not None else torch.get_default_dtype(),
+            device=like.device if like is not None else None)))
+        module.register_forward_hook(GateHook(home, name, dim))
+        fqn = f"{owner_path}.{name}" if owner_path else name
+        position = "; ".join(dict.fromkeys(t.position for t in targets[join.merge.name]))
+        operands = tuple(o.name for o in join.branch_operands if isinstance(o, Node))
+        gates.append(Gate(fqn, join.merge.name, join.skip.name if join.skip is not None
+                          else "", operands, (layer,), position, shape, dim, init))
+    return GatesReport(type(model).__name__, rule, tuple(gates), tuple(skipped))

@@ -8,10 +8,12 @@ is reproducible from the plan's seed, on one process or on FSDP2 shards.
 - ``"zero"`` (:class:`Zero`): what :func:`~zeta_fx.zero_init_pass` does.
 - :func:`scaled_normal` ``(std=0.02)``: GPT-2 / nanoGPT / Megatron's init of the last layer
   of each residual branch, ``N(0, std / sqrt(L))`` with ``L`` the number of residual
-  branches found (``2 * n_layer`` in a GPT); only the weights are drawn, biases are kept.
+  branches found (``2 * n_layer`` in a GPT); only weight layers' weights are drawn: biases
+  and norm gains are kept, and the report says so.
 - :func:`fixup` ``()``: Fixup (Zhang et al. 2019): the last layer of each branch zeroed, the
   branch's other weight layers drawn He-normal (fan-out, as the reference code) and scaled
-  by ``L ** (-1 / (2m - 2))``, ``m`` the branch's weight layers.
+  by ``L ** (-1 / (2m - 2))``, ``m`` the branch's weight layers (convs and linears, not
+  norms: 2 in a ResNet BasicBlock, 3 in a Bottleneck).
 - a callable ``fn(tensor, site)``: writes ``tensor`` in place; ``site`` is a
   :class:`~zeta_fx.apply.InitSite` (depth, number of branches, the branch's layers).
 
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import torch
 
 from zeta_fx.plan import Action, PlanEntry
-from zeta_fx.selection import Site
+from zeta_fx.selection import Site, Skipped
 
 if TYPE_CHECKING:
     from zeta_fx.planner import Branches
@@ -54,6 +56,11 @@ class Init:
     def actions(self, entries: list[PlanEntry], branches: "Branches",
                 params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
         raise NotImplementedError(f"{type(self).__name__} must implement actions()")
+
+    def left_alone(self, entries: list[PlanEntry]) -> list[Skipped]:
+        """The planner's entries this initialiser leaves as they are, each with the reason
+        (the report lists them with the candidates left alone)."""
+        return []
 
     def __repr__(self) -> str:
         return self.name
@@ -73,16 +80,38 @@ def _fmt(x: float) -> str:
     return f"{x:.2g}" if x < 1e-3 else f"{x:.4g}"
 
 
-def _weights(entry: PlanEntry) -> dict[str, tuple[int, ...]]:
-    """The entry's parameters other than biases (a layer's weight, a norm's gain)."""
-    return {fqn: shape for fqn, shape in entry.params.items()
-            if not fqn.rsplit(".", 1)[-1].startswith("bias")}
+def _weight_layer_weights(entry: PlanEntry) -> dict[str, tuple[int, ...]]:
+    """The entry's weight-layer weights: a conv's or a linear's matrix (two or more
+    dimensions). A norm's gain, a layer scale and a bias are one-dimensional: a random init
+    for projection weights is not theirs to draw."""
+    return {fqn: shape for fqn, shape in entry.params.items() if len(shape) >= 2}
+
+
+def _kept_reason(init: str, fqns: list[str]) -> str:
+    kinds = ["bias" if fqn.rsplit(".", 1)[-1].startswith("bias") else "gain"
+             for fqn in fqns]
+    what = " and ".join(dict.fromkeys("a bias" if k == "bias" else "a norm's gain (1-D)"
+                                      for k in kinds))
+    names = ", ".join(f"`{f}`" for f in fqns)
+    return (f"{names}: {what}, not a weight layer's weight; {init} draws weight layers' "
+            "weights only, so it is left as it is")
 
 
 class ScaledNormal(Init):
-    """``N(0, std / sqrt(L))`` for the weights at each site, ``L`` the number of residual
-    branches found (biases are left as they are). ``L`` is 1 where no residual branch was
-    found (``rule="output_layer"``)."""
+    """GPT-2 / nanoGPT / Megatron's scaled init of the last layer of each residual branch.
+
+    GPT-2 (Radford et al. 2019, section 2.3): "we scale the weights of residual layers at
+    initialization by a factor of 1/sqrt(N) where N is the number of residual layers";
+    nanoGPT and Megatron draw those weights from
+
+        W ~ N(0, (std / sqrt(L))^2),   L = the number of residual branches (2 * n_layer)
+
+    ``L`` is the number of residual branches found (1 where none was, as with
+    ``rule="output_layer"``). Only weight layers' weights (a conv's or a linear's, two or
+    more dimensions) are drawn: a bias at the site is kept, and a site whose parameters are
+    a norm's gain (a torchvision ResNet's ``bn3``) is left as it is; the report's row says
+    which.
+    """
 
     def __init__(self, std: float = 0.02) -> None:
         if not isinstance(std, (int, float)) or isinstance(std, bool) or not math.isfinite(std) \
@@ -95,21 +124,43 @@ class ScaledNormal(Init):
                 params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
         count = max(branches.count, 1)
         std = self.std / math.sqrt(count)
-        action = Action("normal", std=std, label=f"N(0, {_fmt(std)})",
-                        figures=(("sigma", self.std), ("L", count)))
         for entry in entries:
-            weights = _weights(entry)
-            if weights:
-                yield PlanEntry(entry.module, entry.module_type, weights, entry.sites,
-                                entry.rule, action)
+            weights = _weight_layer_weights(entry)
+            if not weights:
+                continue  # left_alone says why
+            kept = [fqn for fqn in entry.params if fqn not in weights]
+            figures = (("sigma", self.std), ("L", count))
+            label = f"N(0, {_fmt(std)})"
+            if kept:
+                figures += (("kept", ",".join(kept)),)
+            yield PlanEntry(entry.module, entry.module_type, weights, entry.sites,
+                            entry.rule, Action("normal", std=std, label=label,
+                                               figures=figures))
+
+    def left_alone(self, entries: list[PlanEntry]) -> list[Skipped]:
+        return [Skipped(entry.sites[0].node if entry.sites else "", entry.module,
+                        _kept_reason(self.name, list(entry.params)), entry.rule)
+                for entry in entries if not _weight_layer_weights(entry)]
 
 
 class Fixup(Init):
-    """Fixup: zero each branch's last layer; draw the branch's other weight layers
-    He-normal (``sqrt(2 / fan_out)``, fan-out as in the reference implementation) scaled by
-    ``L ** (-1 / (2m - 2))``, with ``L`` the number of residual branches and ``m`` the weight
-    layers on the branch (the zeroed one included). Other targets (an output layer) are
-    zeroed, as Fixup zeroes the classifier."""
+    """Fixup (Zhang, Dauphin and Ma 2019, "Fixup Initialization", section 3): in a network
+    of ``L`` residual branches, each with ``m`` weight layers,
+
+        1. initialise the classification layer and the last layer of each residual branch
+           to 0;
+        2. initialise every other layer with a standard method (He et al. 2015) and scale
+           the weight layers inside residual branches by ``L ** (-1 / (2m - 2))``.
+
+    ``m`` counts the branch's weight layers (convs, linears: weights of two or more
+    dimensions), not its norms: a torchvision ``BasicBlock`` has m = 2 (scale
+    ``L ** (-1/2)``), a ``Bottleneck`` m = 3 (``L ** (-1/4)``). The He-normal draw is
+    ``N(0, 2 / fan_out)`` (fan-out, as the reference implementation). A branch whose last
+    layer the rule finds is a norm (a ResNet's ``bn2``) has that norm zeroed and its convs
+    all drawn and scaled. Other targets (an output layer) are zeroed, as Fixup zeroes the
+    classifier. Only weight layers' weights are drawn; biases and norm gains inside the
+    branch are left as they are.
+    """
 
     name = "fixup()"
 
@@ -122,7 +173,7 @@ class Fixup(Init):
                 if site.kind != "residual":
                     continue
                 layers = branches.layers(site)
-                m = len({owner for owner, *_ in layers} | {entry.module})
+                m = len({owner for owner, *_ in layers})
                 if m < 2:
                     continue
                 scale = branches.count ** (-1.0 / (2 * m - 2))
@@ -186,11 +237,20 @@ def fixup() -> Fixup:
     return Fixup()
 
 
+_FACTORIES = (scaled_normal, fixup)
+
+
 def as_init(init: "str | Init | Callable[..., Any]") -> Init:
     """An :class:`Init` from ``"zero"``, an initialiser or a callable.
 
     >>> as_init("zero").name, as_init(scaled_normal(0.02)).name
     ('zero', 'scaled_normal(std=0.02)')
+
+    An initialiser factory passed uncalled is called with its defaults (the report names
+    the call):
+
+    >>> as_init(scaled_normal).name, as_init(fixup).name
+    ('scaled_normal(std=0.02)', 'fixup()')
     >>> as_init("normal")
     Traceback (most recent call last):
     ...
@@ -198,6 +258,14 @@ def as_init(init: "str | Init | Callable[..., Any]") -> Init:
     """
     if isinstance(init, Init):
         return init
+    if init in _FACTORIES or (isinstance(init, type) and issubclass(init, Init)):
+        try:
+            return init()
+        except TypeError as exc:
+            raise TypeError(f"init={getattr(init, '__name__', init)} is an initialiser "
+                            f"factory, not an initialiser, and cannot be called without "
+                            f"arguments ({exc}); pass init={getattr(init, '__name__', init)}"
+                            "(...) with its arguments; nothing was written") from None
     if isinstance(init, str):
         if init == "zero":
             return Zero()

@@ -121,6 +121,7 @@ def build_plan(view: "GraphView", selection: Selection, rule: str,
                                  tuple(group["sites"].values()), ", ".join(group["rules"])))
     name = "zero"
     if init is not None:
+        skipped += init.left_alone(entries)
         entries = list(init.actions(entries, Branches(view, entries), view.params))
         name = init.name
     return ZeroInitPlan(tuple(entries), rule, type(view.root).__name__, tuple(skipped), name,

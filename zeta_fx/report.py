@@ -35,6 +35,13 @@ POSITION_NOTE = ("position: `quoted` names are graph nodes (like the node column
                  "names module FQNs (like the module column)")
 
 
+def _kept(entry: Any) -> list[str]:
+    """Parameters at the entry's position that its initialiser leaves as they are (a bias
+    beside a weight drawn by ``scaled_normal``)."""
+    kept = dict(entry.action.figures).get("kept", "")
+    return kept.split(",") if isinstance(kept, str) and kept else []
+
+
 class ZeroInitReport:
     """What one pass (or one plan application) did, made once from the plan and the outcome.
 
@@ -46,9 +53,11 @@ class ZeroInitReport:
     """
 
     def __init__(self, plan: "ZeroInitPlan", outcome: "Outcome", *,
-                 view: "GraphView | None" = None) -> None:
+                 view: "GraphView | None" = None, notes: Sequence[str] = ()) -> None:
         self.plan = plan
         self.outcome = outcome
+        # how the model was captured, where the pass chose for the user (use_cache=False)
+        self.notes = list(notes)
         self._view = view
         self._summary: GraphSummary | None = None
 
@@ -95,8 +104,9 @@ class ZeroInitReport:
     @property
     def touched(self) -> list[dict[str, Any]]:
         """A row per (module, graph node): the claim's ``merge``/``skip`` (residual rows) or
-        ``zero_at``, the structured ``site``, the action and, after ``verify=True``,
-        ``verified``."""
+        ``zero_at``, the structured ``site``, the action, ``kept`` (parameters at the position
+        the initialiser leaves as they are, like a bias beside a drawn weight) and, after
+        ``verify=True``, ``verified``."""
         rows = []
         for entry in self.plan.entries:
             elements = sum(numel(s) for s in entry.params.values())
@@ -108,10 +118,22 @@ class ZeroInitReport:
                     "elements": elements, "shared": len(entry.sites) > 1, "rule": entry.rule,
                     "zero_at": site.zero_at, "merge": site.merge, "skip": site.skip,
                     "site": site.to_dict(), "action": entry.action.label,
+                    "kept": _kept(entry),
                     "verified": (self._verified(site.node) if entry.action.kind == "zero"
                                  else None),
                 })
         return rows
+
+    def _enclosing(self, node: str) -> str:
+        """For a row that names no module (a merge left alone): the module whose forward
+        holds the node, from the capture's ``nn_module_stack`` (``in model.layers.0``)."""
+        found = self._view.by_name.get(node) if self._view is not None and node else None
+        stack = found.meta.get("nn_module_stack") if found is not None else None
+        if not stack:
+            return "-"
+        last = list(stack.values())[-1]
+        path = str(last[0] if isinstance(last, tuple) else last)
+        return f"in {path}" if path else "-"
 
     def _verified(self, node: str) -> bool | None:
         """True/False once ``verify=True`` checked the node's zeroed value; None if unchecked."""
@@ -144,6 +166,7 @@ class ZeroInitReport:
             "touched": self.touched,
             "init": self.plan.init,
             "skipped": [s.to_dict() for s in self.skipped],
+            "notes": list(self.notes),
             "plan": self.plan.to_dict(),
         }
 
@@ -152,6 +175,8 @@ class ZeroInitReport:
 
     @property
     def _zero_only(self) -> bool:
+        if not self.plan.entries:
+            return self.plan.init == "zero"
         return all(e.action.kind == "zero" for e in self.plan.entries)
 
     def summary(self) -> str:
@@ -162,10 +187,17 @@ class ZeroInitReport:
             return (f"{self.plan.model}: rule {self.plan.rule} found nothing to "
                     f"{'zero' if self._zero_only else 'initialise'} ({left_alone})")
         init = "" if self.plan.init == "zero" else f" with {self.plan.init}{self._figures()}"
-        return (f"{self.plan.model}: rule {self.plan.rule} {self.verb} "
-                f"{plural(len(self.params), 'parameter')} in "
-                f"{plural(len(self.modules), 'module')}{init}, {self.elements:,} of "
-                f"{self.total_params:,} elements ({share:.2f}%); {left_alone}")
+        counted = (f"{plural(len(self.params), 'parameter')} in "
+                   f"{plural(len(self.modules), 'module')}")
+        if self._zero_only and not self.changed:
+            # every planned value was zero already: saying "zeroed" would claim a change
+            outcome = "nothing changed" if self.applied else "applying would change nothing"
+            return (f"{self.plan.model}: rule {self.plan.rule} found {counted} already zero "
+                    f"({outcome}), {self.elements:,} of {self.total_params:,} elements "
+                    f"({share:.2f}%); {left_alone}")
+        return (f"{self.plan.model}: rule {self.plan.rule} {self.verb} {counted}{init}, "
+                f"{self.elements:,} of {self.total_params:,} elements ({share:.2f}%); "
+                f"{left_alone}")
 
     def _figures(self) -> str:
         """The figures the actions used, once each: `` (L = 24, sigma = 0.02)``."""
@@ -194,6 +226,8 @@ class ZeroInitReport:
                                 for name, shape in row["params"].items())
             if not zero_only:
                 written += f": {row['action']}"
+                if row["kept"]:
+                    written += f"; {', '.join(k.rsplit('.', 1)[-1] for k in row['kept'])} kept"
             elements = f"{row['elements']:,}" + (" (shared)" if row["shared"] else "")
             rows.append([row["node"], row["module"], row["type"], row["position"], written,
                          elements])
@@ -209,8 +243,10 @@ class ZeroInitReport:
                                   disable_numparse=True))
             parts.append(POSITION_NOTE)
         parts.append(self.summary())
+        parts += [f"note: {note}" for note in self.notes]
         if self.skipped:
-            skipped = [[s.node, s.module or "-", s.reason] for s in self.skipped]
+            skipped = [[s.node, s.module or self._enclosing(s.node), s.reason]
+                       for s in self.skipped]
             parts.append("left alone:")
             parts.append(tabulate(skipped, headers=["node", "module", "reason"],
                                   tablefmt=tablefmt, disable_numparse=True))

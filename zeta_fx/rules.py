@@ -38,7 +38,8 @@ from zeta_fx.errors import UnknownRuleError
 from zeta_fx.selection import Selection, Skipped, Target
 
 __all__ = ["Target", "Skipped", "Selection", "Rule", "ResidualBranchLast", "OutputLayer",
-           "AdaLNZero", "ByName", "ByType", "Where", "register_rule", "get_rule", "list_rules"]
+           "AdaLNZero", "ByName", "ByType", "Where", "register_rule", "get_rule", "list_rules",
+           "ALIASES", "rule_scopes"]
 
 
 class Rule:
@@ -390,7 +391,10 @@ class AdaLNZero(Rule):
     (the data path) — plus the last layer before each output. On DiT that is each block's
     ``adaLN_modulation`` linear, the final layer's modulation and the final linear. A
     conditioning layer that only shifts (is only added, like a guided-diffusion ResBlock's
-    timestep embedding) is left alone, and the report says so.
+    timestep embedding) is left alone, and the report says so. A model with no such
+    modulation (a UNet) gets nothing zeroed, not even its output layer, and one row left
+    alone that says no modulation was found; compose with :class:`OutputLayer` to zero the
+    output anyway.
 
     >>> import torch
     >>> from zeta_fx import zero_init_pass
@@ -401,7 +405,7 @@ class AdaLNZero(Rule):
 
     name = "adaln_zero"
     description = ("adaLN-Zero: conditioning layers producing shift/scale/gate of the data "
-                   "path, and the output layer")
+                   "path, and the output layer; nothing where no modulation is found")
 
     def find(self, view: GraphView) -> Selection:
         out = Selection()
@@ -468,6 +472,15 @@ class AdaLNZero(Rule):
         # the gates' own targets, where the modulation layers above do not already say it
         listed = {(t.nodes, t.params) for t in out.targets}
         out.targets += [t for t in gate_targets if (t.nodes, t.params) not in listed]
+        if not out.targets:
+            # not an adaLN model: zeroing its output alone is output_layer's job, not this
+            # rule's, and doing it silently would hide that nothing was found
+            out.skipped.append(Skipped(
+                "", "", "no adaLN modulation found: no layer computed from the conditioning "
+                "inputs alone scales or gates the data path, so adaln_zero zeroes nothing "
+                "(to zero the output layer, use rule=\"output_layer\" or compose: "
+                "AdaLNZero() | OutputLayer())", self.name))
+            return out
         final = OutputLayer().select(view)
         out.targets += [dataclasses.replace(t, rule=self.name) for t in final.targets]
         out.skipped += [Skipped(s.node, s.module, s.reason, self.name) for s in final.skipped]
@@ -676,6 +689,13 @@ class Where(_ModuleRule):
 # -- registry ---------------------------------------------------------------------------
 _REGISTRY: dict[str, Callable[..., Rule]] = {}
 
+# Names other libraries give the same recipe: timm's ``zero_init_last`` and torchvision's
+# ``zero_init_residual`` zero the last layer (or norm) of each residual branch.
+ALIASES: dict[str, str] = {
+    "zero_init_last": "residual_branch_last",
+    "zero_init_residual": "residual_branch_last",
+}
+
 
 def register_rule(factory: Callable[..., Rule]) -> Callable[..., Rule]:
     r"""Decorator: make a rule class, or a function returning a rule, usable by name.
@@ -723,6 +743,15 @@ def get_rule(rule: "Rule | str", **options: Any) -> Rule:
     'residual_branch_last'
     >>> get_rule("residual_branch_last", nested="outermost").nested
     'outermost'
+
+    timm's and torchvision's names run the same rule, which the report names:
+
+    >>> get_rule("zero_init_last").name, get_rule("zero_init_residual").name
+    ('residual_branch_last', 'residual_branch_last')
+    >>> get_rule("residual_brnch_last")
+    Traceback (most recent call last):
+    ...
+    zeta_fx.errors.UnknownRuleError: unknown rule 'residual_brnch_last'. Did you mean 'residual_branch_last'? Valid rules: adaln_zero, output_layer, residual_branch_last (aliases: zero_init_last, zero_init_residual)
     """
     if isinstance(rule, Rule):
         if options:
@@ -732,13 +761,34 @@ def get_rule(rule: "Rule | str", **options: Any) -> Rule:
     if not isinstance(rule, str):
         raise TypeError(f"rule must be a rule name or a zeta_fx.rules.Rule, got "
                         f"{type(rule).__name__}")
-    factory = _REGISTRY.get(rule)
+    factory = _REGISTRY.get(rule) or _REGISTRY.get(ALIASES.get(rule, ""))
     if factory is None:
         names = sorted(_REGISTRY)
-        close = difflib.get_close_matches(rule, names, n=1)
+        aliases = sorted(a for a, target in ALIASES.items() if target in _REGISTRY)
+        close = difflib.get_close_matches(rule, names + aliases, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownRuleError(f"unknown rule {rule!r}.{hint} Valid rules: {', '.join(names)}")
+        also = f" (aliases: {', '.join(aliases)})" if aliases else ""
+        raise UnknownRuleError(f"unknown rule {rule!r}.{hint} Valid rules: "
+                               f"{', '.join(names)}{also}")
     return factory(**options)
+
+
+def rule_scopes(rule: Rule) -> list[tuple[str, str]]:
+    """The ``within=`` prefixes of ``rule`` and of every rule it composes, with the name of
+    the rule that holds each (a scope that names no module would silently select nothing).
+
+    >>> rule_scopes(ResidualBranchLast(within="h.1") | OutputLayer())
+    [("residual_branch_last[within='h.1']", 'h.1')]
+    """
+    out: list[tuple[str, str]] = []
+    stack = [rule]
+    while stack:
+        current = stack.pop()
+        if current.within:
+            out.append((current.name, current.within))
+        stack += [r for r in (getattr(current, "right", None), getattr(current, "left", None))
+                  if isinstance(r, Rule)]
+    return out
 
 
 for _cls in (ResidualBranchLast, OutputLayer, AdaLNZero):

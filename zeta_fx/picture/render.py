@@ -21,7 +21,7 @@ from pathlib import Path
 
 from zeta_fx.errors import RenderError
 
-__all__ = ["DrawResult", "draw_dot"]
+__all__ = ["DrawResult", "draw_dot", "check_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,23 @@ class DrawResult:
         return f"wrote {self.path} (DOT text)"
 
 
+def check_folder(path: str | Path, doing: str = "draw to") -> None:
+    """Refuse a picture path whose folder does not exist, naming the folder (Graphviz
+    would report it as a bad format, and writing the DOT text as a missing file).
+
+    >>> check_folder("/no/such/folder/g.svg")
+    Traceback (most recent call last):
+    ...
+    zeta_fx.errors.RenderError: cannot draw to '/no/such/folder/g.svg': the folder '/no/such/folder' does not exist; create it first (mkdir -p /no/such/folder) or give a path in an existing folder
+    """
+    folder = Path(path).parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise RenderError(f"cannot {doing} {str(path)!r}: the folder {str(folder)!r} {what}; "
+                          f"create it first (mkdir -p {folder}) or give a path in an existing "
+                          "folder")
+
+
 def draw_dot(dot: str, path: str | Path, *, format: str | None = None,
              dot_program: str = "dot") -> DrawResult:
     """Render DOT text to ``path`` with Graphviz; the format comes from the suffix.
@@ -62,6 +79,7 @@ def draw_dot(dot: str, path: str | Path, *, format: str | None = None,
     if not fmt:
         raise ValueError(f"cannot tell the picture format of {str(path)!r}: give it a suffix "
                          "(.svg, .png, .pdf, .dot) or pass format=...")
+    check_folder(path)
     if fmt in ("dot", "gv"):
         path.write_text(dot)
         return DrawResult(path, "dot", False)

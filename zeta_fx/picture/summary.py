@@ -309,8 +309,11 @@ class _Summarizer:
             return _relative(str(node.target), group) or str(node.target).rsplit(".", 1)[-1]
         if node.op == "placeholder":
             return node.name
+        packet = getattr(node.target, "overloadpacket", None)
+        if packet is not None:  # an ATen overload from torch.export: aten.add.Tensor -> add
+            return getattr(packet, "__name__", str(packet)).rsplit(".", 1)[-1]
         name = target_name(node.target) if node.op == "call_function" else str(node.target)
-        if "::" in name:  # an ATen overload from torch.export: aten::add.Tensor -> add
+        if "::" in name:
             return name.split("::", 1)[1].split(".", 1)[0]
         return name.rsplit(".", 1)[-1]
 
