@@ -86,6 +86,8 @@ def _output(value):
     """The first tensor of a model's output (a Hugging Face ModelOutput, a tuple, a tensor)."""
     if hasattr(value, "logits"):
         return value.logits
+    if hasattr(value, "sample"):  # a diffusers output
+        return value.sample
     if isinstance(value, (tuple, list)):
         return value[0]
     return value

@@ -135,3 +135,23 @@ def test_bad_init_changes_nothing():
         gate_residuals(model, init=1e6)
     assert set(model.state_dict()) == keys
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_diffusers_dit_gates_every_branch_in_place():
+    """diffusers' DiT divides its attention output by ``rescale_output_factor`` before the
+    merge: a division by a constant is linear, so that branch is gated in place too."""
+    pytest.importorskip("diffusers")
+    from test_diffusers import _build as build_diffusers
+    model, args, kwargs = build_diffusers("DiTTransformer2DModel")
+    with torch.no_grad():
+        reference = _output(model(*args, **kwargs))
+    zeroed = copy.deepcopy(model)
+    planned = zero_init_pass(zeroed, rule="residual_branch_last", example_inputs=args,
+                             example_kwargs=kwargs)
+    report = gate_residuals(model, init=1.0, example_inputs=args, example_kwargs=kwargs)
+    assert len(report.names) == len(planned.touched) > 0, report
+    with torch.no_grad():
+        assert torch.equal(_output(model(*args, **kwargs)), reference)
+        for name in report.names:
+            model.get_parameter(name).zero_()
+        assert torch.equal(_output(model(*args, **kwargs)), _output(zeroed(*args, **kwargs)))

@@ -118,7 +118,8 @@ from zeta_fx.analysis import GraphView
 from zeta_fx.capture import LeafSpec
 from zeta_fx.errors import ExampleInputsError, GateError
 from zeta_fx.semantics.keys import bind, op_key
-from zeta_fx.semantics.tables import CHANNELS_FIRST, LAYOUT_OPS, MULTIPLY, PASS_THROUGH
+from zeta_fx.semantics.tables import (CHANNELS_FIRST, DIVIDE, LAYOUT_OPS, MULTIPLY,
+                                      PASS_THROUGH)
 from zeta_fx.joins import Join
 from zeta_fx.rules import Rule
 from zeta_fx.select import trace_and_select
@@ -703,8 +704,8 @@ def _passes_scaling(model: nn.Module, path: str) -> bool:
 
 def _scales_through(node: Node, value: Node) -> bool:
     """Whether ``node`` maps ``α·value`` to ``α·node``: a layout op or cast of ``value``
-    alone, or a product of ``value`` with a factor that does not depend on it (a DiT
-    block's ``gate * attn(x)``)."""
+    alone, or a product of ``value`` with (a quotient of it by) a factor that does not
+    depend on it (a DiT block's ``gate * attn(x)``, ``h / rescale_output_factor``)."""
     if node.op not in ("call_function", "call_method"):
         return False
     key = op_key(node)[0]
@@ -713,6 +714,8 @@ def _scales_through(node: Node, value: Node) -> bool:
         return others == [value]
     if key in MULTIPLY:
         return others.count(value) == 1 and len(others) <= 2
+    if key in DIVIDE:  # value / c: a diffusers attention's rescale_output_factor
+        return bool(node.args) and node.args[0] is value and others.count(value) == 1
     return False
 
 

@@ -14,7 +14,7 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
-           "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE"]
+           "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -188,3 +188,5 @@ BATCH_NORM_KERNELS = frozenset({"_native_batch_norm_legit", "_native_batch_norm_
 # write none of their inputs: torchvision's Swin attention. (Any other wrapped function may
 # write what it receives: torch has nothing to say about them.)
 LIBRARY_PURE = frozenset({"shifted_window_attention"})
+# Divisions (``a / c`` is linear in ``a`` where ``c`` does not depend on it)
+DIVIDE = frozenset({"div", "divide", "true_divide"})
