@@ -367,11 +367,13 @@ def assert_each_zeroed_needed(model: nn.Module, before: dict[str, torch.Tensor],
 
 # -- running the captured graph: does each row's merge equal its skip? ------------------------
 
-class _Recorder(fx.Interpreter):
-    """Records the values of ``wanted`` nodes as produced (cloned before any in-place op);
-    with ``perturb``, adds 1 to that node's (floating) output first."""
+class Recorder(fx.Interpreter):
+    """Records the values of ``wanted`` nodes (every node's, by default) as produced, cloned
+    before any in-place op; with ``perturb``, adds 1 to that node's (floating) output
+    first."""
 
-    def __init__(self, gm: fx.GraphModule, wanted: set[str], perturb: str | None = None) -> None:
+    def __init__(self, gm: fx.GraphModule, wanted: set[str] | None = None,
+                 perturb: str | None = None) -> None:
         super().__init__(gm)
         self.wanted = wanted
         self.perturb = perturb
@@ -381,14 +383,14 @@ class _Recorder(fx.Interpreter):
         out = super().run_node(n)
         if n.name == self.perturb and isinstance(out, torch.Tensor) and out.is_floating_point():
             out = out + 1
-        if n.name in self.wanted:
+        if self.wanted is None or n.name in self.wanted:
             self.values[n.name] = _clone(out)
         return out
 
 
 def _graph_values(gm: fx.GraphModule, args: tuple, wanted: set[str], seed: int,
                   perturb: str | None = None) -> dict[str, Any]:
-    rec = _Recorder(gm, wanted, perturb)
+    rec = Recorder(gm, wanted, perturb)
     # a forward may update state even in eval mode (QAT observers): each run starts from
     # the same buffers, so two runs differ only by the perturbation
     saved = [(b, b.detach().clone()) for b in gm.buffers()]

@@ -37,8 +37,8 @@ from torch import fx
 
 import advnets
 from advnets import CASES, SHAPE, Case
-from claims import (assert_only_zeroed, assert_unchanged, differ, preserved, residual_rows,
-                    snapshot)
+from claims import (Recorder, assert_only_zeroed, assert_unchanged, differ, preserved,
+                    residual_rows, snapshot)
 from zeta_fx import zero_init_pass
 from zeta_fx.capture import capture
 from zeta_fx.errors import CaptureError, ZetaFxError
@@ -104,24 +104,6 @@ def _capture_options(case: Case, dtype: str, method: str, verify: bool = False
     return out
 
 
-class _AllValues(fx.Interpreter):
-    """Every node's value as produced (cloned before any later in-place op); with
-    ``perturb``, 1 is added to that node's floating output first."""
-
-    def __init__(self, gm: fx.GraphModule, perturb: str | None = None) -> None:
-        super().__init__(gm)
-        self.perturb = perturb
-        self.values: dict[str, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name == self.perturb and isinstance(out, torch.Tensor) and out.is_floating_point():
-            out = out + 1
-        if isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach().clone()
-        return out
-
-
 def _run_graph(model, gm: fx.GraphModule, make, seed: int, mode: str = "eval",
                perturb: str | None = None) -> dict[str, Any]:
     """All node values of one run of ``gm`` on fresh inputs (a graph that writes its input
@@ -129,7 +111,7 @@ def _run_graph(model, gm: fx.GraphModule, make, seed: int, mode: str = "eval",
     with preserved(model):
         gm.train(mode == "train")
         model.train(mode == "train")
-        rec = _AllValues(gm, perturb)
+        rec = Recorder(gm, perturb=perturb)
         torch.manual_seed(seed)
         with torch.no_grad():
             rec.run(*make(seed))

@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import fx, nn
 
+from claims import Recorder
 from gloo_ranks import free_port, leave, rendezvous, run_ranks
 
 from zeta_fx import GateError, gate_residuals
@@ -104,22 +105,8 @@ def _gate(name: str, model: nn.Module, x: tuple, **kw) -> fx.GraphModule:
     return gate_residuals(model, example_inputs=x if needs_examples else None, **kw, graph=True)
 
 
-class _Recorder(fx.Interpreter):
-    """Runs a graph and keeps a copy of every node's value, by node name."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.values: dict[str, object] = {}
-
-    def run_node(self, n: fx.Node):
-        out = super().run_node(n)
-        # a copy: an in-place merge (`x += f`) would otherwise change the skip's record
-        self.values[n.name] = out.clone() if isinstance(out, torch.Tensor) else out
-        return out
-
-
 def _values(gm: fx.GraphModule, x: tuple) -> dict[str, object]:
-    recorder = _Recorder(gm)
+    recorder = Recorder(gm)
     with torch.no_grad():
         recorder.run(*x)
     return recorder.values

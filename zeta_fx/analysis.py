@@ -41,7 +41,7 @@ from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.keys import bind_as, op_key, target_name
 from zeta_fx.semantics.modules import (LAYER_PARAMS, STRUCTURED_KINDS, ZERO_KEEPING_KINDS, get_local, hooked,
                                        known_module)
-from zeta_fx.semantics.tables import (ADDITIVE, ZERO_KEEPING, BATCH_NORMS, CONVS, FINITE_OPS, GATHERS, LAYOUT_OPS,
+from zeta_fx.semantics.tables import (ADDITIVE, DIVIDE, ZERO_KEEPING, BATCH_NORMS, CONVS, FINITE_OPS, GATHERS, LAYOUT_OPS,
                                       NORMS, PRESERVING, PRODUCTS, SHAPE_ATTRS, SHAPE_FUNCTIONS,
                                       SHAPE_METHODS, SINGULAR, STRUCTURED)
 from zeta_fx.storage import Storages
@@ -567,7 +567,7 @@ class GraphView:
             operands = list(a["operands"]) if "operands" in a else \
                 [v for k, v in a.items() if k in ("input", "other", "mat2", "vec2")]
             return [operands]
-        if key in ("div", "divide", "true_divide", "floor_divide"):
+        if key in DIVIDE or key == "floor_divide":
             return [[a.get("input")]]
         if key in CONVS:
             groups = [[a.get("input"), a.get("weight")]]
