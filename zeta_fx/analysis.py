@@ -45,7 +45,7 @@ from zeta_fx.semantics.tables import (ADDITIVE, DIVIDE, ZERO_KEEPING, BATCH_NORM
                                       NORMS, PRESERVING, PRODUCTS, SHAPE_ATTRS, SHAPE_FUNCTIONS,
                                       SHAPE_METHODS, SINGULAR, STRUCTURED)
 from zeta_fx.storage import Storages
-from zeta_fx.tensors import byte_span
+from zeta_fx.tensors import byte_span, fetch_attr
 from zeta_fx.value_dtypes import ValueDtypes
 
 __all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
@@ -302,9 +302,7 @@ class GraphView:
     def _parameter_sharing(self, target: str) -> tuple[str, ...]:
         """The parameters whose storage the tensor attribute ``target`` shares (overlapping
         bytes): zeroing them writes it too."""
-        value = self.root
-        for part in target.split("."):
-            value = getattr(value, part, None)
+        value = fetch_attr(self.root, target)
         if not isinstance(value, torch.Tensor) or isinstance(value, nn.Parameter):
             return ()
         return self._parameter_sharing_tensor(value)

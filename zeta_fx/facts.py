@@ -730,13 +730,6 @@ def _fetch(root: nn.Module, dotted: str) -> Any:
     return obj
 
 
-def _fetch_or_none(root: nn.Module, dotted: str) -> Any:
-    try:
-        return _fetch(root, dotted)
-    except AttributeError:
-        return None
-
-
 
 
 def zero_inputs_needed(decomposed: tuple[fx.GraphModule, list[Node]]) -> list[Node] | None:

@@ -39,6 +39,7 @@ from torch import fx, nn
 from torch.fx import Node
 
 from zeta_fx.semantics import Effects, module_effects, op_effects
+from zeta_fx.tensors import fetch_attr
 
 __all__ = ["Storages"]
 
@@ -51,15 +52,6 @@ def _nodes_in(value: Any) -> list[Node]:
     if isinstance(value, dict):
         return [n for v in value.values() for n in _nodes_in(v)]
     return []
-
-
-def _fetch(root: nn.Module, dotted: str) -> Any:
-    obj: Any = root
-    for part in dotted.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def _item_roots(roots: frozenset[Any], item: Node) -> frozenset[Any]:
@@ -132,9 +124,6 @@ class Storages:
                         self._by_root.get(root, ()) if p > here or root in self._persistent})
         return [self.nodes[p] for p in found]
 
-    def writes(self, node: Node) -> bool:
-        return node in self.written_roots
-
     def describe_write(self, stale: tuple[Node, tuple[Node, ...]]) -> str:
         """``"`x` is written in place by `mul_` through the view `t`"`` for a stale read."""
         value, writers = stale
@@ -179,9 +168,9 @@ class Storages:
             return ("tensor", id(tensor))
 
     def _attr_root(self, node: Node) -> Any:
-        value = _fetch(self._root, node.target)
+        value = fetch_attr(self._root, node.target)
         if value is None and self._gm is not None:
-            value = _fetch(self._gm, node.target)
+            value = fetch_attr(self._gm, node.target)
         return self.tensor_root(value) if isinstance(value, torch.Tensor) else None
 
     def roots_of(self, value: Node) -> frozenset[Any] | tuple[Node]:

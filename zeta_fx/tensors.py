@@ -98,3 +98,18 @@ def byte_span(tensor: torch.Tensor) -> tuple[tuple[Any, int], int, int] | None:
 def count_params(named: dict[str, torch.Tensor]) -> int:
     """Parameter elements, each tied tensor counted once."""
     return sum(p.numel() for p in {id(p): p for p in named.values()}.values())
+
+
+def fetch_attr(root: Any, dotted: str) -> Any:
+    """``root``'s attribute at the dotted path ``dotted`` (a ``get_attr`` target), or
+    ``None`` where some part is missing.
+
+    >>> fetch_attr(nn.Linear(2, 3), "weight").shape, fetch_attr(nn.Linear(2, 3), "w.x")
+    (torch.Size([3, 2]), None)
+    """
+    obj: Any = root
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj

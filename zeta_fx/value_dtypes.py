@@ -26,6 +26,7 @@ from torch import nn
 from torch.fx import Node
 
 from zeta_fx.semantics.dtypes import node_dtype, output_dtype
+from zeta_fx.tensors import fetch_attr
 
 __all__ = ["ValueDtypes", "model_dtype"]
 
@@ -75,9 +76,7 @@ class ValueDtypes:
         return out
 
     def _attr_dtype(self, node: Node) -> torch.dtype | None:
-        obj: Any = self._root
-        for part in node.target.split("."):
-            obj = getattr(obj, part, None)
+        obj = fetch_attr(self._root, node.target)
         return obj.dtype if isinstance(obj, torch.Tensor) and obj.is_floating_point() else None
 
     def _module_dtype(self, node: Node, out: dict[Node, torch.dtype | None]
