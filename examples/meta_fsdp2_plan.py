@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from zeta_fx import zero_init_pass
 from zeta_fx.models import GPT
-from zeta_fx.plan import ZeroInitPlan
+from zeta_fx import ZeroInitPlan
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
 
 WORLD = 2

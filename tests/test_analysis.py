@@ -1,4 +1,4 @@
-"""The analysis (``zeta_fx.analysis``, ``zeta_fx.joins``): what is data, what is a residual join.
+"""The analysis (``zeta_fx.analysis``, ``zeta_fx.analysis.joins``): what is data, what is a residual join.
 
 Only value edges are data flow (shape queries and ``torch._assert`` are metadata); an
 additive merge is a residual join only where the values strictly between fork and merge are

@@ -14,7 +14,7 @@ import torch.nn.utils.prune as prune
 from torch import nn
 
 from claims import assert_only_zeroed, assert_unchanged, snapshot, versions
-import zeta_fx.apply
+import zeta_fx.apply.write
 from zeta_fx import (PartialWriteError, TiedParameterError, UnsupportedParameterError,
                      ZeroInitPass, ZetaFxError, zero_init_pass)
 from zeta_fx.models import GPT
@@ -80,7 +80,7 @@ def test_a_write_failing_midway_says_what_was_written_and_applying_again_complet
             tensor.zero_()
 
     monkeypatch.setattr(torch, "_foreach_zero_", fused_fails)
-    monkeypatch.setattr(zeta_fx.apply, "zero_tensor_", second_fails)
+    monkeypatch.setattr(zeta_fx.apply.write, "zero_tensor_", second_fails)
     with pytest.raises(PartialWriteError) as info:
         plan.apply(model)
     assert isinstance(info.value, ZetaFxError)

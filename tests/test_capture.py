@@ -1,4 +1,4 @@
-"""Capture (``zeta_fx.capture``, ``zeta_fx.capture_concrete``): the module becomes a graph.
+"""Capture (``zeta_fx.capture``, ``zeta_fx.capture.concrete``): the module becomes a graph.
 
 Symbolic tracing with its leaf policy; given example inputs, ``torch.export`` (non-strict)
 mapped back to the model's FQNs, or a capture that follows value-dependent Python on the
@@ -19,7 +19,7 @@ from claims import (OutputRecorder, assert_blocks_equal_skip, assert_only_zeroed
                     assert_unchanged, check_pass, params_of, snapshot)
 from zeta_fx import CaptureError, TiedParameterError, zero_init_pass
 from zeta_fx.capture import capture, export_capture
-from zeta_fx.capture_concrete import concrete_capture
+from zeta_fx.capture.concrete import concrete_capture
 from zeta_fx.models import GPT, DiT, SEResNet, UNet
 
 

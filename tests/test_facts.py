@@ -1,4 +1,4 @@
-"""The zero facts (``zeta_fx.facts``), op by op: what zeroing some parameters does to a value.
+"""The zero facts (``zeta_fx.analysis.facts``), op by op: what zeroing some parameters does to a value.
 
 Each case is a tiny forward; the fact the interpretation gives is compared with what the
 value really is after zeroing, on random inputs (a ``ZERO`` fact must be an exact zero, a
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from zeta_fx import zero_init_pass
-from zeta_fx.facts import Fact, ZeroFacts, join, product, total
+from zeta_fx.analysis.facts import Fact, ZeroFacts, join, product, total
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.modules import known_module
 from zeta_fx.rules import OutputLayer, ResidualBranchLast

@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from zeta_fx import zero_init_pass
 from zeta_fx.analysis import GraphView
-from zeta_fx.facts import Fact
+from zeta_fx.analysis.facts import Fact
 
 
 class Block(nn.Module):

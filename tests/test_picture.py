@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-import zeta_fx.picture as picture
-import zeta_fx.picture.render as render
-import zeta_fx.report
+import zeta_fx.report.picture as picture
+import zeta_fx.report.picture.render as render
+import zeta_fx.report.report
 from zeta_fx import RenderError, ZeroInitPlan, zero_init_pass
 from zeta_fx.analysis import GraphView
 from zeta_fx.capture import capture
@@ -50,7 +50,7 @@ def is_skip_style(style: str) -> bool:
     return "style=dashed" in style and "#1565c0" in style
 
 
-# -- summary: what is marked, what collapses (zeta_fx.picture.summary) -----------------
+# -- summary: what is marked, what collapses (zeta_fx.report.picture.model) -----------------
 
 class Gated(nn.Module):  # branch ends in a sigmoid: left alone
     def __init__(self):
@@ -299,7 +299,7 @@ def test_summary_is_plain_data_and_round_trips(resnet18_report):
 def test_picture_is_built_lazily_and_once(monkeypatch):
     calls = []
     real = picture.summarize
-    monkeypatch.setattr(zeta_fx.report, "summarize",  # where the report looks it up
+    monkeypatch.setattr(zeta_fx.report.report, "summarize",  # where the report looks it up
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     report = zero_init_pass(SEResNet(), dry_run=True)
     assert calls == []  # the pass itself builds nothing for the picture
@@ -318,7 +318,7 @@ def test_plan_without_a_graph_says_how_to_get_one():
         plan.apply(SEResNet()).to_dot()
 
 
-# -- DOT (zeta_fx.picture.dot) ---------------------------------------------------------
+# -- DOT (zeta_fx.report.picture.dot) ---------------------------------------------------------
 
 def test_focus_draws_one_stage_and_its_neighbours(resnet18_report):
     _, report = resnet18_report
@@ -332,7 +332,7 @@ def test_focus_draws_one_stage_and_its_neighbours(resnet18_report):
         report.to_dot(focus="nope")
 
 
-# -- rendering (zeta_fx.picture.render) ------------------------------------------------
+# -- rendering (zeta_fx.report.picture.render) ------------------------------------------------
 
 def test_draw_without_graphviz_writes_dot_and_says_how(tmp_path, monkeypatch, caplog):
     report = zero_init_pass(SEResNet(), dry_run=True)

@@ -19,7 +19,7 @@ from gloo_ranks import free_port, leave, rendezvous, run_ranks
 from zeta_fx import init_pass, inits, zero_init_pass
 from zeta_fx.errors import PlanMismatchError, UnsupportedWrapperError
 from zeta_fx.models import GPT
-from zeta_fx.plan import ZeroInitPlan
+from zeta_fx import ZeroInitPlan
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),

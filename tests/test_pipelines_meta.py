@@ -10,7 +10,7 @@ from claims import snapshot
 from zeta_fx import zero_init_pass
 from zeta_fx.errors import ExampleInputsError, UnsupportedParameterError
 from zeta_fx.models import GPT, SEResNet
-from zeta_fx.plan import ZeroInitPlan
+from zeta_fx import ZeroInitPlan
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
 
 RULE = ResidualBranchLast() | OutputLayer()

@@ -7,7 +7,7 @@ from torch import nn
 
 from zeta_fx import zero_init_pass
 from zeta_fx.models import SEResNet
-from zeta_fx.wrappers import unwrap
+from zeta_fx.capture.wrappers import unwrap
 
 EXPECTED = [f"blocks.{i}.bn3.{k}" for i in range(6) for k in ("weight", "bias")]
 

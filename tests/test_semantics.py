@@ -20,7 +20,7 @@ from torch._decomp import decomposition_table
 
 from zeta_fx.semantics import module_effects, op_effects, schema_effects
 from zeta_fx.semantics.dtypes import computation_dtype, in_dtype, rounds_to_zero
-from zeta_fx.storage import Storages
+from zeta_fx.analysis.storage import Storages
 
 
 def _bound(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Verification (``verify=True``, ``zeta_fx.verify``): every claim checked before any write.
+"""Verification (``verify=True``, ``zeta_fx.apply.verify``): every claim checked before any write.
 
 The check evaluates the graph with the zeroed values substituted (nothing is written to do
 it): every claimed merge must equal its skip, every output-layer value must be zero. A dry

@@ -19,8 +19,8 @@ left alone, with the reason.
 GPT: rule residual_branch_last zeroed 8 parameters in 4 modules, 10,368 of 30,592 elements (33.89%); 0 candidates left alone
 
 The flow goes one way: capture (:mod:`zeta_fx.capture`) → analysis (:mod:`zeta_fx.analysis`,
-:mod:`zeta_fx.facts`, :mod:`zeta_fx.joins`) → rule (:mod:`zeta_fx.rules`) → proof
-(:mod:`zeta_fx.proof`) → planner (:mod:`zeta_fx.planner`) → plan (:mod:`zeta_fx.plan`, plain
+:mod:`zeta_fx.analysis.facts`, :mod:`zeta_fx.analysis.joins`) → rule (:mod:`zeta_fx.rules`) → proof
+(:mod:`zeta_fx.analysis.proof`) → planner (:mod:`zeta_fx.plan.planner`) → plan (:mod:`zeta_fx.plan`, plain
 data) → apply (:mod:`zeta_fx.apply`) → report (:mod:`zeta_fx.report`).
 """
 
@@ -45,7 +45,7 @@ from zeta_fx.errors import (ExampleInputsError, PartialWriteError, UnsupportedWr
                             VerificationError)
 from zeta_fx.errors import GateError, ModuleStateWriteError
 from zeta_fx.gates import GatesReport, gate_residuals
-from zeta_fx.plan import ZeroInitPlan
+from zeta_fx.api import ZeroInitPlan
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.snapshot import Snapshot
 from zeta_fx.utils import exists, init_zero_

@@ -21,29 +21,111 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import fx, nn
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from zeta_fx.apply import apply_plan, resolve
-from zeta_fx.capture import LeafSpec
+from zeta_fx.analysis import GraphView, Storages, settle
+from zeta_fx.apply import apply_plan, graph_args, resolve
+from zeta_fx.capture import LeafSpec, capture_model
 from zeta_fx.errors import ExampleInputsError, ZetaFxError
 from zeta_fx.inits import Init, Zero, as_init
-from zeta_fx.plan import check_seed
-from zeta_fx.planner import build_plan
+from zeta_fx.plan import Plan, build_plan, check_seed
 from zeta_fx.report import ZeroInitReport
-from zeta_fx.rules import Rule, get_rule
-from zeta_fx.select import trace_and_select
+from zeta_fx.rules import Rule, Selection, get_rule, rule_scopes
+from zeta_fx.semantics.declarations import ZeroOps
 from zeta_fx.semantics.dtypes import node_dtype
-from zeta_fx.storage import Storages
 from zeta_fx.tensors import any_nonzero
-from zeta_fx.verify import graph_args
 
-__all__ = ["zero_init_pass", "init_pass", "ZeroInitPass"]
+__all__ = ["zero_init_pass", "init_pass", "ZeroInitPass", "ZeroInitPlan", "Traced",
+           "trace_and_select"]
+
+
+class ZeroInitPlan(Plan):
+    """What would be written, by FQN (:class:`~zeta_fx.plan.Plan`, plain data that
+    serialises to JSON), and the verb that writes it on any instance of the model.
+
+    >>> from torch import nn
+    >>> from zeta_fx import zero_init_pass
+    >>> def make():
+    ...     return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> plan = zero_init_pass(make(), rule="output_layer", dry_run=True).plan
+    >>> again = ZeroInitPlan.from_json(plan.to_json())
+    >>> again == plan
+    True
+    >>> other = make()
+    >>> again.apply(other).params
+    ['2.weight', '2.bias']
+    >>> bool(other[2].weight.any())
+    False
+    """
+
+    @classmethod
+    def of(cls, plan: Plan) -> "ZeroInitPlan":
+        """``plan``'s records under this class (what the planner made, with ``apply``)."""
+        return plan if isinstance(plan, cls) else cls(**{f.name: getattr(plan, f.name)
+                                                          for f in dataclasses.fields(plan)})
+
+    def apply(self, model: nn.Module, *, allow_tied: bool = False,
+              init: Callable[..., Any] | None = None) -> ZeroInitReport:
+        """Write every planned parameter of ``model`` in place and return the report.
+
+        All targets are resolved and validated first; if any is missing, has another shape,
+        or cannot be written in place, an error lists every problem and nothing is written.
+        ``init`` is the callable a plan made with ``init=callable`` names (a loaded plan
+        does not hold the function itself). ``model`` may be wrapped (DDP, ``torch.compile``)
+        or sharded with FSDP2.
+        """
+        return ZeroInitReport(self, apply_plan(self, model, allow_tied=allow_tied, init=init))
+
+
+@dataclass(frozen=True)
+class Traced:
+    """The model (wrappers removed), its graph, the view over it, the rule, and the rule's
+    settled selection: every claim in it proved with all its targets zero."""
+
+    model: nn.Module
+    gm: fx.GraphModule
+    view: GraphView
+    rule: Rule
+    selection: Selection
+    # the keyword arguments the model was captured with, and what the report says of them
+    example_kwargs: dict[str, Any] | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_init_pass",
+                     example_inputs: tuple[Any, ...] | None = None,
+                     example_kwargs: dict[str, Any] | None = None,
+                     leaf_modules: Iterable[LeafSpec] = (),
+                     zero_preserving: Iterable[Any] = (),
+                     capture: str = "auto", use_cache_off: bool = True) -> Traced:
+    """Capture ``model`` (:func:`~zeta_fx.capture.capture_model`: every refusal of a bad
+    input happens there, before tracing), analyse it, and return ``rule``'s settled
+    selection. ``init_pass`` plans and applies what comes out; ``gate_residuals`` gates the
+    same joins.
+
+    >>> from torch import nn
+    >>> traced = trace_and_select(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), "output_layer")
+    >>> [t.module for t in traced.selection.targets], traced.rule.name
+    (['1'], 'output_layer')
+    """
+    rule_obj = get_rule(rule)
+    captured = capture_model(model, verb=verb, example_inputs=example_inputs,
+                             example_kwargs=example_kwargs, leaf_modules=leaf_modules,
+                             within=[(f"within= of rule {name}", scope)
+                                     for name, scope in rule_scopes(rule_obj)],
+                             method=capture, use_cache_off=use_cache_off)
+    ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
+    view = GraphView(captured.gm, captured.model, ops)
+    return Traced(captured.model, captured.gm, view, rule_obj,
+                  settle(view, rule_obj.select(view)), captured.example_kwargs, captured.notes)
 
 
 def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
@@ -102,7 +184,7 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
                          buffers=traced.view.buffers, verify=checking)
     if drawn and outcome.applied:
         _draw_seed()  # the write consumed the draw: the next call gets another seed
-    return ZeroInitReport(plan, outcome, view=traced.view, notes=traced.notes)
+    return ZeroInitReport(ZeroInitPlan.of(plan), outcome, view=traced.view, notes=traced.notes)
 
 
 def _draw_seed() -> int:

@@ -44,13 +44,13 @@ from torch import nn
 
 from zeta_fx import inits
 from zeta_fx.api import init_pass, zero_init_pass
-from zeta_fx.gates import GatesReport, gate_residuals
-from zeta_fx.capture import CAPTURE_METHODS, LeafSpec
+from zeta_fx.gates.gate import GatesReport, gate_residuals
+from zeta_fx.capture.methods import CAPTURE_METHODS, LeafSpec
 from zeta_fx.errors import CaptureError, UnknownModuleError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
-from zeta_fx.rules import ALIASES, get_rule, list_rules
-from zeta_fx.picture.render import check_folder
-from zeta_fx.select import check_module_names
+from zeta_fx.rules.families import ALIASES, get_rule, list_rules
+from zeta_fx.report.picture.render import check_folder
+from zeta_fx.capture import check_module_names
 
 __all__ = ["main", "DEMO_MODELS", "load_factory", "parse_kwargs", "parse_shape", "parse_leaf",
            "parse_init", "parse_input_kw"]

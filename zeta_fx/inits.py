@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
-from zeta_fx.plan import Action, PlanEntry
-from zeta_fx.selection import Site, Skipped
+from zeta_fx.plan.records import Action, PlanEntry
+from zeta_fx.rules.selection import Site, Skipped
 
 if TYPE_CHECKING:
-    from zeta_fx.planner import Branches
+    from zeta_fx.plan.planner import Branches
 
 __all__ = ["Init", "Zero", "ScaledNormal", "Fixup", "Custom", "scaled_normal", "fixup",
            "as_init"]

@@ -13,8 +13,17 @@ from typing import Any
 
 import torch
 from torch import nn
+# the lazy mixin: Parameter's metaclass makes isinstance(p, UninitializedParameter) slow
+from torch.nn.parameter import UninitializedTensorMixin
 
-__all__ = ["any_nonzero", "nonzero_flag", "byte_span", "count_params", "is_plain"]
+__all__ = ["any_nonzero", "nonzero_flag", "byte_span", "count_params", "is_plain", "is_lazy",
+           "fetch_attr"]
+
+
+def is_lazy(tensor: Any) -> bool:
+    """Whether ``tensor`` is an uninitialised lazy parameter or buffer (no values yet: one
+    forward pass materialises it). Capture and apply refuse these; nothing else needs to."""
+    return isinstance(tensor, UninitializedTensorMixin)
 
 
 def is_plain(tensors: list[torch.Tensor]) -> bool:

@@ -1,7 +1,7 @@
 """Transfer functions: what each op does to the zero facts of its inputs.
 
 One function per op (``HANDLERS``, by op key), each ``(facts, node, bound arguments, text) ->
-(fact, why)``: ``facts`` is the sweep that calls it (:class:`zeta_fx.facts.ZeroFacts`),
+(fact, why)``: ``facts`` is the sweep that calls it (:class:`zeta_fx.analysis.facts.ZeroFacts`),
 through the small interface :class:`Facts`. Ops without a function of their own are read by
 category (:mod:`zeta_fx.semantics.tables`) in the sweep.
 

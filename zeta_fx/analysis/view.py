@@ -4,11 +4,11 @@ Built once per pass in a single sweep over the nodes; every query after that tou
 the part of the graph it asks about. Only *value* edges count as data flow: shape and
 metadata queries (``x.shape``, ``x.size()``, ``x.new_empty(...)``, ``torch._assert``),
 parameters, buffers and anything computed from those alone are not data. In-place writes
-and reads that see them are indexed by :mod:`zeta_fx.storage` (``storage``).
+and reads that see them are indexed by :mod:`zeta_fx.analysis.storage` (``storage``).
 
-The other analyses read this view: residual joins (:mod:`zeta_fx.joins`), the zero facts
-(:mod:`zeta_fx.facts`, through :meth:`GraphView.facts`) and the proof
-(:mod:`zeta_fx.proof`). :meth:`GraphView.zero_cover` proposes the layers whose zeroing
+The other analyses read this view: residual joins (:mod:`zeta_fx.analysis.joins`), the zero facts
+(:mod:`zeta_fx.analysis.facts.sweep`, through :meth:`GraphView.facts`) and the proof
+(:mod:`zeta_fx.analysis.proof`). :meth:`GraphView.zero_cover` proposes the layers whose zeroing
 should make a value zero; the facts decide.
 
 >>> import torch
@@ -34,9 +34,9 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.facts import Fact, ZeroFacts, makes_zeros, zero_inputs_needed
-from zeta_fx.joins import Join, additive_operands, find_joins
-from zeta_fx.ops import ZeroOps
+from zeta_fx.analysis.facts.sweep import Fact, ZeroFacts, makes_zeros, zero_inputs_needed
+from zeta_fx.analysis.joins import Join, additive_operands, find_joins
+from zeta_fx.semantics.declarations import ZeroOps
 from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.keys import bind_as, op_key, target_name
 from zeta_fx.semantics.modules import (LAYER_PARAMS, STRUCTURED_KINDS, ZERO_KEEPING_KINDS, get_local, hooked,
@@ -44,9 +44,9 @@ from zeta_fx.semantics.modules import (LAYER_PARAMS, STRUCTURED_KINDS, ZERO_KEEP
 from zeta_fx.semantics.tables import (ADDITIVE, DIVIDE, ZERO_KEEPING, BATCH_NORMS, CONVS, FINITE_OPS, GATHERS, LAYOUT_OPS,
                                       NORMS, PRESERVING, PRODUCTS, SHAPE_ATTRS, SHAPE_FUNCTIONS,
                                       SHAPE_METHODS, SINGULAR, STRUCTURED)
-from zeta_fx.storage import Storages
+from zeta_fx.analysis.storage import Storages
 from zeta_fx.tensors import byte_span, fetch_attr
-from zeta_fx.value_dtypes import ValueDtypes
+from zeta_fx.analysis.dtypes import ValueDtypes
 
 __all__ = ["GraphView", "Layer", "Join", "Found", "Blocked", "owner_of"]
 
@@ -377,7 +377,7 @@ class GraphView:
             return "?"
 
     def module_kind(self, fqn: str) -> tuple[str | None, str]:
-        """``(kind, why_not)`` of the leaf module at ``fqn`` (see ``zeta_fx.facts``)."""
+        """``(kind, why_not)`` of the leaf module at ``fqn`` (see ``zeta_fx.analysis.facts.sweep``)."""
         cached = self._kinds.get(fqn)
         if cached is None:
             module = self.module(fqn)
@@ -399,7 +399,7 @@ class GraphView:
 
     # -- zero facts -----------------------------------------------------------------------
     def facts(self, zeroed: Iterable[str], nodes: Iterable[Node] | None = None) -> ZeroFacts:
-        """The :class:`~zeta_fx.facts.ZeroFacts` of this graph once ``zeroed`` are zero."""
+        """The :class:`~zeta_fx.analysis.facts.ZeroFacts` of this graph once ``zeroed`` are zero."""
         return ZeroFacts(self.gm, self.root, zeroed=zeroed, nodes=nodes, data=self.is_data,
                          weights=self.param_roots, declared=self.declared,
                          preserving=self.ops.declared_keys, kinds=self._kinds,
@@ -410,7 +410,7 @@ class GraphView:
 
     @cached_property
     def dtypes(self) -> ValueDtypes:
-        """The dtype of every value (:mod:`zeta_fx.value_dtypes`), worked out when asked."""
+        """The dtype of every value (:mod:`zeta_fx.analysis.dtypes`), worked out when asked."""
         return ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
                            module_of=self.module)
 
@@ -873,7 +873,7 @@ class GraphView:
         """Values that lead nowhere: nothing uses them (``x, _ = attn(x, x, x)``, a dead
         slice, an in-place statement ``h.mul_(2)``), or only such values do (the view in
         ``h.view(-1).mul_(3)``). What their writes do to the values they alias is
-        :mod:`zeta_fx.storage`'s to follow."""
+        :mod:`zeta_fx.analysis.storage`'s to follow."""
         # (an unused getitem is one more data value without users; the output node is no
         # data value)
         is_data = self.is_data

@@ -9,7 +9,7 @@ it would draw a cycle.
 
 >>> from torch import fx, nn
 >>> from zeta_fx import zero_init_pass
->>> from zeta_fx.analysis import GraphView
+>>> from zeta_fx.analysis.view import GraphView
 >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 >>> plan = zero_init_pass(model, rule="output_layer", dry_run=True).plan
 >>> summary = summarize(GraphView(fx.symbolic_trace(model), model), plan, applied=False)
@@ -32,15 +32,15 @@ from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
 
 from torch.fx import Node
 
-from zeta_fx.analysis import GraphView, Join
+from zeta_fx.analysis.view import GraphView, Join
 from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.tables import PLUMBING
-from zeta_fx.picture.dot import longest_prefix, to_dot
+from zeta_fx.report.picture.dot import longest_prefix, to_dot
 from zeta_fx.words import format_shape, plural
 
 if TYPE_CHECKING:
-    from zeta_fx.plan import PlanEntry, ZeroInitPlan
-    from zeta_fx.rules import Skipped
+    from zeta_fx.plan.records import PlanEntry, Plan
+    from zeta_fx.rules.families import Skipped
 
 __all__ = ["PictureNode", "PictureEdge", "GraphSummary", "summarize"]
 
@@ -118,7 +118,7 @@ class GraphSummary:
         return to_dot(self, focus=focus, rankdir=rankdir, legend=legend)
 
 
-def summarize(view: GraphView, plan: "ZeroInitPlan", skipped: Iterable["Skipped"] = (), *,
+def summarize(view: GraphView, plan: "Plan", skipped: Iterable["Skipped"] = (), *,
               applied: bool = True) -> GraphSummary:
     """Condense ``view`` into a :class:`GraphSummary`, marking what ``plan`` zeroes and
     the candidates in ``skipped``; ``applied=False`` titles it as a dry run, as the
@@ -129,7 +129,7 @@ def summarize(view: GraphView, plan: "ZeroInitPlan", skipped: Iterable["Skipped"
 class _Summarizer:
     """One summary: what each node is, which plain runs collapse, then boxes and edges."""
 
-    def __init__(self, view: GraphView, plan: "ZeroInitPlan", skipped: list["Skipped"],
+    def __init__(self, view: GraphView, plan: "Plan", skipped: list["Skipped"],
                  applied: bool) -> None:
         self.view, self.plan, self.skipped, self.applied = view, plan, skipped, applied
         self.drawn = [n for n in view.nodes if view.is_data[n]]

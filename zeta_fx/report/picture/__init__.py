@@ -7,9 +7,9 @@ the skip paths, the candidates left alone with their reasons - and collapses eve
 run of operations inside one residual block (a module that holds a join) into one box.
 
 Three parts, each reading only what the one before returns:
-:mod:`~zeta_fx.picture.summary` condenses the graph view into :class:`GraphSummary`, plain
-data; :mod:`~zeta_fx.picture.dot` turns that into DOT text (styles, legend, focus);
-:mod:`~zeta_fx.picture.render` runs Graphviz's ``dot`` on it (:func:`draw_dot`).
+:mod:`~zeta_fx.report.picture.model` condenses the graph view into :class:`GraphSummary`, plain
+data; :mod:`~zeta_fx.report.picture.dot` turns that into DOT text (styles, legend, focus);
+:mod:`~zeta_fx.report.picture.render` runs Graphviz's ``dot`` on it (:func:`draw_dot`).
 
 The summary is built on first use from the graph view the pass already made, so the pass
 itself pays nothing for it.
@@ -29,7 +29,7 @@ itself pays nothing for it.
 True
 """
 
-from zeta_fx.picture.render import DrawResult, draw_dot
-from zeta_fx.picture.summary import GraphSummary, PictureEdge, PictureNode, summarize
+from zeta_fx.report.picture.render import DrawResult, draw_dot
+from zeta_fx.report.picture.model import GraphSummary, PictureEdge, PictureNode, summarize
 
 __all__ = ["GraphSummary", "PictureNode", "PictureEdge", "DrawResult", "summarize", "draw_dot"]

@@ -1,107 +1,90 @@
-"""The front of every verb: capture the model, build the view, run the rule, settle it.
+"""The entrance of every verb that traces: check the model, see through its wrappers, and
+capture it with the right keyword arguments.
 
-``zero_init_pass``/``init_pass`` plan and apply what comes out; ``gate_residuals`` rewrites
-the graph at the same joins. Both start here, so both refuse the same inputs the same way.
+``zero_init_pass``/``init_pass`` and ``gate_residuals`` all start here, so all refuse the
+same inputs the same way, before anything is traced.
 
->>> import torch
 >>> from torch import nn
->>> traced = trace_and_select(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), "output_layer")
->>> [t.module for t in traced.selection.targets], traced.rule.name
-(['1'], 'output_layer')
+>>> captured = capture_model(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)))
+>>> [n.op for n in captured.gm.graph.nodes]
+['placeholder', 'call_module', 'call_module', 'output']
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from torch import fx, nn
-from torch.nn.parameter import UninitializedTensorMixin
 
-from zeta_fx.analysis import GraphView
-from zeta_fx.capture import LeafSpec
-from zeta_fx.capture import capture as capture_graph
-import difflib
-
-import re
-
+from zeta_fx.capture.methods import LeafSpec, capture
+from zeta_fx.capture.wrappers import check_not_sharded, check_traceable, unwrap
 from zeta_fx.errors import (CaptureError, NotAModuleError, UnknownModuleError,
                             UnsupportedParameterError)
-from zeta_fx.ops import ZeroOps
-from zeta_fx.proof import settle
-from zeta_fx.rules import Rule, get_rule, rule_scopes
-from zeta_fx.selection import Selection
-from zeta_fx.wrappers import check_not_sharded, check_traceable, unwrap
+from zeta_fx.tensors import is_lazy
 
-__all__ = ["Traced", "trace_and_select", "check_module_names", "nearest_names",
+__all__ = ["Captured", "capture_model", "check_module_names", "nearest_names",
            "capture_kwargs", "forward_argument_cause"]
 
 
 @dataclass(frozen=True)
-class Traced:
-    """The model (wrappers removed), its graph, the view over it, the rule, and the rule's
-    settled selection: every claim in it proved with all its targets zero."""
+class Captured:
+    """The model with its wrappers removed, its graph, and the keyword arguments it was
+    captured with (the user's, plus ``use_cache=False`` where its forward takes it) with
+    what the report should say about them."""
 
     model: nn.Module
     gm: fx.GraphModule
-    view: GraphView
-    rule: Rule
-    selection: Selection
-    # the keyword arguments the model was captured with (the user's, plus use_cache=False
-    # where its forward takes it) and what the report should say about them
     example_kwargs: dict[str, Any] | None = None
     notes: tuple[str, ...] = field(default=())
 
 
-def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_init_pass",
-                     example_inputs: tuple[Any, ...] | None = None,
-                     example_kwargs: dict[str, Any] | None = None,
-                     leaf_modules: Iterable[LeafSpec] = (),
-                     zero_preserving: Iterable[Any] = (),
-                     capture: str = "auto", use_cache_off: bool = True) -> Traced:
-    """Capture ``model``, analyse it, and return ``rule``'s settled selection.
+def capture_model(model: Any, *, verb: str = "zero_init_pass",
+                  example_inputs: tuple[Any, ...] | None = None,
+                  example_kwargs: dict[str, Any] | None = None,
+                  leaf_modules: Iterable[LeafSpec] = (),
+                  within: Iterable[tuple[str, str]] = (),
+                  method: str = "auto", use_cache_off: bool = True) -> Captured:
+    """Check ``model`` and capture it: the one entrance of every verb that traces.
 
-    Refuses, before anything else happens: a non-module, a sharded model (plan on the meta
-    device instead), uninitialised lazy parameters, scoping names that match no module. DDP
-    and ``torch.compile`` wrappers are seen through: FQNs are the inner model's own.
-    ``use_cache_off``: capture a forward that takes ``use_cache`` with ``use_cache=False``
-    unless the caller passed it (:func:`capture_kwargs`).
+    Refuses, before anything is traced: a non-module, a sharded model (plan on the meta
+    device instead), uninitialised lazy parameters, scoping names that match no module
+    (``within``: ``(where given, FQN prefix)`` pairs). DDP and ``torch.compile`` wrappers
+    are seen through here, once: FQNs are the inner model's own. ``use_cache_off``: capture
+    a forward that takes ``use_cache`` with ``use_cache=False`` unless the caller passed it
+    (:func:`capture_kwargs`).
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"{verb} expects an nn.Module or a torch.fx.GraphModule, got "
             f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
-    rule_obj = get_rule(rule)
     model = unwrap(model)[0]
     if not isinstance(model, fx.GraphModule):  # already traced: sharding is checked below
         check_traceable(model)
+    params = dict(model.named_parameters())
+    check_not_sharded(model, params)
+    lazy = next((name for name, p in params.items() if is_lazy(p)), None)
+    if lazy is not None:
+        raise UnsupportedParameterError(
+            f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to "
+            f"materialise the lazy modules, then run {verb}; nothing was written")
     leaf_modules = tuple(leaf_modules)
-    check_module_names(model, leaf_modules=leaf_modules,
-                       within=[(f"within= of rule {name}", scope)
-                               for name, scope in rule_scopes(rule_obj)])
-    ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
+    check_module_names(model, leaf_modules=leaf_modules, within=list(within))
     notes: tuple[str, ...] = ()
     if use_cache_off:  # not for a graph rewrite: its inputs are the capture's own
         example_kwargs, notes = capture_kwargs(model, example_inputs, example_kwargs)
     try:
-        gm = capture_graph(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
-                           example_kwargs=example_kwargs, method=capture)
+        gm = capture(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
+                     example_kwargs=example_kwargs, method=method)
     except CaptureError as exc:
         cause = forward_argument_cause(model, str(exc), example_kwargs)
         if cause is None or type(exc) is not CaptureError:
             raise
         raise CaptureError(f"{exc} {cause}") from exc
-    view = GraphView(gm, model, ops)
-    check_not_sharded(model, view.params)
-    lazy = next((name for name, p in view.params.items()
-                 if isinstance(p, UninitializedTensorMixin)), None)
-    if lazy is not None:
-        raise UnsupportedParameterError(
-            f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to "
-            f"materialise the lazy modules, then run {verb}; nothing was written")
-    return Traced(model, gm, view, rule_obj, settle(view, rule_obj.select(view)),
-                  example_kwargs, notes)
+    return Captured(model, gm, example_kwargs, notes)
 
 
 def capture_kwargs(model: nn.Module, example_inputs: tuple[Any, ...] | None,

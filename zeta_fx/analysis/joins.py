@@ -14,7 +14,7 @@ operand.
 
 >>> import torch
 >>> from torch import fx, nn
->>> from zeta_fx.analysis import GraphView
+>>> from zeta_fx.analysis.view import GraphView
 >>> class Block(nn.Module):
 ...     def __init__(self):
 ...         super().__init__()
@@ -40,7 +40,7 @@ from torch.fx import Node
 from zeta_fx.semantics.tables import ADDITIVE, PIECES, SUBTRACTIVE
 
 if TYPE_CHECKING:
-    from zeta_fx.analysis import GraphView
+    from zeta_fx.analysis.view import GraphView
 
 __all__ = ["Join", "find_joins", "additive_operands"]
 

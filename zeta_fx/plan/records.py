@@ -1,26 +1,19 @@
-"""Plans: what to initialise, by FQN, as plain data. Made by the planner, applied by apply.
+"""Plan records: what to initialise, by FQN, as plain data. Made by the planner, written
+by apply; this module imports nothing from either.
 
 A plan names, for each module, the parameters to write, the graph sites that make them a
-target (:class:`~zeta_fx.selection.Site`) and the action (:class:`Action`: zero, a normal
-draw with its figures, or a callable). It holds nothing live, serialises to JSON, and
-applies to another instance of the same architecture: materialised, wrapped in
-``DistributedDataParallel``, or sharded with FSDP2.
+target (:class:`~zeta_fx.rules.selection.Site`) and the action (:class:`Action`: zero, a
+normal draw with its figures, or a callable). It holds nothing live, serialises to JSON,
+and applies to another instance of the same architecture: materialised, wrapped in
+``DistributedDataParallel``, or sharded with FSDP2. The public class,
+:class:`zeta_fx.ZeroInitPlan`, is :class:`Plan` with the verb ``apply``.
 
->>> import torch
->>> from torch import nn
->>> from zeta_fx import zero_init_pass
->>> from zeta_fx.plan import ZeroInitPlan
->>> def make():
-...     return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
->>> plan = zero_init_pass(make(), rule="output_layer", dry_run=True).plan
->>> again = ZeroInitPlan.from_json(plan.to_json())
->>> again == plan
+>>> plan = Plan((PlanEntry("fc", "Linear", {"fc.weight": (2, 2)}, (), "output_layer"),),
+...             "output_layer", "Net")
+>>> Plan.from_json(plan.to_json()) == plan
 True
->>> other = make()
->>> again.apply(other).params
-['2.weight', '2.bias']
->>> bool(other[2].weight.any())
-False
+>>> plan.params
+['fc.weight']
 """
 
 from __future__ import annotations
@@ -31,14 +24,11 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from torch import nn
 
-from zeta_fx.apply import apply_plan
 from zeta_fx.errors import PlanError, PlanFormatError
-from zeta_fx.report import ZeroInitReport
-from zeta_fx.selection import Site, Skipped
+from zeta_fx.rules.selection import Site, Skipped
 
-__all__ = ["Action", "ZERO", "PlanEntry", "ZeroInitPlan", "PLAN_FORMAT", "PLAN_VERSION",
+__all__ = ["Action", "ZERO", "PlanEntry", "Plan", "PLAN_FORMAT", "PLAN_VERSION",
            "ACTION_KINDS", "check_seed", "seed_problem"]
 
 PLAN_FORMAT = "zeta_fx.plan"
@@ -202,8 +192,8 @@ class PlanEntry:
 
 
 @dataclass(frozen=True)
-class ZeroInitPlan:
-    """What would be written, by FQN; :meth:`apply` writes it on any instance of the model.
+class Plan:
+    """What would be written, by FQN (:class:`zeta_fx.ZeroInitPlan` adds the verb ``apply``).
 
     ``seed`` makes every ``normal`` action reproducible (one process or FSDP2 shards:
     each tensor is drawn whole from a generator seeded by ``seed`` and its FQN).
@@ -236,13 +226,13 @@ class ZeroInitPlan:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_json(cls, text: str) -> "ZeroInitPlan":
+    def from_json(cls, text: str) -> "Plan":
         """Read a plan written by :meth:`to_json`; a corrupted text raises ``PlanFormatError``.
 
         Non-finite numbers (``Infinity``, ``NaN``, ``1e999``), shapes that are not
         non-negative integers, and pathologically deep nesting are refused as corrupted.
 
-        >>> ZeroInitPlan.from_json('{"format": "zeta_fx.plan", "version": Infinity}')
+        >>> Plan.from_json('{"format": "zeta_fx.plan", "version": Infinity}')
         Traceback (most recent call last):
         ...
         zeta_fx.errors.PlanFormatError: the plan is not valid JSON (Infinity is not a number ...
@@ -259,7 +249,7 @@ class ZeroInitPlan:
         return cls.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ZeroInitPlan":
+    def from_dict(cls, data: Any) -> "Plan":
         """Read a plan from :meth:`to_dict`'s plain data; malformed data raises
         ``PlanFormatError``."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
@@ -307,11 +297,11 @@ class ZeroInitPlan:
         seed, shapes, FQNs, no parameter named twice) before anything is written; raise
         :class:`~zeta_fx.errors.PlanFormatError` naming the entry and the field.
 
-        ``apply`` calls it first, so a plan edited by hand (or built with
+        Apply calls it first, so a plan edited by hand (or built with
         ``dataclasses.replace``) fails whole, never half-applied.
 
         >>> import dataclasses
-        >>> bad = ZeroInitPlan((PlanEntry("fc", "Linear", {"fc.weight": (2, 2)}, (), "r",
+        >>> bad = Plan((PlanEntry("fc", "Linear", {"fc.weight": (2, 2)}, (), "r",
         ...                             Action("normal", std=-1.0)),), "r", "Net", seed=0)
         >>> bad.validate()
         Traceback (most recent call last):
@@ -348,17 +338,6 @@ class ZeroInitPlan:
                 raise PlanFormatError(f"plan entry {i}{module}, field `{bad[0]}`: {bad[1]}; "
                                       "nothing was written. Make the plan again, or fix that "
                                       "field")
-
-    def apply(self, model: nn.Module, *, allow_tied: bool = False,
-              init: Callable[..., Any] | None = None) -> ZeroInitReport:
-        """Write every planned parameter of ``model`` in place and return the report.
-
-        All targets are resolved and validated first; if any is missing, has another shape,
-        or cannot be written in place, an error lists every problem and nothing is written.
-        ``init`` is the callable a plan made with ``init=callable`` names (a loaded plan
-        does not hold the function itself).
-        """
-        return ZeroInitReport(self, apply_plan(self, model, allow_tied=allow_tied, init=init))
 
 
 def seed_problem(seed: Any) -> str | None:

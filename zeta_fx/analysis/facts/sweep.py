@@ -6,8 +6,8 @@ with the transfer functions of :mod:`zeta_fx.semantics.transfer`. Values the zer
 not reach are as they were, and are taken to be finite: the model as given computes finite
 values from finite parameters (buffers and literal constants, such as a mask of ``-inf``,
 are looked at instead). A read sees what was written to its storage since the value was
-made (:mod:`zeta_fx.storage`); constants are taken in the dtype the op computes in
-(:mod:`zeta_fx.value_dtypes`). A module counts as a known layer only if its ``forward`` is
+made (:mod:`zeta_fx.analysis.storage`); constants are taken in the dtype the op computes in
+(:mod:`zeta_fx.analysis.dtypes`). A module counts as a known layer only if its ``forward`` is
 the known class's own and no hook runs around it.
 
 >>> import torch
@@ -118,8 +118,8 @@ class ZeroFacts:
         self._inputs = inputs
         self._keys = keys
         self._bound = bound
-        # which reads see writes (zeta_fx.storage.Storages) and each value's dtype
-        # (zeta_fx.value_dtypes.ValueDtypes); without them, no write and float32
+        # which reads see writes (zeta_fx.analysis.storage.Storages) and each value's dtype
+        # (zeta_fx.analysis.dtypes.ValueDtypes); without them, no write and float32
         self._storage = storage
         self._dtypes = dtypes
         self._reading: dict[Node, Fact] = {}  # what the node being stepped reads, if stale
@@ -153,7 +153,7 @@ class ZeroFacts:
 
     def fact_at(self, value: Any, reader: Node) -> Fact:
         """The fact of ``value`` as ``reader`` reads it: joined with what was written to its
-        storage in between (``zeta_fx.storage``)."""
+        storage in between (``zeta_fx.analysis.storage``)."""
         if isinstance(value, Node) and self._storage is not None:
             for read, writers in self._storage.stale_reads(reader):
                 if read is value:
@@ -560,7 +560,7 @@ class ZeroFacts:
                          param("bias"), name)
             return
         if kind == "composite":
-            # an opaque leaf whose hidden residual branches are known (zeta_fx.composite):
+            # an opaque leaf whose hidden residual branches are known (zeta_fx.semantics.composite):
             # with them zeroed it computes its skip (its input, or norms of it)
             inputs = [self.fact(d) for d in data]
             worst = join(*inputs) if inputs else F_

@@ -3,7 +3,7 @@
 The zero semantics of ops and layers live in :mod:`zeta_fx.semantics` (one home for torch,
 method and aten graphs). This module holds what a pass adds to it: the ops and modules a
 user declares with ``zero_preserving=[...]``, and the composite leaves whose hidden
-residual branches are known (:mod:`zeta_fx.composite`).
+residual branches are known (:mod:`zeta_fx.semantics.composite`).
 
 >>> import torch
 >>> def my_act(x):  # an opaque function wrapped with torch.fx.wrap
@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from zeta_fx.composite import CompositeFn, default_composites
+from zeta_fx.semantics.composite import CompositeFn, default_composites
 from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.modules import LAYER_PARAMS, get_local, known_module
 

@@ -6,9 +6,9 @@ for the weights they compute; the initialiser (``init``) sets each entry's actio
 
 >>> import torch
 >>> from torch import fx, nn
->>> from zeta_fx.analysis import GraphView
->>> from zeta_fx.proof import settle
->>> from zeta_fx.rules import ResidualBranchLast
+>>> from zeta_fx.analysis.view import GraphView
+>>> from zeta_fx.analysis.proof import settle
+>>> from zeta_fx.rules.families import ResidualBranchLast
 >>> class Block(nn.Module):
 ...     def __init__(self):
 ...         super().__init__()
@@ -28,15 +28,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from torch import nn
 from torch.fx import Node
-from torch.nn.parameter import UninitializedTensorMixin
 
-from zeta_fx.apply import refuse_pruned
+from zeta_fx.apply.write import refuse_pruned
 from zeta_fx.errors import UnsupportedParameterError
-from zeta_fx.plan import PlanEntry, ZeroInitPlan
-from zeta_fx.selection import Selection, Site, Skipped, Target
+from zeta_fx.plan.records import PlanEntry, Plan
+from zeta_fx.rules.selection import Selection, Site, Skipped, Target
 
 if TYPE_CHECKING:
-    from zeta_fx.analysis import GraphView
+    from zeta_fx.analysis.view import GraphView
     from zeta_fx.inits import Init
 
 __all__ = ["build_plan", "Branches"]
@@ -89,7 +88,7 @@ class Branches:
 
 
 def build_plan(view: "GraphView", selection: Selection, rule: str,
-               init: "Init | None" = None, seed: int | None = None) -> ZeroInitPlan:
+               init: "Init | None" = None, seed: int | None = None) -> Plan:
     """Merge a rule's targets by module, drop modules also used where they must not be
     zeroed (a shared module that is last-on-branch at one site and elsewhere in another),
     and let ``init`` (default: zero) set each entry's action."""
@@ -124,7 +123,7 @@ def build_plan(view: "GraphView", selection: Selection, rule: str,
         skipped += init.left_alone(entries)
         entries = list(init.actions(entries, Branches(view, entries), view.params))
         name = init.name
-    return ZeroInitPlan(tuple(entries), rule, type(view.root).__name__, tuple(skipped), name,
+    return Plan(tuple(entries), rule, type(view.root).__name__, tuple(skipped), name,
                         seed)
 
 
@@ -161,17 +160,13 @@ def _planned_params(view: "GraphView", fqns: Iterable[str]) -> dict[str, tuple[i
     ``weight_norm`` (``torch.nn.utils.parametrizations`` or the legacy hook) computes
     ``weight = g * v / ||v||``: zeroing the magnitude ``g`` gives an exact zero, finite
     weight, so ``g`` is planned instead. Other computed weights (``spectral_norm``: W / sigma(W)
-    is never zero) and uninitialised lazy parameters are refused before anything is written.
+    is never zero) are refused before anything is written. (Lazy parameters never get here:
+    capture refuses them.)
     """
     params: dict[str, tuple[int, ...]] = {}
     for fqn in fqns:
         stored = fqn if fqn in view.params else _weight_norm_magnitude(view.root, fqn)
-        tensor = view.params[stored]
-        if isinstance(tensor, UninitializedTensorMixin):
-            raise UnsupportedParameterError(
-                f"`{stored}` is an uninitialised lazy parameter; run one forward pass to "
-                "materialise the lazy modules, then apply the pass; nothing was written")
-        params[stored] = tuple(tensor.shape)
+        params[stored] = tuple(view.params[stored].shape)
     return params
 
 

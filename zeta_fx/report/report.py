@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 from tabulate import tabulate
 
 from zeta_fx.errors import RenderError
-from zeta_fx.picture import DrawResult, GraphSummary, draw_dot, summarize
+from zeta_fx.report.picture import DrawResult, GraphSummary, draw_dot, summarize
 from zeta_fx.words import format_shape, numel, plural
 
 if TYPE_CHECKING:
-    from zeta_fx.analysis import GraphView
-    from zeta_fx.apply import Outcome
-    from zeta_fx.plan import ZeroInitPlan
+    from zeta_fx.analysis.view import GraphView
+    from zeta_fx.apply.write import Outcome
+    from zeta_fx.plan.records import Plan
 
 __all__ = ["ZeroInitReport", "format_shape", "plural"]
 
@@ -52,7 +52,7 @@ class ZeroInitReport:
     a pass (not by ``plan.apply``) can also be drawn (:meth:`to_dot`, :meth:`draw`).
     """
 
-    def __init__(self, plan: "ZeroInitPlan", outcome: "Outcome", *,
+    def __init__(self, plan: "Plan", outcome: "Outcome", *,
                  view: "GraphView | None" = None, notes: Sequence[str] = ()) -> None:
         self.plan = plan
         self.outcome = outcome
@@ -76,7 +76,7 @@ class ZeroInitReport:
 
     @property
     def verification(self) -> dict[str, Any] | None:
-        """``verify=True``: each row node's :class:`~zeta_fx.verify.SiteCheck`; else None."""
+        """``verify=True``: each row node's :class:`~zeta_fx.apply.verify.SiteCheck`; else None."""
         return self.outcome.checks
 
     @property
@@ -298,7 +298,7 @@ class ZeroInitReport:
 
         Renders with the Graphviz ``dot`` program when it is installed. Otherwise the DOT
         text goes to ``path`` with a ``.dot`` suffix, and the returned
-        :class:`~zeta_fx.picture.DrawResult` says so and gives the command to render it.
+        :class:`~zeta_fx.report.picture.DrawResult` says so and gives the command to render it.
         A ``.dot`` suffix always writes the text.
         """
         return draw_dot(self.to_dot(focus=focus, rankdir=rankdir), path, format=format)

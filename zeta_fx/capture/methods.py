@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import fx, nn
 
-from zeta_fx.capture_concrete import concrete_capture
+from zeta_fx.capture.concrete import concrete_capture
 from zeta_fx.errors import CaptureError, ModuleStateWriteError
-from zeta_fx.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
+from zeta_fx.capture.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
                             quiet_torch, tied_aliases)
 
 __all__ = ["ZetaTracer", "capture", "export_capture", "LeafSpec", "CAPTURE_METHODS",
@@ -41,12 +41,12 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
 
     ``method="auto"`` tries ``symbolic_trace``; if it fails and example inputs are given,
     ``torch.export``; if that fails too, a concrete capture that follows the forward's Python
-    on the example inputs (``zeta_fx.capture_concrete``: the branch they take is the graph).
+    on the example inputs (``zeta_fx.capture.concrete``: the branch they take is the graph).
     ``"symbolic"``, ``"export"`` and ``"concrete"`` force one of them. The graph module
     shares the model's parameters: nothing is copied, so models on the meta device trace
     too (symbolically or with export).
 
-    Capture leaves no trace (:func:`zeta_fx.tracer.leave_no_trace`): the model's attributes,
+    Capture leaves no trace (:func:`zeta_fx.capture.tracer.leave_no_trace`): the model's attributes,
     parameters, buffers (objects, values and version counters), hooks and modes, the example
     inputs and torch's global random state are as they were, whichever method ran and
     whether it succeeded or failed. A forward that assigns module state (``self.steps +=

@@ -10,8 +10,8 @@ one value zero), and the check runs again until nothing changes.
 
 >>> import torch
 >>> from torch import fx, nn
->>> from zeta_fx.analysis import GraphView
->>> from zeta_fx.rules import ResidualBranchLast
+>>> from zeta_fx.analysis.view import GraphView
+>>> from zeta_fx.rules.families import ResidualBranchLast
 >>> class Block(nn.Module):
 ...     def __init__(self):
 ...         super().__init__()
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch.fx import Node
 
-from zeta_fx.facts import Fact
-from zeta_fx.selection import Selection, Skipped, Target
+from zeta_fx.analysis.facts.sweep import Fact
+from zeta_fx.rules.selection import Selection, Skipped, Target
 
 if TYPE_CHECKING:
-    from zeta_fx.analysis import GraphView
+    from zeta_fx.analysis.view import GraphView
 
 __all__ = ["settle"]
 
@@ -126,7 +126,7 @@ def local_reason(view: "GraphView", join, params: tuple[str, ...]) -> str:
 
     >>> import torch
     >>> from torch import fx, nn
-    >>> from zeta_fx.analysis import GraphView
+    >>> from zeta_fx.analysis.view import GraphView
     >>> class Block(nn.Module):
     ...     def __init__(self):
     ...         super().__init__()

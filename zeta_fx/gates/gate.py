@@ -114,18 +114,18 @@ from tabulate import tabulate
 from torch import fx, nn
 from torch.fx import Node
 
-from zeta_fx.analysis import GraphView
-from zeta_fx.capture import LeafSpec
+from zeta_fx.analysis.view import GraphView
+from zeta_fx.capture.methods import LeafSpec
 from zeta_fx.errors import ExampleInputsError, GateError
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.tables import (CHANNELS_FIRST, DIVIDE, LAYOUT_OPS, MULTIPLY,
                                       PASS_THROUGH)
-from zeta_fx.joins import Join
-from zeta_fx.rules import Rule
-from zeta_fx.select import trace_and_select
-from zeta_fx.selection import Selection, Skipped, Target
-from zeta_fx.tracer import first_line
-from zeta_fx.verify import graph_args
+from zeta_fx.analysis.joins import Join
+from zeta_fx.rules.families import Rule
+from zeta_fx.api import trace_and_select
+from zeta_fx.rules.selection import Selection, Skipped, Target
+from zeta_fx.capture.tracer import first_line
+from zeta_fx.apply.verify import graph_args
 from zeta_fx.words import format_shape, plural
 
 __all__ = ["gate_residuals", "Gate", "GatesReport", "GateHook", "META_KEY"]

@@ -4,7 +4,7 @@
 planned FQN to the model's own tensor and validates all of them (existence, shape, ties and
 shared storage, lazy, pruned and parametrized weights, inference tensors, dtypes) before the
 first write; decides ``changed`` exactly before writing; for ``verify=True`` checks every
-claim by substitution (:mod:`zeta_fx.verify`, nothing written); then writes under
+claim by substitution (:mod:`zeta_fx.apply.verify`, nothing written); then writes under
 ``torch.no_grad()``, in place, nothing reallocated — or, for a dry run, does not. It returns
 an :class:`Outcome`; the report is made from plan and outcome by the caller.
 
@@ -29,19 +29,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import fx, nn
-# the lazy mixin: Parameter's metaclass makes isinstance(p, UninitializedParameter) slow
-from torch.nn.parameter import UninitializedTensorMixin
 
 from zeta_fx.errors import (NotAModuleError, PartialWriteError, PlanError, PlanMismatchError,
                             TiedParameterError, UnsupportedParameterError, VerificationError)
-from zeta_fx.selection import Site
-from zeta_fx.tensors import any_nonzero, byte_span, count_params, is_plain
+from zeta_fx.rules.selection import Site
+from zeta_fx.tensors import any_nonzero, byte_span, count_params, is_lazy, is_plain
 from zeta_fx.utils import zero_tensor_
-from zeta_fx.verify import SiteCheck, check_claims, check_runnable, failure_message
-from zeta_fx.wrappers import check_writable, unwrap
+from zeta_fx.apply.verify import SiteCheck, check_claims, check_runnable, failure_message
+from zeta_fx.capture.wrappers import check_writable, unwrap
 
 if TYPE_CHECKING:
-    from zeta_fx.plan import PlanEntry, ZeroInitPlan
+    from zeta_fx.plan.records import PlanEntry, Plan
 
 __all__ = ["Outcome", "InitSite", "apply_plan", "resolve", "refuse_pruned", "tensor_seed",
            "check_draw_fits"]
@@ -54,7 +52,7 @@ class Outcome:
     """What applying a plan did: ``applied`` (values were written), ``changed`` (a value
     changed, or for a dry run would change; decided before any write), ``total_params``
     (parameter elements of the model, tied ones once) and, for ``verify=True``, ``checks``:
-    each row node's :class:`~zeta_fx.verify.SiteCheck`."""
+    each row node's :class:`~zeta_fx.apply.verify.SiteCheck`."""
 
     applied: bool
     changed: bool
@@ -79,7 +77,7 @@ class InitSite:
     branch_layers: tuple[str, ...]
 
 
-def apply_plan(plan: "ZeroInitPlan", model: nn.Module, *, write: bool = True,
+def apply_plan(plan: "Plan", model: nn.Module, *, write: bool = True,
                allow_tied: bool = False, init: Callable[..., Any] | None = None,
                named: dict[str, torch.Tensor] | None = None,
                buffers: dict[str, torch.Tensor] | None = None,
@@ -130,7 +128,7 @@ def apply_plan(plan: "ZeroInitPlan", model: nn.Module, *, write: bool = True,
     return Outcome(write, changed, count_params(named), checks)
 
 
-def _by_action(plan: "ZeroInitPlan", tensors: dict[str, torch.Tensor]
+def _by_action(plan: "Plan", tensors: dict[str, torch.Tensor]
                ) -> dict[str, dict[str, Any]]:
     """The resolved tensors by action kind: ``zero`` -> {name: tensor}, the others ->
     {name: (tensor, entry)}."""
@@ -159,7 +157,7 @@ def check_draw_fits(entry: "PlanEntry", fqn: str, dtype: torch.dtype) -> None:
     that rounds to zero in it (the "random" init would be a constant). The draw is made in
     float32, so its range counts too.
 
-    >>> from zeta_fx.plan import Action, PlanEntry
+    >>> from zeta_fx.plan.records import Action, PlanEntry
     >>> entry = PlanEntry("fc", "Linear", {"fc.weight": (2, 2)}, (), "r", Action("normal", std=1e5))
     >>> check_draw_fits(entry, "fc.weight", torch.bfloat16)
     >>> check_draw_fits(entry, "fc.weight", torch.float16)
@@ -223,7 +221,7 @@ def _local_piece(tensor: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     return full[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
 
 
-def _write(plan: "ZeroInitPlan", actions: dict[str, dict[str, Any]],
+def _write(plan: "Plan", actions: dict[str, dict[str, Any]],
            init: Callable[..., Any] | None) -> None:
     """Write every action; a failure part-way raises :class:`PartialWriteError`."""
     written: list[str] = []
@@ -390,7 +388,7 @@ def _is_parametrized(model: nn.Module, fqn: str) -> bool:
     return torch.nn.utils.parametrize.is_parametrized(module, name)
 
 
-def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
+def resolve(plan: Plan, model: nn.Module, *, allow_tied: bool = False,
             named: dict[str, torch.Tensor] | None = None,
             buffers: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Map each planned FQN to the model's own tensor, or raise listing every problem.
@@ -426,7 +424,7 @@ def resolve(plan: ZeroInitPlan, model: nn.Module, *, allow_tied: bool = False,
                                 "a parameter of this model")
                 continue
             name, tensor = hit
-            if isinstance(tensor, UninitializedTensorMixin):
+            if is_lazy(tensor):
                 raise UnsupportedParameterError(
                     f"`{name}` (module `{entry.module}`) is an uninitialised lazy parameter; "
                     "run one forward pass to materialise the lazy modules, then apply the "

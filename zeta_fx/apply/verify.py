@@ -11,7 +11,7 @@ its norms for post-LN).
 planned parameters are swapped for zeros and every buffer for a clone (the
 ``torch.func.functional_call`` idea, applied to every module object the graph reaches):
 eval mode, no grad, the global RNG state forked, and the attributes a leaf's forward
-assigns (``self.calls += 1``) put back (:func:`zeta_fx.tracer.leave_no_trace`). The
+assigns (``self.calls += 1``) put back (:func:`zeta_fx.capture.tracer.leave_no_trace`). The
 caller's tensors are never written,
 so their values and ``._version`` counters are unchanged and autograd graphs built before
 stay valid. :func:`zeta_fx.apply.apply_plan` writes only if every claim held.
@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import torch
 from torch import fx, nn
 
-from zeta_fx.composite import composite_branches, default_composites
+from zeta_fx.semantics.composite import composite_branches, default_composites
 from zeta_fx.errors import ExampleInputsError, VerificationError
 from zeta_fx.tensors import byte_span, nonzero_flag
-from zeta_fx.tracer import clone_inputs, leave_no_trace
-from zeta_fx.wrappers import is_sharded
+from zeta_fx.capture.tracer import clone_inputs, leave_no_trace
+from zeta_fx.capture.wrappers import is_sharded
 
 if TYPE_CHECKING:
-    from zeta_fx.plan import ZeroInitPlan
+    from zeta_fx.plan.records import Plan
 
 __all__ = ["SiteCheck", "check_claims", "graph_args", "check_runnable", "failure_message"]
 
@@ -342,7 +342,7 @@ class _Claim:
     kind: str
 
 
-def _claims(plan: "ZeroInitPlan", gm: fx.GraphModule) -> list[_Claim]:
+def _claims(plan: "Plan", gm: fx.GraphModule) -> list[_Claim]:
     """The claim of every site of every zeroed entry (other actions claim nothing)."""
     nodes = {n.name: n for n in gm.graph.nodes}
     claims = []
@@ -424,7 +424,7 @@ def _copy(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def check_claims(plan: "ZeroInitPlan", model: nn.Module, gm: fx.GraphModule, args: list[Any],
+def check_claims(plan: "Plan", model: nn.Module, gm: fx.GraphModule, args: list[Any],
                  targets: dict[str, torch.Tensor]) -> dict[str, SiteCheck]:
     """Check every row's claim on ``args`` with ``targets`` substituted by zeros; write
     nothing. Returns a :class:`SiteCheck` per row node (a node with several claims: the
@@ -460,7 +460,7 @@ def check_claims(plan: "ZeroInitPlan", model: nn.Module, gm: fx.GraphModule, arg
     return checks
 
 
-def failure_message(failed: list[SiteCheck], plan: "ZeroInitPlan") -> str:
+def failure_message(failed: list[SiteCheck], plan: "Plan") -> str:
     """The :class:`~zeta_fx.errors.VerificationError` message for the claims that failed."""
     modules: dict[str, list[str]] = {}
     for entry in plan.entries:

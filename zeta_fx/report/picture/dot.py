@@ -1,10 +1,10 @@
-"""Graphviz DOT text of a :class:`~zeta_fx.picture.GraphSummary`: styles, clusters, legend, focus.
+"""Graphviz DOT text of a :class:`~zeta_fx.report.picture.GraphSummary`: styles, clusters, legend, focus.
 
 Reads only the summary's plain data, so a summary loaded from JSON draws the same picture.
 Each kind of box has one style; residual blocks are nested clusters; the legend explains the
 marks that occur in the picture and no others.
 
->>> from zeta_fx.picture import GraphSummary, PictureEdge, PictureNode
+>>> from zeta_fx.report.picture import GraphSummary, PictureEdge, PictureNode
 >>> summary = GraphSummary("demo", [
 ...     PictureNode("n0", "input", ("x",), ("x",)),
 ...     PictureNode("n1", "zeroed", ("fc", "Linear", "zeroed: weight 4x4"), ("fc",),
@@ -26,7 +26,7 @@ import html
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # the summary's classes call to_dot; this module only reads them
-    from zeta_fx.picture.summary import GraphSummary, PictureNode
+    from zeta_fx.report.picture.model import GraphSummary, PictureNode
 
 __all__ = ["to_dot", "longest_prefix"]
 

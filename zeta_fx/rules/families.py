@@ -7,7 +7,7 @@ second selects).
 >>> import torch
 >>> from torch import nn
 >>> from zeta_fx import zero_init_pass
->>> from zeta_fx.rules import ResidualBranchLast, OutputLayer
+>>> from zeta_fx.rules.families import ResidualBranchLast, OutputLayer
 >>> class Net(nn.Module):
 ...     def __init__(self):
 ...         super().__init__()
@@ -28,14 +28,14 @@ from typing import Any, Callable, Iterable
 from torch import nn
 from torch.fx import Node
 
-from zeta_fx.analysis import Blocked, Found, GraphView, Join, owner_of
-from zeta_fx.facts import Fact
+from zeta_fx.analysis.view import Blocked, Found, GraphView, Join, owner_of
+from zeta_fx.analysis.facts.sweep import Fact
 from zeta_fx.semantics.keys import op_key
 from zeta_fx.semantics.modules import opaque_reason
 from zeta_fx.semantics.tables import ADDITIVE, CARRIERS, MULTIPLY, PASS_THROUGH, SPLITS
-from zeta_fx.composite import composite_branches
+from zeta_fx.semantics.composite import composite_branches
 from zeta_fx.errors import UnknownRuleError
-from zeta_fx.selection import Selection, Skipped, Target
+from zeta_fx.rules.selection import Selection, Skipped, Target
 
 __all__ = ["Target", "Skipped", "Selection", "Rule", "ResidualBranchLast", "OutputLayer",
            "AdaLNZero", "ByName", "ByType", "Where", "register_rule", "get_rule", "list_rules",
@@ -137,7 +137,7 @@ def _join_position(view: GraphView, join: Join) -> str:
 
 
 def _join_site(view: GraphView, join: Join) -> dict[str, Any]:
-    """The structured site of a residual join, for :class:`~zeta_fx.selection.Target`."""
+    """The structured site of a residual join, for :class:`~zeta_fx.rules.selection.Target`."""
     return {"kind": "residual", "merge": join.merge.name, "skip": join.skip.name,
             "fork": join.fork.name, "skip_kind": join.skip_kind,
             "skip_modules": tuple(view.layer(n).owner for n in join.skip_layers)}
@@ -167,7 +167,7 @@ def branch_cover(view: GraphView, join: Join) -> Found | Blocked:
 
     Each operand other than the skip (data branches, parameters, buffers and constants
     added beside the join) is searched for its nearest zeroable layers. This is a proposal:
-    :func:`zeta_fx.proof.settle` proves it with the zero facts, or leaves the join alone
+    :func:`zeta_fx.analysis.proof.settle` proves it with the zero facts, or leaves the join alone
     with the reason the facts give.
     """
     sites: list[tuple[Node, tuple[str, ...]]] = []

@@ -1,0 +1,10 @@
+"""Gates: the ReZero/SkipInit rewrite at the joins a rule finds.
+
+Takes the user's model and a rule; hands back the same model with a learnable gate on each
+branch (in the user's own module tree), or a ``GraphModule`` where a gate must sit at the
+merge itself and the caller asked for one; and a :class:`GatesReport`.
+"""
+
+from zeta_fx.gates.gate import META_KEY, Gate, GateHook, GatesReport, gate_residuals
+
+__all__ = ["gate_residuals", "Gate", "GatesReport", "GateHook", "META_KEY"]
