@@ -33,14 +33,14 @@ import heapq
 import operator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch.fx import Node
 
+from zeta_fx.analysis.conditioning import conditioning_only
+from zeta_fx.analysis.index import GraphIndex
 from zeta_fx.semantics.tables import ADDITIVE, PIECES, SUBTRACTIVE
 
-if TYPE_CHECKING:
-    from zeta_fx.analysis.view import GraphView
 
 __all__ = ["Join", "find_joins", "additive_operands"]
 
@@ -79,7 +79,7 @@ _BINARY = {operator.add: 1.0, operator.iadd: 1.0, operator.sub: -1.0, operator.i
 _BUILTIN = type(operator.add)
 
 
-def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
+def additive_operands(view: GraphIndex, node: Node) -> list[tuple[Any, float]] | None:
     """``[(operand, coefficient)]`` of an additive data node, or ``None`` for other nodes.
 
     ``torch.stack([a, b]).sum(0)`` counts as ``a + b``.
@@ -107,7 +107,7 @@ def additive_operands(view: "GraphView", node: Node) -> list[tuple[Any, float]] 
     return None
 
 
-def _stack_sum(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
+def _stack_sum(view: GraphIndex, node: Node) -> list[tuple[Any, float]] | None:
     args = view.bound(node)
     source = args.get("input")
     dim = args.get("dim", node.args[1] if len(node.args) > 1 else None)
@@ -127,7 +127,7 @@ def _stack_sum(view: "GraphView", node: Node) -> list[tuple[Any, float]] | None:
     return [(t, 1.0) for t in tensors]
 
 
-def find_joins(view: "GraphView") -> list[Join]:
+def find_joins(view: GraphIndex) -> list[Join]:
     """Every additive merge of two or more data paths, valid residual joins or not."""
     joins: list[Join] = []
     separate: set[Node] = set()
@@ -173,7 +173,7 @@ def find_joins(view: "GraphView") -> list[Join]:
     return joins
 
 
-def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, float]], list[Node]]:
+def _flatten(view: GraphIndex, merge: Node, operands) -> tuple[list[tuple[Any, float]], list[Node]]:
     """The operands of the longest sum ending at ``merge`` (iteratively: no recursion)."""
     flat: list[tuple[Any, float]] = []
     inner: list[Node] = []
@@ -195,7 +195,7 @@ def _flatten(view: "GraphView", merge: Node, operands) -> tuple[list[tuple[Any, 
     return flat, inner
 
 
-def _stacked(view: "GraphView", node: Node) -> list[Node]:
+def _stacked(view: GraphIndex, node: Node) -> list[Node]:
     """The ``stack`` node a ``stack(...).sum(dim)`` sums, as a list (empty for other adds)."""
     source = view.bound(node).get("input") if view.keys.get(node, ("",))[0] == "sum" else None
     return [source] if isinstance(source, Node) and view.keys.get(source, ("",))[0] == "stack" \
@@ -218,7 +218,7 @@ def _same_scope(inner: Node, outer: Node) -> bool:
     return (_scope(inner) or "") == (_scope(outer) or "")  # no stack: the root's forward
 
 
-def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
+def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
               inner: list[Node]) -> Join:
     is_data = view.is_data
     terms = tuple([v for v, _ in flat if isinstance(v, Node) and is_data[v]])
@@ -287,7 +287,7 @@ def _classify(view: "GraphView", merge: Node, flat: list[tuple[Any, float]],
             join.reason = (f"no path is clearly the skip: parallel paths {counts_text} from "
                            f"fork `{fork.name}` (RepVGG-style); left alone")
         return join
-    if join.skip_kind == "projection" and view.conditioning_only(join.skip, terms):
+    if join.skip_kind == "projection" and conditioning_only(view, join.skip, terms):
         join.reason = (f"not a residual join: `{join.skip.name}` is computed from "
                        f"conditioning inputs only, not from the data input "
                        f"`{view.inputs[0].name}`; adding it brings a side input (timestep, "
@@ -307,7 +307,7 @@ def _unique_cheapest(candidates: list[Node], terms: tuple[Node, ...],
     return all(counts[best] < counts[t] for t in candidates if t is not best)
 
 
-def _skip_verdict(view: "GraphView", fork: Node, term: Node, side: frozenset[Node],
+def _skip_verdict(view: GraphIndex, fork: Node, term: Node, side: frozenset[Node],
                   coeff: float, merge: Node, inner: set[Node]) -> str | None:
     """Why ``term`` cannot be the skip, or ``None`` if it carries only the fork's value."""
     if coeff != 1.0:
@@ -332,7 +332,7 @@ def _skip_verdict(view: "GraphView", fork: Node, term: Node, side: frozenset[Nod
     return None
 
 
-def _find_fork(view: "GraphView", merge: Node, terms: tuple[Node, ...], merge_set: set[Node]
+def _find_fork(view: GraphIndex, merge: Node, terms: tuple[Node, ...], merge_set: set[Node]
                ) -> tuple[Node | None, frozenset[Node], dict[Node, int], str]:
     """Walk back from ``merge`` in reverse topological order until all paths meet.
 
@@ -393,7 +393,7 @@ def _find_fork(view: "GraphView", merge: Node, terms: tuple[Node, ...], merge_se
     return fork, region, mask, ""
 
 
-def _uses(view: "GraphView", users: list[Node]) -> str:
+def _uses(view: GraphIndex, users: list[Node]) -> str:
     """``users`` named for a reason: a view that is written in place says by what."""
     parts = []
     for user in users[:3]:
@@ -403,7 +403,7 @@ def _uses(view: "GraphView", users: list[Node]) -> str:
     return ", ".join(parts)
 
 
-def _split_for_streams(view: "GraphView", node: Node, inside: set[Node]) -> bool:
+def _split_for_streams(view: GraphIndex, node: Node, inside: set[Node]) -> bool:
     """Whether ``node``'s value is cut into pieces, one of which leads to this merge: a
     joint attention whose output is split into an image and a text stream (SD3, Flux), each
     added to its own residual. The other pieces are other streams, not other uses."""
@@ -420,7 +420,7 @@ def _split_for_streams(view: "GraphView", node: Node, inside: set[Node]) -> bool
                for p in pieces)
 
 
-def _descendants_within(view: "GraphView", fork: Node, allowed: set[Node]) -> frozenset[Node]:
+def _descendants_within(view: GraphIndex, fork: Node, allowed: set[Node]) -> frozenset[Node]:
     data_users = view.data_users
     seen: set[Node] = set()
     stack = [u for u in data_users[fork] if u in allowed]

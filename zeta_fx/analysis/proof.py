@@ -178,7 +178,7 @@ def _skip_params(view: "GraphView") -> dict[str, str]:
             if node in view.layer_nodes:
                 roots = set(view.param_roots.get(node, ()))
                 if node.op == "call_module":
-                    roots |= set(view._params_of_module(node.target))
+                    roots |= set(view.params_of_module(node.target))
                 for inp in node.all_input_nodes:
                     roots |= set(view.param_roots.get(inp, ()))
                 for p in roots:

@@ -40,64 +40,51 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
+from zeta_fx.analysis.facts.graph import SweepGraph
+from zeta_fx.analysis.facts.modules import ModuleSteps
 from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.dtypes import (computation_dtype, holds_exactly_enough, in_dtype,
                                       overflows_easily)
 from zeta_fx.semantics.keys import bind_as, op_key
-from zeta_fx.semantics.modules import (STEADY_KINDS, class_kind, eps_free, get_local, hooked,
-                                       opaque_reason)
-from zeta_fx.semantics.lattice import (F_, P, U, Z, Fact, constant_fact, finite, join,
+from zeta_fx.semantics.lattice import (F_, U, Z, Fact, constant_fact, finite, join,
                                        normalised, product, singular, total)
 from zeta_fx.semantics.signs import nonnegative, nonpositive
 from zeta_fx.semantics.tables import (BATCH_NORM_KERNELS, BOUNDED_BY_ONE, DOMAINS, EXPONENTIAL, FINITE_OPS, FRESH, OVERFLOWING,
                                       PRESERVING, SINGULAR)
-from zeta_fx.semantics.transfer import (HANDLERS, QUICK_METHODS, clamp_fact, makes_zeros,
-                                        may_be_zero, threshold_fact)
+from zeta_fx.semantics.transfer import HANDLERS, QUICK_METHODS, makes_zeros, may_be_zero
 
 __all__ = ["Fact", "ZeroFacts", "makes_zeros", "join", "product", "total", "zero_inputs_needed"]
 
 
 # -- the interpretation -------------------------------------------------------------------
 
-class ZeroFacts:
-    """The fact of every value of ``gm`` once the parameters ``zeroed`` (FQNs) are zero.
+class ZeroFacts(ModuleSteps):
+    """The fact of every value of a graph once the parameters ``zeroed`` (FQNs) are zero.
 
-    ``root`` holds the real modules and tensors (the model the user passed). ``nodes``
-    restricts the sweep to a part of the graph (a residual region); values it reads from
-    outside that part count as they were. ``data`` (node -> bool) tells data values from
-    parameters and shape queries, and ``weights`` (node -> parameter FQNs) the values
-    computed from parameters alone, as the value-flow index does; nodes that are neither
-    (shape queries, fresh tensors) carry no value of the zeroed parameters. By default
-    every node is followed. ``declared`` maps extra module classes to
-    a kind and ``preserving`` holds extra op keys that map zero to zero (``zero_preserving=``).
+    ``graph`` is the :class:`~zeta_fx.analysis.facts.graph.SweepGraph` every sweep of a
+    pass shares (from the value-flow index), or a bare ``GraphModule`` with ``root``, the
+    model holding the real modules and tensors. ``nodes`` restricts the sweep to a part of
+    the graph (a residual region); values it reads from outside that part count as they
+    were. Nodes that are neither data nor weights (shape queries, fresh tensors) carry no
+    value of the zeroed parameters. ``seeds`` gives placeholders' facts (a decomposition
+    read with its operands' facts).
 
     ``facts[node]`` is a :class:`Fact`; ``why(node)`` explains one that is not ``ZERO``
     where its inputs were; ``changed(node)`` tells whether the zeroing reaches it at all.
     """
 
-    def __init__(self, gm: fx.GraphModule, root: nn.Module | None = None, *,
+    def __init__(self, graph: SweepGraph | fx.GraphModule, root: nn.Module | None = None, *,
                  zeroed: Iterable[str] = (), nodes: Iterable[Node] | None = None,
-                 data: Mapping[Node, bool] | None = None,
-                 weights: Mapping[Node, Any] | None = None,
-                 declared: Mapping[type, str] | None = None,
-                 preserving: Iterable[str] = (),
-                 kinds: dict[str, tuple[str | None, str]] | None = None,
-                 index: Mapping[Node, int] | None = None,
-                 module_of: Callable[[str], nn.Module] | None = None,
-                 inputs: Mapping[Node, Sequence[Node]] | None = None,
-                 keys: Mapping[Node, tuple[str, bool]] | None = None,
-                 bound: Callable[[Node], dict[str, Any]] | None = None,
-                 leaves: dict[str, tuple[nn.Module, str | None, str, bool]] | None = None,
-                 storage: Any = None, dtypes: Any = None,
-                 seeds: Mapping[Node, Fact] | None = None,
-                 decompositions: dict[Node, Any] | None = None) -> None:
-        self.gm = gm
-        self.root = root if root is not None else gm
+                 seeds: Mapping[Node, Fact] | None = None) -> None:
+        if isinstance(graph, fx.GraphModule):
+            graph = SweepGraph.bare(graph, root, decompose=not seeds)
+        self.graph = graph
+        self.gm, self.root = graph.gm, graph.root
         self.zeroed = frozenset(zeroed)
-        self.declared = dict(declared or {})
-        self.preserving = frozenset(preserving)
-        self._data = data
-        self._weights = weights
+        self.declared = graph.declared
+        self.preserving = graph.preserving
+        self._data = graph.data
+        self._weights = graph.weights
         self._facts: dict[Node, Fact] = {}
         self._items: dict[Node, dict[int, Fact]] = {}
         self._why: dict[Node, str] = {}
@@ -108,27 +95,23 @@ class ZeroFacts:
             parts = fqn.split(".")
             for cut in range(len(parts)):
                 self._owned.setdefault(".".join(parts[:cut]), []).append(".".join(parts[cut:]))
-        self._module_of = module_of
-        self._kinds = kinds if kinds is not None else {}
-        # target -> (module, kind, why_not, passes a finite input on as finite): read-only
-        # facts of the model, shareable by every sweep over one graph
-        self._modules = leaves if leaves is not None else {}
+        self._module_of = graph.module_of
+        self._kinds = graph.kinds
+        self._modules = graph.leaves
         self._lazy: set[Node] = set()  # FINITE by the quick rule; reason worked out on demand
         self._classes: dict[type, tuple[str | None, str]] = {}
-        self._inputs = inputs
-        self._keys = keys
-        self._bound = bound
-        # which reads see writes (zeta_fx.analysis.storage.Storages) and each value's dtype
-        # (zeta_fx.analysis.dtypes.ValueDtypes); without them, no write and float32
-        self._storage = storage
-        self._dtypes = dtypes
+        self._inputs = graph.inputs
+        self._keys = graph.keys
+        self._bound = graph.bound
+        self._storage = graph.storage
+        self._dtypes = graph.dtypes
         self._reading: dict[Node, Fact] = {}  # what the node being stepped reads, if stale
         # placeholders' facts where this sweep reads a decomposed op (others: as they were)
         self._seeds = seeds or {}
-        # decompositions worked out so far (shared by the sweeps of one pass); None: none
-        self._decompositions = decompositions if decompositions is not None or seeds else {}
-        order = list(gm.graph.nodes) if nodes is None else \
-            sorted(nodes, key=(index.__getitem__ if index is not None else _position(gm)))
+        self._decompositions = graph.decompositions
+        index = graph.index
+        order = list(self.gm.graph.nodes) if nodes is None else \
+            sorted(nodes, key=(index.__getitem__ if index is not None else _position(self.gm)))
         self._order = order
         self._sweep(order)
 
@@ -413,174 +396,6 @@ class ZeroFacts:
         got = self._keys.get(node) if self._keys is not None else None
         return got if got is not None else op_key(node)
 
-    # -- modules -----------------------------------------------------------------------
-    def _leaf(self, target: str) -> tuple[nn.Module, str | None, str, bool]:
-        """``(module, kind, why_not, steady)`` of the leaf module at ``target``; ``steady``:
-        unowned, it maps a FINITE input to FINITE (a kind in ``STEADY_KINDS`` whose tensors
-        are absent or FINITE)."""
-        if self._module_of is not None:
-            module = self._module_of(target)
-        else:
-            try:
-                module = self.root.get_submodule(target)
-            except AttributeError:
-                module = self.gm.get_submodule(target)
-        cached = self._kinds.get(target)
-        if cached is None:  # known_module, its class part asked once per class
-            why = opaque_reason(module) if hooked(module) else ""
-            if why:
-                cached = (None, why)
-            else:
-                cached = self._classes.get(type(module))
-                if cached is None:
-                    cached = self._classes[type(module)] = class_kind(type(module),
-                                                                        self.declared)
-            self._kinds[target] = cached
-        kind = cached[0]
-        steady = kind in STEADY_KINDS and not (
-            (kind == "batch_norm" or kind == "layer_norm") and eps_free(module, kind))
-        if steady:
-            params = module._parameters
-            for local in STEADY_KINDS[kind]:
-                obj = params.get(local, params)  # (params itself: not a parameter)
-                if obj is None or type(obj) is nn.Parameter:
-                    continue  # absent or FINITE, as _param says
-                if self._param(module, local, ()) not in (None, F_):
-                    steady = False
-                    break
-        got = self._modules[target] = (module, *cached, steady)
-        return got
-
-    def _param(self, module: nn.Module, local: str, owned: Sequence[str]) -> Fact | None:
-        """The fact of ``module``'s own tensor ``local`` (``None`` if it has none)."""
-        params = module._parameters
-        obj = params[local] if local in params else get_local(module, local)
-        if obj is None:
-            return None
-        if local in owned:
-            return Z
-        if type(obj) is nn.Parameter:
-            return F_  # the model's own parameters are finite (as _tensor_fact says)
-        return self._tensor_fact(obj)
-
-    def _module(self, node: Node, owned: Sequence[str]) -> None:
-        target = node.target
-        module, kind, why_not, _ = self._modules.get(target) or self._leaf(target)
-        if node.kwargs:
-            data = [a for a in node.args if isinstance(a, Node)] + \
-                [v for v in node.kwargs.values() if isinstance(v, Node)]
-        else:
-            data = [a for a in node.args if isinstance(a, Node)]
-        x = self.fact(data[0]) if data else F_
-        name = f"`{node.name}` ({type(module).__name__})"
-        if kind in ("linear", "conv"):
-            self._affine(node, product(x, self._param(module, "weight", owned)),
-                         self._param(module, "bias", owned), name)
-            return
-        if kind == "batch_norm":
-            # in eval mode a module with running statistics uses them: -mean/std for zero
-            normed = normalised(x, self.eps_in(module.eps, data[0] if data else None,
-                                                "batch_norm"), module.running_mean is None,
-                                 self.changed(node.args))
-            w = self._param(module, "weight", owned)
-            self._affine(node, product(normed, w)
-                         if getattr(module, "affine", True) and w is not None else normed,
-                         self._param(module, "bias", owned), name)
-            return
-        if kind == "preserving":
-            self._set(node, x, f"{name} at `{node.name}`")
-            return
-        if kind is None:
-            inputs = [self.fact(d) for d in data if d in self._facts]
-            if not owned and all(f == F_ for f in inputs):
-                self._set(node, F_)  # a changed but finite input: finite, as before
-                return
-            self._set(node, U, f"{name} is opaque: {why_not}; it is not known what it computes "
-                               "from a value that may be zero")
-            return
-
-        def param(local: str) -> Fact | None:
-            return self._param(module, local, owned)
-
-        if kind == "declared":
-            facts = [param(n) for n, _ in module.named_parameters(recurse=False)]
-            if not facts:
-                self._set(node, x, f"{name}")
-                return
-            if all(f == Z for f in facts if f is not None):
-                self._set(node, Z if x != U else U)
-            else:
-                self._set(node, U if Z in (x,) + tuple(f for f in facts if f is not None)
-                          else finite(x), f"{name}: declared zero-preserving, but not all of "
-                                          "its parameters are zero")
-            return
-        if kind == "finite":
-            self._set(node, finite(x), f"{name} maps zero to a non-zero value")
-            return
-        if kind == "hardtanh":
-            self._set(node, *clamp_fact(x, module.min_val, module.max_val, name))
-            return
-        if kind == "threshold":
-            self._set(node, *threshold_fact(x, module.threshold, module.value, name))
-            return
-        if kind == "constant_pad":
-            fill = constant_fact(module.value)
-            self._set(node, join(x, fill) if x != U else U, f"{name} pads with {module.value!r}")
-            return
-        if kind == "prelu":
-            self._set(node, x, name)
-            return
-        if kind == "local_response_norm":
-            self._set(node, x if module.k > 0 else
-                      (U if self.changed(node.args) else singular(x)),
-                      f"{name} divides by k + ... with k = {module.k}")
-            return
-        if kind == "bilinear":
-            x2 = self.fact(data[1]) if len(data) > 1 else F_
-            self._affine(node, product(x, x2, param("weight")), param("bias"), name)
-            return
-        if kind == "embedding":
-            self._set(node, param("weight") or F_, f"{name}: its weight is not zero")
-            return
-        if kind == "mha":
-            inputs = [self.fact(d) for d in data]
-            out = product(join(*inputs) if U in inputs else F_, param("out_proj.weight") or F_)
-            out = total(out, param("out_proj.bias") or Z)
-            self._set(node, out, f"{name}: out_proj is not zeroed")
-            self._items[node] = {0: out, 1: finite(join(*inputs)) if inputs else F_}
-            return
-        if kind == "layer_norm":
-            eps = getattr(module, "eps", 1e-5)
-            eps = torch.finfo(torch.float32).eps if eps is None else eps
-            normed = normalised(x, self.eps_in(eps, data[0] if data else None, "layer_norm"),
-                                 True,
-                                 self.changed(node.args))
-            w = param("weight")
-            self._affine(node, product(normed, w) if w is not None else normed,
-                         param("bias"), name)
-            return
-        if kind == "composite":
-            # an opaque leaf whose hidden residual branches are known (zeta_fx.semantics.composite):
-            # with them zeroed it computes its skip (its input, or norms of it)
-            inputs = [self.fact(d) for d in data]
-            worst = join(*inputs) if inputs else F_
-            self._set(node, U if worst == U else (F_ if worst == F_ else P),
-                      f"{name}: its input may be non-finite")
-            return
-        self._set(node, U, f"{name}: no rule for kind {kind}")
-
-    def _affine(self, node: Node, scaled: Fact, bias: Fact | None, name: str) -> None:
-        out = total(scaled, bias) if bias is not None else scaled
-        why = ""
-        if out != Z:
-            if bias is not None and bias != Z and scaled == Z:
-                why = f"{name} adds a bias that is not zeroed"
-            elif scaled == U:
-                why = f"{name}: its input may be non-finite, and 0 * inf is not zero"
-            else:
-                why = f"{name}: its weight is not zeroed"
-        self._set(node, out, why)
-
     # -- functions and methods -------------------------------------------------------------
     def _function(self, node: Node) -> None:
         key, in_place = self.key(node)
@@ -690,7 +505,7 @@ class ZeroFacts:
         sub, tensors = got
         placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
         seeds = {p: self.fact(t) for p, t in zip(placeholders, tensors) if self.changed(t)}
-        facts = ZeroFacts(sub, sub, seeds=seeds, decompositions=None)
+        facts = ZeroFacts(SweepGraph.bare(sub, decompose=False), seeds=seeds)
         out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
         fact = facts.fact(out)
         why = ""
@@ -742,7 +557,7 @@ def zero_inputs_needed(decomposed: tuple[fx.GraphModule, list[Node]]) -> list[No
 
     def zero_with(zeroed: list[Node]) -> bool:
         seeds = {p: Z for p, t in zip(placeholders, tensors) if t in zeroed}
-        return ZeroFacts(sub, sub, seeds=seeds, decompositions=None).fact(out) == Z
+        return ZeroFacts(SweepGraph.bare(sub, decompose=False), seeds=seeds).fact(out) == Z
 
     inputs = list(dict.fromkeys(tensors))
     for size in range(1, len(inputs) + 1):  # the fewest inputs that do it (a few at most)
