@@ -33,37 +33,17 @@ True
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
+from zeta_fx.plan.planner import Branches, Init
 from zeta_fx.plan.records import Action, PlanEntry
 from zeta_fx.rules.selection import Site, Skipped
 
-if TYPE_CHECKING:
-    from zeta_fx.plan.planner import Branches
 
 __all__ = ["Init", "Zero", "ScaledNormal", "Fixup", "Custom", "scaled_normal", "fixup",
            "as_init"]
-
-
-class Init:
-    """Base class: ``name`` (shown in the report and recorded in the plan) and
-    :meth:`actions`, which maps the planner's entries to entries with actions."""
-
-    name = "init"
-
-    def actions(self, entries: list[PlanEntry], branches: "Branches",
-                params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
-        raise NotImplementedError(f"{type(self).__name__} must implement actions()")
-
-    def left_alone(self, entries: list[PlanEntry]) -> list[Skipped]:
-        """The planner's entries this initialiser leaves as they are, each with the reason
-        (the report lists them with the candidates left alone)."""
-        return []
-
-    def __repr__(self) -> str:
-        return self.name
 
 
 class Zero(Init):

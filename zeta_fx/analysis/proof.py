@@ -26,15 +26,14 @@ one value zero), and the check runs again until nothing changes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch.fx import Node
 
 from zeta_fx.analysis.facts.sweep import Fact
 from zeta_fx.rules.selection import Selection, Skipped, Target
+from zeta_fx.analysis.view import GraphView
 
-if TYPE_CHECKING:
-    from zeta_fx.analysis.view import GraphView
 
 __all__ = ["settle"]
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import fx, nn
@@ -45,9 +45,8 @@ from zeta_fx.errors import ExampleInputsError, VerificationError
 from zeta_fx.tensors import byte_span, nonzero_flag
 from zeta_fx.capture.tracer import clone_inputs, leave_no_trace
 from zeta_fx.capture.wrappers import is_sharded
+from zeta_fx.plan.records import Plan
 
-if TYPE_CHECKING:
-    from zeta_fx.plan.records import Plan
 
 __all__ = ["SiteCheck", "check_claims", "graph_args", "check_runnable", "failure_message"]
 

@@ -25,7 +25,7 @@ import bisect
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import fx, nn
@@ -34,14 +34,14 @@ from zeta_fx.errors import (NotAModuleError, PartialWriteError, PlanError, PlanM
                             TiedParameterError, UnsupportedParameterError, VerificationError)
 from zeta_fx.rules.selection import Site
 from zeta_fx.tensors import any_nonzero, byte_span, count_params, is_lazy, is_plain
+from zeta_fx.semantics.modules import pruning_problem
 from zeta_fx.utils import zero_tensor_
 from zeta_fx.apply.verify import SiteCheck, check_claims, check_runnable, failure_message
 from zeta_fx.capture.wrappers import check_writable, unwrap
+from zeta_fx.plan.records import PlanEntry, Plan
 
-if TYPE_CHECKING:
-    from zeta_fx.plan.records import PlanEntry, Plan
 
-__all__ = ["Outcome", "InitSite", "apply_plan", "resolve", "refuse_pruned", "tensor_seed",
+__all__ = ["Outcome", "InitSite", "apply_plan", "resolve", "tensor_seed",
            "check_draw_fits"]
 
 logger = logging.getLogger(__name__)
@@ -314,27 +314,6 @@ def _named_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(inner.named_parameters(remove_duplicate=False))
 
 
-def refuse_pruned(module: nn.Module, owner: str, name: str) -> None:
-    """``torch.nn.utils.prune`` keeps ``{name}_orig`` and a ``{name}_mask`` buffer and
-    recomputes ``name`` in a forward pre-hook: refuse, and say how to make it permanent."""
-    from torch.nn.utils.prune import BasePruningMethod
-
-    base = name.removesuffix("_orig")
-    pruned = any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == base
-                 for h in module._forward_pre_hooks.values())
-    if not pruned and not (f"{base}_mask" in module._buffers
-                           and f"{base}_orig" in module._parameters):
-        return
-    where = f"model.get_submodule({owner!r})" if owner else "model"
-    raise UnsupportedParameterError(
-        f"`{owner + '.' if owner else ''}{base}` (module `{owner or '(root)'}`, "
-        f"{type(module).__name__}) is pruned with torch.nn.utils.prune: its `{base}` is "
-        f"recomputed as `{base}_orig * {base}_mask` by a forward pre-hook on every call, so "
-        "no stored tensor is the weight the rule would zero. Make the pruning permanent "
-        f"first: `torch.nn.utils.prune.remove({where}, {base!r})`, then run the pass; "
-        "nothing was written")
-
-
 def _pruning_owner(model: nn.Module, fqn: str) -> tuple[nn.Module, str, str] | None:
     owner, _, name = fqn.rpartition(".")
     for path in (owner, owner.removeprefix("module."), f"module.{owner}" if owner else owner):
@@ -412,7 +391,9 @@ def resolve(plan: Plan, model: nn.Module, *, allow_tied: bool = False,
             if fqn.endswith("_orig") or _lookup(named, f"{fqn}_orig") is not None:
                 pruning = _pruning_owner(model, fqn)
                 if pruning is not None:
-                    refuse_pruned(*pruning)
+                    problem = pruning_problem(*pruning)
+                    if problem is not None:
+                        raise UnsupportedParameterError(problem)
             if hit is None:
                 if _is_parametrized(model, fqn):
                     raise UnsupportedParameterError(

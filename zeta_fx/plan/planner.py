@@ -24,21 +24,20 @@ for the weights they compute; the initialiser (``init``) sets each entry's actio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
+import torch
 from torch import nn
 from torch.fx import Node
 
-from zeta_fx.apply.write import refuse_pruned
+from zeta_fx.analysis.view import GraphView
 from zeta_fx.errors import UnsupportedParameterError
 from zeta_fx.plan.records import PlanEntry, Plan
 from zeta_fx.rules.selection import Selection, Site, Skipped, Target
+from zeta_fx.semantics.modules import pruning_problem
 
-if TYPE_CHECKING:
-    from zeta_fx.analysis.view import GraphView
-    from zeta_fx.inits import Init
 
-__all__ = ["build_plan", "Branches"]
+__all__ = ["build_plan", "Branches", "Init"]
 
 
 class Branches:
@@ -49,7 +48,7 @@ class Branches:
     layers on a branch, in graph order.
     """
 
-    def __init__(self, view: "GraphView", entries: Iterable[PlanEntry]) -> None:
+    def __init__(self, view: GraphView, entries: Iterable[PlanEntry]) -> None:
         self.view = view
         nodes = view.by_name
         merges = {s.merge for e in entries for s in e.sites if s.kind == "residual" and s.merge}
@@ -87,8 +86,28 @@ class Branches:
         return out
 
 
-def build_plan(view: "GraphView", selection: Selection, rule: str,
-               init: "Init | None" = None, seed: int | None = None) -> Plan:
+class Init:
+    """What the planner asks of an initialiser (the ones users pick are in
+    :mod:`zeta_fx.inits`): ``name`` (shown in the report and recorded in the plan) and
+    :meth:`actions`, which maps the planner's entries to entries with actions."""
+
+    name = "init"
+
+    def actions(self, entries: list[PlanEntry], branches: Branches,
+                params: dict[str, torch.Tensor]) -> Iterable[PlanEntry]:
+        raise NotImplementedError(f"{type(self).__name__} must implement actions()")
+
+    def left_alone(self, entries: list[PlanEntry]) -> list[Skipped]:
+        """The planner's entries this initialiser leaves as they are, each with the reason
+        (the report lists them with the candidates left alone)."""
+        return []
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def build_plan(view: GraphView, selection: Selection, rule: str,
+               init: Init | None = None, seed: int | None = None) -> Plan:
     """Merge a rule's targets by module, drop modules also used where they must not be
     zeroed (a shared module that is last-on-branch at one site and elsewhere in another),
     and let ``init`` (default: zero) set each entry's action."""
@@ -127,7 +146,7 @@ def build_plan(view: "GraphView", selection: Selection, rule: str,
                         seed)
 
 
-def _without_partial_covers(view: "GraphView", targets: list[Target]
+def _without_partial_covers(view: GraphView, targets: list[Target]
                             ) -> tuple[list[Target], list[Skipped]]:
     """Drop the targets of every cover (the layers that together zero one branch) that
     lost a member: a module also used where the rule does not select it is left alone
@@ -154,7 +173,7 @@ def _without_partial_covers(view: "GraphView", targets: list[Target]
         targets = [t for t in targets if not (t.cover in broken and t.module not in shared)]
 
 
-def _planned_params(view: "GraphView", fqns: Iterable[str]) -> dict[str, tuple[int, ...]]:
+def _planned_params(view: GraphView, fqns: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """The stored parameters to zero for a layer's ``fqns``, with their shapes.
 
     ``weight_norm`` (``torch.nn.utils.parametrizations`` or the legacy hook) computes
@@ -188,7 +207,9 @@ def _weight_norm_magnitude(model: nn.Module, fqn: str) -> str:
             "divides by the largest singular value). Remove it with torch.nn.utils.parametrize"
             f".remove_parametrizations(module, {name!r}) before the pass, or leave this layer "
             "out of the rule; nothing was written")
-    refuse_pruned(module, owner, name)
+    problem = pruning_problem(module, owner, name)
+    if problem is not None:
+        raise UnsupportedParameterError(problem)
     hooks = list(module._forward_pre_hooks.values())
     if any(isinstance(h, WeightNorm) and h.name == name for h in hooks):
         return f"{prefix}{name}_g"

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from tabulate import tabulate
 
 from zeta_fx.errors import RenderError
 from zeta_fx.report.picture import DrawResult, GraphSummary, draw_dot, summarize
 from zeta_fx.words import format_shape, numel, plural
+from zeta_fx.analysis.view import GraphView
+from zeta_fx.apply.write import Outcome
+from zeta_fx.plan.records import Plan
 
-if TYPE_CHECKING:
-    from zeta_fx.analysis.view import GraphView
-    from zeta_fx.apply.write import Outcome
-    from zeta_fx.plan.records import Plan
 
 __all__ = ["ZeroInitReport", "format_shape", "plural"]
 

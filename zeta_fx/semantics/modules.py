@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules import module as _global_hooks
 
 __all__ = ["LAYER_PARAMS", "STEADY_KINDS", "STRUCTURED_KINDS", "ZERO_KEEPING_KINDS", "known_module", "class_kind", "opaque_reason",
-           "hooked", "eps_free", "get_local"]
+           "hooked", "eps_free", "get_local", "pruning_problem"]
 
 # Kinds of known leaf modules that, unowned, map a FINITE input to FINITE when the tensors
 # named (read by ZeroFacts._module) are absent or FINITE: product, total and finite of
@@ -200,3 +200,25 @@ def get_local(module: nn.Module, dotted: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+def pruning_problem(module: nn.Module, owner: str, name: str) -> str | None:
+    """``torch.nn.utils.prune`` keeps ``{name}_orig`` and a ``{name}_mask`` buffer and
+    recomputes ``name`` in a forward pre-hook, so no stored tensor is the weight: what to
+    tell the user (how to make the pruning permanent), or ``None`` if ``name`` is not pruned."""
+    from torch.nn.utils.prune import BasePruningMethod
+
+    base = name.removesuffix("_orig")
+    pruned = any(isinstance(h, BasePruningMethod) and getattr(h, "_tensor_name", None) == base
+                 for h in module._forward_pre_hooks.values())
+    if not pruned and not (f"{base}_mask" in module._buffers
+                           and f"{base}_orig" in module._parameters):
+        return None
+    where = f"model.get_submodule({owner!r})" if owner else "model"
+    return (
+        f"`{owner + '.' if owner else ''}{base}` (module `{owner or '(root)'}`, "
+        f"{type(module).__name__}) is pruned with torch.nn.utils.prune: its `{base}` is "
+        f"recomputed as `{base}_orig * {base}_mask` by a forward pre-hook on every call, so "
+        "no stored tensor is the weight the rule would zero. Make the pruning permanent "
+        f"first: `torch.nn.utils.prune.remove({where}, {base!r})`, then run the pass; "
+        "nothing was written")

@@ -23,12 +23,37 @@ marks that occur in the picture and no others.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
-if TYPE_CHECKING:  # the summary's classes call to_dot; this module only reads them
-    from zeta_fx.report.picture.model import GraphSummary, PictureNode
+__all__ = ["to_dot", "longest_prefix", "Box", "Picture"]
 
-__all__ = ["to_dot", "longest_prefix"]
+
+class Box(Protocol):
+    """What a box of the picture holds for drawing (:class:`~zeta_fx.report.picture.PictureNode`)."""
+
+    id: str
+    kind: str
+    lines: tuple[str, ...]
+    group: str
+    module: str
+    detail: str
+    left_alone: bool
+
+
+class Edge(Protocol):
+    src: str
+    dst: str
+    kind: str
+
+
+class Picture(Protocol):
+    """What this module draws (:class:`~zeta_fx.report.picture.GraphSummary`, which calls
+    :func:`to_dot`; so this module names only the shape it reads)."""
+
+    title: str
+    nodes: Sequence[Box]
+    edges: Sequence[Edge]
+    groups: dict[str, str]
 
 # Node kinds and their Graphviz style.
 _STYLE = {
@@ -84,7 +109,7 @@ def longest_prefix(path: str, names: dict[str, str]) -> str:
     return ""
 
 
-def to_dot(summary: "GraphSummary", *, focus: str | Sequence[str] | None = None,
+def to_dot(summary: Picture, *, focus: str | Sequence[str] | None = None,
            rankdir: str = "TB", legend: bool = True) -> str:
     """DOT text of ``summary``; see :meth:`GraphSummary.to_dot` for the options."""
     nodes = {n.id: n for n in summary.nodes}
@@ -116,11 +141,11 @@ def to_dot(summary: "GraphSummary", *, focus: str | Sequence[str] | None = None,
     for g in groups:
         parent = longest_prefix(g.rsplit(".", 1)[0] if "." in g else "", dict.fromkeys(groups))
         children.setdefault(parent, []).append(g)
-    members: dict[str, list["PictureNode"]] = {}
+    members: dict[str, list[Box]] = {}
     for n in nodes.values():
         members.setdefault(n.group if n.group in summary.groups else "", []).append(n)
 
-    def emit_node(n: "PictureNode", indent: str) -> None:
+    def emit_node(n: Box, indent: str) -> None:
         style = _STYLE[n.kind]
         attrs = [style, f"id={_q(n.id)}", f"class={_q(n.kind)}", f"tooltip={_q(n.detail)}"]
         if "label=" not in style:
@@ -165,7 +190,7 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _in_focus(node: "PictureNode", prefixes: tuple[str, ...]) -> bool:
+def _in_focus(node: Box, prefixes: tuple[str, ...]) -> bool:
     paths = [node.group, node.module]
     return any(p == f or p.startswith(f + ".") for p in paths if p for f in prefixes)
 

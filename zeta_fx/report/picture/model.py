@@ -28,7 +28,7 @@ from __future__ import annotations
 import graphlib
 import textwrap
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 from torch.fx import Node
 
@@ -37,10 +37,9 @@ from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.tables import PLUMBING
 from zeta_fx.report.picture.dot import longest_prefix, to_dot
 from zeta_fx.words import format_shape, plural
+from zeta_fx.plan.records import PlanEntry, Plan
+from zeta_fx.rules.selection import Skipped
 
-if TYPE_CHECKING:
-    from zeta_fx.plan.records import PlanEntry, Plan
-    from zeta_fx.rules.families import Skipped
 
 __all__ = ["PictureNode", "PictureEdge", "GraphSummary", "summarize"]
 
