@@ -21,7 +21,7 @@ from zeta_fx.errors import (CaptureError, GateError, ModuleStateWriteError, Plan
                             ZetaFxError)
 from zeta_fx.plan import Action
 from zeta_fx.snapshot import Snapshot
-from zeta_fx.capture.tracer import leave_no_trace
+from zeta_fx.snapshot import leave_no_trace
 
 
 class BatchNormDropout(nn.Module):

@@ -33,8 +33,8 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from zeta_fx.analysis import GraphView, Storages, settle
 from zeta_fx.apply import apply_plan, graph_args, resolve
-from zeta_fx.capture import LeafSpec, capture_model
-from zeta_fx.errors import ExampleInputsError, ZetaFxError
+from zeta_fx.capture import LeafSpec, capture_model, writable
+from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
 from zeta_fx.inits import Init, Zero, as_init
 from zeta_fx.plan import Plan, build_plan, check_seed
 from zeta_fx.report import ZeroInitReport
@@ -82,7 +82,10 @@ class ZeroInitPlan(Plan):
         does not hold the function itself). ``model`` may be wrapped (DDP, ``torch.compile``)
         or sharded with FSDP2.
         """
-        return ZeroInitReport(self, apply_plan(self, model, allow_tied=allow_tied, init=init))
+        if not isinstance(model, nn.Module):
+            raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
+        return ZeroInitReport(self, apply_plan(self, writable(model), allow_tied=allow_tied,
+                                               init=init))
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_in
                      example_kwargs: dict[str, Any] | None = None,
                      leaf_modules: Iterable[LeafSpec] = (),
                      zero_preserving: Iterable[Any] = (),
-                     capture: str = "auto", use_cache_off: bool = True) -> Traced:
+                     capture: str = "auto", use_cache_off: bool = True,
+                     runs: bool = False) -> Traced:
     """Capture ``model`` (:func:`~zeta_fx.capture.capture_model`: every refusal of a bad
     input happens there, before tracing), analyse it, and return ``rule``'s settled
     selection. ``init_pass`` plans and applies what comes out; ``gate_residuals`` gates the
@@ -121,7 +125,7 @@ def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_in
                              example_kwargs=example_kwargs, leaf_modules=leaf_modules,
                              within=[(f"within= of rule {name}", scope)
                                      for name, scope in rule_scopes(rule_obj)],
-                             method=capture, use_cache_off=use_cache_off)
+                             method=capture, use_cache_off=use_cache_off, runs=runs)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
     view = GraphView(captured.gm, captured.model, ops)
     return Traced(captured.model, captured.gm, view, rule_obj,
@@ -171,7 +175,7 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
     verb = "zero_init_pass" if isinstance(initialiser, Zero) else "init_pass"
     traced = trace_and_select(model, rule, verb=verb, example_inputs=example_inputs,
                               example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                              zero_preserving=zero_preserving, capture=capture)
+                              zero_preserving=zero_preserving, capture=capture, runs=verify)
     drawn = seed is None and not isinstance(initialiser, Zero)
     if drawn:
         with torch.random.fork_rng(devices=[]):

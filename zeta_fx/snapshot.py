@@ -1,4 +1,6 @@
-"""What "unchanged" means: the state a call that does not write must leave as it found it.
+"""What "unchanged" means — the state a call that does not write must leave as it found
+it — and running a model so that it is left that way (:func:`leave_no_trace`), for capture
+and verification alike.
 
 Every public verb holds to this contract on every path that does not write by design: a
 dry run, a capture, a verification, gate planning, and every error path. A call that writes
@@ -33,13 +35,17 @@ True
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import fx, nn
 
-__all__ = ["Snapshot"]
+from zeta_fx.errors import ModuleStateWriteError
+
+__all__ = ["Snapshot", "leave_no_trace", "clone_inputs"]
+
 
 _PLAIN = (bool, int, float, str, bytes, type(None))
 
@@ -261,3 +267,147 @@ def _torch_state() -> dict[str, Any]:
         if hooks is not None:
             state[f"global module hooks ({name})"] = tuple(hooks.items())
     return state
+
+
+@contextlib.contextmanager
+def leave_no_trace(model: nn.Module, *, clone_buffers: bool = False) -> Iterator[None]:
+    """Run a capture of ``model`` so that the model and torch's random state are as they were
+    afterwards (the contract of :class:`zeta_fx.snapshot.Snapshot`).
+
+    - The global random generators are forked (``torch.random.fork_rng``: the CPU one and
+      every initialised CUDA device): dropout in a train-mode forward draws from a copy.
+    - Every module's attributes, and the contents of its dicts, lists and sets (parameters,
+      buffers, submodules, hooks, caches), are put back afterwards as objects: a forward that
+      assigns ``self.ema = ...``, a tracer that sets ``_tensor_constant0`` on the root, a
+      hook left registered, are undone without writing a tensor (no ``_version`` moves).
+    - ``clone_buffers=True`` puts a clone in place of every buffer while it runs (the
+      ``torch.func.functional_call`` idea), so that a forward run on real values updates
+      BatchNorm's running statistics in the clones. Writing and restoring would move the
+      buffers' version counters and break a pending ``loss.backward()``. Parameters are
+      not cloned (a forward does not write its parameters).
+    - While it runs, assigning a ``torch.fx.Proxy`` to an attribute of one of the model's
+      modules (symbolic tracing of ``self.steps += 1``) raises
+      :class:`~zeta_fx.errors.ModuleStateWriteError` before the assignment happens. Like
+      ``torch.fx``'s own tracer (which patches ``nn.Module.__call__`` and ``__getattr__``
+      while it traces), this patches ``nn.Module.__setattr__`` for the duration, checking
+      only the model's own modules: do not capture from two threads at once.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> bn = nn.BatchNorm1d(2)
+    >>> version = bn.running_mean._version
+    >>> with leave_no_trace(bn, clone_buffers=True):
+    ...     _ = bn(torch.randn(4, 2))  # train mode: updates the running statistics
+    >>> bn.running_mean.tolist(), bn.running_mean._version == version, int(bn.num_batches_tracked)
+    ([0.0, 0.0], True, 0)
+    """
+    modules = list({id(m): m for m in model.modules()}.values())
+    paths = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(m), path)
+    saved = [(m, dict(vars(m)), {name: _contents(value) for name, value in vars(m).items()
+                                 if isinstance(value, (dict, list, set))}) for m in modules]
+    if clone_buffers:
+        with torch.no_grad():
+            for m in modules:
+                for name, b in m._buffers.items():
+                    if isinstance(b, torch.Tensor):
+                        m._buffers[name] = b.detach().clone()
+    original = nn.Module.__setattr__
+
+    def guarded(module: nn.Module, name: str, value: Any) -> None:
+        if id(module) in paths and _holds_proxy(value):
+            raise _state_write(paths[id(module)], name, module)
+        original(module, name, value)
+
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    nn.Module.__setattr__ = guarded  # type: ignore[method-assign]
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        nn.Module.__setattr__ = original  # type: ignore[method-assign]
+        for m, attributes, contents in saved:
+            _put_back(m, attributes, contents)
+
+
+def _contents(value: dict | list | set) -> Any:
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(
+        value, list) else set(value)
+
+
+def _put_back(module: nn.Module, attributes: dict[str, Any], contents: dict[str, Any]) -> None:
+    """Restore ``module``'s attributes and its containers' items, only where they differ."""
+    now = vars(module)
+    if now.keys() != attributes.keys() or any(now[k] is not v for k, v in attributes.items()):
+        now.clear()
+        now.update(attributes)
+    for name, items in contents.items():
+        container = attributes[name]
+        if isinstance(container, dict):
+            if container.keys() != items.keys() or any(container[k] is not v
+                                                       for k, v in items.items()):
+                container.clear()
+                container.update(items)
+        elif isinstance(container, list):
+            if len(container) != len(items) or any(a is not b for a, b in zip(container, items)):
+                container[:] = items
+        elif container != items:
+            container.clear()
+            container.update(items)
+
+
+def _holds_proxy(value: Any) -> bool:
+    if isinstance(value, fx.Proxy):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_holds_proxy(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_proxy(v) for v in value.values())
+    return False
+
+
+def _state_write(path: str, name: str, module: nn.Module) -> ModuleStateWriteError:
+    fqn = f"{path}.{name}" if path else name
+    where = f"`{path}` ({type(module).__name__})" if path else \
+        f"the model itself ({type(module).__name__})"
+    return ModuleStateWriteError(
+        f"the forward of {where} assigns module state (`self.{name} = ...`, attribute "
+        f"`{fqn}`): symbolic tracing would store a torch.fx Proxy in the module, so the "
+        "assignment was refused and the model is as it was. What to do: pass "
+        "example_inputs=(...) with capture=\"export\" (torch.export records the update as a "
+        "buffer mutation without touching the module), or mark the module a leaf "
+        f"(leaf_modules=[{path!r}]) if its parameters are not the ones to initialise"
+        if path else
+        f"the forward of {where} assigns module state (`self.{name} = ...`, attribute "
+        f"`{fqn}`): symbolic tracing would store a torch.fx Proxy in the module, so the "
+        "assignment was refused and the model is as it was. What to do: pass "
+        "example_inputs=(...) with capture=\"export\" (torch.export records the update as a "
+        "buffer mutation without touching the module)", path, name)
+
+
+def clone_inputs(value: Any) -> Any:
+    """``value`` (tensors nested in tuples, lists and dicts) with every tensor cloned, so
+    that a forward which writes its input in place (``x.mul_(2)``, ``x += f(x)``) writes a
+    copy. ``requires_grad`` is kept; other objects are returned as they are.
+
+    >>> import torch
+    >>> x = torch.ones(2)
+    >>> y, = clone_inputs((x,))
+    >>> _ = y.mul_(2)
+    >>> x.tolist(), x._version
+    ([1.0, 1.0], 0)
+    """
+    if isinstance(value, torch.Tensor):
+        copy = value.detach().clone()
+        if value.requires_grad and (copy.is_floating_point() or copy.is_complex()):
+            copy.requires_grad_(True)
+        return copy
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+        return type(value)(clone_inputs(v) for v in value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(clone_inputs(v) for v in value))
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: clone_inputs(v) for k, v in value.items()}
+    return value

@@ -130,10 +130,13 @@ class GraphIndex:
         self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
         self.declared.update({cls: "composite" for cls in self.ops.composites})
         self._build()
+        #: the dtype of every value (:mod:`zeta_fx.analysis.dtypes`; its sweep runs when
+        #: first asked)
+        self.dtypes = ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
+                                  module_of=self.module)
         #: which values share storage, and which writes each read sees
         self.storage = Storages(self.nodes, self.root, gm=gm, bound=self.bound,
-                                module_of=self.module,
-                                dtype_of=lambda node: self.dtypes[node])
+                                module_of=self.module, dtype_of=self.dtypes.__getitem__)
 
     # -- construction: one sweep in topological order ---------------------------------
     def _index_modules(self) -> None:
@@ -331,12 +334,6 @@ class GraphIndex:
                           keys=self.keys, bound=self.bound, storage=self.storage,
                           dtypes=self.dtypes, decompositions=self.decompositions,
                           kinds=self._kinds, leaves=self._leaves)
-
-    @cached_property
-    def dtypes(self) -> ValueDtypes:
-        """The dtype of every value (:mod:`zeta_fx.analysis.dtypes`), worked out when asked."""
-        return ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
-                           module_of=self.module)
 
     def weight_closure(self, params: Iterable[str]) -> set[Node]:
         """The parameter-only nodes that zeroing ``params`` reaches: their ``get_attr``

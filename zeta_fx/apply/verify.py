@@ -11,7 +11,7 @@ its norms for post-LN).
 planned parameters are swapped for zeros and every buffer for a clone (the
 ``torch.func.functional_call`` idea, applied to every module object the graph reaches):
 eval mode, no grad, the global RNG state forked, and the attributes a leaf's forward
-assigns (``self.calls += 1``) put back (:func:`zeta_fx.capture.tracer.leave_no_trace`). The
+assigns (``self.calls += 1``) put back (:func:`zeta_fx.snapshot.leave_no_trace`). The
 caller's tensors are never written,
 so their values and ``._version`` counters are unchanged and autograd graphs built before
 stay valid. :func:`zeta_fx.apply.apply_plan` writes only if every claim held.
@@ -43,12 +43,11 @@ from torch import fx, nn
 from zeta_fx.semantics.composite import composite_branches, default_composites
 from zeta_fx.errors import ExampleInputsError, VerificationError
 from zeta_fx.tensors import byte_span, nonzero_flag
-from zeta_fx.capture.tracer import clone_inputs, leave_no_trace
-from zeta_fx.capture.wrappers import is_sharded
+from zeta_fx.snapshot import clone_inputs, leave_no_trace
 from zeta_fx.plan.records import Plan
 
 
-__all__ = ["SiteCheck", "check_claims", "graph_args", "check_runnable", "failure_message"]
+__all__ = ["SiteCheck", "check_claims", "graph_args", "failure_message"]
 
 
 @dataclass(frozen=True)
@@ -71,29 +70,6 @@ class SiteCheck:
     def to_dict(self) -> dict[str, Any]:
         return {"node": self.node, "value": self.value, "skip": self.skip, "kind": self.kind,
                 "max_abs": self.max_abs, "ok": self.ok}
-
-
-def check_runnable(model: nn.Module) -> None:
-    """Refuse, before anything is written, models whose forward cannot run here.
-
-    >>> with torch.device("meta"):
-    ...     check_runnable(nn.Linear(2, 2))
-    Traceback (most recent call last):
-    ...
-    zeta_fx.errors.ExampleInputsError: verify=True runs a forward pass, but `weight` is on the meta device ...
-    """
-    meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
-    if meta is not None:
-        raise ExampleInputsError(
-            f"verify=True runs a forward pass, but `{meta}` is on the meta device and holds no "
-            "values. Plan on the meta device with dry_run=True and verify after "
-            "materialising: `zero_init_pass(model, rule, verify=True, example_inputs=...)` on "
-            "the real model; nothing was written")
-    if is_sharded(model):
-        raise ExampleInputsError(
-            "verify=True runs the captured graph in one process, but this model's parameters "
-            "are sharded DTensors. Verify on an unsharded instance (same seed) and apply the "
-            "plan to the sharded model; nothing was written")
 
 
 def graph_args(gm: fx.GraphModule, example_inputs: Any, example_kwargs: dict[str, Any] | None

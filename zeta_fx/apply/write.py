@@ -36,8 +36,7 @@ from zeta_fx.rules.selection import Site
 from zeta_fx.tensors import any_nonzero, byte_span, count_params, is_lazy, is_plain
 from zeta_fx.semantics.modules import pruning_problem
 from zeta_fx.utils import zero_tensor_
-from zeta_fx.apply.verify import SiteCheck, check_claims, check_runnable, failure_message
-from zeta_fx.capture.wrappers import check_writable, unwrap
+from zeta_fx.apply.verify import SiteCheck, check_claims, failure_message
 from zeta_fx.plan.records import PlanEntry, Plan
 
 
@@ -84,6 +83,10 @@ def apply_plan(plan: "Plan", model: nn.Module, *, write: bool = True,
                verify: tuple[fx.GraphModule, list[Any]] | None = None) -> Outcome:
     """Validate ``plan`` against ``model``, then write it (``write=False``: a dry run).
 
+    ``model`` is the model itself: the verbs see through DDP and ``torch.compile`` wrappers
+    and refuse FSDP1 before they get here (capture for the pass,
+    :meth:`zeta_fx.ZeroInitPlan.apply` for a plan), so apply is entered once, with it.
+
     ``verify=(gm, args)`` first checks every claim of the plan on the graph ``gm`` (the one
     the plan was made from) with the planned zeros substituted, and raises
     :class:`~zeta_fx.errors.VerificationError` naming the node if one fails: nothing is
@@ -95,8 +98,6 @@ def apply_plan(plan: "Plan", model: nn.Module, *, write: bool = True,
     plan.validate()  # every field of every entry, before anything else
     if named is None:
         named = _named_params(model)
-    if verify is not None:
-        check_runnable(model)
     callables = [e for e in plan.entries if e.action.kind == "callable"]
     if callables and init is None:
         raise PlanError(
@@ -305,13 +306,10 @@ def _names(names: list[str], limit: int = 8) -> str:
 
 
 def _named_params(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter of the model inside any DDP / torch.compile wrapper, tied ones too,
-    after refusing wrappers whose parameters no FQN can address (FSDP1)."""
+    """Every parameter of the model, tied ones too."""
     if not isinstance(model, nn.Module):
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
-    inner = unwrap(model)[0]
-    check_writable(inner)
-    return dict(inner.named_parameters(remove_duplicate=False))
+    return dict(model.named_parameters(remove_duplicate=False))
 
 
 def _pruning_owner(model: nn.Module, fqn: str) -> tuple[nn.Module, str, str] | None:
@@ -379,7 +377,6 @@ def resolve(plan: Plan, model: nn.Module, *, allow_tied: bool = False,
         raise NotAModuleError(f"a plan applies to an nn.Module, got {type(model).__name__}")
     if named is None:  # a caller that lists the parameters has already checked the model
         named = _named_params(model)
-    model = unwrap(model)[0]  # DDP / torch.compile wrappers add FQN prefixes
     found: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     reasons: dict[torch.dtype, str | None] = {}

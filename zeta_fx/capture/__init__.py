@@ -17,9 +17,10 @@ keyword arguments it was captured with.
 from zeta_fx.capture.front import (Captured, capture_kwargs, capture_model, check_module_names,
                                    nearest_names)
 from zeta_fx.capture.methods import CAPTURE_METHODS, LeafSpec, capture, export_capture
-from zeta_fx.capture.tracer import ZetaTracer, leave_no_trace
-from zeta_fx.capture.wrappers import unwrap
+from zeta_fx.capture.tracer import ZetaTracer
+from zeta_fx.snapshot import leave_no_trace
+from zeta_fx.capture.wrappers import unwrap, writable
 
 __all__ = ["Captured", "capture_model", "capture", "export_capture", "CAPTURE_METHODS",
-           "LeafSpec", "ZetaTracer", "leave_no_trace", "unwrap", "check_module_names",
+           "LeafSpec", "ZetaTracer", "leave_no_trace", "unwrap", "writable", "check_module_names",
            "nearest_names", "capture_kwargs"]

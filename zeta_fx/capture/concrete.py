@@ -34,8 +34,8 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
-from zeta_fx.capture.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
-                            quiet_torch, tied_aliases)
+from zeta_fx.capture.tracer import LeafSpec, ZetaTracer, first_line, quiet_torch, tied_aliases
+from zeta_fx.snapshot import clone_inputs, leave_no_trace
 from zeta_fx.errors import CaptureError
 
 __all__ = ["concrete_capture"]
@@ -48,7 +48,7 @@ def concrete_capture(model: nn.Module, example_inputs: Any = None,
 
     The graph module shares the model's parameters and buffers. The model is run on clones
     of the example inputs, with clones of its buffers and the global random state forked
-    (:func:`~zeta_fx.capture.tracer.leave_no_trace`): its buffers (BatchNorm running statistics:
+    (:func:`~zeta_fx.snapshot.leave_no_trace`): its buffers (BatchNorm running statistics:
     objects, values, version counters), attributes, the inputs and the random state are as
     they were before. Raises ``CaptureError`` (with ``.failure``,
     one line on what failed, and ``.advice``) when the forward cannot be run or traced.

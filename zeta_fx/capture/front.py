@@ -21,12 +21,12 @@ from typing import Any, Iterable
 from torch import fx, nn
 
 from zeta_fx.capture.methods import LeafSpec, capture
-from zeta_fx.capture.wrappers import check_not_sharded, check_traceable, unwrap
-from zeta_fx.errors import (CaptureError, NotAModuleError, UnknownModuleError,
+from zeta_fx.capture.wrappers import see_through
+from zeta_fx.errors import (CaptureError, ExampleInputsError, NotAModuleError, UnknownModuleError,
                             UnsupportedParameterError)
 from zeta_fx.tensors import is_lazy
 
-__all__ = ["Captured", "capture_model", "check_module_names", "nearest_names",
+__all__ = ["Captured", "capture_model", "check_runnable", "check_module_names", "nearest_names",
            "capture_kwargs", "forward_argument_cause"]
 
 
@@ -47,7 +47,8 @@ def capture_model(model: Any, *, verb: str = "zero_init_pass",
                   example_kwargs: dict[str, Any] | None = None,
                   leaf_modules: Iterable[LeafSpec] = (),
                   within: Iterable[tuple[str, str]] = (),
-                  method: str = "auto", use_cache_off: bool = True) -> Captured:
+                  method: str = "auto", use_cache_off: bool = True,
+                  runs: bool = False) -> Captured:
     """Check ``model`` and capture it: the one entrance of every verb that traces.
 
     Refuses, before anything is traced: a non-module, a sharded model (plan on the meta
@@ -55,17 +56,16 @@ def capture_model(model: Any, *, verb: str = "zero_init_pass",
     (``within``: ``(where given, FQN prefix)`` pairs). DDP and ``torch.compile`` wrappers
     are seen through here, once: FQNs are the inner model's own. ``use_cache_off``: capture
     a forward that takes ``use_cache`` with ``use_cache=False`` unless the caller passed it
-    (:func:`capture_kwargs`).
+    (:func:`capture_kwargs`). ``runs``: the model will be run on example inputs
+    (``verify=True``), so it must hold values (:func:`check_runnable`).
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
             f"{verb} expects an nn.Module or a torch.fx.GraphModule, got "
             f"{type(model).__module__}.{type(model).__qualname__}; pass the model itself")
-    model = unwrap(model)[0]
-    if not isinstance(model, fx.GraphModule):  # already traced: sharding is checked below
-        check_traceable(model)
-    params = dict(model.named_parameters())
-    check_not_sharded(model, params)
+    model, params = see_through(model)
+    if runs:
+        check_runnable(model)
     lazy = next((name for name, p in params.items() if is_lazy(p)), None)
     if lazy is not None:
         raise UnsupportedParameterError(
@@ -234,3 +234,23 @@ def forward_argument_cause(model: nn.Module, message: str,
                 f"{type(model).__name__}.forward: pass a value for it in example_kwargs "
                 "that the capture can follow (a tensor, or None/False to turn it off).")
     return None
+
+
+def check_runnable(model: nn.Module) -> None:
+    """Refuse, before anything is traced, a model that will be run (``verify=True``) but
+    cannot run here.
+
+    >>> import torch
+    >>> with torch.device("meta"):
+    ...     check_runnable(nn.Linear(2, 2))
+    Traceback (most recent call last):
+    ...
+    zeta_fx.errors.ExampleInputsError: verify=True runs a forward pass, but `weight` is on the meta device ...
+    """
+    meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None:
+        raise ExampleInputsError(
+            f"verify=True runs a forward pass, but `{meta}` is on the meta device and holds no "
+            "values. Plan on the meta device with dry_run=True and verify after "
+            "materialising: `zero_init_pass(model, rule, verify=True, example_inputs=...)` on "
+            "the real model; nothing was written")

@@ -24,8 +24,8 @@ from torch import fx, nn
 
 from zeta_fx.capture.concrete import concrete_capture
 from zeta_fx.errors import CaptureError, ModuleStateWriteError
-from zeta_fx.capture.tracer import (LeafSpec, ZetaTracer, clone_inputs, first_line, leave_no_trace,
-                            quiet_torch, tied_aliases)
+from zeta_fx.capture.tracer import LeafSpec, ZetaTracer, first_line, quiet_torch, tied_aliases
+from zeta_fx.snapshot import clone_inputs, leave_no_trace
 
 __all__ = ["ZetaTracer", "capture", "export_capture", "LeafSpec", "CAPTURE_METHODS",
            "quiet_torch"]
@@ -46,7 +46,7 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
     shares the model's parameters: nothing is copied, so models on the meta device trace
     too (symbolically or with export).
 
-    Capture leaves no trace (:func:`zeta_fx.capture.tracer.leave_no_trace`): the model's attributes,
+    Capture leaves no trace (:func:`zeta_fx.snapshot.leave_no_trace`): the model's attributes,
     parameters, buffers (objects, values and version counters), hooks and modes, the example
     inputs and torch's global random state are as they were, whichever method ran and
     whether it succeeded or failed. A forward that assigns module state (``self.steps +=

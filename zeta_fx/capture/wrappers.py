@@ -22,11 +22,11 @@ from __future__ import annotations
 import sys
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from zeta_fx.errors import UnsupportedWrapperError
 
-__all__ = ["unwrap", "check_traceable", "check_not_sharded", "check_writable", "is_sharded"]
+__all__ = ["see_through", "writable", "unwrap", "check_traceable", "check_not_sharded", "check_writable"]
 
 
 def _is_compiled(module: nn.Module) -> bool:
@@ -64,16 +64,34 @@ def _fsdp1_modules(model: nn.Module) -> list[str]:
             if isinstance(m, FullyShardedDataParallel)]
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """Whether any parameter of ``model`` is a ``DTensor`` (FSDP2, tensor parallel).
+def see_through(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The model to trace inside any DDP / ``torch.compile`` wrappers, and its parameters;
+    refuses what cannot be traced as it is (FSDP1, FSDP2, DTensor parameters).
 
-    >>> is_sharded(nn.Linear(2, 2))
-    False
+    >>> inner, params = see_through(nn.DataParallel(nn.Linear(2, 2)))
+    >>> type(inner).__name__, sorted(params)
+    ('Linear', ['bias', 'weight'])
     """
-    if "torch.distributed.tensor" not in sys.modules:
-        return False
-    from torch.distributed.tensor import DTensor
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    model = unwrap(model)[0]
+    if not isinstance(model, fx.GraphModule):  # already traced: its parameters are checked
+        check_traceable(model)
+    params = dict(model.named_parameters())
+    check_not_sharded(model, params)
+    return model, params
+
+
+def writable(model: nn.Module) -> nn.Module:
+    """The model a plan writes: inside any DDP / ``torch.compile`` wrappers (FQNs are the
+    inner model's own); refuses FSDP1, whose flat parameters no FQN addresses. FSDP2 and
+    DTensor parameters are written shard by shard.
+
+    >>> inner = nn.Linear(2, 2)
+    >>> writable(nn.DataParallel(inner)) is inner
+    True
+    """
+    inner = unwrap(model)[0]
+    check_writable(inner)
+    return inner
 
 
 def check_writable(model: nn.Module) -> None:
