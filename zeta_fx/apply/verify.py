@@ -32,7 +32,6 @@ stay valid. :func:`zeta_fx.apply.apply_plan` writes only if every claim held.
 
 from __future__ import annotations
 
-import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -40,7 +39,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import fx, nn
 
-from zeta_fx.semantics.composite import composite_branches, default_composites
+from zeta_fx.semantics.composite import composite_branches, composite_skip, default_composites
 from zeta_fx.errors import ExampleInputsError, VerificationError
 from zeta_fx.tensors import byte_span, nonzero_flag
 from zeta_fx.snapshot import clone_inputs, leave_no_trace
@@ -249,54 +248,6 @@ def _zero_check(value: Any) -> tuple[bool, float | None]:
     return False, float(value.detach().to(wide).abs().max())
 
 
-# -- composite leaves: what the layer computes once its hidden branches are zero ------------
-
-def _bound(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return dict(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
-    except (TypeError, ValueError):
-        return {}
-
-
-def _encoder_layer_skip(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x if layer.norm_first else layer.norm2(layer.norm1(x))
-
-
-def _decoder_layer_skip(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x if layer.norm_first else layer.norm3(layer.norm2(layer.norm1(x)))
-
-
-def _layer_skip(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, nn.TransformerDecoderLayer):
-        return _decoder_layer_skip(layer, x)
-    if isinstance(layer, nn.TransformerEncoderLayer):
-        return _encoder_layer_skip(layer, x)
-    raise TypeError(f"{type(layer).__name__} is not a torch transformer layer")
-
-
-def _stack_skip(stack: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    for layer in stack.layers:
-        x = _layer_skip(layer, x)
-    return stack.norm(x) if stack.norm is not None else x
-
-
-def _composite_skip(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-                    ) -> torch.Tensor | None:
-    """The value ``module`` computes once all its hidden residual branches are zero, from
-    its recorded inputs; None for a leaf type whose skip is not known here."""
-    bound = _bound(module, args, kwargs)
-    if isinstance(module, nn.Transformer):
-        return _stack_skip(module.decoder, bound["tgt"]) if "tgt" in bound else None
-    if isinstance(module, nn.TransformerEncoderLayer) and "src" in bound:
-        return _encoder_layer_skip(module, bound["src"])
-    if isinstance(module, nn.TransformerDecoderLayer) and "tgt" in bound:
-        return _decoder_layer_skip(module, bound["tgt"])
-    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)):
-        x = bound.get("src", bound.get("tgt"))
-        return _stack_skip(module, x) if isinstance(x, torch.Tensor) else None
-    return None
-
-
 def _composite_tensors(module: nn.Module) -> list[torch.Tensor]:
     """The tensors that end the hidden residual branches of ``module``."""
     out = []
@@ -385,7 +336,7 @@ class _ClaimChecker(fx.Interpreter):
     def _composite(self, n: fx.Node, out: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                    ) -> tuple[bool, float | None]:
         module = self.fetch_attr(n.target)
-        expected = _composite_skip(module, args, kwargs)
+        expected = composite_skip(module, args, kwargs)
         if expected is None:
             return False, None
         rest = [t for t in _composite_tensors(module) if id(t) not in self.zeros]

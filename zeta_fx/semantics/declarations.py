@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from zeta_fx.semantics.composite import CompositeFn, default_composites
+from zeta_fx.semantics.composite import Composite, default_composites
 from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.modules import LAYER_PARAMS, get_local, known_module
 
@@ -38,7 +38,7 @@ class ZeroOps:
     ``composites`` maps opaque leaf types to their hidden residual branches.
     """
 
-    composites: dict[type[nn.Module], CompositeFn] = field(default_factory=dict)
+    composites: dict[type[nn.Module], Composite] = field(default_factory=dict)
     declared_keys: frozenset[str] = frozenset()
     declared_modules: tuple[type[nn.Module], ...] = ()
 
