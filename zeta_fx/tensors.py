@@ -16,14 +16,23 @@ from torch import nn
 # the lazy mixin: Parameter's metaclass makes isinstance(p, UninitializedParameter) slow
 from torch.nn.parameter import UninitializedTensorMixin
 
-__all__ = ["any_nonzero", "nonzero_flag", "byte_span", "count_params", "is_plain", "is_lazy",
+from zeta_fx.errors import UnsupportedParameterError
+
+__all__ = ["any_nonzero", "nonzero_flag", "byte_span", "count_params", "is_plain", "lazy_error",
            "fetch_attr"]
 
 
-def is_lazy(tensor: Any) -> bool:
-    """Whether ``tensor`` is an uninitialised lazy parameter or buffer (no values yet: one
-    forward pass materialises it). Capture and apply refuse these; nothing else needs to."""
-    return isinstance(tensor, UninitializedTensorMixin)
+def lazy_error(named: dict[str, Any], then: str) -> UnsupportedParameterError | None:
+    """The refusal of the first uninitialised lazy parameter in ``named`` (no values yet:
+    one forward pass materialises it), or ``None``; ``then`` says what to run after
+    materialising. Capture refuses them before tracing, apply before writing a plan."""
+    lazy = next((name for name, t in named.items()
+                 if isinstance(t, UninitializedTensorMixin)), None)
+    if lazy is None:
+        return None
+    return UnsupportedParameterError(
+        f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to materialise "
+        f"the lazy modules, then {then}; nothing was written")
 
 
 def is_plain(tensors: list[torch.Tensor]) -> bool:

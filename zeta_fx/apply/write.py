@@ -33,7 +33,7 @@ from torch import fx, nn
 from zeta_fx.errors import (NotAModuleError, PartialWriteError, PlanError, PlanMismatchError,
                             TiedParameterError, UnsupportedParameterError, VerificationError)
 from zeta_fx.rules.selection import Site
-from zeta_fx.tensors import any_nonzero, byte_span, count_params, is_lazy, is_plain
+from zeta_fx.tensors import any_nonzero, byte_span, count_params, is_plain, lazy_error
 from zeta_fx.semantics.modules import pruning_problem
 from zeta_fx.utils import zero_tensor_
 from zeta_fx.apply.verify import SiteCheck, check_claims, failure_message
@@ -402,11 +402,9 @@ def resolve(plan: Plan, model: nn.Module, *, allow_tied: bool = False,
                                 "a parameter of this model")
                 continue
             name, tensor = hit
-            if is_lazy(tensor):
-                raise UnsupportedParameterError(
-                    f"`{name}` (module `{entry.module}`) is an uninitialised lazy parameter; "
-                    "run one forward pass to materialise the lazy modules, then apply the "
-                    "pass; nothing was written")
+            lazy = lazy_error({name: tensor}, "apply the plan")
+            if lazy is not None:
+                raise lazy
             if tuple(tensor.shape) != tuple(shape):
                 problems.append(f"`{name}` has shape {tuple(tensor.shape)}, the plan expects "
                                 f"{tuple(shape)}")

@@ -22,9 +22,9 @@ from torch import fx, nn
 
 from zeta_fx.capture.methods import LeafSpec, capture
 from zeta_fx.capture.wrappers import see_through
-from zeta_fx.errors import (CaptureError, ExampleInputsError, NotAModuleError, UnknownModuleError,
-                            UnsupportedParameterError)
-from zeta_fx.tensors import is_lazy
+from zeta_fx.errors import (CaptureError, ExampleInputsError, NotAModuleError,
+                            UnknownModuleError)
+from zeta_fx.tensors import lazy_error
 
 __all__ = ["Captured", "capture_model", "check_runnable", "check_module_names", "nearest_names",
            "capture_kwargs", "forward_argument_cause"]
@@ -66,11 +66,9 @@ def capture_model(model: Any, *, verb: str = "zero_init_pass",
     model, params = see_through(model)
     if runs:
         check_runnable(model)
-    lazy = next((name for name, p in params.items() if is_lazy(p)), None)
+    lazy = lazy_error(params, f"run {verb}")
     if lazy is not None:
-        raise UnsupportedParameterError(
-            f"`{lazy}` is an uninitialised lazy parameter; run one forward pass to "
-            f"materialise the lazy modules, then run {verb}; nothing was written")
+        raise lazy
     leaf_modules = tuple(leaf_modules)
     check_module_names(model, leaf_modules=leaf_modules, within=list(within))
     notes: tuple[str, ...] = ()
