@@ -48,7 +48,8 @@ from zeta_fx.gates.gate import GatesReport, gate_residuals
 from zeta_fx.capture.methods import CAPTURE_METHODS, LeafSpec
 from zeta_fx.errors import CaptureError, UnknownModuleError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
-from zeta_fx.rules.families import ALIASES, get_rule, list_rules
+from zeta_fx.rules.base import get_rule
+from zeta_fx.rules.registry import ALIASES, list_rules
 from zeta_fx.report.picture.render import check_folder
 from zeta_fx.capture import check_module_names
 

@@ -121,7 +121,7 @@ from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.tables import (CHANNELS_FIRST, DIVIDE, LAYOUT_OPS, MULTIPLY,
                                       PASS_THROUGH)
 from zeta_fx.analysis.joins import Join
-from zeta_fx.rules.families import Rule
+from zeta_fx.rules.base import Rule
 from zeta_fx.api import trace_and_select
 from zeta_fx.rules.selection import Selection, Skipped, Target
 from zeta_fx.capture.tracer import first_line

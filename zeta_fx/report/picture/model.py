@@ -40,7 +40,7 @@ from zeta_fx.words import format_shape, plural
 
 if TYPE_CHECKING:
     from zeta_fx.plan.records import PlanEntry, Plan
-    from zeta_fx.rules.families import Skipped
+    from zeta_fx.rules.selection import Skipped
 
 __all__ = ["PictureNode", "PictureEdge", "GraphSummary", "summarize"]
 
