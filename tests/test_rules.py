@@ -316,8 +316,8 @@ def test_registry_decorator_passes_options_through():
         with pytest.raises(TypeError, match="apply to a rule name"):
             get_rule(OutputLayer(), within="h.0")
     finally:
-        from zeta_fx.rules import families
-        families._REGISTRY.pop("test_attention_out", None)
+        from zeta_fx.rules import registry
+        registry._REGISTRY.pop("test_attention_out", None)
 
 
 def test_unknown_rule_name_lists_valid_names_and_closest_match():

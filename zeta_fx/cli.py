@@ -44,11 +44,13 @@ from torch import nn
 
 from zeta_fx import inits
 from zeta_fx.api import init_pass, zero_init_pass
-from zeta_fx.gates.gate import GatesReport, gate_residuals
+from zeta_fx.gates.entry import gate_residuals
+from zeta_fx.gates.report import GatesReport
 from zeta_fx.capture.methods import CAPTURE_METHODS, LeafSpec
 from zeta_fx.errors import CaptureError, UnknownModuleError, ZetaFxError
 from zeta_fx.models import GPT, SEResNet
-from zeta_fx.rules.families import ALIASES, get_rule, list_rules
+from zeta_fx.rules.base import get_rule
+from zeta_fx.rules.registry import ALIASES, list_rules
 from zeta_fx.report.picture.render import check_folder
 from zeta_fx.capture import check_module_names
 

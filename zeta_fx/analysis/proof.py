@@ -11,7 +11,7 @@ one value zero), and the check runs again until nothing changes.
 >>> import torch
 >>> from torch import fx, nn
 >>> from zeta_fx.analysis.view import GraphView
->>> from zeta_fx.rules.families import ResidualBranchLast
+>>> from zeta_fx.rules import ResidualBranchLast
 >>> class Block(nn.Module):
 ...     def __init__(self):
 ...         super().__init__()

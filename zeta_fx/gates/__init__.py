@@ -5,6 +5,8 @@ branch (in the user's own module tree), or a ``GraphModule`` where a gate must s
 merge itself and the caller asked for one; and a :class:`GatesReport`.
 """
 
-from zeta_fx.gates.gate import META_KEY, Gate, GateHook, GatesReport, gate_residuals
+from zeta_fx.gates.entry import gate_residuals
+from zeta_fx.gates.inplace import GateHook
+from zeta_fx.gates.report import META_KEY, Gate, GatesReport
 
 __all__ = ["gate_residuals", "Gate", "GatesReport", "GateHook", "META_KEY"]

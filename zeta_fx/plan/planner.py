@@ -8,7 +8,7 @@ for the weights they compute; the initialiser (``init``) sets each entry's actio
 >>> from torch import fx, nn
 >>> from zeta_fx.analysis.view import GraphView
 >>> from zeta_fx.analysis.proof import settle
->>> from zeta_fx.rules.families import ResidualBranchLast
+>>> from zeta_fx.rules import ResidualBranchLast
 >>> class Block(nn.Module):
 ...     def __init__(self):
 ...         super().__init__()
