@@ -92,6 +92,9 @@ class Layers:
 
     ``graph`` is the index; ``facts(zeroed, nodes)`` runs the zero facts (a declared
     module, or a layer made of ops on parameters, is zeroable only if they prove it).
+
+    Long because "what must be zero for this node to be zero" (:meth:`groups`) is asked of
+    every op kind a layer can be made of; the rest are memoised walks over parameters.
     """
 
     def __init__(self, graph: GraphIndex,

@@ -49,6 +49,9 @@ class ZeroInitReport:
     left alone, with its reason. ``str(report)`` is a table; ``report.table(tablefmt)``
     takes any tabulate format, and so does ``format(report, "github")``. A report made by
     a pass (not by ``plan.apply``) can also be drawn (:meth:`to_dot`, :meth:`draw`).
+
+    The class is long because it is the user's whole surface of a result (properties, the
+    table, JSON, the picture); each method is short and reads only the plan and outcome.
     """
 
     def __init__(self, plan: "Plan", outcome: "Outcome", *,

@@ -71,6 +71,12 @@ class ZeroFacts(ModuleSteps):
 
     ``facts[node]`` is a :class:`Fact`; ``why(node)`` explains one that is not ``ZERO``
     where its inputs were; ``changed(node)`` tells whether the zeroing reaches it at all.
+
+    The class is long because it is the driver of an abstract interpretation: the queries
+    the transfer functions ask (``operand``, ``fact_at``, ``eps_in``, ...), the sweep, and
+    the step for functions and methods (the module step is
+    :class:`~zeta_fx.analysis.facts.modules.ModuleSteps`; the per-op transfer functions
+    are :mod:`zeta_fx.semantics.transfer`). All its state is the facts of one sweep.
     """
 
     def __init__(self, graph: SweepGraph | fx.GraphModule, root: nn.Module | None = None, *,

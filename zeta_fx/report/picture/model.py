@@ -126,7 +126,11 @@ def summarize(view: GraphView, plan: "Plan", skipped: Iterable["Skipped"] = (), 
 
 
 class _Summarizer:
-    """One summary: what each node is, which plain runs collapse, then boxes and edges."""
+    """One summary: what each node is, which plain runs collapse, then boxes and edges.
+
+    Long because a picture has many small decisions (labels, clusters, collapsing runs
+    without making a cycle); it lives for one call of :func:`summarize`, and every method
+    is one of those decisions."""
 
     def __init__(self, view: GraphView, plan: "Plan", skipped: list["Skipped"],
                  applied: bool) -> None:
