@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 # The summary line every report prints (str(report) ends its touched table with it).
 REPORT_LINE = re.compile(r"rule \S.* (zeroed|would zero \(dry run\)) \d+ parameters in \d+ "

@@ -14,7 +14,7 @@ import torch
 
 from zeta_fx.models import GPT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_benchmarks():

@@ -16,7 +16,7 @@ from torch import nn
 from zeta_fx import ZeroInitPlan
 from zeta_fx.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILT: list[nn.Module] = []
 
 
@@ -346,7 +346,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     is written (made certain here by closing the pipe's read end first)."""
     read, write = os.pipe()
     os.close(read)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / "tests"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(Path(__file__).resolve().parent))
     try:
         proc = subprocess.run([sys.executable, "-m", "zeta_fx", "plan", "test_cli:chatty",
                                "--format", "json"], stdout=write, stderr=subprocess.PIPE,

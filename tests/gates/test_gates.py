@@ -555,7 +555,7 @@ def test_example_draws_every_curve_and_gates_every_block(tmp_path):
     import xml.etree.ElementTree as ET
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "curves.svg"
     env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.run([sys.executable, str(root / "examples" / "deep_mlp_rezero.py"),
