@@ -10,9 +10,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from zeta_fx.models import GPT
+
+pytestmark = pytest.mark.slow  # runs the benchmark's cases
 
 ROOT = Path(__file__).resolve().parents[2]
 
