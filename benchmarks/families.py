@@ -1,4 +1,4 @@
-"""Pass time and capture method for each Hugging Face family of ``tests/test_transformers.py``.
+"""Pass time and capture method for each Hugging Face family of ``tests/libraries/test_transformers.py``.
 
     python benchmarks/families.py
 
@@ -15,7 +15,8 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "libraries")]  # claims.py, test_transformers.py
 
 import test_transformers as families  # noqa: E402
 from zeta_fx import zero_init_pass  # noqa: E402

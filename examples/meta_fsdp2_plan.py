@@ -69,14 +69,24 @@ def rank_main(rank: int, port: int, plan_path: str) -> None:
 
         in_place = all(p.to_local().data_ptr() == pointers[n]
                        for n, p in model.named_parameters())
+        # what this rank holds: zeros exactly where the plan says (LayerNorm biases start
+        # at zero by their own init, so they are left out of "non-zero")
+        local = {n: p.to_local() for n, p in model.named_parameters()}
+        shards_zero = all(not local[n].any() for n in plan.params)
+        shards_live = all(t.any() for n, t in local.items()
+                          if n not in plan.params and "ln_" not in n and t.numel())
         full = {n: p.full_tensor() for n, p in model.named_parameters()}  # only to show it
         zero = all(not full[n].any() for n in plan.params)
         live = all(full[n].any() for n in full if n not in plan.params and "ln_" not in n)
         if rank == 0:
             print(report)
-            print(f"rank 0: local shards written in place: {in_place}; planned tensors zero: "
-                  f"{zero}; all others untouched and non-zero: {live}")
-        if not (in_place and zero and live):
+            print(f"rank 0: full tensors: planned ones zero: {zero}; all others untouched "
+                  f"and non-zero: {live}", flush=True)
+        dist.barrier()  # rank 0's report first
+        print(f"rank {rank}: local shards written in place: {in_place}; shards of the "
+              f"{len(plan.params)} planned tensors zero: {shards_zero}; all other shards "
+              f"non-zero: {shards_live}", flush=True)
+        if not (in_place and shards_zero and shards_live and zero and live):
             raise SystemExit(f"rank {rank}: the plan was not applied as expected")
         dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:

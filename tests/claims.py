@@ -5,7 +5,7 @@ equals its skip value exactly, for every input, with no NaN/Inf; nothing the rep
 list changed by a single bit; the skip is never zeroed. This module checks those claims
 without asking the code under test how it reasoned: of zeta_fx it uses only the verb
 (``zero_init_pass``) and the capture (the graph the pass saw), never the analysis, facts,
-joins, proof or rules (``tests/test_layers.py`` checks its imports). It looks at tensors
+joins, proof or rules (``tests/test_layout.py`` checks its imports). It looks at tensors
 before and after, at what the model computes on random inputs, and at the values of the
 captured graph's nodes that each report row names in its ``site``.
 

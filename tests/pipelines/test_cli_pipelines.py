@@ -144,6 +144,7 @@ def test_gate_unknown_rule_is_one_line(capsys):
     assert code == 2 and "Did you mean 'zero_init_last'?" in err
 
 
+@pytest.mark.slow  # transformers' Llama through the command line
 def test_gate_on_llama_without_use_cache_says_to_pass_it(capsys):
     """gate_residuals captures with the user's arguments only (its graph is called with
     them): the error names the cache argument and the flag that fixes it; with the flag,

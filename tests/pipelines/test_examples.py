@@ -9,13 +9,29 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each example is a fresh Python process
+
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 # The summary line every report prints (str(report) ends its touched table with it).
 REPORT_LINE = re.compile(r"rule \S.* (zeroed|would zero \(dry run\)) \d+ parameters in \d+ "
                          r"modules|rule \S.* found nothing to zero|"
                          r"rule \S.* gated \d+ residual joins?")
 ZERO_TENSOR = re.compile(r"tensor\(\[[\[\]0.,\s]*\]")
+# The point of an example, in the lines it prints (each example also checks it itself and
+# exits non-zero when it does not hold).
+POINTS = {
+    # the compiled GPT runs on the zeroed parameters, which are zero, and matches eager
+    "gpt_compile.py": [r"zeroed parameters: [1-9]\d*, all zero: True",
+                       r"compiled \(aot_eager\) == eager: True; graphs compiled: 1; "
+                       r"graph breaks: 0"],
+    # each FSDP2 rank's local shards: zero exactly where the plan says, non-zero elsewhere
+    "meta_fsdp2_plan.py": [
+        rf"rank {rank}: local shards written in place: True; shards of the [1-9]\d* planned "
+        r"tensors zero: True; all other shards non-zero: True" for rank in (0, 1)]
+    + [r"rank 0: full tensors: planned ones zero: True; all others untouched and non-zero: "
+       r"True"],
+}
 
 
 def test_there_are_examples():
@@ -37,3 +53,9 @@ def test_example_runs(script, tmp_path):
         assert all(ZERO_TENSOR.fullmatch(t) for t in tensors), proc.stdout
     else:
         assert REPORT_LINE.search(proc.stdout), f"{script.name} printed no report:\n{proc.stdout}"
+    for point in POINTS.get(script.name, ()):
+        assert re.search(point, proc.stdout), f"{script.name}: no `{point}` in:\n{proc.stdout}"
+
+
+def test_every_point_names_an_example():
+    assert set(POINTS) <= {p.name for p in EXAMPLES}

@@ -54,6 +54,7 @@ def test_alpha_zero_makes_each_gated_branch_add_nothing(name):
         assert torch.equal(_output(model(*x)), _output(zeroed(*x)))
 
 
+@pytest.mark.slow  # transformers' Llama, generate and torch.compile
 def test_gated_llama_generates_keeps_config_kwargs_batch_sizes_and_compiles():
     model, x = _build("hf_llama")
     cls, config = type(model), model.config
@@ -137,6 +138,7 @@ def test_bad_init_changes_nothing():
     assert not any(m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow  # a diffusers model
 def test_diffusers_dit_gates_every_branch_in_place():
     """diffusers' DiT divides its attention output by ``rescale_output_factor`` before the
     merge: a division by a constant is linear, so that branch is gated in place too."""

@@ -446,6 +446,7 @@ def test_report_is_plain_data():
 
 # -- torch.compile ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # torch.compile
 def test_gated_module_compiles_without_graph_breaks_and_trains_alpha():
     torch._dynamo.reset()
     try:
@@ -531,6 +532,7 @@ def _fsdp_worker(rank: int, port: int) -> None:
     leave()  # gloo's threads can abort a finished rank at interpreter teardown
 
 
+@pytest.mark.slow  # two spawned gloo processes
 def test_gated_module_trains_under_fsdp2_on_two_gloo_ranks():
     import torch.distributed as dist
 
@@ -550,12 +552,13 @@ def test_zero_dim_parameters_are_what_fsdp2_refuses():
 
 # -- the example ------------------------------------------------------------------------------
 
+@pytest.mark.slow  # runs the example in a fresh process
 def test_example_draws_every_curve_and_gates_every_block(tmp_path):
     import subprocess
     import xml.etree.ElementTree as ET
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "curves.svg"
     env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.run([sys.executable, str(root / "examples" / "deep_mlp_rezero.py"),

@@ -10,11 +10,14 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from zeta_fx.models import GPT
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # runs the benchmark's cases
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_benchmarks():

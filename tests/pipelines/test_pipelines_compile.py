@@ -17,6 +17,8 @@ from zeta_fx import zero_init_pass
 from zeta_fx.models import GPT, SEResNet
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
 
+pytestmark = pytest.mark.slow  # torch.compile: seconds per model
+
 CASES = {
     "seresnet": (SEResNet, lambda: torch.randn(2, 3, 16, 16), "residual_branch_last"),
     "gpt": (lambda: GPT(n_layer=2), lambda: torch.randint(0, 64, (2, 8)),

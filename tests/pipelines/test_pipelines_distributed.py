@@ -22,8 +22,9 @@ from zeta_fx.models import GPT
 from zeta_fx import ZeroInitPlan
 from zeta_fx.rules import OutputLayer, ResidualBranchLast
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="needs torch.distributed with gloo")
+pytestmark = [pytest.mark.slow,  # two spawned gloo processes
+              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="needs torch.distributed with gloo")]
 
 WORLD = 2
 TIMEOUT_S = 120  # whole run, both ranks; a hung collective fails the test instead of hanging it

@@ -20,7 +20,6 @@ from torch._decomp import decomposition_table
 
 from zeta_fx.semantics import module_effects, op_effects, schema_effects
 from zeta_fx.semantics.dtypes import computation_dtype, in_dtype, rounds_to_zero
-from zeta_fx.analysis.storage import Storages
 
 
 def _bound(name: str) -> str:
@@ -175,58 +174,6 @@ def test_constants_in_the_dtype_the_op_computes_in():
     z = torch.zeros(2, 8, dtype=torch.float16)
     assert torch.isfinite(F.layer_norm(z, (8,), eps=1e-12)).all()
     assert not torch.isfinite(F.normalize(z)).all()
-
-
-# -- storages: which reads see which writes ------------------------------------------------
-
-def _stale(fn):
-    gm = fx.symbolic_trace(fn)
-    storage = Storages(list(gm.graph.nodes), gm)
-    return {(v.name, r.name): [w.name for w in ws] for r in gm.graph.nodes
-            for v, ws in storage.stale_reads(r)}, storage
-
-
-@pytest.mark.parametrize("write", [
-    lambda x: x.T.mul_(2), lambda x: x.data.clamp_(0), lambda x: x.view(-1).add_(1),
-    lambda x: x.to(x.dtype).mul_(2), lambda x: x.detach().zero_(),
-    lambda x: torch.add(x, 1, out=x), lambda x: F.silu(x, inplace=True),
-    lambda x: x.unfold(1, 2, 2).mul_(0), lambda x: x[:, :2].mul_(0),
-], ids=["T", "data", "view", "to", "detach", "out", "inplace", "unfold", "slice"])
-def test_a_write_through_any_alias_is_seen_by_later_reads(write):
-    def f(x):
-        write(x)
-        return x + 1
-    stale, storage = _stale(f)
-    last = storage.nodes[-2].name  # the `x + 1` the output returns
-    assert any(v == "x" and r == last for v, r in stale), stale
-
-
-def test_reads_before_the_write_and_copies_are_not_stale():
-    def f(x):
-        y = x + 1           # read before the write
-        c = x.clone()
-        x.mul_(2)
-        return y + c
-    stale, _ = _stale(f)
-    assert stale == {}
-
-
-def test_a_module_state_write_is_seen_by_every_other_read():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("steps", torch.zeros(()))
-
-        def forward(self, x):
-            y = x * self.steps
-            self.steps.add_(1)   # read before, written after: seen by the next call
-            return y
-    tracer = fx.Tracer()
-    tracer.proxy_buffer_attributes = True
-    gm = fx.GraphModule(M(), tracer.trace(M()))
-    storage = Storages(list(gm.graph.nodes), gm)
-    mul = next(n for n in gm.graph.nodes if n.name == "mul")
-    assert [w.name for _, ws in storage.stale_reads(mul) for w in ws] == ["add_"]
 
 
 # -- composite ops read through torch's decompositions ---------------------------------------

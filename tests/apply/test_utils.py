@@ -10,7 +10,7 @@ from torch import nn
 from zeta_fx import NoWeightError
 from zeta_fx.utils import exists, init_zero_
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_init_zero_linear_in_place_keeps_dtype_device_grad():

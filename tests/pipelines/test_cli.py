@@ -16,7 +16,7 @@ from torch import nn
 from zeta_fx import ZeroInitPlan
 from zeta_fx.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUILT: list[nn.Module] = []
 
 
@@ -149,6 +149,7 @@ def test_debug_shows_the_traceback_and_still_exits_2(capsys):
     assert "UsageError: cannot import module 'no_such_pkg.models'" in err
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_installed_entry_point_plans_resnet50_and_draws(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
@@ -233,6 +234,7 @@ def _console_script(tmp_path: Path) -> Path:
     return script
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_factory_in_the_current_directory_is_found_like_python_m(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -247,6 +249,7 @@ def test_factory_in_the_current_directory_is_found_like_python_m(tmp_path):
     assert "would zero (dry run) 2 parameters in 1 module," in proc.stdout
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_no_numpy_warning_without_numpy(tmp_path):
     # numpy is not a dependency: a package that fails to import stands in for its absence.
     (tmp_path / "numpy").mkdir()
@@ -284,6 +287,7 @@ def test_cli_demo_and_rules(capsys):
     assert "residual_branch_last" in out and "output_layer" in out
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_python_dash_m_runs_the_demo():
     proc = subprocess.run([sys.executable, "-m", "zeta_fx", "demo", "gpt", "--format", "github"],
                           capture_output=True, text=True, timeout=120)
@@ -341,12 +345,13 @@ def test_a_printing_factory_still_gives_one_json_document(capsys, factory, argv)
     assert ("building the model..." if factory == "chatty" else "forward on (2, 4)") in err
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_a_closed_pipe_ends_quietly(tmp_path):
     """`zeta-fx plan ... --format json | head -c 10`: the reader is gone before the report
     is written (made certain here by closing the pipe's read end first)."""
     read, write = os.pipe()
     os.close(read)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / "tests"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + str(Path(__file__).resolve().parent))
     try:
         proc = subprocess.run([sys.executable, "-m", "zeta_fx", "plan", "test_cli:chatty",
                                "--format", "json"], stdout=write, stderr=subprocess.PIPE,

@@ -182,6 +182,7 @@ def test_bad_inits_are_refused_before_anything_is_written():
 
 
 # -- the papers' definitions on torchvision's blocks (issue 21) -----------------------------
+@pytest.mark.slow  # torchvision's ResNets, built and captured
 @pytest.mark.parametrize("arch, block_m, exponent", [("resnet18", 2, -1 / 2),
                                                      ("resnet50", 3, -1 / 4)])
 def test_fixup_m_counts_the_branch_weight_layers_of_torchvision_blocks(arch, block_m, exponent):
@@ -211,6 +212,7 @@ def test_fixup_m_counts_the_branch_weight_layers_of_torchvision_blocks(arch, blo
                for name in zeroed)
 
 
+@pytest.mark.slow  # torchvision's ResNet-50, built and captured
 def test_scaled_normal_on_resnet50_leaves_every_bn_gain_and_says_so():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.resnet50()
