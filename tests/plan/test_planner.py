@@ -12,7 +12,7 @@ from torch import fx, nn
 from zeta_fx.analysis.proof import settle
 from zeta_fx.analysis.view import GraphView
 from zeta_fx.plan.planner import build_plan
-from zeta_fx.rules.families import ResidualBranchLast
+from zeta_fx.rules import ResidualBranchLast
 
 
 class TwoBlocks(nn.Module):
