@@ -4,7 +4,10 @@ consume parameters, and the model's modules, parameters and kinds.
 Built once per pass in a single sweep over the nodes; every query after that touches only
 the part of the graph it asks about. Only *value* edges count as data flow: shape and
 metadata queries (``x.shape``, ``x.size()``, ``x.new_empty(...)``, ``torch._assert``),
-parameters, buffers and anything computed from those alone are not data. In-place writes
+parameters, buffers and anything computed from those alone are not data, and an operand an
+op reads for its dtype, device or shape only (``h.type_as(x)``, ``h.to(x)``,
+``h.expand_as(x)``: ``x``; the table is ``semantics.tables.METADATA_OPERANDS``) is no data
+input of it, so ``x`` is no data user there and a parameter there is not consumed. In-place writes
 and reads that see them are indexed by :mod:`zeta_fx.analysis.storage` (``storage``), and
 each value's dtype by :mod:`zeta_fx.analysis.dtypes` (``dtypes``).
 
@@ -38,7 +41,8 @@ from zeta_fx.analysis.storage import Storages
 from zeta_fx.semantics.declarations import ZeroOps
 from zeta_fx.semantics.keys import bind_as, op_key, target_name
 from zeta_fx.semantics.modules import STRUCTURED_KINDS, hooked, known_module
-from zeta_fx.semantics.tables import SHAPE_ATTRS, SHAPE_FUNCTIONS, SHAPE_METHODS, STRUCTURED
+from zeta_fx.semantics.tables import (METADATA_OPERANDS, SHAPE_ATTRS, SHAPE_FUNCTIONS,
+                                      SHAPE_METHODS, STRUCTURED)
 from zeta_fx.tensors import byte_span, fetch_attr
 
 __all__ = ["GraphIndex"]
@@ -63,6 +67,23 @@ def _named_modules(root: nn.Module) -> list[tuple[str, nn.Module]] | None:
             stack.extend(reversed([(dot + name, child, depth)
                                    for name, child in children.items() if child is not None]))
     return out
+
+
+def _value_inputs(node: Node, key: str) -> list[Node] | None:
+    """The inputs ``node`` reads the values of, where its op reads some operand for its
+    metadata only (``h.type_as(x)`` reads ``x``'s dtype: ``[h]``); ``None`` for other ops.
+    A node that is also passed where its value is read (``x.type_as(x)``) stays."""
+    spec = METADATA_OPERANDS.get(key)
+    if spec is None:
+        return None
+    args, kwargs = list(node.args), dict(node.kwargs)
+    for position, keyword in spec:
+        if position < len(args):
+            args[position] = None
+        kwargs.pop(keyword, None)
+    read: dict[Node, None] = {}
+    fx.node.map_arg((tuple(args), kwargs), lambda n: read.setdefault(n))
+    return [n for n in node.all_input_nodes if n in read]
 
 
 def _storage_shared(tensor: torch.Tensor) -> bool:
@@ -179,6 +200,10 @@ class GraphIndex:
             if op == "call_function" or op == "call_method":
                 keys[node] = op_key(node)
                 shape = shape_query(node)
+                if not shape:  # metadata operands (``h.type_as(x)``) carry no values
+                    read = _value_inputs(node, keys[node][0])
+                    if read is not None:
+                        all_inputs = read
             if op == "placeholder":
                 data, inputs = True, ()
             elif op == "get_attr":

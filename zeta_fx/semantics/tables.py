@@ -14,7 +14,8 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
-           "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE"]
+           "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE",
+           "METADATA_OPERANDS"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -190,3 +191,18 @@ BATCH_NORM_KERNELS = frozenset({"_native_batch_norm_legit", "_native_batch_norm_
 LIBRARY_PURE = frozenset({"shifted_window_attention"})
 # Divisions (``a / c`` is linear in ``a`` where ``c`` does not depend on it)
 DIVIDE = frozenset({"div", "divide", "true_divide"})
+
+# Operands an op reads for their metadata only (dtype, device, shape), never their values:
+# ``h.type_as(x)``, ``h.to(x)`` / ``h.to(other=x)``, ``x.new_zeros(...)``,
+# ``x.new_tensor(data)``, ``h.expand_as(x)``. By op key: ``(position, keyword)`` of each such
+# operand, positions counted with ``self`` first (a method's receiver, aten's ``self``).
+# The value-flow index leaves them out of the op's data inputs.
+METADATA_OPERANDS: dict[str, tuple[tuple[int, str], ...]] = {
+    "type_as": ((1, "other"),),
+    "to": ((1, "other"),),
+    "expand_as": ((1, "other"),),
+    "view_as": ((1, "other"),),
+    "reshape_as": ((1, "other"),),
+    **{key: ((0, "self"),) for key in ("new_zeros", "new_ones", "new_empty", "new_full",
+                                       "new_tensor", "new_empty_strided")},
+}
