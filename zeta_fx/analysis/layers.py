@@ -39,7 +39,7 @@ from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.modules import LAYER_PARAMS, ZERO_KEEPING_KINDS, get_local
 from zeta_fx.semantics.tables import (ADDITIVE, BATCH_NORMS, CONVS, DIVIDE, FINITE_OPS, GATHERS,
                                       LAYOUT_OPS, NORMS, PRESERVING, PRODUCTS, SINGULAR,
-                                      ZERO_KEEPING)
+                                      WEIGHT_NORMS, ZERO_KEEPING)
 
 __all__ = ["Layer", "Layers", "ParamPath", "owner_of", "is_zero_constant"]
 
@@ -256,6 +256,8 @@ class Layers:
             return [[args[0], args[1]]] + ([[bias]] if isinstance(bias, Node) else [])
         if key == "embedding":
             return [[a.get("weight")]]
+        if key in WEIGHT_NORMS:  # g * v / ||v||: zero with its magnitude
+            return [[a.get(WEIGHT_NORMS[key][0])]]
         if key == "shifted_window_attention":
             return [[a.get("proj_weight")]] + ([[a["proj_bias"]]] if a.get("proj_bias") is not None else [])
         if key.startswith("_scaled_dot_product") or key == "scaled_dot_product_attention":

@@ -15,7 +15,7 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
            "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE",
-           "METADATA_OPERANDS"]
+           "METADATA_OPERANDS", "WEIGHT_NORMS"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -206,3 +206,10 @@ METADATA_OPERANDS: dict[str, tuple[tuple[int, str], ...]] = {
     **{key: ((0, "self"),) for key in ("new_zeros", "new_ones", "new_empty", "new_full",
                                        "new_tensor", "new_empty_strided")},
 }
+
+# Weight normalisation as aten captures it (``torch.export``, concrete capture):
+# ``_weight_norm(v, g, dim)`` is ``g * v / ||v||``, a weight that is zero exactly where its
+# magnitude ``g`` is (a slice of ``v`` that is all zero is NaN whatever ``g`` is: the model's
+# own weight is not finite then): the op key, the magnitude's and the direction's names. (``_weight_norm_interface`` returns
+# the norms beside it; a tuple the facts do not split, so it is not listed.)
+WEIGHT_NORMS: dict[str, tuple[str, str]] = {"_weight_norm": ("g", "v")}

@@ -22,7 +22,7 @@ from zeta_fx.semantics.keys import op_key, signature
 from zeta_fx.semantics.lattice import (F_, P, U, Z, Fact, constant_fact, finite, join,
                                        normalised, product, singular, total)
 from zeta_fx.semantics.signs import node_arg, positive
-from zeta_fx.semantics.tables import FULL, PRESERVING, ZEROS
+from zeta_fx.semantics.tables import FULL, PRESERVING, WEIGHT_NORMS, ZEROS
 
 __all__ = ["HANDLERS", "QUICK_METHODS", "Facts", "makes_zeros", "may_be_zero", "clamp_fact",
            "threshold_fact"]
@@ -379,6 +379,16 @@ def _h_setitem(f: Facts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact
     return out, f"{what} writes {getattr(value, 'name', value)!r} into `{node_arg(node, 0)}`"
 
 
+def _h_weight_norm(f: Facts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    """``g * v / ||v||``: the magnitude's fact, while the direction ``v`` is the model's own
+    (finite, as every parameter is taken to be); a changed ``v`` may divide 0 by 0."""
+    magnitude, direction = (a.get(name) for name in WEIGHT_NORMS[f.key(node)[0]])
+    if f.changed(direction):
+        return U, f"{what} divides by the norm of `{getattr(direction, 'name', direction)}`, " \
+                  "which the zeroing changed and which may now be zero"
+    return product(f.fact(magnitude), F_), f"{what}: its magnitude is not zero"
+
+
 HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
     "copy": _h_copy, "zero": _h_zero, "fill": _h_fill, "setitem": _h_setitem,
     "index_put": _h_setitem,
@@ -398,6 +408,7 @@ HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
     "conv3d": _h_linear, "conv_transpose1d": _h_linear, "conv_transpose2d": _h_linear,
     "conv_transpose3d": _h_linear, "convolution": _h_linear, "_convolution": _h_linear,
     "addmm": _h_addmm, "baddbmm": _h_addmm, "embedding": _h_embedding,
+    **{key: _h_weight_norm for key in WEIGHT_NORMS},
     "layer_norm": _h_layer_norm, "group_norm": _h_layer_norm, "rms_norm": _h_layer_norm,
     "batch_norm": _h_batch_norm, "instance_norm": _h_batch_norm,
     "normalize": _h_normalize,
