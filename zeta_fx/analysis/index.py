@@ -41,8 +41,8 @@ from zeta_fx.analysis.storage import Storages
 from zeta_fx.semantics.declarations import ZeroOps
 from zeta_fx.semantics.keys import bind_as, op_key, target_name
 from zeta_fx.semantics.modules import STRUCTURED_KINDS, hooked, known_module
-from zeta_fx.semantics.tables import (METADATA_OPERANDS, SHAPE_ATTRS, SHAPE_FUNCTIONS,
-                                      SHAPE_METHODS, STRUCTURED)
+from zeta_fx.semantics.tables import (ADDITIVE, METADATA_OPERANDS, SHAPE_ATTRS,
+                                      SHAPE_FUNCTIONS, SHAPE_METHODS, STRUCTURED)
 from zeta_fx.tensors import byte_span, fetch_attr
 
 __all__ = ["GraphIndex"]
@@ -150,7 +150,12 @@ class GraphIndex:
         self.decompositions: dict[Node, Any] = {}
         self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
         self.declared.update({cls: "composite" for cls in self.ops.composites})
+        #: learned tokens: parameter-only values that are the residual stream (see _build)
+        self.tokens: frozenset[Node] = frozenset()
         self._build()
+        tokens = self._learned_tokens()
+        if tokens:
+            self._rebuild(tokens)
         #: the dtype of every value (:mod:`zeta_fx.analysis.dtypes`; its sweep runs when
         #: first asked)
         self.dtypes = ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
@@ -204,7 +209,7 @@ class GraphIndex:
                     read = _value_inputs(node, keys[node][0])
                     if read is not None:
                         all_inputs = read
-            if op == "placeholder":
+            if op == "placeholder" or node in self.tokens:
                 data, inputs = True, ()
             elif op == "get_attr":
                 data, inputs = False, ()
@@ -250,6 +255,59 @@ class GraphIndex:
             is_data[node] = data
             data_inputs[node] = inputs
             param_roots[node] = roots
+
+    def _learned_tokens(self) -> frozenset[Node]:
+        """Parameter-only values that enter a residual stream as the stream itself.
+
+        A parameter-only value ``t`` (a class token, perceiver latents, register tokens,
+        ``self.cls_token.expand(B, -1, -1)``) is a *learned token* when it is an operand of
+        an additive merge whose other operand is data that ``t`` itself reaches through
+        the graph: ``t + f(t, x)``. Every other parameter-only value stays a weight: a
+        position embedding or a bias added beside a join (it reaches nothing before the
+        merge), LayerScale's gamma (a factor, not an operand of the merge). A token is data
+        with no data inputs, as a graph input is; whether its merge is a residual join is
+        then decided as for any other fork.
+        """
+        is_data, param_roots, index = self.is_data, self.param_roots, self.index
+        reach: dict[Node, set[Node]] = {}
+        tokens: set[Node] = set()
+        for merge in self.nodes:
+            if merge.op not in ("call_function", "call_method") or not is_data[merge] or \
+                    self.keys[merge][0] not in ADDITIVE:
+                continue
+            bound = self.bound(merge)
+            operands = [bound.get("input"), bound.get("other")]
+            if not all(isinstance(v, Node) for v in operands):
+                continue
+            for token, other in (operands, operands[::-1]):
+                if is_data[token] or not param_roots[token] or not is_data[other] or \
+                        token in tokens:
+                    continue
+                if token not in reach:
+                    reach[token] = self._reached(token, index[merge])
+                if other in reach[token]:
+                    tokens.add(token)
+        return frozenset(tokens)
+
+    def _reached(self, start: Node, before: int) -> set[Node]:
+        """The nodes before position ``before`` that ``start`` reaches through any edge."""
+        index, seen, stack = self.index, set(), [start]
+        while stack:
+            for user in stack.pop().users:
+                if user not in seen and index[user] < before:
+                    seen.add(user)
+                    stack.append(user)
+        return seen
+
+    def _rebuild(self, tokens: frozenset[Node]) -> None:
+        """The sweep again, with ``tokens`` data (their weights' uses drop out)."""
+        self.tokens = tokens
+        for table in (self.index, self.is_data, self.data_inputs, self.data_users,
+                      self.param_roots, self.consumers, self.input_nodes, self.keys,
+                      self._getattrs):
+            table.clear()
+        self.layer_nodes.clear()
+        self._build()
 
     def _parameter_sharing(self, target: str) -> tuple[str, ...]:
         """The parameters whose storage the tensor attribute ``target`` shares (overlapping
