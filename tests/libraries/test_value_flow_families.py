@@ -174,3 +174,84 @@ def test_encodec_residual_units_end_at_their_weight_normed_conv():
     assert seen == [True] * 4
     _judge_rows(model, report, before, _fixed((1, 1, 64)), options,
                 {f"{u}.block.3.conv": f"{u}.block.3" for u in units})
+
+
+# -- learned tokens: CaiT class attention, Idefics2 perceiver latents -----------------------
+
+def _blocks_equal_skip(model, blocks, run, stream_of):
+    """Run the model once; for each block (module FQN), whether its output equals its
+    stream input (``stream_of(args, kwargs)``), exactly."""
+    seen: dict[str, list[bool]] = {b: [] for b in blocks}
+
+    def hook(name):
+        def record(module, args, kwargs, out):
+            out = out[0] if isinstance(out, tuple) else out
+            seen[name].append(torch.equal(out, stream_of(args, kwargs)))
+        return record
+    handles = [model.get_submodule(b).register_forward_hook(hook(b), with_kwargs=True)
+               for b in blocks]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    assert all(seen.values()), f"blocks that did not run: {[b for b, v in seen.items() if not v]}"
+    return {b: all(v) for b, v in seen.items()}
+
+
+def test_cait_class_attention_updates_the_class_token_as_a_stream():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("cait_xxs24_224", pretrained=False, img_size=32, patch_size=8,
+                              embed_dim=16, depth=2, num_heads=2, depth_token_only=1,
+                              num_classes=5).eval()
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    expected = {f"{b}.gamma_{i}" for b in ("blocks.0", "blocks.1", "blocks_token_only.0")
+                for i in (1, 2)}
+    assert set(report.params) == expected, report.table()
+    images = torch.randn(2, 3, 32, 32)
+    blocks = {"blocks.0": lambda a, kw: a[0], "blocks.1": lambda a, kw: a[0],
+              "blocks_token_only.0": lambda a, kw: a[1]}  # (x, x_cls): returns x_cls + ...
+
+    def identities():
+        out = {}
+        for b, stream in blocks.items():
+            out.update(_blocks_equal_skip(model, [b], lambda: model(images), stream))
+        return out
+    assert all(identities().values())
+    for p in ("blocks_token_only.0.gamma_1", "blocks_token_only.0.gamma_2"):  # each needed
+        with state_swapped(model, {p: before[p]}):
+            assert not identities()["blocks_token_only.0"], p
+    assert_graph_claims(model, report, _fixed((2, 3, 32, 32)), before=before)
+
+
+def test_idefics2_perceiver_latents_are_the_stream():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.idefics2.modeling_idefics2 import Idefics2PerceiverResampler
+    config = transformers.Idefics2PerceiverConfig(
+        hidden_size=16, resampler_n_latents=4, resampler_depth=2, resampler_n_heads=2,
+        resampler_head_dim=8, num_key_value_heads=1, attention_dropout=0.0)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = Idefics2PerceiverResampler(config).eval()
+    inputs = (torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.long))
+    before = snapshot(model)
+    report = zero_init_pass(model, example_inputs=inputs)
+    ends = [f"layers.{i}.{m}" for i in range(2) for m in ("self_attn.o_proj", "mlp.down_proj")]
+    assert set(report.params) == {f"{e}.weight" for e in ends}, report.table()
+
+    def make(seed):
+        return (torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(seed)), inputs[1])
+    layers = ["layers.0", "layers.1"]
+
+    def identities():
+        return _blocks_equal_skip(model, layers, lambda: model(*make(3)),
+                                  lambda a, kw: kw.get("latents", a[0] if a else None))
+    assert all(identities().values())
+    for end in ends:  # each needed: its layer leaves its latents with it back
+        with state_swapped(model, {f"{end}.weight": before[f"{end}.weight"]}):
+            assert not identities()[end.split(".self_attn")[0].split(".mlp")[0]], end
+    assert_graph_claims(model, report, make, before=before,
+                        capture_options=dict(example_inputs=inputs))
