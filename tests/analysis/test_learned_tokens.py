@@ -148,3 +148,28 @@ def test_a_token_merge_whose_branch_leaks_is_left_alone_with_a_reason():
     assert not report.params, report.table()
     assert any(s.node == "add" for s in report.skipped), report.table()
     assert_unchanged(model, before)
+
+
+class TokenFromTheBranchsWeight(nn.Module):
+    """The token is a row of the very weight that ends its branch: zeroing that weight
+    would zero the skip too, so the branch end is left alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        tok = self.fc.weight[:1].unsqueeze(0).expand(x.shape[0], -1, -1)
+        h = torch.relu(self.fc1(torch.cat((tok, x), dim=1)))[:, :1]
+        return tok + self.fc(h)
+
+
+def test_a_parameter_the_token_reads_is_not_zeroed_as_its_branch_end():
+    torch.manual_seed(0)
+    model = TokenFromTheBranchsWeight().eval()
+    before = snapshot(model)
+    report = zero_init_pass(model)
+    assert "fc.weight" not in report.params, report.table()
+    assert any("fc" == s.module for s in report.skipped), report.table()
+    assert not report.params, report.table()  # (fc1 alone leaves fc's bias on the branch)
+    assert_unchanged(model, before)

@@ -209,8 +209,16 @@ class GraphIndex:
                     read = _value_inputs(node, keys[node][0])
                     if read is not None:
                         all_inputs = read
-            if op == "placeholder" or node in self.tokens:
+            if op == "placeholder":
                 data, inputs = True, ()
+            elif node in self.tokens:  # data, and still a use of the parameters it reads
+                data, inputs = True, ()
+                if op == "get_attr":
+                    getattrs.setdefault(node.target, []).append(node)
+                token_roots = frozenset((node.target,)) if node.target in params else \
+                    frozenset().union(empty, *(param_roots[n] for n in all_inputs))
+                for fqn in token_roots:
+                    consumers.setdefault(fqn, []).append(node)
             elif op == "get_attr":
                 data, inputs = False, ()
                 getattrs.setdefault(node.target, []).append(node)
