@@ -32,6 +32,7 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
+from zeta_fx.analysis.buffers import written_inputs
 from zeta_fx.analysis.dtypes import ValueDtypes
 from zeta_fx.analysis.facts.graph import SweepGraph
 from zeta_fx.analysis.storage import Storages
@@ -129,14 +130,15 @@ class GraphIndex:
         self.decompositions: dict[Node, Any] = {}
         self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
         self.declared.update({cls: "composite" for cls in self.ops.composites})
-        self._build()
         #: the dtype of every value (:mod:`zeta_fx.analysis.dtypes`; its sweep runs when
         #: first asked)
         self.dtypes = ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
                                   module_of=self.module)
-        #: which values share storage, and which writes each read sees
+        #: which values share storage, and which writes each read sees (before the sweep:
+        #: a read of a buffer has the writes it sees as inputs, :mod:`~.buffers`)
         self.storage = Storages(self.nodes, self.root, gm=gm, bound=self.bound,
                                 module_of=self.module, dtype_of=self.dtypes.__getitem__)
+        self._build()
 
     # -- construction: one sweep in topological order ---------------------------------
     def _index_modules(self) -> None:
@@ -169,12 +171,16 @@ class GraphIndex:
         input_nodes, keys, layer_nodes = self.input_nodes, self.keys, self.layer_nodes
         params, getattrs = self.params, self._getattrs
         shape_query, module_params = self._is_shape_query, self._module_params
+        stale = self.storage.readers_of_stale
         for i, node in enumerate(self.nodes):
             index[node] = i
             data_users[node] = []
             roots = empty
             op = node.op
             all_inputs = input_nodes[node] = node.all_input_nodes
+            if node in stale:  # the data written into a buffer it reads (buffers.py)
+                all_inputs = input_nodes[node] = all_inputs + list(
+                    written_inputs(self.storage, node, is_data.__getitem__))
             shape = False
             if op == "call_function" or op == "call_method":
                 keys[node] = op_key(node)
