@@ -17,14 +17,14 @@ storage the module holds (a cache) reaches the next call, not this read.
 >>> from torch import fx
 >>> def f(x, h):
 ...     out = torch.zeros_like(x)
-...     out[:, 0] = h[:, 0]
+...     out.copy_(h)
 ...     return x + out
 >>> gm = fx.symbolic_trace(f)
 >>> from zeta_fx.analysis.storage import Storages
 >>> storage = Storages(list(gm.graph.nodes), gm)
 >>> add = [n for n in gm.graph.nodes if n.name == "add"][0]
 >>> [w.name for w in written_inputs(storage, add)]
-['setitem']
+['copy_']
 """
 
 from __future__ import annotations
