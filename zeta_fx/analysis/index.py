@@ -35,6 +35,7 @@ import torch
 from torch import fx, nn
 from torch.fx import Node
 
+from zeta_fx.analysis.buffers import written_inputs
 from zeta_fx.analysis.dtypes import ValueDtypes
 from zeta_fx.analysis.facts.graph import SweepGraph
 from zeta_fx.analysis.storage import Storages
@@ -150,19 +151,20 @@ class GraphIndex:
         self.decompositions: dict[Node, Any] = {}
         self.declared: dict[type, str] = {cls: "declared" for cls in self.ops.declared_modules}
         self.declared.update({cls: "composite" for cls in self.ops.composites})
+        #: the dtype of every value (:mod:`zeta_fx.analysis.dtypes`; its sweep runs when
+        #: first asked)
+        self.dtypes = ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
+                                  module_of=self.module)
+        #: which values share storage, and which writes each read sees (before the sweep:
+        #: a read of a buffer has the writes it sees as inputs, :mod:`~.buffers`)
+        self.storage = Storages(self.nodes, self.root, gm=gm, bound=self.bound,
+                                module_of=self.module, dtype_of=self.dtypes.__getitem__)
         #: learned tokens: parameter-only values that are the residual stream (see _build)
         self.tokens: frozenset[Node] = frozenset()
         self._build()
         tokens = self._learned_tokens()
         if tokens:
             self._rebuild(tokens)
-        #: the dtype of every value (:mod:`zeta_fx.analysis.dtypes`; its sweep runs when
-        #: first asked)
-        self.dtypes = ValueDtypes(self.nodes, self.root, key=lambda n: self.op_key(n)[0],
-                                  module_of=self.module)
-        #: which values share storage, and which writes each read sees
-        self.storage = Storages(self.nodes, self.root, gm=gm, bound=self.bound,
-                                module_of=self.module, dtype_of=self.dtypes.__getitem__)
 
     # -- construction: one sweep in topological order ---------------------------------
     def _index_modules(self) -> None:
@@ -195,6 +197,7 @@ class GraphIndex:
         input_nodes, keys, layer_nodes = self.input_nodes, self.keys, self.layer_nodes
         params, getattrs = self.params, self._getattrs
         shape_query, module_params = self._is_shape_query, self._module_params
+        stale = self.storage.readers_of_stale
         for i, node in enumerate(self.nodes):
             index[node] = i
             data_users[node] = []
@@ -209,6 +212,10 @@ class GraphIndex:
                     read = _value_inputs(node, keys[node][0])
                     if read is not None:
                         all_inputs = read
+            if node in stale:  # the data written into a buffer it reads (buffers.py)
+                written = list(written_inputs(self.storage, node, is_data.__getitem__))
+                all_inputs = list(all_inputs) + written
+                input_nodes[node] = input_nodes[node] + written
             if op == "placeholder":
                 data, inputs = True, ()
             elif node in self.tokens:  # data, and still a use of the parameters it reads
