@@ -9,24 +9,45 @@ made (their op no longer says what they hold) and each value's dtype.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from torch.fx import Node
 
 from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
-from zeta_fx.semantics.tables import (MULTIPLY, NONNEG_OPS, POSITIVE_OPS, SIGN_CARRIERS,
-                                      SIGN_REDUCTIONS)
+from zeta_fx.semantics.lattice import U, Z
+from zeta_fx.semantics.tables import (MULTIPLY, NEG_INF_KEEPING, NONNEG_OPS, POSITIVE_OPS,
+                                      SIGN_CARRIERS, SIGN_REDUCTIONS, SIGN_SELECTIONS)
 
-__all__ = ["nonnegative", "nonpositive", "positive", "node_arg"]
+__all__ = ["nonnegative", "nonpositive", "positive", "node_arg", "finite_or_neg_inf",
+           "zero_added"]
 
 
-_SIGN_DEPTH = 12
+_SIGN_DEPTH = 24  # a state-space model's segment sums are ~15 ops from their A * dt
 _NEGATIONS = frozenset({"neg", "negative"})
 # <= 0 wherever finite: log of a probability
 _NONPOSITIVE_OPS = frozenset({"logsigmoid", "log_softmax", "_log_softmax"})
 
 
+def _memo(sign: Callable[..., bool]) -> Callable[..., bool]:
+    """Keep ``sign``'s answers for the sweep ``ctx`` (its ``sign_cache``), by value and
+    reader: a proof that branches at every product must not be worked out again. (An
+    answer cut short by the depth bound is ``False``: kept, it proves less, never more.)"""
+    @functools.wraps(sign)
+    def kept(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None) -> bool:
+        cache = getattr(ctx, "sign_cache", None)
+        if cache is None or not isinstance(value, Node):
+            return sign(value, depth, ctx, reader)
+        key = (sign.__name__, value, reader)
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = sign(value, depth, ctx, reader)
+        return got
+    return kept
+
+
+@_memo
 def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
                 ) -> bool:
     """Whether ``value`` is provably ``>= 0`` wherever it is finite (``x * x``, ``x ** 2``,
@@ -44,10 +65,16 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     args = bind(value)
     first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    kept = zero_added(value, key, args, ctx)
+    if kept is not None:
+        return nonnegative(kept, deeper, ctx, value)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return nonnegative(first, deeper, ctx, value) and \
             nonnegative(args["other"], deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key == "sqrt":
+    if key in ("masked_fill", "where"):
+        return all(nonnegative(v, deeper, ctx, value) for v in _filled(key, args))
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in SIGN_SELECTIONS or \
+            key == "sqrt":
         return nonnegative(first, deeper, ctx, value)
     if key in _NEGATIONS:
         return nonpositive(first, deeper, ctx, value)
@@ -62,11 +89,28 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
         return a is b or (nonnegative(a, deeper, ctx, value) and
                           nonnegative(b, deeper, ctx, value)) or \
             (nonpositive(a, deeper, ctx, value) and nonpositive(b, deeper, ctx, value))
+    if key in ("clamp", "clip", "clamp_min"):
+        low = _held(args.get("min", node_arg(value, 1)), value, ctx)
+        if isinstance(low, (int, float)) and not isinstance(low, bool) and low >= 0:
+            return True
+    if key in ("pad", "constant_pad_nd"):
+        return _pads_with(args, lambda v: v >= 0) and nonnegative(first, deeper, ctx, value)
     if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
         return positive(value, depth, ctx, reader)
     return False
 
 
+def _pads_with(args: dict[str, Any], holds: Any) -> bool:
+    """Whether a ``pad`` pads with a constant for which ``holds`` (other modes copy the
+    input's own values)."""
+    if args.get("mode", "constant") not in ("constant", None):
+        return True
+    fill = args.get("value", args.get("fill_value", 0))
+    fill = 0 if fill is None else fill
+    return isinstance(fill, (int, float)) and holds(fill)
+
+
+@_memo
 def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
                 ) -> bool:
     """Whether ``value`` is provably ``<= 0`` wherever it is finite: ``-exp(a)``, a
@@ -84,9 +128,17 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     args = bind(value)
     first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    kept = zero_added(value, key, args, ctx)
+    if kept is not None:
+        return nonpositive(kept, deeper, ctx, value)
     if key in _NEGATIONS:
         return nonnegative(first, deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in ("sum", "mean", "amax", "amin", "max", "min", "cumsum"):
+    if key in ("masked_fill", "where"):
+        return all(nonpositive(v, deeper, ctx, value) for v in _filled(key, args))
+    if key in ("pad", "constant_pad_nd"):
+        return _pads_with(args, lambda v: v <= 0) and nonpositive(first, deeper, ctx, value)
+    if key in SIGN_CARRIERS or key in SIGN_SELECTIONS or \
+            key in ("sum", "mean", "amax", "amin", "max", "min", "cumsum"):
         return nonpositive(first, deeper, ctx, value)
     if key in MULTIPLY:
         a, b = args.get("input"), args.get("other")
@@ -95,6 +147,7 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     return False
 
 
+@_memo
 def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None) -> bool:
     """Whether ``value`` is provably ``> 0`` wherever it is finite, so that dividing by it
     (``rsqrt``, ``log``, ``1 / x``) stays finite: a positive constant, ``v + eps`` with
@@ -122,10 +175,14 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
         return True
     args = bind(value)
     deeper = depth + 1
+    kept = zero_added(value, key, args, ctx)
+    if kept is not None:
+        return positive(kept, deeper, ctx, value)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return positive(args.get("input"), deeper, ctx, value) and \
             positive(args["other"], deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in SIGN_SELECTIONS or \
+            key in ("sqrt", "rsqrt"):
         return positive(args.get("input", node_arg(value, 0)), deeper, ctx, value)
     if key == "add":
         a, b = (_held(v, value, ctx) for v in (args.get("input"), args.get("other")))
@@ -140,6 +197,65 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
     if key == "maximum":
         return positive(args.get("other"), deeper, ctx, value) or \
             positive(args.get("input"), deeper, ctx, value)
+    return False
+
+
+def zero_added(value: Node, key: str, args: dict[str, Any], ctx: Any) -> Any:
+    """The operand ``a`` of ``a + b`` (or ``a - b``) where ``b`` is exactly zero in this
+    sweep, as ``value`` reads it: the sum *is* ``a``, and everything proven of ``a`` holds
+    of it (a residual merge proven equal to its skip). ``None`` otherwise, and always
+    without the zero facts (``ctx``): a sweep with fewer parameters zero proves less."""
+    if ctx is None or key not in ("add", "sub", "subtract"):
+        return None
+    a, b = args.get("input"), args.get("other")
+    if isinstance(b, Node) and ctx.fact_at(b, value) == Z:
+        return a
+    if key == "add" and isinstance(a, Node) and ctx.fact_at(a, value) == Z and \
+            args.get("alpha", 1) == 1:
+        return b
+    return None
+
+
+def _filled(key: str, args: dict[str, Any]) -> tuple[Any, Any]:
+    """The two sources of ``masked_fill(x, m, v)`` (``x``, ``v``) or ``where(c, x, y)``."""
+    if key == "where":
+        return args.get("input"), args.get("other")
+    return args.get("input"), args.get("value")
+
+
+def finite_or_neg_inf(value: Any, ctx: Any, depth: int = 0, reader: Node | None = None
+                      ) -> bool:
+    """Whether ``value`` is finite or ``-inf`` everywhere (never NaN nor ``+inf``), under the
+    zero facts ``ctx``: a value whose fact is not unknown, or scores masked with ``-inf``
+    (``masked_fill``, ``where``, ``scatter``) of such, their views, casts, sums and
+    cumulative sums (``-inf + finite`` is ``-inf``; no ``+inf`` to meet it). ``exp`` of it
+    is finite, and ``0`` where it is ``-inf``."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return value == value and value != float("inf")
+    if not isinstance(value, Node) or depth > _SIGN_DEPTH:
+        return False
+    if (ctx.fact(value) if reader is None else ctx.fact_at(value, reader)) != U:
+        return True
+    if value.op not in ("call_function", "call_method") or \
+            (reader is not None and ctx.read_is_stale(value, reader)) or \
+            (reader is None and ctx.written_after(value)):
+        return False
+    key, _ = op_key(value)
+    args = bind(value)
+    deeper = depth + 1
+    if key in ("masked_fill", "where"):
+        return all(finite_or_neg_inf(v, ctx, deeper, value) for v in _filled(key, args))
+    if key == "scatter" and not isinstance(args.get("src", args.get("value")), Node):
+        return finite_or_neg_inf(args.get("input"), ctx, deeper, value) and \
+            finite_or_neg_inf(args.get("value", args.get("src")), ctx, deeper, value)
+    if key in ("add", "sum", "cumsum") or key in NEG_INF_KEEPING:
+        operands = (args.get("input"), args.get("other")) if key == "add" else \
+            (args.get("input", node_arg(value, 0)),)
+        if key == "add" and args.get("alpha", 1) != 1:
+            return False
+        return all(v is None or finite_or_neg_inf(v, ctx, deeper, value) for v in operands)
     return False
 
 

@@ -14,7 +14,8 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
-           "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE"]
+           "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE",
+           "SIGN_SELECTIONS", "INDEXED_PAIRS", "NEG_INF_KEEPING"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -190,3 +191,16 @@ BATCH_NORM_KERNELS = frozenset({"_native_batch_norm_legit", "_native_batch_norm_
 LIBRARY_PURE = frozenset({"shifted_window_attention"})
 # Divisions (``a / c`` is linear in ``a`` where ``c`` does not depend on it)
 DIVIDE = frozenset({"div", "divide", "true_divide"})
+# Selections by index that keep the sign of the tensor they read from (its first input):
+# a router's ``scores.gather(1, topk_indices)``, ``x[idx]``
+SIGN_SELECTIONS = frozenset({"gather", "index", "index_select", "take_along_dim", "take"})
+# Ops returning ``(values, indices)``: item 1 holds integer positions, always finite
+INDEXED_PAIRS = frozenset({"topk", "sort", "kthvalue", "mode", "max", "min", "cummax",
+                           "cummin", "median", "nanmedian"})
+# Ops that keep a value "finite or -inf" (no NaN, no +inf) when their other inputs are
+# finite: views, casts, selections (and the adds and fills the signs read apart)
+NEG_INF_KEEPING = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
+                             "_to_copy", "float", "half", "bfloat16", "double", "type_as",
+                             "contiguous", "clone", "detach", "alias", "unsqueeze",
+                             "squeeze", "flatten", "unflatten", "transpose", "permute", "t",
+                             "select", "slice", "repeat", "movedim", "getitem"})
