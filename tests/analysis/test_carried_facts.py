@@ -190,3 +190,45 @@ def test_sign_of_a_merge_written_in_place_after_it_is_not_carried():
     div = next(n for n in gm.graph.nodes if n.op == "call_function"
                and getattr(n.target, "__name__", "") == "truediv")
     assert GraphView(gm).facts({"fc.weight", "fc.bias"})[div] == Fact.UNKNOWN
+
+
+class LinearAttention(nn.Module):
+    """Sana's linear attention: ``(pad(v, value=fill) @ relu(k) @ relu(q))``, its rows
+    ``rows`` divided by the ``divisor`` rows (the padded one: ``>= 0``) plus an eps."""
+
+    def __init__(self, fill: float = 1.0, divisor: slice = slice(-1, None),
+                 rows: slice = slice(None, -1)) -> None:
+        super().__init__()
+        self.fill, self.divisor, self.rows = fill, divisor, rows
+        self.qkv = nn.Linear(D, 3 * D)
+        self.out = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, L, D)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = torch.relu(q).transpose(1, 2), torch.relu(k), v.transpose(1, 2)
+        v = nn.functional.pad(v, (0, 0, 0, 1), mode="constant", value=self.fill)
+        h = torch.matmul(torch.matmul(v, k), q)  # (batch, D + 1, L)
+        h = h[:, self.rows] / (h[:, self.divisor] + 1e-15)
+        return self.out(h[:, :D].transpose(1, 2))
+
+
+def test_linear_attention_normaliser_past_the_first_block():
+    torch.manual_seed(0)
+    model = Stack([LinearAttention() for _ in range(3)])
+    before = snapshot(model)
+    report = check_pass(model, params=params_of(*(f"blocks.{i}.out" for i in range(3))),
+                        inputs=(_x(),), example_inputs=(_x(),), capture="export")
+    assert_blocks_equal_skip(model, _claims(model), fixed_inputs((_x(),)), before=before)
+    assert_each_zeroed_needed(model, before, report, _claims(model), fixed_inputs((_x(),)))
+
+
+def test_linear_attention_normaliser_not_the_padded_row_is_not_proven():
+    # the first row of v @ relu(k) may be negative, and so may a row padded with -1: only
+    # block 0 (whose input the zeroing does not reach) is zeroed
+    for block in (lambda: LinearAttention(divisor=slice(0, 1), rows=slice(1, None)),
+                  lambda: LinearAttention(fill=-1.0)):
+        torch.manual_seed(0)
+        model = Stack([block() for _ in range(2)])
+        report = check_pass(model, params=params_of("blocks.0.out"), inputs=(_x(),),
+                            example_inputs=(_x(),), capture="export")
+        assert any(s.module == "blocks.1.out" for s in report.skipped), report.table()

@@ -73,6 +73,10 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
             nonnegative(args["other"], deeper, ctx, value)
     if key in ("masked_fill", "where"):
         return all(nonnegative(v, deeper, ctx, value) for v in _filled(key, args))
+    if key == "slice":
+        last = _last_rows(value, args)
+        if last is not None and _rows_nonnegative(first, *last, deeper, ctx, value):
+            return True
     if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in SIGN_SELECTIONS or \
             key == "sqrt":
         return nonnegative(first, deeper, ctx, value)
@@ -98,6 +102,59 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
         return positive(value, depth, ctx, reader)
     return False
+
+
+def _rank(value: Any) -> int | None:
+    val = value.meta.get("val") if isinstance(value, Node) else None
+    return val.dim() if hasattr(val, "dim") else None
+
+
+def _last_rows(value: Node, args: dict[str, Any]) -> tuple[int, int] | None:
+    """``(dim, k)`` where ``value`` slices the last ``k`` entries of dimension ``dim``
+    (counted from the end, ``-1`` the last) of its input, step 1; ``None`` otherwise."""
+    source, dim = args.get("input"), args.get("dim", 0)
+    start, end, step = args.get("start"), args.get("end"), args.get("step", 1)
+    rank = _rank(source)
+    if not isinstance(dim, int) or step not in (1, None) or not isinstance(start, int):
+        return None
+    if dim >= 0:
+        if rank is None:
+            return None
+        dim -= rank
+    if start < 0 and (end is None or (isinstance(end, int) and end >= 2 ** 62)):
+        return dim, -start
+    val = source.meta.get("val") if isinstance(source, Node) else None
+    size = val.shape[dim] if hasattr(val, "shape") else None
+    if isinstance(size, int) and start >= 0 and (end is None or end >= size) and start < size:
+        return dim, size - start
+    return None
+
+
+def _rows_nonnegative(x: Any, dim: int, k: int, depth: int, ctx: Any, reader: Node) -> bool:
+    """Whether the last ``k`` entries of ``x`` along ``dim`` (from the end) are ``>= 0``: a
+    matmul's rows come from its left factor's rows (``pad(v, value=1) @ relu(k)``: the padded
+    row of ones times values ``>= 0``, Sana's linear attention's normaliser)."""
+    if not _readable(x, depth, ctx, reader):
+        return nonnegative(x, depth, ctx, reader)
+    key, _ = op_key(x)
+    args = bind(x)
+    first = args.get("input", node_arg(x, 0))
+    if key == "matmul" and dim == -2 and _rank(first) not in (None, 1) and \
+            _rank(args.get("other")) not in (None, 1):
+        return _rows_nonnegative(first, -2, k, depth + 1, ctx, x) and \
+            nonnegative(args.get("other"), depth + 1, ctx, x)
+    if key in ("pad", "constant_pad_nd"):
+        pad = args.get("pad", node_arg(x, 1))
+        j = -dim - 1  # pairs in `pad` run from the last dimension
+        if isinstance(pad, (list, tuple)) and len(pad) > 2 * j + 1 and \
+                isinstance(pad[2 * j + 1], int) and pad[2 * j + 1] >= k and \
+                args.get("mode", "constant") in ("constant", None):
+            fill = args.get("value", 0)
+            return isinstance(fill, (int, float)) and (fill or 0) >= 0
+    if key in ("to", "_to_copy", "float", "half", "bfloat16", "double", "contiguous",
+               "clone", "detach", "alias"):
+        return _rows_nonnegative(first, dim, k, depth + 1, ctx, x)
+    return nonnegative(x, depth, ctx, reader)
 
 
 def _pads_with(args: dict[str, Any], holds: Any) -> bool:
