@@ -17,6 +17,7 @@ from claims import (assert_blocks_equal_skip, assert_each_zeroed_needed, check_p
                     fixed_inputs, params_of, snapshot)
 from zeta_fx import zero_init_pass
 from zeta_fx.analysis.facts import Fact
+from zeta_fx.capture.front import capture_model
 from zeta_fx.analysis.view import GraphView
 
 D, L = 8, 4
@@ -232,3 +233,64 @@ def test_linear_attention_normaliser_not_the_padded_row_is_not_proven():
         report = check_pass(model, params=params_of("blocks.0.out"), inputs=(_x(),),
                             example_inputs=(_x(),), capture="export")
         assert any(s.module == "blocks.1.out" for s in report.skipped), report.table()
+
+
+class MaskedAttention(nn.Module):
+    """Single-head attention with scores masked by ``-inf``: causally, or where the
+    ``keep`` input (a padding mask) is false."""
+
+    def __init__(self, causal: bool = True) -> None:
+        super().__init__()
+        self.causal = causal
+        self.qkv = nn.Linear(D, 3 * D)
+        self.out = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = q @ k.transpose(-1, -2)
+        n = scores.size(-1)
+        if self.causal:
+            mask = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+        else:
+            mask = ~keep[:, None, :]
+        weights = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        return self.out(weights @ v)
+
+
+class MaskedStack(nn.Module):
+    def __init__(self, causal: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(MaskedAttention(causal) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block(x, keep)
+        return x
+
+
+def test_softmax_over_causal_minus_inf_scores_past_the_first_block():
+    torch.manual_seed(0)
+    model = MaskedStack(causal=True)
+    keep = torch.ones(2, L, dtype=torch.bool)
+    before = snapshot(model)
+    report = check_pass(model, params=params_of("blocks.0.out", "blocks.1.out"),
+                        inputs=(_x(), keep), example_inputs=(_x(), keep), capture="export")
+    claims = [(b, lambda x, keep: torch.zeros_like(x)) for b in model.blocks]
+    make = fixed_inputs((_x(), keep))
+    assert_blocks_equal_skip(model, claims, make, before=before)
+    assert_each_zeroed_needed(model, before, report, claims, make)
+
+
+def test_softmax_over_a_padding_mask_is_not_proven_and_says_why():
+    # keep may be false on a whole row: softmax of all -inf is NaN (and NaN * 0 is NaN)
+    torch.manual_seed(0)
+    model = MaskedStack(causal=False)
+    keep = torch.ones(2, L, dtype=torch.bool)
+    report = check_pass(model, params=params_of("blocks.0.out"), inputs=(_x(), keep),
+                        example_inputs=(_x(), keep), capture="export")
+    assert any(s.module == "blocks.1.out" for s in report.skipped), report.table()
+    # the softmax is where it is lost, and its reason says why
+    gm = capture_model(model, example_inputs=(_x(), keep), method="export").gm
+    facts = GraphView(gm, model).facts(params_of("blocks.0.out"))
+    softmaxes = [n for n in gm.graph.nodes if "softmax" in str(n.target)]
+    assert facts[softmaxes[1]] == Fact.UNKNOWN and "whole row" in facts.why(softmaxes[1])

@@ -17,11 +17,12 @@ from torch.fx import Node
 from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U, Z
-from zeta_fx.semantics.tables import (MULTIPLY, NEG_INF_KEEPING, NONNEG_OPS, POSITIVE_OPS,
-                                      SIGN_CARRIERS, SIGN_REDUCTIONS, SIGN_SELECTIONS)
+from zeta_fx.semantics.tables import (FRESH, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
+                                      NONNEG_OPS, POSITIVE_OPS, SIGN_CARRIERS, SIGN_REDUCTIONS,
+                                      SIGN_SELECTIONS)
 
 __all__ = ["nonnegative", "nonpositive", "positive", "node_arg", "finite_or_neg_inf",
-           "zero_added"]
+           "zero_added", "keeps_first_column"]
 
 
 _SIGN_DEPTH = 24  # a state-space model's segment sums are ~15 ops from their A * dt
@@ -313,6 +314,54 @@ def finite_or_neg_inf(value: Any, ctx: Any, depth: int = 0, reader: Node | None 
         if key == "add" and args.get("alpha", 1) != 1:
             return False
         return all(v is None or finite_or_neg_inf(v, ctx, deeper, value) for v in operands)
+    return False
+
+
+def keeps_first_column(value: Any, dim: Any, ctx: Any, reader: Node | None = None) -> bool:
+    """Whether every row of ``value`` along ``dim`` (the last) keeps a finite entry: finite
+    scores with a causal mask filled by ``-inf`` (``triu(m, diagonal >= 1)``, or
+    ``~tril(ones, diagonal >= 0)``), which never masks the first column. A mask read from
+    the inputs (padding) may blank a whole row: ``False``."""
+    if not isinstance(value, Node) or value.op not in ("call_function", "call_method") or \
+            (reader is not None and ctx.read_is_stale(value, reader)):
+        return False
+    rank = _rank(value)
+    if not isinstance(dim, int) or (dim != -1 and (rank is None or dim != rank - 1)):
+        return False
+    key, _ = op_key(value)
+    args = bind(value)
+    if key in NEG_INF_KEEPING and key not in ("transpose", "permute", "t", "movedim",
+                                                "select", "slice", "getitem", "flatten",
+                                                "unflatten", "view", "reshape", "squeeze",
+                                                "unsqueeze", "_unsafe_view", "repeat"):
+        return keeps_first_column(args.get("input", node_arg(value, 0)), -1, ctx, value)
+    if key != "masked_fill" or ctx.fact(args.get("input")) == U or \
+            not finite_or_neg_inf(args.get("value"), ctx):
+        return False
+    return _causal(args.get("mask"), 0)
+
+
+def _causal(mask: Any, depth: int) -> bool:
+    """``mask`` is ``True`` only above the diagonal of its last two dimensions."""
+    if not isinstance(mask, Node) or depth > _SIGN_DEPTH or \
+            mask.op not in ("call_function", "call_method"):
+        return False
+    key, _ = op_key(mask)
+    args = bind(mask)
+    first = args.get("input", node_arg(mask, 0))
+    if key in MASK_CARRIERS:
+        return _causal(first, depth + 1)
+    if key == "triu":
+        diagonal = args.get("diagonal", node_arg(mask, 1) or 0)
+        return isinstance(diagonal, int) and diagonal >= 1
+    if key in ("logical_not", "bitwise_not") and isinstance(first, Node) and \
+            first.op in ("call_function", "call_method") and op_key(first)[0] == "tril":
+        inner = bind(first)
+        diagonal = inner.get("diagonal", node_arg(first, 1) or 0)
+        ones = inner.get("input", node_arg(first, 0))
+        return isinstance(diagonal, int) and diagonal >= 0 and isinstance(ones, Node) and \
+            ones.op in ("call_function", "call_method") and op_key(ones)[0] in FRESH and \
+            op_key(ones)[0] in ("ones", "ones_like")
     return False
 
 

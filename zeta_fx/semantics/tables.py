@@ -15,7 +15,8 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
            "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE",
-           "SIGN_SELECTIONS", "INDEXED_PAIRS", "NEG_INF_KEEPING"]
+           "SIGN_SELECTIONS", "INDEXED_PAIRS", "NEG_INF_KEEPING",
+           "SOFTMAXES", "MASK_CARRIERS"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -204,3 +205,9 @@ NEG_INF_KEEPING = frozenset({"view", "_unsafe_view", "reshape", "expand", "expan
                              "contiguous", "clone", "detach", "alias", "unsqueeze",
                              "squeeze", "flatten", "unflatten", "transpose", "permute", "t",
                              "select", "slice", "repeat", "movedim", "getitem"})
+# Softmaxes: ``_safe_softmax`` gives 0 on a row that is all ``-inf``; the others NaN
+SOFTMAXES = frozenset({"softmax", "_softmax", "_safe_softmax"})
+# Ops that carry a boolean mask to the scores it masks without moving its last two
+# dimensions (casts, broadcasts)
+MASK_CARRIERS = frozenset({"to", "_to_copy", "bool", "expand", "expand_as", "contiguous",
+                           "clone", "detach", "alias"})

@@ -21,8 +21,10 @@ from torch.fx import Node
 from zeta_fx.semantics.keys import op_key, signature
 from zeta_fx.semantics.lattice import (F_, P, U, Z, Fact, constant_fact, finite, join,
                                        normalised, product, singular, total)
-from zeta_fx.semantics.signs import finite_or_neg_inf, node_arg, nonpositive, positive
-from zeta_fx.semantics.tables import BOUNDED_BY_ONE, FULL, INDEXED_PAIRS, PRESERVING, ZEROS
+from zeta_fx.semantics.signs import (finite_or_neg_inf, keeps_first_column, node_arg,
+                                     nonpositive, positive)
+from zeta_fx.semantics.tables import (BOUNDED_BY_ONE, FULL, INDEXED_PAIRS, PRESERVING,
+                                      SOFTMAXES, ZEROS)
 
 __all__ = ["HANDLERS", "QUICK_METHODS", "Facts", "makes_zeros", "may_be_zero", "clamp_fact",
            "threshold_fact", "neg_inf_masked", "index_item"]
@@ -92,8 +94,16 @@ def neg_inf_masked(f: Facts, node: Node, key: str, source: Any) -> tuple[Fact, s
     """``exp`` of scores masked with ``-inf`` (a state-space model's segment sums
     ``exp(segsum(A * dt))``): the input's fact is ``UNKNOWN`` only for its ``-inf`` fills,
     and ``exp`` of a value ``<= 0`` or ``-inf`` lies in [0, 1] (``PARTLY_ZERO``: zero where
-    masked). ``None`` where that is not proven. (A softmax over such scores is finite only
-    where each row keeps a finite entry, which a padding mask may not: not proven here.)"""
+    masked). A softmax over such scores is finite where each row keeps a finite entry (a
+    causal mask keeps the first column; ``_safe_softmax`` gives 0 on a blank row); a padding
+    mask may blank a whole row, and is said so. ``None`` where nothing is proven."""
+    name = f"`{node.name}` ({key})"
+    if key in SOFTMAXES and finite_or_neg_inf(source, f, 0, node):
+        dim = node.kwargs.get("dim", node_arg(node, 1))
+        if key == "_safe_softmax" or keeps_first_column(source, dim, f, node):
+            return P, f"{name}: every row keeps a finite score, so it lies in [0, 1]"
+        return U, (f"{name} of scores masked with -inf: a row may be all -inf (a padding "
+                   "mask can blank a whole row), and then it is NaN")
     if key not in BOUNDED_BY_ONE or not finite_or_neg_inf(source, f, 0, node) or \
             not nonpositive(source, 0, f, node):
         return None
