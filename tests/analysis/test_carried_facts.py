@@ -294,3 +294,21 @@ def test_softmax_over_a_padding_mask_is_not_proven_and_says_why():
     facts = GraphView(gm, model).facts(params_of("blocks.0.out"))
     softmaxes = [n for n in gm.graph.nodes if "softmax" in str(n.target)]
     assert facts[softmaxes[1]] == Fact.UNKNOWN and "whole row" in facts.why(softmaxes[1])
+
+
+def test_a_clamp_whose_max_is_below_its_min_is_not_a_positive_guard():
+    # clamp(v, min=1e-3, max=-1) is -1 everywhere: dividing by it is finite, but its sign
+    # is not what min says; with max >= min the divisor is >= 1e-3
+    for high, proven in ((-1.0, False), (10.0, True)):
+        class Block(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.fc = nn.Linear(D, D)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.log(torch.clamp(self.fc(x), min=1e-3, max=high))
+
+        gm = fx.symbolic_trace(Block())
+        log = next(n for n in gm.graph.nodes if "log" in str(n.target))
+        facts = GraphView(gm).facts({"fc.weight", "fc.bias"})
+        assert (facts[log] != Fact.UNKNOWN) == proven, high

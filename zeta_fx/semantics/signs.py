@@ -96,13 +96,22 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
             (nonpositive(a, deeper, ctx, value) and nonpositive(b, deeper, ctx, value))
     if key in ("clamp", "clip", "clamp_min"):
         low = _held(args.get("min", node_arg(value, 1)), value, ctx)
-        if isinstance(low, (int, float)) and not isinstance(low, bool) and low >= 0:
+        if isinstance(low, (int, float)) and not isinstance(low, bool) and low >= 0 and \
+                _max_at_least(value, key, args, 0):
             return True
     if key in ("pad", "constant_pad_nd"):
         return _pads_with(args, lambda v: v >= 0) and nonnegative(first, deeper, ctx, value)
     if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
         return positive(value, depth, ctx, reader)
     return False
+
+
+def _max_at_least(value: Node, key: str, args: dict[str, Any], low: float) -> bool:
+    """Whether a clamp's upper bound (none, or a number) is at least ``low``: with
+    ``max < min`` every element becomes ``max``."""
+    high = None if key == "clamp_min" else args.get("max", node_arg(value, 2))
+    return high is None or (isinstance(high, (int, float)) and not isinstance(high, bool)
+                            and high >= low)
 
 
 def _rank(value: Any) -> int | None:
@@ -251,7 +260,8 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
             (nonnegative(a, deeper, ctx, value) and positive(b, deeper, ctx, value))
     if key in ("clamp", "clip", "clamp_min"):
         low = _held(args.get("min", node_arg(value, 1)), value, ctx)
-        return isinstance(low, (int, float)) and not isinstance(low, bool) and low > 0
+        return isinstance(low, (int, float)) and not isinstance(low, bool) and low > 0 and \
+            _max_at_least(value, key, args, low)
     if key == "maximum":
         return positive(args.get("other"), deeper, ctx, value) or \
             positive(args.get("input"), deeper, ctx, value)
