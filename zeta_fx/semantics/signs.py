@@ -297,7 +297,22 @@ def finite_or_neg_inf(value: Any, ctx: Any, depth: int = 0, reader: Node | None 
     zero facts ``ctx``: a value whose fact is not unknown, or scores masked with ``-inf``
     (``masked_fill``, ``where``, ``scatter``) of such, their views, casts, sums and
     cumulative sums (``-inf + finite`` is ``-inf``; no ``+inf`` to meet it). ``exp`` of it
-    is finite, and ``0`` where it is ``-inf``."""
+    is finite, and ``0`` where it is ``-inf``.
+
+    >>> import torch
+    >>> from torch import fx
+    >>> from zeta_fx.semantics.lattice import U, F_
+    >>> class Facts:  # the inputs finite; nothing known of what is computed from them
+    ...     def fact(self, v): return F_ if v.op == "placeholder" else U
+    ...     def fact_at(self, v, r): return self.fact(v)
+    ...     def read_is_stale(self, v, r): return False
+    ...     def written_after(self, v): return False
+    >>> gm = fx.symbolic_trace(lambda x, m: (x.masked_fill(m, float("-inf")).cumsum(-1),
+    ...                                      x.masked_fill(m, float("-inf")) - x))
+    >>> out = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    >>> [finite_or_neg_inf(v, Facts()) for v in out]  # -inf - (-inf) would be NaN
+    [True, False]
+    """
     if isinstance(value, bool):
         return True
     if isinstance(value, (int, float)):
