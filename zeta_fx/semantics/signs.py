@@ -277,10 +277,10 @@ def zero_added(value: Node, key: str, args: dict[str, Any], ctx: Any) -> Any:
         return None
     a, b = args.get("input"), args.get("other")
     if isinstance(b, Node) and ctx.fact_at(b, value) == Z:
-        return a
+        return _held(a, value, ctx)  # a constant as the sum holds it (1e-50 is 0 in float32)
     if key == "add" and isinstance(a, Node) and ctx.fact_at(a, value) == Z and \
             args.get("alpha", 1) == 1:
-        return b
+        return _held(b, value, ctx)
     return None
 
 
