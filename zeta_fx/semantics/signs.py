@@ -9,24 +9,46 @@ made (their op no longer says what they hold) and each value's dtype.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from torch.fx import Node
 
 from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
-from zeta_fx.semantics.tables import (MULTIPLY, NONNEG_OPS, POSITIVE_OPS, SIGN_CARRIERS,
-                                      SIGN_REDUCTIONS)
+from zeta_fx.semantics.lattice import U, Z
+from zeta_fx.semantics.tables import (FRESH, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
+                                      NONNEG_OPS, POSITIVE_OPS, SIGN_CARRIERS, SIGN_REDUCTIONS,
+                                      SIGN_SELECTIONS)
 
-__all__ = ["nonnegative", "nonpositive", "positive", "node_arg"]
+__all__ = ["nonnegative", "nonpositive", "positive", "node_arg", "finite_or_neg_inf",
+           "zero_added", "keeps_first_column"]
 
 
-_SIGN_DEPTH = 12
+_SIGN_DEPTH = 24  # a state-space model's segment sums are ~15 ops from their A * dt
 _NEGATIONS = frozenset({"neg", "negative"})
 # <= 0 wherever finite: log of a probability
 _NONPOSITIVE_OPS = frozenset({"logsigmoid", "log_softmax", "_log_softmax"})
 
 
+def _memo(sign: Callable[..., bool]) -> Callable[..., bool]:
+    """Keep ``sign``'s answers for the sweep ``ctx`` (its ``sign_cache``), by value and
+    reader: a proof that branches at every product must not be worked out again. (An
+    answer cut short by the depth bound is ``False``: kept, it proves less, never more.)"""
+    @functools.wraps(sign)
+    def kept(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None) -> bool:
+        cache = getattr(ctx, "sign_cache", None)
+        if cache is None or not isinstance(value, Node):
+            return sign(value, depth, ctx, reader)
+        key = (sign.__name__, value, reader)
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = sign(value, depth, ctx, reader)
+        return got
+    return kept
+
+
+@_memo
 def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
                 ) -> bool:
     """Whether ``value`` is provably ``>= 0`` wherever it is finite (``x * x``, ``x ** 2``,
@@ -44,10 +66,20 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     args = bind(value)
     first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    kept = zero_added(value, key, args, ctx)
+    if kept is not None:
+        return nonnegative(kept, deeper, ctx, value)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return nonnegative(first, deeper, ctx, value) and \
             nonnegative(args["other"], deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key == "sqrt":
+    if key in ("masked_fill", "where"):
+        return all(nonnegative(v, deeper, ctx, value) for v in _filled(key, args))
+    if key == "slice":
+        last = _last_rows(value, args)
+        if last is not None and _rows_nonnegative(first, *last, deeper, ctx, value):
+            return True
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in SIGN_SELECTIONS or \
+            key == "sqrt":
         return nonnegative(first, deeper, ctx, value)
     if key in _NEGATIONS:
         return nonpositive(first, deeper, ctx, value)
@@ -62,11 +94,90 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
         return a is b or (nonnegative(a, deeper, ctx, value) and
                           nonnegative(b, deeper, ctx, value)) or \
             (nonpositive(a, deeper, ctx, value) and nonpositive(b, deeper, ctx, value))
+    if key in ("clamp", "clip", "clamp_min"):
+        low = _held(args.get("min", node_arg(value, 1)), value, ctx)
+        if isinstance(low, (int, float)) and not isinstance(low, bool) and low >= 0 and \
+                _max_at_least(value, key, args, 0):
+            return True
+    if key in ("pad", "constant_pad_nd"):
+        return _pads_with(args, lambda v: v >= 0) and nonnegative(first, deeper, ctx, value)
     if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
         return positive(value, depth, ctx, reader)
     return False
 
 
+def _max_at_least(value: Node, key: str, args: dict[str, Any], low: float) -> bool:
+    """Whether a clamp's upper bound (none, or a number) is at least ``low``: with
+    ``max < min`` every element becomes ``max``."""
+    high = None if key == "clamp_min" else args.get("max", node_arg(value, 2))
+    return high is None or (isinstance(high, (int, float)) and not isinstance(high, bool)
+                            and high >= low)
+
+
+def _rank(value: Any) -> int | None:
+    val = value.meta.get("val") if isinstance(value, Node) else None
+    return val.dim() if hasattr(val, "dim") else None
+
+
+def _last_rows(value: Node, args: dict[str, Any]) -> tuple[int, int] | None:
+    """``(dim, k)`` where ``value`` slices the last ``k`` entries of dimension ``dim``
+    (counted from the end, ``-1`` the last) of its input, step 1; ``None`` otherwise."""
+    source, dim = args.get("input"), args.get("dim", 0)
+    start, end, step = args.get("start"), args.get("end"), args.get("step", 1)
+    rank = _rank(source)
+    if not isinstance(dim, int) or step not in (1, None) or not isinstance(start, int):
+        return None
+    if dim >= 0:
+        if rank is None:
+            return None
+        dim -= rank
+    if start < 0 and (end is None or (isinstance(end, int) and end >= 2 ** 62)):
+        return dim, -start
+    val = source.meta.get("val") if isinstance(source, Node) else None
+    size = val.shape[dim] if hasattr(val, "shape") else None
+    if isinstance(size, int) and start >= 0 and (end is None or end >= size) and start < size:
+        return dim, size - start
+    return None
+
+
+def _rows_nonnegative(x: Any, dim: int, k: int, depth: int, ctx: Any, reader: Node) -> bool:
+    """Whether the last ``k`` entries of ``x`` along ``dim`` (from the end) are ``>= 0``: a
+    matmul's rows come from its left factor's rows (``pad(v, value=1) @ relu(k)``: the padded
+    row of ones times values ``>= 0``, Sana's linear attention's normaliser)."""
+    if not _readable(x, depth, ctx, reader):
+        return nonnegative(x, depth, ctx, reader)
+    key, _ = op_key(x)
+    args = bind(x)
+    first = args.get("input", node_arg(x, 0))
+    if key == "matmul" and dim == -2 and _rank(first) not in (None, 1) and \
+            _rank(args.get("other")) not in (None, 1):
+        return _rows_nonnegative(first, -2, k, depth + 1, ctx, x) and \
+            nonnegative(args.get("other"), depth + 1, ctx, x)
+    if key in ("pad", "constant_pad_nd"):
+        pad = args.get("pad", node_arg(x, 1))
+        j = -dim - 1  # pairs in `pad` run from the last dimension
+        if isinstance(pad, (list, tuple)) and len(pad) > 2 * j + 1 and \
+                isinstance(pad[2 * j + 1], int) and pad[2 * j + 1] >= k and \
+                args.get("mode", "constant") in ("constant", None):
+            fill = args.get("value", 0)
+            return isinstance(fill, (int, float)) and (fill or 0) >= 0
+    if key in ("to", "_to_copy", "float", "half", "bfloat16", "double", "contiguous",
+               "clone", "detach", "alias"):
+        return _rows_nonnegative(first, dim, k, depth + 1, ctx, x)
+    return nonnegative(x, depth, ctx, reader)
+
+
+def _pads_with(args: dict[str, Any], holds: Any) -> bool:
+    """Whether a ``pad`` pads with a constant for which ``holds`` (other modes copy the
+    input's own values)."""
+    if args.get("mode", "constant") not in ("constant", None):
+        return True
+    fill = args.get("value", args.get("fill_value", 0))
+    fill = 0 if fill is None else fill
+    return isinstance(fill, (int, float)) and holds(fill)
+
+
+@_memo
 def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
                 ) -> bool:
     """Whether ``value`` is provably ``<= 0`` wherever it is finite: ``-exp(a)``, a
@@ -84,9 +195,17 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     args = bind(value)
     first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    kept = zero_added(value, key, args, ctx)
+    if kept is not None:
+        return nonpositive(kept, deeper, ctx, value)
     if key in _NEGATIONS:
         return nonnegative(first, deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in ("sum", "mean", "amax", "amin", "max", "min", "cumsum"):
+    if key in ("masked_fill", "where"):
+        return all(nonpositive(v, deeper, ctx, value) for v in _filled(key, args))
+    if key in ("pad", "constant_pad_nd"):
+        return _pads_with(args, lambda v: v <= 0) and nonpositive(first, deeper, ctx, value)
+    if key in SIGN_CARRIERS or key in SIGN_SELECTIONS or \
+            key in ("sum", "mean", "amax", "amin", "max", "min", "cumsum"):
         return nonpositive(first, deeper, ctx, value)
     if key in MULTIPLY:
         a, b = args.get("input"), args.get("other")
@@ -95,6 +214,7 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     return False
 
 
+@_memo
 def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None) -> bool:
     """Whether ``value`` is provably ``> 0`` wherever it is finite, so that dividing by it
     (``rsqrt``, ``log``, ``1 / x``) stays finite: a positive constant, ``v + eps`` with
@@ -122,10 +242,14 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
         return True
     args = bind(value)
     deeper = depth + 1
+    kept = zero_added(value, key, args, ctx)
+    if kept is not None:
+        return positive(kept, deeper, ctx, value)
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return positive(args.get("input"), deeper, ctx, value) and \
             positive(args["other"], deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in ("sqrt", "rsqrt"):
+    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in SIGN_SELECTIONS or \
+            key in ("sqrt", "rsqrt"):
         return positive(args.get("input", node_arg(value, 0)), deeper, ctx, value)
     if key == "add":
         a, b = (_held(v, value, ctx) for v in (args.get("input"), args.get("other")))
@@ -136,10 +260,133 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
             (nonnegative(a, deeper, ctx, value) and positive(b, deeper, ctx, value))
     if key in ("clamp", "clip", "clamp_min"):
         low = _held(args.get("min", node_arg(value, 1)), value, ctx)
-        return isinstance(low, (int, float)) and not isinstance(low, bool) and low > 0
+        return isinstance(low, (int, float)) and not isinstance(low, bool) and low > 0 and \
+            _max_at_least(value, key, args, low)
     if key == "maximum":
         return positive(args.get("other"), deeper, ctx, value) or \
             positive(args.get("input"), deeper, ctx, value)
+    return False
+
+
+def zero_added(value: Node, key: str, args: dict[str, Any], ctx: Any) -> Any:
+    """The operand ``a`` of ``a + b`` (or ``a - b``) where ``b`` is exactly zero in this
+    sweep, as ``value`` reads it: the sum *is* ``a``, and everything proven of ``a`` holds
+    of it (a residual merge proven equal to its skip). ``None`` otherwise, and always
+    without the zero facts (``ctx``): a sweep with fewer parameters zero proves less."""
+    if ctx is None or key not in ("add", "sub", "subtract"):
+        return None
+    a, b = args.get("input"), args.get("other")
+    if isinstance(b, Node) and ctx.fact_at(b, value) == Z:
+        return _held(a, value, ctx)  # a constant as the sum holds it (1e-50 is 0 in float32)
+    if key == "add" and isinstance(a, Node) and ctx.fact_at(a, value) == Z and \
+            args.get("alpha", 1) == 1:
+        return _held(b, value, ctx)
+    return None
+
+
+def _filled(key: str, args: dict[str, Any]) -> tuple[Any, Any]:
+    """The two sources of ``masked_fill(x, m, v)`` (``x``, ``v``) or ``where(c, x, y)``."""
+    if key == "where":
+        return args.get("input"), args.get("other")
+    return args.get("input"), args.get("value")
+
+
+def finite_or_neg_inf(value: Any, ctx: Any, depth: int = 0, reader: Node | None = None
+                      ) -> bool:
+    """Whether ``value`` is finite or ``-inf`` everywhere (never NaN nor ``+inf``), under the
+    zero facts ``ctx``: a value whose fact is not unknown, or scores masked with ``-inf``
+    (``masked_fill``, ``where``, ``scatter``) of such, their views, casts, sums and
+    cumulative sums (``-inf + finite`` is ``-inf``; no ``+inf`` to meet it). ``exp`` of it
+    is finite, and ``0`` where it is ``-inf``.
+
+    >>> import torch
+    >>> from torch import fx
+    >>> from zeta_fx.semantics.lattice import U, F_
+    >>> class Facts:  # the inputs finite; nothing known of what is computed from them
+    ...     def fact(self, v): return F_ if v.op == "placeholder" else U
+    ...     def fact_at(self, v, r): return self.fact(v)
+    ...     def read_is_stale(self, v, r): return False
+    ...     def written_after(self, v): return False
+    >>> gm = fx.symbolic_trace(lambda x, m: (x.masked_fill(m, float("-inf")).cumsum(-1),
+    ...                                      x.masked_fill(m, float("-inf")) - x))
+    >>> out = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    >>> [finite_or_neg_inf(v, Facts()) for v in out]  # -inf - (-inf) would be NaN
+    [True, False]
+    """
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return value == value and value != float("inf")
+    if not isinstance(value, Node) or depth > _SIGN_DEPTH:
+        return False
+    if (ctx.fact(value) if reader is None else ctx.fact_at(value, reader)) != U:
+        return True
+    if value.op not in ("call_function", "call_method") or \
+            (reader is not None and ctx.read_is_stale(value, reader)) or \
+            (reader is None and ctx.written_after(value)):
+        return False
+    key, _ = op_key(value)
+    args = bind(value)
+    deeper = depth + 1
+    if key in ("masked_fill", "where"):
+        return all(finite_or_neg_inf(v, ctx, deeper, value) for v in _filled(key, args))
+    if key == "scatter" and not isinstance(args.get("src", args.get("value")), Node):
+        return finite_or_neg_inf(args.get("input"), ctx, deeper, value) and \
+            finite_or_neg_inf(args.get("value", args.get("src")), ctx, deeper, value)
+    if key in ("add", "sum", "cumsum") or key in NEG_INF_KEEPING:
+        operands = (args.get("input"), args.get("other")) if key == "add" else \
+            (args.get("input", node_arg(value, 0)),)
+        if key == "add" and args.get("alpha", 1) != 1:
+            return False
+        return all(v is None or finite_or_neg_inf(v, ctx, deeper, value) for v in operands)
+    return False
+
+
+def keeps_first_column(value: Any, dim: Any, ctx: Any, reader: Node | None = None) -> bool:
+    """Whether every row of ``value`` along ``dim`` (the last) keeps a finite entry: finite
+    scores with a causal mask filled by ``-inf`` (``triu(m, diagonal >= 1)``, or
+    ``~tril(ones, diagonal >= 0)``), which never masks the first column. A mask read from
+    the inputs (padding) may blank a whole row: ``False``."""
+    if not isinstance(value, Node) or value.op not in ("call_function", "call_method") or \
+            (reader is not None and ctx.read_is_stale(value, reader)):
+        return False
+    rank = _rank(value)
+    if not isinstance(dim, int) or (dim != -1 and (rank is None or dim != rank - 1)):
+        return False
+    key, _ = op_key(value)
+    args = bind(value)
+    if key in NEG_INF_KEEPING and key not in ("transpose", "permute", "t", "movedim",
+                                                "select", "slice", "getitem", "flatten",
+                                                "unflatten", "view", "reshape", "squeeze",
+                                                "unsqueeze", "_unsafe_view", "repeat"):
+        return keeps_first_column(args.get("input", node_arg(value, 0)), -1, ctx, value)
+    if key != "masked_fill" or ctx.fact(args.get("input")) == U or \
+            not finite_or_neg_inf(args.get("value"), ctx):
+        return False
+    return _causal(args.get("mask"), 0)
+
+
+def _causal(mask: Any, depth: int) -> bool:
+    """``mask`` is ``True`` only above the diagonal of its last two dimensions."""
+    if not isinstance(mask, Node) or depth > _SIGN_DEPTH or \
+            mask.op not in ("call_function", "call_method"):
+        return False
+    key, _ = op_key(mask)
+    args = bind(mask)
+    first = args.get("input", node_arg(mask, 0))
+    if key in MASK_CARRIERS:
+        return _causal(first, depth + 1)
+    if key == "triu":
+        diagonal = args.get("diagonal", node_arg(mask, 1) or 0)
+        return isinstance(diagonal, int) and diagonal >= 1
+    if key in ("logical_not", "bitwise_not") and isinstance(first, Node) and \
+            first.op in ("call_function", "call_method") and op_key(first)[0] == "tril":
+        inner = bind(first)
+        diagonal = inner.get("diagonal", node_arg(first, 1) or 0)
+        ones = inner.get("input", node_arg(first, 0))
+        return isinstance(diagonal, int) and diagonal >= 0 and isinstance(ones, Node) and \
+            ones.op in ("call_function", "call_method") and op_key(ones)[0] in FRESH and \
+            op_key(ones)[0] in ("ones", "ones_like")
     return False
 
 

@@ -15,7 +15,8 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
            "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE",
-           "METADATA_OPERANDS", "WEIGHT_NORMS"]
+           "METADATA_OPERANDS", "WEIGHT_NORMS", "SIGN_SELECTIONS", "INDEXED_PAIRS",
+           "NEG_INF_KEEPING", "SOFTMAXES", "MASK_CARRIERS"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -213,3 +214,22 @@ METADATA_OPERANDS: dict[str, tuple[tuple[int, str], ...]] = {
 # own weight is not finite then): the op key, the magnitude's and the direction's names. (``_weight_norm_interface`` returns
 # the norms beside it; a tuple the facts do not split, so it is not listed.)
 WEIGHT_NORMS: dict[str, tuple[str, str]] = {"_weight_norm": ("g", "v")}
+# Selections by index that keep the sign of the tensor they read from (its first input):
+# a router's ``scores.gather(1, topk_indices)``, ``x[idx]``
+SIGN_SELECTIONS = frozenset({"gather", "index", "index_select", "take_along_dim", "take"})
+# Ops returning ``(values, indices)``: item 1 holds integer positions, always finite
+INDEXED_PAIRS = frozenset({"topk", "sort", "kthvalue", "mode", "max", "min", "cummax",
+                           "cummin", "median", "nanmedian"})
+# Ops that keep a value "finite or -inf" (no NaN, no +inf) when their other inputs are
+# finite: views, casts, selections (and the adds and fills the signs read apart)
+NEG_INF_KEEPING = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
+                             "_to_copy", "float", "half", "bfloat16", "double", "type_as",
+                             "contiguous", "clone", "detach", "alias", "unsqueeze",
+                             "squeeze", "flatten", "unflatten", "transpose", "permute", "t",
+                             "select", "slice", "repeat", "movedim", "getitem"})
+# Softmaxes: ``_safe_softmax`` gives 0 on a row that is all ``-inf``; the others NaN
+SOFTMAXES = frozenset({"softmax", "_softmax", "_safe_softmax"})
+# Ops that carry a boolean mask to the scores it masks without moving its last two
+# dimensions (casts, broadcasts)
+MASK_CARRIERS = frozenset({"to", "_to_copy", "bool", "expand", "expand_as", "contiguous",
+                           "clone", "detach", "alias"})

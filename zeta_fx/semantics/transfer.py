@@ -21,17 +21,20 @@ from torch.fx import Node
 from zeta_fx.semantics.keys import op_key, signature
 from zeta_fx.semantics.lattice import (F_, P, U, Z, Fact, constant_fact, finite, join,
                                        normalised, product, singular, total)
-from zeta_fx.semantics.signs import node_arg, positive
-from zeta_fx.semantics.tables import FULL, PRESERVING, WEIGHT_NORMS, ZEROS
+from zeta_fx.semantics.signs import (finite_or_neg_inf, keeps_first_column, node_arg,
+                                     nonpositive, positive)
+from zeta_fx.semantics.tables import (BOUNDED_BY_ONE, FULL, INDEXED_PAIRS, PRESERVING,
+                                      SOFTMAXES, WEIGHT_NORMS, ZEROS)
 
 __all__ = ["HANDLERS", "QUICK_METHODS", "Facts", "makes_zeros", "may_be_zero", "clamp_fact",
-           "threshold_fact"]
+           "threshold_fact", "neg_inf_masked", "index_item"]
 
 
 class Facts(Protocol):
     """What a transfer function asks of the sweep that calls it."""
 
     def fact(self, value: Any) -> Fact: ...
+    def fact_at(self, value: Any, reader: Node) -> Fact: ...
     def operand(self, value: Any, node: Node) -> Fact: ...
     def changed(self, value: Any) -> bool: ...
     def why(self, value: Any) -> str: ...
@@ -85,6 +88,43 @@ def may_be_zero(f: Facts, value: Any, reader: Node | None = None) -> bool:
     if fact in (Z, P):
         return True
     return isinstance(value, Node) and f.changed(value)
+
+
+def neg_inf_masked(f: Facts, node: Node, key: str, source: Any) -> tuple[Fact, str] | None:
+    """``exp`` of scores masked with ``-inf`` (a state-space model's segment sums
+    ``exp(segsum(A * dt))``): the input's fact is ``UNKNOWN`` only for its ``-inf`` fills,
+    and ``exp`` of a value ``<= 0`` or ``-inf`` lies in [0, 1] (``PARTLY_ZERO``: zero where
+    masked). A softmax over such scores is finite where each row keeps a finite entry (a
+    causal mask keeps the first column; ``_safe_softmax`` gives 0 on a blank row); a padding
+    mask may blank a whole row, and is said so. ``None`` where nothing is proven."""
+    name = f"`{node.name}` ({key})"
+    if key in SOFTMAXES and finite_or_neg_inf(source, f, 0, node):
+        dim = node.kwargs.get("dim", node_arg(node, 1))
+        if key == "_safe_softmax" or keeps_first_column(source, dim, f, node):
+            return P, f"{name}: every row keeps a finite score, so it lies in [0, 1]"
+        return U, (f"{name} of scores masked with -inf: a row may be all -inf (a padding "
+                   "mask can blank a whole row), and then it is NaN")
+    if key not in BOUNDED_BY_ONE or not finite_or_neg_inf(source, f, 0, node) or \
+            not nonpositive(source, 0, f, node):
+        return None
+    return P, (f"`{node.name}` ({key}) of `{getattr(source, 'name', source)}` (<= 0 or -inf)"
+               " lies in [0, 1], zero where masked")
+
+
+def index_item(f: Facts, source: Any, index: Any) -> Fact | None:
+    """The fact of item ``index`` of ``source`` where it is the integer positions of
+    ``topk``, ``sort``, ``max(x, dim)``...: finite whatever the values were (``F_``)."""
+    if index != 1 or not isinstance(source, Node) or \
+            source.op not in ("call_function", "call_method"):
+        return None
+    key = f.key(source)[0]
+    if key not in INDEXED_PAIRS:
+        return None
+    if key in ("max", "min", "median", "nanmedian"):  # only the forms with a dim are pairs
+        dim = source.kwargs.get("dim", node_arg(source, 1))
+        if not isinstance(dim, int) or isinstance(dim, bool):
+            return None
+    return F_
 
 
 def clamp_fact(x: Fact, low: Any, high: Any, what: str) -> tuple[Fact, str]:

@@ -51,7 +51,8 @@ from zeta_fx.semantics.lattice import (F_, U, Z, Fact, constant_fact, finite, jo
 from zeta_fx.semantics.signs import nonnegative, nonpositive
 from zeta_fx.semantics.tables import (BATCH_NORM_KERNELS, BOUNDED_BY_ONE, DOMAINS, EXPONENTIAL, FINITE_OPS, FRESH, OVERFLOWING,
                                       PRESERVING, SINGULAR)
-from zeta_fx.semantics.transfer import HANDLERS, QUICK_METHODS, makes_zeros, may_be_zero
+from zeta_fx.semantics.transfer import (HANDLERS, QUICK_METHODS, index_item, makes_zeros,
+                                       may_be_zero, neg_inf_masked)
 
 __all__ = ["Fact", "ZeroFacts", "makes_zeros", "join", "product", "total", "zero_inputs_needed"]
 
@@ -112,6 +113,7 @@ class ZeroFacts(ModuleSteps):
         self._storage = graph.storage
         self._dtypes = graph.dtypes
         self._reading: dict[Node, Fact] = {}  # what the node being stepped reads, if stale
+        self.sign_cache: dict[tuple[str, Node, Node | None], bool] = {}  # signs' answers
         # placeholders' facts where this sweep reads a decomposed op (others: as they were)
         self._seeds = seeds or {}
         self._decompositions = graph.decompositions
@@ -411,7 +413,10 @@ class ZeroFacts(ModuleSteps):
         if key == "getitem":
             source, index = node.args[0], node.args[1] if len(node.args) > 1 else None
             items = self._items.get(source) if isinstance(source, Node) else None
-            if items is not None and isinstance(index, int):
+            positions = index_item(self, source, index)
+            if positions is not None:
+                self._set(node, positions)
+            elif items is not None and isinstance(index, int):
                 self._set(node, items.get(index, F_), f"{what}: item {index}")
             else:
                 self._set(node, self.fact(source) if not isinstance(source, (list, tuple))
@@ -421,6 +426,11 @@ class ZeroFacts(ModuleSteps):
         if handler is not None:
             self._set(node, *handler(self, node, args, what))
             return
+        if x == U and key in FINITE_OPS:
+            masked = neg_inf_masked(self, node, key, args.get("input"))
+            if masked is not None:
+                self._set(node, *masked)
+                return
         if x == F_ and (key in DOMAINS or key in OVERFLOWING):
             source = args.get("input")
             why = self.out_of_range(node, key, source)
