@@ -127,6 +127,33 @@ def _stack_sum(view: GraphIndex, node: Node) -> list[tuple[Any, float]] | None:
     return [(t, 1.0) for t in tensors]
 
 
+def _shared_stack_sum(view: GraphIndex, node: Node) -> Join | None:
+    """``s = stack([a, b]); s.sum(0)`` where ``s`` is read elsewhere too (SK attention's
+    ``paths * attn``): a sum of paths, but zeroing a branch would change those other reads
+    as well, so it is no residual join. Named, so that the report is not silent on it."""
+    args = view.bound(node)
+    source = args.get("input")
+    if not isinstance(source, Node) or view.keys.get(source, ("",))[0] != "stack" \
+            or not view.is_data.get(source) or view.data_users.get(source) == [node]:
+        return None
+    sargs = view.bound(source)
+    tensors = sargs.get("tensors")
+    dim = args.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if isinstance(dim, (list, tuple)) and len(dim) == 1:
+        dim = dim[0]
+    if not isinstance(tensors, (list, tuple)) or dim != sargs.get("dim", 0):
+        return None
+    terms = tuple(t for t in tensors if isinstance(t, Node) and view.is_data.get(t))
+    if len(terms) < 2:
+        return None
+    others = [u.name for u in view.data_users[source] if u is not node]
+    return Join(node, terms, tuple((t, 1.0) for t in tensors), reason=(
+        f"not a residual join: `{node.name}` sums the stacked paths `{source.name}`, which "
+        f"{'is' if len(others) == 1 else 'are'} also read by "
+        f"{', '.join(f'`{o}`' for o in others[:2])}: zeroing a path would change those "
+        "reads too"))
+
+
 def find_joins(view: GraphIndex) -> list[Join]:
     """Every additive merge of two or more data paths, valid residual joins or not."""
     joins: list[Join] = []
@@ -145,6 +172,9 @@ def find_joins(view: GraphIndex) -> list[Join]:
             continue
         ops = operands(node)
         if ops is None:
+            shared = _shared_stack_sum(view, node)
+            if shared is not None:
+                joins.append(shared)
             continue
         users = view.data_users[node]
         if len(users) == 1 and operands(users[0]) is not None and users[0] not in separate \
