@@ -279,7 +279,8 @@ def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
 
     def verdict(t: Node) -> str | None:
         if t not in verdicts:
-            verdicts[t] = _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner))
+            verdicts[t] = _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner)) \
+                or (_own_piece(view, fork, t, sides) if counts[t] else None)
         return verdicts[t]
 
     # the skip is the cheapest path that carries only the fork's value: look at the
@@ -327,6 +328,39 @@ def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
     join.branch_operands = tuple(v for v, _ in flat if v is not join.skip)
     join.ok = True
     return join
+
+
+def _pieces(view: GraphIndex, fork: Node, side: frozenset[Node]) -> set[Any] | None:
+    """The items of ``fork`` (a ``split``'s tuple) that ``side`` reads, or ``None`` when it
+    reads the fork whole."""
+    items: set[Any] = set()
+    for node in side:
+        if fork not in view.data_inputs[node]:
+            continue
+        if node.target is not operator.getitem or node.args[0] is not fork \
+                or not isinstance(node.args[1], int):
+            return None
+        items.add(node.args[1])
+    return items
+
+
+def _own_piece(view: GraphIndex, fork: Node, term: Node,
+               sides: dict[Node, frozenset[Node]]) -> str | None:
+    """Why a projection path that reads only items of a split fork that no other path reads
+    is no skip: ``attn_out(a) + mlp_out(m)`` with ``a, m = split(in_proj(x))`` are parallel
+    branches of one fused projection; neither carries the fork's value to the merge."""
+    own = _pieces(view, fork, sides[term] | {term})
+    if not own:
+        return None
+    for other, side in sides.items():
+        if other is term:
+            continue
+        theirs = _pieces(view, fork, side | {other})
+        if theirs is None or theirs & own:
+            return None
+    items = ", ".join(str(i) for i in sorted(own))
+    return (f"it reads only item {items} of `{fork.name}`, which the other paths do not "
+            "read: parallel branches of one fused projection, not a skip")
 
 
 def _unique_cheapest(candidates: list[Node], terms: tuple[Node, ...],
