@@ -28,6 +28,7 @@ from zeta_fx import zero_init_pass
 from zeta_fx.capture import capture
 
 import test_diffusers
+import test_timm_metaformer as metaformer
 import test_timm_parallel_blocks as parallel
 import test_timm
 import test_torchvision
@@ -197,6 +198,8 @@ MODELS.update({f"timm-{c}": _timm(c) for c in test_timm.CASES})
 MODELS.update({f"timm-vit-{b.__name__}-ls{ls}": (lambda b=b, ls=ls: (parallel.vit(b, ls), parallel.X, {}))
                for b in (parallel.ParallelScalingBlock, parallel.ParallelThingsBlock)
                for ls in (None, 1e-5)})
+MODELS.update({f"timm-metaformer-{n}": (lambda n=n: (metaformer.build(n), metaformer.X, {}))
+               for n in metaformer.CONFIGS})
 MODELS.update({f"transformers-{n}": (lambda n=n: test_transformers._build(n))
                for n in sorted(test_transformers.FAMILIES)})
 MODELS.update({f"diffusers-{n}": (lambda n=n: test_diffusers._build(n))

@@ -39,7 +39,7 @@ from torch.fx import Node
 
 from zeta_fx.analysis.conditioning import conditioning_only
 from zeta_fx.analysis.index import GraphIndex
-from zeta_fx.semantics.tables import ADDITIVE, PIECES, SUBTRACTIVE
+from zeta_fx.semantics.tables import ADDITIVE, MULTIPLY, PIECES, SUBTRACTIVE
 
 
 __all__ = ["Join", "find_joins", "additive_operands"]
@@ -371,6 +371,32 @@ def _unique_cheapest(candidates: list[Node], terms: tuple[Node, ...],
     return all(counts[best] < counts[t] for t in candidates if t is not best)
 
 
+def _scale_module(view: GraphIndex, node: Node) -> bool:
+    """Whether ``node`` multiplies its one data input elementwise by the only parameter of
+    a module of its own (timm's ``res_scale``, a ``Scale``/``LayerScale``): the skip's own
+    parameter, like a projection shortcut's layers. A parameter of a larger module used
+    inline (an SSM's ``D * x`` beside its scan) is not one."""
+    if view.op_key(node)[0] not in MULTIPLY:
+        return False
+    weights = [a for a in (*node.args, *node.kwargs.values())
+               if isinstance(a, Node) and not view.is_data.get(a)]
+    if len(weights) != 1 or len(view.data_inputs[node]) != 1:
+        return False
+    roots = view.param_roots.get(weights[0], frozenset())
+    if len(roots) != 1:
+        return False
+    (param,) = roots
+    owner = param.rsplit(".", 1)[0] if "." in param else ""
+    try:
+        module = view.module(owner)
+    except (AttributeError, KeyError):
+        return False
+    if module._modules or view.params_of_module(owner) != (param,):
+        return False
+    # the multiply was written in that module's forward (not its parent's)
+    return _scope(node) == owner
+
+
 def _skip_verdict(view: GraphIndex, fork: Node, term: Node, side: frozenset[Node],
                   coeff: float, merge: Node, inner: set[Node]) -> str | None:
     """Why ``term`` cannot be the skip, or ``None`` if it carries only the fork's value."""
@@ -382,7 +408,8 @@ def _skip_verdict(view: GraphIndex, fork: Node, term: Node, side: frozenset[Node
             others = [i.name for i in inputs if i not in side and i is not fork]
             return (f"`{node.name}` combines it with another data value "
                     f"({', '.join(f'`{o}`' for o in others[:2]) or 'several inputs'})")
-        if node in view.layer_nodes and not view.structured_layer(node):
+        if node in view.layer_nodes and not view.structured_layer(node) \
+                and not _scale_module(view, node):
             return f"`{node.name}` scales it by a parameter of its own, not a projection layer"
     # the skip's values as the merge reads them: no write reaches them on the way
     watched = set(side) | {fork}
