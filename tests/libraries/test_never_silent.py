@@ -33,6 +33,7 @@ import test_timm_parallel_blocks as parallel
 import test_timm
 import test_torchvision
 import test_transformers
+import test_transformers_mobilebert as mobilebert
 
 ADD_FUNCS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
 ADD_METHODS = {"add", "add_", "sub", "sub_", "__add__", "__iadd__", "__sub__", "__radd__"}
@@ -202,6 +203,7 @@ MODELS.update({f"timm-metaformer-{n}": (lambda n=n: (metaformer.build(n), metafo
                for n in metaformer.CONFIGS})
 MODELS.update({f"transformers-{n}": (lambda n=n: test_transformers._build(n))
                for n in sorted(test_transformers.FAMILIES)})
+MODELS["transformers-mobilebert"] = lambda: (mobilebert.build(), mobilebert.IDS, {})
 MODELS.update({f"diffusers-{n}": (lambda n=n: test_diffusers._build(n))
                for n in test_diffusers.FAMILIES})
 

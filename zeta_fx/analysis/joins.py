@@ -372,11 +372,13 @@ def _unique_cheapest(candidates: list[Node], terms: tuple[Node, ...],
 
 
 def _scale_module(view: GraphIndex, node: Node) -> bool:
-    """Whether ``node`` multiplies its one data input elementwise by the only parameter of
-    a module of its own (timm's ``res_scale``, a ``Scale``/``LayerScale``): the skip's own
-    parameter, like a projection shortcut's layers. A parameter of a larger module used
-    inline (an SSM's ``D * x`` beside its scan) is not one."""
-    if view.op_key(node)[0] not in MULTIPLY:
+    """Whether ``node`` scales (or shifts) its one data input elementwise by a parameter of
+    a leaf module of its own, in that module's forward: timm's ``res_scale`` (a ``Scale``),
+    MobileBERT's ``NoNorm`` (``x * w + b``). The skip's own parameters, like a projection
+    shortcut's layers. A parameter of a larger module used inline (an SSM's ``D * x``
+    beside its scan) is not one, nor is a scale that reads other data."""
+    key = view.op_key(node)[0]
+    if key not in MULTIPLY and key not in ("add", "sub"):
         return False
     weights = [a for a in (*node.args, *node.kwargs.values())
                if isinstance(a, Node) and not view.is_data.get(a)]
@@ -391,9 +393,9 @@ def _scale_module(view: GraphIndex, node: Node) -> bool:
         module = view.module(owner)
     except (AttributeError, KeyError):
         return False
-    if module._modules or view.params_of_module(owner) != (param,):
+    if module._modules or param not in view.params_of_module(owner):
         return False
-    # the multiply was written in that module's forward (not its parent's)
+    # the op was written in that module's forward (not its parent's)
     return _scope(node) == owner
 
 
