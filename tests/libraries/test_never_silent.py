@@ -100,18 +100,18 @@ class TensorKinds(fx.Interpreter):
 def tensor_nodes(gm: fx.GraphModule, args: tuple, kwargs: dict) -> dict[fx.Node, bool]:
     """Per node: is its value a tensor? From a run on the example inputs, or the export's
     own ``meta["val"]`` where the graph cannot be called with them."""
-    metas = {n: n.meta["val"] for n in gm.graph.nodes if "val" in n.meta}
-    if any(n.op == "call_function" for n in metas):  # torch.export's graph
-        return {n: carries_tensor(v) for n, v in metas.items()}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     flat = list(args)
     for p in placeholders[len(args):]:
         name = p.target.lstrip("*")
         flat.append(kwargs[name] if name in kwargs else (p.args[0] if p.args else None))
     interp = TensorKinds(gm)
-    with torch.no_grad():
-        interp.run(*flat)
-    return interp.tensor
+    try:
+        with torch.no_grad():
+            interp.run(*flat)
+        return interp.tensor
+    except Exception:  # torch.export flattens nested inputs: read its own meta instead
+        return {n: carries_tensor(n.meta["val"]) for n in gm.graph.nodes if "val" in n.meta}
 
 
 def shared_fork_merges(gm: fx.GraphModule, is_tensor: dict[fx.Node, bool]) -> list[fx.Node]:
