@@ -378,7 +378,7 @@ def _scale_module(view: GraphIndex, node: Node) -> bool:
     shortcut's layers. A parameter of a larger module used inline (an SSM's ``D * x``
     beside its scan) is not one, nor is a scale that reads other data."""
     key = view.op_key(node)[0]
-    if key not in MULTIPLY and key not in ("add", "sub"):
+    if key not in MULTIPLY and key not in ADDITIVE:
         return False
     weights = [a for a in (*node.args, *node.kwargs.values())
                if isinstance(a, Node) and not view.is_data.get(a)]
