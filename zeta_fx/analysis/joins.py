@@ -39,7 +39,7 @@ from torch.fx import Node
 
 from zeta_fx.analysis.conditioning import conditioning_only
 from zeta_fx.analysis.index import GraphIndex
-from zeta_fx.semantics.tables import ADDITIVE, PIECES, SUBTRACTIVE
+from zeta_fx.semantics.tables import ADDITIVE, MULTIPLY, PIECES, SUBTRACTIVE
 
 
 __all__ = ["Join", "find_joins", "additive_operands"]
@@ -127,6 +127,33 @@ def _stack_sum(view: GraphIndex, node: Node) -> list[tuple[Any, float]] | None:
     return [(t, 1.0) for t in tensors]
 
 
+def _shared_stack_sum(view: GraphIndex, node: Node) -> Join | None:
+    """``s = stack([a, b]); s.sum(0)`` where ``s`` is read elsewhere too (SK attention's
+    ``paths * attn``): a sum of paths, but zeroing a branch would change those other reads
+    as well, so it is no residual join. Named, so that the report is not silent on it."""
+    args = view.bound(node)
+    source = args.get("input")
+    if not isinstance(source, Node) or view.keys.get(source, ("",))[0] != "stack" \
+            or not view.is_data.get(source) or view.data_users.get(source) == [node]:
+        return None
+    sargs = view.bound(source)
+    tensors = sargs.get("tensors")
+    dim = args.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if isinstance(dim, (list, tuple)) and len(dim) == 1:
+        dim = dim[0]
+    if not isinstance(tensors, (list, tuple)) or dim != sargs.get("dim", 0):
+        return None
+    terms = tuple(t for t in tensors if isinstance(t, Node) and view.is_data.get(t))
+    if len(terms) < 2:
+        return None
+    others = [u.name for u in view.data_users[source] if u is not node]
+    return Join(node, terms, tuple((t, 1.0) for t in tensors), reason=(
+        f"not a residual join: `{node.name}` sums the stacked paths `{source.name}`, which "
+        f"{'is' if len(others) == 1 else 'are'} also read by "
+        f"{', '.join(f'`{o}`' for o in others[:2])}: zeroing a path would change those "
+        "reads too"))
+
+
 def find_joins(view: GraphIndex) -> list[Join]:
     """Every additive merge of two or more data paths, valid residual joins or not."""
     joins: list[Join] = []
@@ -145,6 +172,9 @@ def find_joins(view: GraphIndex) -> list[Join]:
             continue
         ops = operands(node)
         if ops is None:
+            shared = _shared_stack_sum(view, node)
+            if shared is not None:
+                joins.append(shared)
             continue
         users = view.data_users[node]
         if len(users) == 1 and operands(users[0]) is not None and users[0] not in separate \
@@ -249,7 +279,8 @@ def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
 
     def verdict(t: Node) -> str | None:
         if t not in verdicts:
-            verdicts[t] = _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner))
+            verdicts[t] = _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner)) \
+                or (_own_piece(view, fork, t, sides) if counts[t] else None)
         return verdicts[t]
 
     # the skip is the cheapest path that carries only the fork's value: look at the
@@ -299,12 +330,73 @@ def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
     return join
 
 
+def _pieces(view: GraphIndex, fork: Node, side: frozenset[Node]) -> set[Any] | None:
+    """The items of ``fork`` (a ``split``'s tuple) that ``side`` reads, or ``None`` when it
+    reads the fork whole."""
+    items: set[Any] = set()
+    for node in side:
+        if fork not in view.data_inputs[node]:
+            continue
+        if node.target is not operator.getitem or node.args[0] is not fork \
+                or not isinstance(node.args[1], int):
+            return None
+        items.add(node.args[1])
+    return items
+
+
+def _own_piece(view: GraphIndex, fork: Node, term: Node,
+               sides: dict[Node, frozenset[Node]]) -> str | None:
+    """Why a projection path that reads only items of a split fork that no other path reads
+    is no skip: ``attn_out(a) + mlp_out(m)`` with ``a, m = split(in_proj(x))`` are parallel
+    branches of one fused projection; neither carries the fork's value to the merge."""
+    own = _pieces(view, fork, sides[term] | {term})
+    if not own:
+        return None
+    for other, side in sides.items():
+        if other is term:
+            continue
+        theirs = _pieces(view, fork, side | {other})
+        if theirs is None or theirs & own:
+            return None
+    items = ", ".join(str(i) for i in sorted(own))
+    return (f"it reads only item {items} of `{fork.name}`, which the other paths do not "
+            "read: parallel branches of one fused projection, not a skip")
+
+
 def _unique_cheapest(candidates: list[Node], terms: tuple[Node, ...],
                      counts: dict[Node, int]) -> bool:
     if not candidates:
         return False
     best = min(candidates, key=counts.__getitem__)
     return all(counts[best] < counts[t] for t in candidates if t is not best)
+
+
+def _scale_module(view: GraphIndex, node: Node) -> bool:
+    """Whether ``node`` scales (or shifts) its one data input elementwise by a parameter of
+    a leaf module of its own, in that module's forward: timm's ``res_scale`` (a ``Scale``),
+    MobileBERT's ``NoNorm`` (``x * w + b``). The skip's own parameters, like a projection
+    shortcut's layers. A parameter of a larger module used inline (an SSM's ``D * x``
+    beside its scan) is not one, nor is a scale that reads other data."""
+    key = view.op_key(node)[0]
+    if key not in MULTIPLY and key not in ADDITIVE:
+        return False
+    weights = [a for a in (*node.args, *node.kwargs.values())
+               if isinstance(a, Node) and not view.is_data.get(a)]
+    if len(weights) != 1 or len(view.data_inputs[node]) != 1:
+        return False
+    roots = view.param_roots.get(weights[0], frozenset())
+    if len(roots) != 1:
+        return False
+    (param,) = roots
+    owner = param.rsplit(".", 1)[0] if "." in param else ""
+    try:
+        module = view.module(owner)
+    except (AttributeError, KeyError):
+        return False
+    if module._modules or param not in view.params_of_module(owner):
+        return False
+    # the op was written in that module's forward (not its parent's)
+    return _scope(node) == owner
 
 
 def _skip_verdict(view: GraphIndex, fork: Node, term: Node, side: frozenset[Node],
@@ -318,7 +410,8 @@ def _skip_verdict(view: GraphIndex, fork: Node, term: Node, side: frozenset[Node
             others = [i.name for i in inputs if i not in side and i is not fork]
             return (f"`{node.name}` combines it with another data value "
                     f"({', '.join(f'`{o}`' for o in others[:2]) or 'several inputs'})")
-        if node in view.layer_nodes and not view.structured_layer(node):
+        if node in view.layer_nodes and not view.structured_layer(node) \
+                and not _scale_module(view, node):
             return f"`{node.name}` scales it by a parameter of its own, not a projection layer"
     # the skip's values as the merge reads them: no write reaches them on the way
     watched = set(side) | {fork}

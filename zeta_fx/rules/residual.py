@@ -22,6 +22,10 @@ def _join_position(view: GraphView, join: Join) -> str:
     if join.skip_kind == "projection":
         owners = [view.layer(n).owner for n in join.skip_layers]
         skip = f"projection {owner_of([o + '.x' for o in owners]) or ', '.join(owners)}"
+        if not any(view.structured_layer(n) for n in join.skip_layers):
+            # res_scale(x): the fork scaled elementwise by the skip's own parameter
+            skip = f"`{join.skip.name}` = {' . '.join(reversed(owners))}({join.fork.name}), " \
+                   "scaled by its own parameter"
     return f"branch into `{join.merge.name}` from `{join.fork.name}`, skip: {skip}"
 
 
