@@ -17,9 +17,9 @@ from torch.fx import Node
 from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U, Z
-from zeta_fx.semantics.tables import (FRESH, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
-                                      NONNEG_OPS, POSITIVE_OPS, SIGN_CARRIERS, SIGN_REDUCTIONS,
-                                      SIGN_SELECTIONS)
+from zeta_fx.semantics.tables import (COPIES, FRESH, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
+                                      NONNEG_OPS, POSITIVE_OPS, ROW_KEEPING, SIGN_CARRIERS,
+                                      SIGN_REDUCTIONS, SIGN_SELECTIONS)
 
 __all__ = ["nonnegative", "nonpositive", "positive", "node_arg", "finite_or_neg_inf",
            "zero_added", "keeps_first_column"]
@@ -161,8 +161,7 @@ def _rows_nonnegative(x: Any, dim: int, k: int, depth: int, ctx: Any, reader: No
                 args.get("mode", "constant") in ("constant", None):
             fill = args.get("value", 0)
             return isinstance(fill, (int, float)) and (fill or 0) >= 0
-    if key in ("to", "_to_copy", "float", "half", "bfloat16", "double", "contiguous",
-               "clone", "detach", "alias"):
+    if key in COPIES:
         return _rows_nonnegative(first, dim, k, depth + 1, ctx, x)
     return nonnegative(x, depth, ctx, reader)
 
@@ -355,10 +354,7 @@ def keeps_first_column(value: Any, dim: Any, ctx: Any, reader: Node | None = Non
         return False
     key, _ = op_key(value)
     args = bind(value)
-    if key in NEG_INF_KEEPING and key not in ("transpose", "permute", "t", "movedim",
-                                                "select", "slice", "getitem", "flatten",
-                                                "unflatten", "view", "reshape", "squeeze",
-                                                "unsqueeze", "_unsafe_view", "repeat"):
+    if key in ROW_KEEPING:
         return keeps_first_column(args.get("input", node_arg(value, 0)), -1, ctx, value)
     if key != "masked_fill" or ctx.fact(args.get("input")) == U or \
             not finite_or_neg_inf(args.get("value"), ctx):

@@ -16,7 +16,7 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
            "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE",
            "METADATA_OPERANDS", "WEIGHT_NORMS", "SIGN_SELECTIONS", "INDEXED_PAIRS",
-           "NEG_INF_KEEPING", "SOFTMAXES", "MASK_CARRIERS"]
+           "NEG_INF_KEEPING", "COPIES", "ROW_KEEPING", "SOFTMAXES", "MASK_CARRIERS"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -220,13 +220,18 @@ SIGN_SELECTIONS = frozenset({"gather", "index", "index_select", "take_along_dim"
 # Ops returning ``(values, indices)``: item 1 holds integer positions, always finite
 INDEXED_PAIRS = frozenset({"topk", "sort", "kthvalue", "mode", "max", "min", "cummax",
                            "cummin", "median", "nanmedian"})
+# Casts and copies: the same values (in another dtype, memory or tensor object)
+COPIES = frozenset({"to", "_to_copy", "float", "half", "bfloat16", "double", "contiguous",
+                    "clone", "detach", "alias"})
+# Ops that keep every row of a tensor along its last dimension as it was: copies, casts
+# to another tensor's dtype, broadcasts
+ROW_KEEPING = COPIES | frozenset({"type_as", "expand", "expand_as"})
 # Ops that keep a value "finite or -inf" (no NaN, no +inf) when their other inputs are
-# finite: views, casts, selections (and the adds and fills the signs read apart)
-NEG_INF_KEEPING = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
-                             "_to_copy", "float", "half", "bfloat16", "double", "type_as",
-                             "contiguous", "clone", "detach", "alias", "unsqueeze",
-                             "squeeze", "flatten", "unflatten", "transpose", "permute", "t",
-                             "select", "slice", "repeat", "movedim", "getitem"})
+# finite: the row-keeping ops, views and selections (and the adds and fills the signs read
+# apart)
+NEG_INF_KEEPING = ROW_KEEPING | frozenset({
+    "view", "_unsafe_view", "reshape", "unsqueeze", "squeeze", "flatten", "unflatten",
+    "transpose", "permute", "t", "select", "slice", "repeat", "movedim", "getitem"})
 # Softmaxes: ``_safe_softmax`` gives 0 on a row that is all ``-inf``; the others NaN
 SOFTMAXES = frozenset({"softmax", "_softmax", "_safe_softmax"})
 # Ops that carry a boolean mask to the scores it masks without moving its last two
