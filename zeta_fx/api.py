@@ -109,7 +109,7 @@ def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_in
                      leaf_modules: Iterable[LeafSpec] = (),
                      zero_preserving: Iterable[Any] = (),
                      capture: str = "auto", use_cache_off: bool = True,
-                     runs: bool = False) -> Traced:
+                     runs: bool = False, compositional: bool = True) -> Traced:
     """Capture ``model`` (:func:`~zeta_fx.capture.capture_model`: every refusal of a bad
     input happens there, before tracing), analyse it, and return ``rule``'s settled
     selection. ``init_pass`` plans and applies what comes out; ``gate_residuals`` gates the
@@ -125,7 +125,8 @@ def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_in
                              example_kwargs=example_kwargs, leaf_modules=leaf_modules,
                              within=[(f"within= of rule {name}", scope)
                                      for name, scope in rule_scopes(rule_obj)],
-                             method=capture, use_cache_off=use_cache_off, runs=runs)
+                             method=capture, use_cache_off=use_cache_off, runs=runs,
+                             compositional=compositional)
     ops = ZeroOps.default().declare(zero_preserving) if zero_preserving else None
     view = GraphView(captured.gm, captured.model, ops)
     return Traced(captured.model, captured.gm, view, rule_obj,
@@ -142,7 +143,8 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
               zero_preserving: Iterable[Any] = (),
               allow_tied: bool = False,
               verify: bool = False,
-              capture: str = "auto") -> ZeroInitReport:
+              capture: str = "auto",
+              compositional: bool = True) -> ZeroInitReport:
     """Initialise the layers ``rule`` finds in ``model`` with ``init``, and report.
 
     ``init`` is ``"zero"`` (what :func:`zero_init_pass` does), an initialiser from
@@ -175,7 +177,8 @@ def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
     verb = "zero_init_pass" if isinstance(initialiser, Zero) else "init_pass"
     traced = trace_and_select(model, rule, verb=verb, example_inputs=example_inputs,
                               example_kwargs=example_kwargs, leaf_modules=leaf_modules,
-                              zero_preserving=zero_preserving, capture=capture, runs=verify)
+                              zero_preserving=zero_preserving, capture=capture, runs=verify,
+                              compositional=compositional)
     drawn = seed is None and not isinstance(initialiser, Zero)
     if drawn:
         with torch.random.fork_rng(devices=[]):
@@ -205,7 +208,8 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
                    zero_preserving: Iterable[Any] = (),
                    allow_tied: bool = False,
                    verify: bool = False,
-                   capture: str = "auto") -> ZeroInitReport:
+                   capture: str = "auto",
+                   compositional: bool = True) -> ZeroInitReport:
     """Zero the layers ``rule`` finds in ``model`` and report what was touched and skipped.
 
     ``model`` is an ``nn.Module`` (traced with ``torch.fx.symbolic_trace``) or a
@@ -225,7 +229,11 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
 
     ``example_inputs``/``example_kwargs`` let a model that symbolic tracing cannot follow be
     captured with ``torch.export`` (non-strict) or concretely; ``capture="export"`` or
-    ``"concrete"`` forces one.
+    ``"concrete"`` forces one. A model captured with ``torch.export`` is captured
+    compositionally: each distinct repeated block (80 equal decoder layers are one) is
+    exported once and its copies stitched in, renamed to their own FQNs, so the graph (and
+    the report) is the one a whole-model export gives; ``compositional=False`` exports the
+    whole model.
 
     ``model`` may be on the meta device (plan with ``dry_run=True``, apply the plan after
     materialising), or wrapped in DDP / ``torch.compile`` (FQNs are reported as the inner
@@ -235,7 +243,7 @@ def zero_init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", 
     return init_pass(model, rule, init="zero", dry_run=dry_run, example_inputs=example_inputs,
                      example_kwargs=example_kwargs, leaf_modules=leaf_modules,
                      zero_preserving=zero_preserving, allow_tied=allow_tied, verify=verify,
-                     capture=capture)
+                     capture=capture, compositional=compositional)
 
 class ZeroInitPass(PassBase):
     """``zero_init_pass`` as a ``torch.fx.passes.infra`` pass.

@@ -48,7 +48,7 @@ def capture_model(model: Any, *, verb: str = "zero_init_pass",
                   leaf_modules: Iterable[LeafSpec] = (),
                   within: Iterable[tuple[str, str]] = (),
                   method: str = "auto", use_cache_off: bool = True,
-                  runs: bool = False) -> Captured:
+                  runs: bool = False, compositional: bool = True) -> Captured:
     """Check ``model`` and capture it: the one entrance of every verb that traces.
 
     Refuses, before anything is traced: a non-module, a sharded model (plan on the meta
@@ -57,7 +57,9 @@ def capture_model(model: Any, *, verb: str = "zero_init_pass",
     are seen through here, once: FQNs are the inner model's own. ``use_cache_off``: capture
     a forward that takes ``use_cache`` with ``use_cache=False`` unless the caller passed it
     (:func:`capture_kwargs`). ``runs``: the model will be run on example inputs
-    (``verify=True``), so it must hold values (:func:`check_runnable`).
+    (``verify=True``), so it must hold values (:func:`check_runnable`). ``compositional``:
+    an export captures each distinct repeated block once and stitches the copies in
+    (:mod:`zeta_fx.capture.blocks`): the same graph, faster; False exports the whole model.
     """
     if not isinstance(model, nn.Module):
         raise NotAModuleError(
@@ -76,7 +78,8 @@ def capture_model(model: Any, *, verb: str = "zero_init_pass",
         example_kwargs, notes = capture_kwargs(model, example_inputs, example_kwargs)
     try:
         gm = capture(model, leaf_modules=leaf_modules, example_inputs=example_inputs,
-                     example_kwargs=example_kwargs, method=method)
+                     example_kwargs=example_kwargs, method=method,
+                     compositional=compositional)
     except CaptureError as exc:
         cause = forward_argument_cause(model, str(exc), example_kwargs)
         if cause is None or type(exc) is not CaptureError:

@@ -22,7 +22,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import fx, nn
 
+from zeta_fx.capture.blocks import NotComposable, composing, repeated_blocks
 from zeta_fx.capture.concrete import concrete_capture
+from zeta_fx.capture.stitch import stitch
 from zeta_fx.errors import CaptureError, ModuleStateWriteError
 from zeta_fx.capture.tracer import LeafSpec, ZetaTracer, first_line, quiet_torch, tied_aliases
 from zeta_fx.snapshot import clone_inputs, leave_no_trace
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
             example_inputs: Any = None, example_kwargs: dict[str, Any] | None = None,
-            method: str = "auto") -> fx.GraphModule:
+            method: str = "auto", compositional: bool = False) -> fx.GraphModule:
     """Trace ``model`` (a ``GraphModule`` is returned unchanged).
 
     ``method="auto"`` tries ``symbolic_trace``; if it fails and example inputs are given,
@@ -53,6 +55,9 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
     1``) cannot be traced symbolically: it is refused with
     :class:`~zeta_fx.errors.ModuleStateWriteError` (with example inputs, ``"auto"`` goes on
     to ``torch.export``, which captures the update).
+
+    ``compositional=True``: an export captures each distinct repeated block once
+    (:func:`export_capture`); the graph is the same.
     """
     if method not in CAPTURE_METHODS:
         raise ValueError(f"capture must be one of {', '.join(map(repr, CAPTURE_METHODS))}, "
@@ -66,7 +71,8 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
                 f"capture={method!r} needs example inputs to run {type(model).__name__}.forward; "
                 "pass example_inputs=(...) (and example_kwargs={...}) shaped like a real batch")
         if method == "export":
-            return export_capture(model, example_inputs, example_kwargs)
+            return export_capture(model, example_inputs, example_kwargs,
+                                      compositional=compositional)
         return _concrete(model, example_inputs, example_kwargs, leaf_modules)
     tracer = ZetaTracer(leaf_modules)
     try:
@@ -80,7 +86,8 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
         failure = f"symbolic tracing failed in {place}: {type(exc).__name__}: {first_line(exc)}"
         if method == "auto" and has_examples:
             try:
-                return export_capture(model, example_inputs, example_kwargs)
+                return export_capture(model, example_inputs, example_kwargs,
+                                      compositional=compositional)
             except CaptureError as export_exc:
                 export_failure = getattr(export_exc, "failure", str(export_exc))
             try:
@@ -103,6 +110,16 @@ def capture(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (),
         ) from exc
 
 
+def _not_composable(exc: BaseException | None) -> NotComposable | None:
+    """The :class:`NotComposable` an export failure was caused by, if any."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, NotComposable):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def _concrete(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] | None,
               leaf_modules: Iterable[LeafSpec]) -> fx.GraphModule:
     return concrete_capture(model, example_inputs, example_kwargs,
@@ -111,7 +128,7 @@ def _concrete(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, A
 
 def export_capture(model: nn.Module, example_inputs: Any = None,
                    example_kwargs: dict[str, Any] | None = None, *,
-                   dynamic_shapes: Any = None) -> fx.GraphModule:
+                   dynamic_shapes: Any = None, compositional: bool = False) -> fx.GraphModule:
     """Capture ``model`` with non-strict ``torch.export`` as a graph over the model's FQNs.
 
     Lifted parameters, buffers and constants become ``get_attr`` nodes named by the
@@ -131,7 +148,28 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
     >>> gm = export_capture(Gate(), (torch.randn(2, 4),))
     >>> [n.target for n in gm.graph.nodes if n.op == "get_attr"]
     ['fc.weight', 'fc.bias']
+
+    ``compositional=True`` exports each distinct repeated block once
+    (:mod:`zeta_fx.capture.blocks`) and stitches the copies in
+    (:mod:`zeta_fx.capture.stitch`): the same graph, node for node, in a fraction of the
+    time for a model of many equal layers. Where a block cannot be summarised soundly, or
+    anything in that attempt fails, the whole model is exported as without it.
     """
+    excluded: frozenset[Any] = frozenset()
+    for _ in range(3 if compositional and dynamic_shapes is None else 0):
+        blocks = repeated_blocks(model, excluded)
+        if not blocks:
+            break
+        try:
+            with leave_no_trace(model), composing(blocks) as recorder:
+                gm = _export_capture(model, example_inputs, example_kwargs, None)
+            return stitch(gm, recorder, model) if recorder.segments else gm
+        except Exception as exc:  # noqa: BLE001 - the whole-model export decides
+            cause = _not_composable(exc)
+            logger.info("compositional export of %s: %s", type(model).__name__, cause or exc)
+            if cause is None or cause.structure is None:
+                break
+            excluded |= {cause.structure}  # again, with that block inline
     with leave_no_trace(model):
         return _export_capture(model, example_inputs, example_kwargs, dynamic_shapes)
 

@@ -1,0 +1,296 @@
+"""Compositional export: each distinct repeated block is exported once, its copies stitched in.
+
+The oracle is the whole-model export (``compositional=False``): both graphs must be the same
+node for node (op, name, target, arguments, ``nn_module_stack`` paths, recorded shapes), and
+the pass must make the same plan and the same rows from both. The models here draw the
+cases where a repeated block is *not* the same structure (a patched forward, a hook on one
+copy, a per-layer flag, another dtype, other input shapes, a shared parameter), blocks that
+cannot be summarised (one writing its input, one returning a view of it), and joins that
+cross block boundaries. How often each block's forward ran during capture shows which
+copies were captured on their own.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from zeta_fx import zero_init_pass
+from zeta_fx.capture import capture
+
+from claims import assert_blocks_equal_skip, check_pass, fixed_inputs
+
+NAMES: dict[int, str] = {}
+CALLS: list[nn.Module] = []  # the blocks whose forward ran (no attribute read: a name
+# read in the forward would make every block another structure)
+
+
+class Block(nn.Module):
+    """A pre-norm residual MLP block that counts its forward calls (by its own name)."""
+
+    def __init__(self, name: str, dim: int = 8, gated: bool = False, scale: float = 1.0):
+        super().__init__()
+        self.gated, self.scale = gated, scale
+        NAMES[id(self)] = name
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        CALLS.append(self)
+        h = self.fc2(torch.relu(self.fc1(self.norm(x))))
+        if self.gated:
+            h = h * torch.sigmoid(h)
+        if mask is not None:
+            h = h * mask
+        return x + self.scale * h
+
+
+class Stack(nn.Module):
+    def __init__(self, blocks: list[nn.Module], dim: int = 8):
+        super().__init__()
+        self.embed = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h, mask=mask)
+        return self.head(h)
+
+
+def stack(n: int = 6, **kw) -> Stack:
+    return Stack([Block(f"b{i}", **kw) for i in range(n)])
+
+
+X = torch.randn(2, 5, 8)
+
+
+def graph_signature(gm) -> list[tuple]:
+    out = []
+    for n in gm.graph.nodes:
+        stack_ = n.meta.get("nn_module_stack") or {}
+        val = n.meta.get("val")
+        out.append((n.op, n.name, str(n.target), str(n.args), str(n.kwargs),
+                    tuple(str(v[0]) for v in stack_.values()),
+                    tuple(val.shape) if isinstance(val, torch.Tensor) else None))
+    return out
+
+
+def both(model: nn.Module, args=(X,), kwargs=None):
+    """The whole-model and the compositional export, and which blocks ran for each."""
+    CALLS.clear()
+    whole = capture(model, example_inputs=args, example_kwargs=kwargs, method="export")
+    whole_calls = [NAMES[id(m)] for m in CALLS]
+    CALLS.clear()
+    parts = capture(model, example_inputs=args, example_kwargs=kwargs, method="export",
+                    compositional=True)
+    return whole, parts, whole_calls, [NAMES[id(m)] for m in CALLS]
+
+
+def rows(report) -> tuple:
+    return (report.plan.to_json(), [dict(r) for r in report.touched],
+            [(s.node, s.module, s.reason) for s in report.skipped])
+
+
+def assert_same_answer(model_fn, args=(X,), kwargs=None) -> tuple[list[str], list[str]]:
+    whole, parts, whole_calls, part_calls = both(model_fn(), args, kwargs)
+    assert graph_signature(parts) == graph_signature(whole)
+    a = zero_init_pass(model_fn(), dry_run=True, capture="export", example_inputs=args,
+                       example_kwargs=kwargs, compositional=False)
+    b = zero_init_pass(model_fn(), dry_run=True, capture="export", example_inputs=args,
+                       example_kwargs=kwargs)
+    assert rows(b) == rows(a)
+    return whole_calls, part_calls
+
+
+def seeded(fn, *a, **kw):
+    def build():
+        torch.manual_seed(0)
+        return fn(*a, **kw)
+    return build
+
+
+def test_equal_blocks_are_captured_once_and_give_the_same_graph_and_rows():
+    whole_calls, part_calls = assert_same_answer(seeded(stack))
+    assert whole_calls == [f"b{i}" for i in range(6)]
+    assert part_calls == ["b0"]  # the five others were opaque calls, stitched in
+
+
+def test_the_pass_on_a_compositional_capture_makes_every_block_the_identity():
+    torch.manual_seed(0)
+    model = stack()
+    report = check_pass(model, modules={f"blocks.{i}.fc2" for i in range(6)}, inputs=(X,),
+                        capture="export", example_inputs=(X,))
+    assert_blocks_equal_skip(model, [(b, lambda x, mask=None: x) for b in model.blocks],
+                             fixed_inputs((X,)))
+    assert len(report.modules) == 6
+
+
+def test_keyword_tensor_arguments_are_mapped_to_each_copy():
+    mask = torch.rand(2, 5, 1)
+    whole_calls, part_calls = assert_same_answer(seeded(stack), (X,), {"mask": mask})
+    assert part_calls == ["b0"]
+
+
+def test_a_per_layer_flag_makes_two_structures():
+    def build():
+        torch.manual_seed(0)
+        return Stack([Block(f"b{i}", gated=i % 2 == 1) for i in range(6)])
+    _, part_calls = assert_same_answer(build)
+    assert part_calls == ["b0", "b1"]  # one of each
+
+
+def test_a_per_layer_constant_read_by_the_forward_makes_another_structure():
+    def build():
+        torch.manual_seed(0)
+        return Stack([Block(f"b{i}", scale=1.0 if i < 3 else 0.5) for i in range(6)])
+    _, part_calls = assert_same_answer(build)
+    assert part_calls == ["b0", "b3"]
+
+
+def test_a_forward_patched_on_one_copy_runs_inline():
+    def build():
+        torch.manual_seed(0)
+        model = stack()
+        block = model.blocks[2]
+        original = block.forward
+        block.forward = lambda x, mask=None: original(x, mask) * 2  # instance-patched
+        return model
+    _, part_calls = assert_same_answer(build)
+    assert "b2" in part_calls and part_calls.count("b0") == 1
+
+
+def test_a_hook_on_one_copy_runs_it_inline():
+    def build():
+        torch.manual_seed(0)
+        model = stack()
+        model.blocks[4].fc1.register_forward_hook(lambda m, a, out: out * 0.5)
+        return model
+    _, part_calls = assert_same_answer(build)
+    assert "b4" in part_calls
+
+
+def test_a_copy_in_another_dtype_is_another_structure():
+    def build():
+        torch.manual_seed(0)
+        model = stack()
+        model.blocks[5].double()
+        model.head.double()
+        return model
+    whole, parts, _, part_calls = both(build())
+    assert graph_signature(parts) == graph_signature(whole)
+    assert "b5" in part_calls
+
+
+def test_copies_called_on_other_shapes_run_inline():
+    class Pyramid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block(f"b{i}") for i in range(4))
+
+        def forward(self, x):
+            for i, block in enumerate(self.blocks):
+                x = block(x[:, : 5 - i] if i else x)
+            return x
+    _, part_calls = assert_same_answer(seeded(Pyramid))
+    assert part_calls == ["b0", "b1", "b2", "b3"]
+
+
+def test_a_parameter_shared_between_copies_keeps_them_inline():
+    def build():
+        torch.manual_seed(0)
+        model = stack()
+        model.blocks[3].fc1.weight = model.blocks[1].fc1.weight
+        return model
+    _, part_calls = assert_same_answer(build)
+    assert {"b1", "b3"} <= set(part_calls)
+
+
+class WritesInput(nn.Module):
+    def __init__(self, name: str):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        CALLS.append(self)
+        x.mul_(2)  # writes its input: a copy standing in would not
+        return x + self.fc(x)
+
+
+class ReturnsView(nn.Module):
+    def __init__(self, name: str):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        CALLS.append(self)
+        return (x + self.fc(x)).transpose(0, 1).transpose(0, 1)
+
+
+@pytest.mark.parametrize("cls, calls", [
+    # the first ran as a representative, was found to write its input, and the model was
+    # captured again with those blocks inline
+    (WritesInput, ["b0", "b0", "b1", "b2", "b3"]),
+    # each returns a view: none can stand in for another (fresh outputs are not views)
+    (ReturnsView, ["b0", "b1", "b2", "b3"]),
+])
+def test_blocks_that_cannot_be_summarised_run_inline(cls, calls):
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(*[cls(f"b{i}") for i in range(4)])
+    _, part_calls = assert_same_answer(build, (torch.randn(3, 8),))
+    assert part_calls == calls
+
+
+class LongSkip(nn.Module):
+    """A join around several blocks (a UNet's long skip) and one across two blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(f"b{i}") for i in range(4))
+        self.out = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h0 = self.blocks[0](x)
+        h = self.blocks[2](self.blocks[1](h0))
+        h = h0 + self.out(h)  # spans blocks 1 and 2
+        return x + self.blocks[3](h)
+
+
+def test_joins_that_cross_block_boundaries_are_still_found():
+    _, part_calls = assert_same_answer(seeded(LongSkip))
+    assert part_calls == ["b0", "b1"]  # b0 takes the raw input (no grad), b1 does not
+    report = zero_init_pass(seeded(LongSkip)(), dry_run=True, capture="export",
+                            example_inputs=(X,))
+    assert "out" in report.modules  # the long skip's branch end, outside every block
+
+
+def test_a_block_called_twice_is_stitched_twice():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block(f"b{i}") for i in range(3))
+
+        def forward(self, x):
+            for block in [*self.blocks, self.blocks[1]]:
+                x = block(x)
+            return x
+    _, part_calls = assert_same_answer(seeded(Twice))
+    assert part_calls == ["b0", "b1"]  # b0 takes the raw input; b1's second call is a copy
+
+
+def test_capture_leaves_no_trace_on_the_blocks():
+    model = seeded(stack)()
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    forwards = [vars(b).get("forward") for b in model.blocks]
+    classes = [type(m) for m in model.modules()]
+    capture(model, example_inputs=(X,), method="export", compositional=True)
+    assert [vars(b).get("forward") for b in model.blocks] == forwards == [None] * 6
+    assert [type(m) for m in model.modules()] == classes
+    assert not hasattr(nn.Module, "__getattribute__") or \
+        nn.Module.__getattribute__ is object.__getattribute__
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name])

@@ -1,0 +1,446 @@
+"""Repeated blocks: which modules share a structure, and capturing each structure once.
+
+A Llama-70B is 80 copies of one decoder layer; ``torch.export`` of the whole model traces
+all 80, and that is most of what a user of ``zero_init_pass`` waits for. Here every copy
+after the first is replaced, for the duration of one export, by an opaque call
+(``zeta_fx::block_stub``) whose outputs have the shapes the first copy produced; the first
+copy is traced as usual, between two markers (``zeta_fx::block_begin`` /
+``zeta_fx::block_leave``) that delimit its nodes. :mod:`zeta_fx.capture.stitch` then
+replaces every opaque call by a copy of those nodes, renamed to the instance's own FQNs, and
+removes the markers: the graph is the one a whole-model export gives, node for node.
+
+Two instances share a structure only when everything their forward can read is the same:
+
+- statically (:func:`repeated_blocks`): the class (and no forward patched on the
+  instance), the hooks of every module inside (by identity), the names, shapes, dtypes,
+  devices and ``requires_grad`` of parameters and buffers, the submodules' names and
+  classes, recursively; and nothing inside the block is shared with the rest of the model
+  (a tied parameter, a submodule registered twice);
+- at the call: the arguments, flattened with ``torch.utils._pytree``: the same tree, tensors
+  of the same shape, strides, dtype, device and ``requires_grad``, and equal plain values
+  (``None``, numbers, strings, dtypes); any other object makes the call run inline;
+- the attributes the first copy's forward read (recorded while it ran, per module inside
+  it: ``self.layer_idx``, ``self.is_sliding``, a config object by identity) are equal on
+  the instance. A forward that writes module state, or writes into its inputs, is not
+  summarised at all (the whole model is exported instead).
+
+When unsure, the instance runs inline: a mismatch costs time, never a different graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+__all__ = ["NotComposable", "BlockRecorder", "repeated_blocks", "BEGIN", "LEAVE", "STUB",
+           "composing"]
+
+
+class NotComposable(Exception):
+    """Raised inside a compositional export when a block cannot be summarised soundly after
+    its representative already ran (it wrote its inputs or module state): the caller
+    exports again without that structure (``structure``), or the whole model."""
+
+    def __init__(self, message: str, structure: Any = None) -> None:
+        super().__init__(message)
+        self.structure = structure
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.layout,
+          torch.memory_format)
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+          "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
+          "_backward_pre_hooks")
+
+
+# -- the opaque ops -------------------------------------------------------------------------
+
+# outputs of the stub call ``key``: (shape, stride, dtype, device) per tensor
+_STUB_OUTPUTS: dict[int, list[tuple[Any, ...]]] = {}
+
+
+def _copy_strided(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=t.device)
+            for t in tensors]
+
+
+@torch.library.custom_op("zeta_fx::block_begin", mutates_args=())
+def _begin(tensors: list[torch.Tensor], key: int) -> torch.Tensor:
+    return torch.zeros((), device=tensors[0].device)
+
+
+@torch.library.custom_op("zeta_fx::block_leave", mutates_args=())
+def _leave(tensors: list[torch.Tensor], begin: torch.Tensor, key: int) -> list[torch.Tensor]:
+    return [out.copy_(t) for out, t in zip(_copy_strided(tensors), tensors)]
+
+
+@torch.library.custom_op("zeta_fx::block_stub", mutates_args=())
+def _stub(tensors: list[torch.Tensor], key: int) -> list[torch.Tensor]:
+    raise RuntimeError("zeta_fx::block_stub only stands in for a block while it is captured")
+
+
+@_begin.register_fake
+def _begin_fake(tensors: list[torch.Tensor], key: int) -> torch.Tensor:
+    return torch.empty((), device=tensors[0].device)
+
+
+@_leave.register_fake
+def _leave_fake(tensors: list[torch.Tensor], begin: torch.Tensor, key: int
+                ) -> list[torch.Tensor]:
+    return _copy_strided(tensors)
+
+
+@_stub.register_fake
+def _stub_fake(tensors: list[torch.Tensor], key: int) -> list[torch.Tensor]:
+    return [torch.empty_strided(shape, stride, dtype=dtype, device=device)
+            for shape, stride, dtype, device in _STUB_OUTPUTS[key]]
+
+
+# Which outputs of the marker or opaque call ``key`` require grad: as the representative's
+# did (an op's outputs would otherwise all require grad as soon as one input does, and code
+# after the block can branch on ``requires_grad``).
+_OUTPUT_GRADS: dict[int, list[bool]] = {}
+
+
+def _mark_outputs(ctx: Any, inputs: tuple[Any, ...], output: list[torch.Tensor]) -> None:
+    grads = _OUTPUT_GRADS.get(inputs[-1], [])
+    ctx.mark_non_differentiable(*[t for t, g in zip(output, grads) if not g])
+    ctx.n = len(inputs[0])
+
+
+def _leave_grads(ctx: Any, grads: list[torch.Tensor]) -> tuple[Any, None, None]:
+    return list(grads), None, None
+
+
+def _stub_grads(ctx: Any, grads: list[torch.Tensor]) -> tuple[Any, None]:
+    return [None] * ctx.n, None
+
+
+_leave.register_autograd(_leave_grads, setup_context=_mark_outputs)
+_stub.register_autograd(_stub_grads, setup_context=_mark_outputs)
+
+
+BEGIN = torch.ops.zeta_fx.block_begin.default
+LEAVE = torch.ops.zeta_fx.block_leave.default
+STUB = torch.ops.zeta_fx.block_stub.default
+
+
+# -- which modules repeat -------------------------------------------------------------------
+
+def repeated_blocks(model: nn.Module, exclude: frozenset[Any] = frozenset()
+                    ) -> dict[str, tuple[Any, nn.Module]]:
+    """The outermost modules of ``model`` that hold parameters and whose static structure
+    (module docstring) another module shares: FQN -> (structure key, module). The root is
+    never one; nothing inside a returned module is returned; nor is a structure in
+    ``exclude`` (one found not composable)."""
+    owners: dict[int, set[str]] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        owners.setdefault(id(m), set()).add(path)
+    for path, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                   model.named_buffers(remove_duplicate=False)):
+        owners.setdefault(id(t), set()).add(path.rpartition(".")[0])
+    keys: dict[int, int | None] = {}
+    interned: dict[tuple[Any, ...], int] = {}
+    for m in model.modules():
+        _key(m, keys, interned)
+    count: dict[int, int] = {}
+    paths = [(path, m) for path, m in model.named_modules() if path]
+    for _, m in paths:
+        key = keys[id(m)]
+        if key is not None:
+            count[key] = count.get(key, 0) + 1
+    chosen: dict[str, tuple[Any, nn.Module]] = {}
+    current: str | None = None  # pre-order: what is inside a chosen block comes right after it
+    for path, m in paths:
+        if current is not None and path.startswith(current):
+            continue
+        current = None
+        key = keys[id(m)]
+        if key is None or count.get(key, 0) < 2 or key in exclude or \
+                next(m.parameters(), None) is None or not _self_contained(path, m, owners):
+            continue
+        chosen[path] = (key, m)
+        current = path + "."
+    return chosen
+
+
+def _self_contained(path: str, module: nn.Module, owners: dict[int, set[str]]) -> bool:
+    """Whether every module, parameter and buffer inside ``module`` is owned only there."""
+    inner = path + "."
+    for obj in itertools.chain(module.modules(), module.parameters(), module.buffers()):
+        for owner in owners.get(id(obj), ()):
+            if owner != path and not owner.startswith(inner):
+                return False
+    return True
+
+
+def _key(m: nn.Module, keys: dict[int, int | None],
+         interned: dict[tuple[Any, ...], int]) -> int | None:
+    """The static structure of ``m`` as a small integer (equal integers, equal structure),
+    or None when unsure (a forward patched on an instance, a module inside itself)."""
+    if id(m) in keys:
+        return keys[id(m)]
+    keys[id(m)] = None
+    state = vars(m)
+    if "forward" in state:
+        return None
+    hooks = tuple((name, tuple(id(h) for h in state.get(name, {}).values()))
+                  for name in _HOOKS if state.get(name))
+    params = tuple((name, None if p is None else _tensor_key(p))
+                   for name, p in m._parameters.items())
+    buffers = tuple((name, None if b is None else _tensor_key(b),
+                     name in m._non_persistent_buffers_set) for name, b in m._buffers.items())
+    children = []
+    for name, child in m._modules.items():
+        child_key = None if child is None else _key(child, keys, interned)
+        if child is not None and child_key is None:
+            return None
+        children.append((name, child_key))
+    whole = (type(m), hooks, params, buffers, tuple(children))
+    keys[id(m)] = interned.setdefault(whole, len(interned))
+    return keys[id(m)]
+
+
+def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
+    return (type(t), tuple(t.shape), t.dtype, t.device.type, t.requires_grad)
+
+
+# -- recording the representative and standing in for the others --------------------------
+
+_MISSING = object()
+# representatives of one static structure at most (calls with other arguments or settings
+# beyond these run inline): alternating attention kinds make two, a first block called on
+# the raw input (no grad) another
+_MAX_REPRESENTATIVES = 8
+
+
+@dataclass
+class _Rep:
+    """What the first instance of a structure was called with and read, and what it gave."""
+
+    path: str
+    module: nn.Module
+    key: int
+    spec: Any  # the pytree spec of (args, kwargs)
+    leaves: list[Any]  # per leaf: a tensor's metadata, or the plain value
+    reads: dict[tuple[str, str], Any]  # (relative module path, attribute) -> value read
+    out_spec: Any = None
+    out_leaves: list[Any] = field(default_factory=list)  # per leaf: "tensor" or the value
+    out_meta: list[tuple[Any, ...]] = field(default_factory=list)
+    out_grad: list[bool] = field(default_factory=list)
+    usable: bool = True
+
+
+@dataclass
+class BlockRecorder:
+    """The bookkeeping of one compositional export (see the module docstring)."""
+
+    blocks: dict[str, tuple[Any, nn.Module]]
+    # static structure -> its representatives (one per distinct call and settings)
+    reps: dict[Any, list[_Rep]] = field(default_factory=dict)
+    segments: dict[int, _Rep] = field(default_factory=dict)  # marker key -> representative
+    stubs: dict[int, tuple[_Rep, str]] = field(default_factory=dict)  # stub key -> (rep, FQN)
+    keys: Iterator[int] = field(default_factory=itertools.count)
+
+    def call(self, path: str, module: nn.Module, forward: Callable[..., Any],
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        structure = self.blocks[path][0]
+        reps = self.reps.setdefault(structure, [])
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        described = _describe(leaves)
+        if described is None or not any(isinstance(t, torch.Tensor) for t in leaves):
+            return forward(*args, **kwargs)  # an object among the arguments, or no tensor
+        rep = next((r for r in reps if r.usable and spec == r.spec and
+                    _same_list(described, r.leaves) and _reads_agree(r.reads, module)), None)
+        if rep is None:
+            if len(reps) >= _MAX_REPRESENTATIVES:
+                return forward(*args, **kwargs)
+            # the first call of this structure with these arguments and settings
+            return self._represent(structure, path, module, forward, leaves, spec, described)
+        key = next(self.keys)
+        _STUB_OUTPUTS[key] = rep.out_meta
+        _OUTPUT_GRADS[key] = rep.out_grad
+        self.stubs[key] = (rep, path)
+        tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+        it = iter(_marked(list(STUB(tensors, key)), rep.out_grad))
+        filled = [next(it) if leaf == "tensor" else leaf for leaf in rep.out_leaves]
+        return pytree.tree_unflatten(filled, rep.out_spec)
+
+    def _represent(self, structure: Any, path: str, module: nn.Module,
+                   forward: Callable[..., Any], leaves: list[Any], spec: Any,
+                   described: list[Any]) -> Any:
+        key = next(self.keys)
+        tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
+        begin = BEGIN(tensors, key)
+        versions = [t._version for t in tensors]
+        rep = _Rep(path, module, key, spec, described, {})
+        self.reps[structure].append(rep)
+        self.segments[key] = rep
+        args, kwargs = pytree.tree_unflatten(leaves, spec)
+        with _spying(module, rep.reads) as wrote:
+            out = forward(*args, **kwargs)
+        if wrote or versions != [t._version for t in tensors]:
+            raise NotComposable(f"`{path}` writes its inputs or its own state", structure)
+        out_leaves, rep.out_spec = pytree.tree_flatten(out)
+        kept = [t for t in out_leaves if isinstance(t, torch.Tensor)]
+        ins = {id(t) for t in tensors}
+        if any(id(t) in ins or t._is_view() for t in kept) or any(
+                not isinstance(v, torch.Tensor) and not _plain(v) for v in out_leaves) or \
+                _describe(kept) is None:
+            # returns an input or a view (an opaque call would return fresh tensors, and
+            # code after it could take another path), an object, or a symbolic size: no
+            # copies are made, and the outputs go on as they are
+            rep.usable = False
+            return out
+        rep.out_leaves = ["tensor" if isinstance(v, torch.Tensor) else v for v in out_leaves]
+        rep.out_meta = [(tuple(t.shape), tuple(t.stride()), t.dtype, t.device) for t in kept]
+        rep.out_grad = [bool(t.requires_grad) for t in kept]
+        _OUTPUT_GRADS[key] = rep.out_grad
+        left = iter(_marked(list(LEAVE(kept, begin, key)), rep.out_grad))
+        return pytree.tree_unflatten([next(left) if isinstance(v, torch.Tensor) else v
+                                      for v in out_leaves], rep.out_spec)
+
+
+def _marked(tensors: list[torch.Tensor], grads: list[bool]) -> list[torch.Tensor]:
+    """``tensors`` (fresh outputs of an opaque op), each requiring grad where the
+    representative's output did."""
+    for t, grad in zip(tensors, grads):
+        if grad and not t.requires_grad:
+            t.requires_grad_(True)
+    return tensors
+
+
+def _describe(leaves: list[Any]) -> list[Any] | None:
+    """Per argument leaf: a tensor's metadata, or a plain value; None if a leaf is neither."""
+    out: list[Any] = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            sizes = (*leaf.shape, *leaf.stride())
+            if not all(type(d) is int for d in sizes):
+                return None  # a symbolic (data-dependent) size: comparing it would guard
+            out.append(("tensor", type(leaf).__name__, tuple(leaf.shape), tuple(leaf.stride()),
+                        leaf.dtype, leaf.device, leaf.requires_grad, leaf.storage_offset()))
+        elif _plain(leaf):
+            out.append(("value", leaf))
+        else:
+            return None
+    return out
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list, frozenset)):
+        return all(_plain(v) for v in value)
+    return type(value) in _PLAIN or isinstance(value, torch.Size)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, type included: ``-0.0`` is not ``0.0``, a NaN equals a NaN, ``1`` is
+    not ``True``; objects by identity; tensors by metadata and values."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return math.copysign(1.0, a) == math.copysign(1.0, b) and (
+            a == b or (math.isnan(a) and math.isnan(b)))
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        if (a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device):
+            return False
+        if a.is_meta or type(a) is not torch.Tensor or type(b) is not torch.Tensor:
+            return a is b
+        flat_a, flat_b = a.detach().reshape(-1), b.detach().reshape(-1)
+        return bool(torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8))) \
+            if flat_a.is_contiguous() and flat_b.is_contiguous() else a is b
+    if _plain(a):
+        return a == b
+    return a is b
+
+
+def _same_list(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+
+
+def _reads_agree(reads: dict[tuple[str, str], Any], module: nn.Module) -> bool:
+    for (where, name), value in reads.items():
+        try:
+            owner = module.get_submodule(where) if where else module
+        except AttributeError:
+            return False
+        if not _same(vars(owner).get(name, _MISSING), value):
+            return False
+    return True
+
+
+# nn.Module's own bookkeeping (compared through the static key), the forward this module
+# patches in; ``training`` is a setting the forward may read
+_INTERNAL = (set(vars(nn.Module())) - {"training"}) | {"forward"}
+
+
+@contextlib.contextmanager
+def _spying(block: nn.Module, reads: dict[tuple[str, str], Any]) -> Iterator[list[str]]:
+    """Record the attributes every module inside ``block`` reads from its own ``__dict__``
+    while the block runs (first value seen); yields the list of attributes written.
+
+    Like ``torch.fx``'s tracer, this patches ``nn.Module`` for the duration (here
+    ``__getattribute__`` and ``__setattr__``), and looks modules up by their ``__dict__``:
+    a tracer's proxy of a module shares it."""
+    wrote: list[str] = []
+    watched = {id(vars(m)): (where, {}) for where, m in block.named_modules()}
+    setattr_before = nn.Module.__setattr__
+
+    def getattribute(self: nn.Module, name: str) -> Any:
+        state = object.__getattribute__(self, "__dict__")
+        entry = watched.get(id(state))
+        if entry is not None and name in state and name not in entry[1] and \
+                name not in _INTERNAL:
+            entry[1][name] = state[name]
+        return object.__getattribute__(self, name)
+
+    def setattr_(self: nn.Module, name: str, value: Any) -> None:
+        if id(object.__getattribute__(self, "__dict__")) in watched:
+            wrote.append(name)
+        setattr_before(self, name, value)
+
+    nn.Module.__getattribute__ = getattribute  # type: ignore[method-assign]
+    nn.Module.__setattr__ = setattr_  # type: ignore[method-assign]
+    try:
+        yield wrote
+    finally:
+        del nn.Module.__getattribute__
+        nn.Module.__setattr__ = setattr_before  # type: ignore[method-assign]
+        for where, seen in watched.values():
+            for name, value in seen.items():
+                reads[(where, name)] = value
+
+
+@contextlib.contextmanager
+def composing(blocks: dict[str, tuple[Any, nn.Module]]) -> Iterator[BlockRecorder]:
+    """While it lasts, each block of ``blocks`` (:func:`repeated_blocks`) calls through the
+    recorder: the first of a structure traced between markers, the others opaque."""
+    recorder = BlockRecorder(blocks)
+    patched = []
+    try:
+        for path, (_, module) in blocks.items():
+            forward = type(module).forward.__get__(module)
+
+            def call(*args: Any, _p: str = path, _m: nn.Module = module,
+                     _f: Callable[..., Any] = forward, **kwargs: Any) -> Any:
+                return recorder.call(_p, _m, _f, args, kwargs)
+            module.__dict__["forward"] = call
+            patched.append(module)
+        yield recorder
+    finally:
+        for module in patched:
+            module.__dict__.pop("forward", None)
+        for key in [*recorder.stubs, *recorder.segments]:
+            _STUB_OUTPUTS.pop(key, None)
+            _OUTPUT_GRADS.pop(key, None)

@@ -1,0 +1,157 @@
+"""Stitching: the graph of a compositional export, with every opaque block call replaced by
+a copy of its representative's nodes (see :mod:`zeta_fx.capture.blocks`).
+
+The representative's nodes are those between its ``block_begin`` and ``block_leave``
+markers (``block_begin`` takes the representative's inputs, as they are, and gives nothing
+the block reads). A copy for the block at FQN ``layers.5`` maps the representative's inputs
+to the opaque call's inputs, renames every ``get_attr`` under the representative's FQN
+(``layers.0.mlp.up_proj.weight``) to the instance's (``layers.5.mlp.up_proj.weight``), and
+rewrites ``nn_module_stack``. Nodes are created in the order a whole-model export creates
+them, each named from its op as the export named it (``linear``, ``getitem``) and numbered
+by the graph, so that names agree with a whole-model export too.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any, Callable
+
+from torch import fx, nn
+
+from zeta_fx.capture.blocks import BEGIN, LEAVE, STUB, BlockRecorder, NotComposable
+
+__all__ = ["stitch"]
+
+_NUMBERED = re.compile(r"^(.*?)_(\d+)$")
+
+
+def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.GraphModule:
+    """``gm`` (a compositional export of ``model``) with every block call made explicit.
+
+    Raises :class:`~zeta_fx.capture.blocks.NotComposable` where a copy could differ from
+    what a whole-model export records (a representative that holds a subgraph or a constant
+    made inside it, or whose markers did not survive the export)."""
+    nodes = list(gm.graph.nodes)
+    marks = {(n.target, n.args[-1]): n for n in nodes
+             if n.op == "call_function" and n.target in (BEGIN, LEAVE)}
+    where = {n: i for i, n in enumerate(nodes)}
+    segments: dict[int, tuple[fx.Node, list[fx.Node], fx.Node]] = {}
+    for key in recorder.segments:
+        begin, leave = marks.get((BEGIN, key)), marks.get((LEAVE, key))
+        if begin is None or leave is None:
+            continue
+        segments[key] = (begin, nodes[where[begin] + 1:where[leave]], leave)
+    for rep, path in recorder.stubs.values():
+        if rep.key not in segments:
+            raise NotComposable(f"the capture of `{rep.path}` lost its markers",
+                                recorder.blocks[rep.path][0])
+        for n in segments[rep.key][1]:
+            if n.op == "get_attr" and (not n.target.startswith(rep.path + ".") or
+                                       not _has(model, n.target)):
+                raise NotComposable(f"`{rep.path}` reads `{n.target}`, made inside it",
+                                    recorder.blocks[rep.path][0])
+
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    getattrs: dict[str, fx.Node] = {}
+    attrs: dict[str, Any] = {}
+    outputs: dict[fx.Node, list[Any]] = {}
+
+    def copy(node: fx.Node, look: Callable[[fx.Node], Any], rename: tuple[str, str] | None,
+             context: fx.Node | None = None) -> fx.Node:
+        if node.op == "get_attr":
+            target = node.target
+            if rename is not None and target.startswith(rename[0] + "."):
+                target = rename[1] + target[len(rename[0]):]
+            if target not in getattrs:
+                getattrs[target] = graph.get_attr(target)
+                attrs[target] = _fetch(gm, node.target) if target == node.target else \
+                    _fetch(model, target)
+                getattrs[target].meta = _meta(node.meta, rename, context)
+            return getattrs[target]
+        name = node.name if node.op in ("placeholder", "output") else _base(node.name)
+        new = graph.create_node(node.op, node.target, fx.map_arg(node.args, look),
+                                fx.map_arg(node.kwargs, look), name=name, type_expr=node.type)
+        new.meta = _meta(node.meta, rename, context)
+        return new
+
+    for node in nodes:
+        source = _item_of(node)
+        if node.op == "call_function" and node.target in (BEGIN, LEAVE):
+            continue
+        if source is not None and source.target is LEAVE:
+            env[node] = env[source.args[0][node.args[1]]]
+            continue
+        if source is not None and source.target is STUB:
+            env[node] = outputs[source][node.args[1]]
+            continue
+        if node.op == "call_function" and node.target is STUB:
+            rep, path = recorder.stubs[node.args[1]]
+            begin, inner, leave = segments[rep.key]
+            local: dict[fx.Node, Any] = {n: env[s] for n, s in zip(begin.args[0], node.args[0])}
+
+            def look(n: fx.Node, local: dict[fx.Node, Any] = local) -> Any:
+                return local[n] if n in local else env[n]
+            for n in inner:
+                local[n] = copy(n, look, (rep.path, path), node)
+            outputs[node] = [look(n) for n in leave.args[0]]
+            continue
+        env[node] = copy(node, env.__getitem__, None)
+    stitched = fx.GraphModule(attrs, graph, gm.__class__.__name__)
+    stitched.meta.update(gm.meta)
+    return stitched
+
+
+def _item_of(node: fx.Node) -> fx.Node | None:
+    """The multi-output node ``node`` takes an item of (``getitem(n, i)``), or None."""
+    if node.op == "call_function" and node.target is operator.getitem and \
+            isinstance(node.args[0], fx.Node) and node.args[0].op == "call_function" and \
+            node.args[0].target in (LEAVE, STUB):
+        return node.args[0]
+    return None
+
+
+def _base(name: str) -> str:
+    """The name the graph numbers: ``linear_7`` -> ``linear``."""
+    match = _NUMBERED.match(name)
+    return match.group(1) if match else name
+
+
+def _meta(meta: dict[str, Any], rename: tuple[str, str] | None,
+          context: fx.Node | None) -> dict[str, Any]:
+    """A copy's metadata: its ``nn_module_stack`` is the opaque call's (where the instance
+    was called, down to the instance) and then the representative's entries inside the
+    representative, renamed to the instance."""
+    out = dict(meta)
+    stack = meta.get("nn_module_stack")
+    if rename is None or not isinstance(stack, dict):
+        return out
+    old, new = rename
+    outer = context.meta.get("nn_module_stack") if context is not None else None
+    renamed = dict(outer) if isinstance(outer, dict) else {}
+    for key, value in stack.items():
+        path = value[0] if isinstance(value, tuple) else None
+        if not isinstance(path, str) or not path.startswith(old + "."):
+            continue
+        moved = new + path[len(old):]
+        key = key[:-len(path)] + moved if isinstance(key, str) and key.endswith(path) else key
+        renamed[key] = (moved,) + tuple(value[1:])
+    out["nn_module_stack"] = renamed
+    return out
+
+
+def _has(root: Any, dotted: str) -> bool:
+    """Whether ``dotted`` names an attribute of the model (a lifted constant made inside
+    the forward is not one: a whole-model export names each instance's own)."""
+    try:
+        _fetch(root, dotted)
+    except AttributeError:
+        return False
+    return True
+
+
+def _fetch(root: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
