@@ -30,6 +30,7 @@ When unsure, the instance runs inline: a mismatch costs time, never a different 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -425,22 +426,35 @@ def _spying(block: nn.Module, reads: dict[tuple[str, str], Any]) -> Iterator[lis
 @contextlib.contextmanager
 def composing(blocks: dict[str, tuple[Any, nn.Module]]) -> Iterator[BlockRecorder]:
     """While it lasts, each block of ``blocks`` (:func:`repeated_blocks`) calls through the
-    recorder: the first of a structure traced between markers, the others opaque."""
-    recorder = BlockRecorder(blocks)
-    patched = []
-    try:
-        for path, (_, module) in blocks.items():
-            forward = type(module).forward.__get__(module)
+    recorder: the first of a structure traced between markers, the others opaque.
 
-            def call(*args: Any, _p: str = path, _m: nn.Module = module,
-                     _f: Callable[..., Any] = forward, **kwargs: Any) -> Any:
-                return recorder.call(_p, _m, _f, args, kwargs)
-            module.__dict__["forward"] = call
-            patched.append(module)
+    The blocks' classes get a ``forward`` that looks the called module up by its
+    ``__dict__`` (an export tracer calls a proxy of the module that shares it, and the
+    module's own forward must run on that proxy for the tracer to name what it calls);
+    other instances of those classes run their forward as before."""
+    recorder = BlockRecorder(blocks)
+    chosen = {id(vars(module)): (path, module) for path, (_, module) in blocks.items()}
+    patched: list[tuple[type, Any]] = []
+    try:
+        for cls in {type(module) for _, module in blocks.values()}:
+            original = cls.forward
+
+            def forward(self: nn.Module, *args: Any, _original: Any = original,
+                        **kwargs: Any) -> Any:
+                found = chosen.get(id(object.__getattribute__(self, "__dict__")))
+                if found is None:
+                    return _original(self, *args, **kwargs)
+                return recorder.call(found[0], found[1], functools.partial(_original, self),
+                                     args, kwargs)
+            patched.append((cls, cls.__dict__.get("forward", _MISSING)))
+            cls.forward = forward  # type: ignore[method-assign]
         yield recorder
     finally:
-        for module in patched:
-            module.__dict__.pop("forward", None)
+        for cls, before in patched:
+            if before is _MISSING:
+                del cls.forward
+            else:
+                cls.forward = before  # type: ignore[method-assign]
         for key in [*recorder.stubs, *recorder.segments]:
             _STUB_OUTPUTS.pop(key, None)
             _OUTPUT_GRADS.pop(key, None)

@@ -21,13 +21,17 @@ from torch import fx, nn
 
 from zeta_fx.capture.blocks import BEGIN, LEAVE, STUB, BlockRecorder, NotComposable
 
-__all__ = ["stitch"]
+__all__ = ["stitch", "META_KEY"]
+
+# ``gm.meta[META_KEY]``: the FQN of each block copy stitched in -> its representative's
+META_KEY = "zeta_fx_copies"
 
 _NUMBERED = re.compile(r"^(.*?)_(\d+)$")
 
 
 def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.GraphModule:
-    """``gm`` (a compositional export of ``model``) with every block call made explicit.
+    """``gm`` (a compositional export of ``model``) with every block call made explicit;
+    ``meta[META_KEY]`` says which copy stands for which representative.
 
     Raises :class:`~zeta_fx.capture.blocks.NotComposable` where a copy could differ from
     what a whole-model export records (a representative that holds a subgraph or a constant
@@ -47,6 +51,13 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
             raise NotComposable(f"the capture of `{rep.path}` lost its markers",
                                 recorder.blocks[rep.path][0])
         for n in segments[rep.key][1]:
+            stack = n.meta.get("nn_module_stack")
+            if isinstance(stack, dict) and stack and not any(
+                    isinstance(v, tuple) and v[0] == rep.path for v in stack.values()):
+                # the tracer did not see the representative under its own name (a forward
+                # patched on an instance around it): its copies could not be named right
+                raise NotComposable(f"`{rep.path}` was not traced under its own name",
+                                    recorder.blocks[rep.path][0])
             if n.op == "get_attr" and (not n.target.startswith(rep.path + ".") or
                                        not _has(model, n.target)):
                 raise NotComposable(f"`{rep.path}` reads `{n.target}`, made inside it",
@@ -100,6 +111,7 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
         env[node] = copy(node, env.__getitem__, None)
     stitched = fx.GraphModule(attrs, graph, gm.__class__.__name__)
     stitched.meta.update(gm.meta)
+    stitched.meta[META_KEY] = {path: rep.path for rep, path in recorder.stubs.values()}
     return stitched
 
 
