@@ -311,7 +311,8 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Row]:
 def table(rows: list[Row]) -> str:
     from tabulate import tabulate
 
-    body = [[r.what, r.measured, r.target, "yes" if r.ok else "no", r.detail] for r in rows]
+    body = [[r.what, r.measured, r.target, "-" if r.ok is None else "yes" if r.ok else "no",
+             r.detail] for r in rows]
     return tabulate(body, headers=["benchmark", "measured", "target", "met", "detail"],
                     tablefmt="github", disable_numparse=True)
 

@@ -61,3 +61,17 @@ def test_llama_block_is_zeroed_where_expected_on_meta() -> None:
     assert report.modules == ["layers.0.self_attn.o_proj", "layers.0.mlp.down_proj",
                               "layers.1.self_attn.o_proj", "layers.1.mlp.down_proj"]
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_compositional_benchmark_cases_run_on_small_models() -> None:
+    _load_benchmarks()  # `run` is what compositional.py imports its timing from
+    sys.modules.setdefault("run", sys.modules["zeta_fx_benchmarks"])
+    spec = importlib.util.spec_from_file_location(
+        "zeta_fx_compositional_bench", ROOT / "benchmarks" / "compositional.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = bench.hf_llama(2, hidden=64)
+    bench._pass(model)
+    bench._export(model)
+    d = bench.deepseek(1, compositional=True)
+    assert d["modules"] == 2 and d["peak_rss"] > 0  # the one dense layer: o_proj, down_proj
