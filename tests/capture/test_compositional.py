@@ -294,3 +294,49 @@ def test_capture_leaves_no_trace_on_the_blocks():
         nn.Module.__getattribute__ is object.__getattribute__
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name])
+
+
+class Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        CALLS.append(self)
+        return x + self.fc(x)
+
+
+class Derived(Base):
+    """Chosen beside its base class, and calling the base's forward through super()."""
+
+    def forward(self, x):
+        return super().forward(x) * 1.0
+
+
+def test_a_block_calling_its_base_class_forward_is_one_call():
+    def build():
+        torch.manual_seed(0)
+        blocks = [Base(), Base(), Derived(), Derived(), Derived()]
+        for i, b in enumerate(blocks):
+            NAMES[id(b)] = f"b{i}"
+        return nn.Sequential(*blocks)
+    _, part_calls = assert_same_answer(build, (torch.randn(3, 8),))
+    assert part_calls == ["b0", "b1", "b2"]  # b0's input is raw (no grad), b1 and b2 represent
+
+
+def test_the_class_forward_keeps_its_signature_while_composing():
+    import inspect
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block(f"b{i}") for i in range(3))
+
+        def forward(self, x):
+            seen.append(list(inspect.signature(self.blocks[1].forward).parameters))
+            for block in self.blocks:
+                x = block(x)
+            return x
+    capture(seeded(Probe)(), example_inputs=(X,), method="export", compositional=True)
+    assert seen == [["x", "mask"]]

@@ -434,18 +434,27 @@ def composing(blocks: dict[str, tuple[Any, nn.Module]]) -> Iterator[BlockRecorde
     other instances of those classes run their forward as before."""
     recorder = BlockRecorder(blocks)
     chosen = {id(vars(module)): (path, module) for path, (_, module) in blocks.items()}
+    running: set[int] = set()  # blocks inside their own forward (``super().forward``)
     patched: list[tuple[type, Any]] = []
+    classes = {type(module) for _, module in blocks.values()}
+    originals = {cls: cls.forward for cls in classes}  # before any is patched
     try:
-        for cls in {type(module) for _, module in blocks.values()}:
-            original = cls.forward
+        for cls in classes:
+            original = originals[cls]
 
+            @functools.wraps(original)
             def forward(self: nn.Module, *args: Any, _original: Any = original,
                         **kwargs: Any) -> Any:
-                found = chosen.get(id(object.__getattribute__(self, "__dict__")))
-                if found is None:
+                key = id(object.__getattribute__(self, "__dict__"))
+                found = chosen.get(key)
+                if found is None or key in running:
                     return _original(self, *args, **kwargs)
-                return recorder.call(found[0], found[1], functools.partial(_original, self),
-                                     args, kwargs)
+                running.add(key)
+                try:
+                    return recorder.call(found[0], found[1], functools.partial(_original, self),
+                                         args, kwargs)
+                finally:
+                    running.discard(key)
             patched.append((cls, cls.__dict__.get("forward", _MISSING)))
             cls.forward = forward  # type: ignore[method-assign]
         yield recorder
