@@ -77,6 +77,8 @@ def zero_cover(graph: GraphIndex, layers: Layers, start: Any,
             return Found((), 0)
         return Blocked(graph.nodes[-1], f"adds the constant {start!r}, not zero")
     if not graph.is_data.get(start):
+        if makes_zeros(start):
+            return Found((), 0)  # a fresh tensor of zeros, as made
         got = layers.param_operand(start)
         if isinstance(got, str):
             return Blocked(start, got)

@@ -10,7 +10,7 @@ never spells an op name of its own.
 from __future__ import annotations
 
 __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EXPONENTIAL",
-           "BOUNDED_BY_ONE", "FRESH", "ZEROS", "FULL", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
+           "BOUNDED_BY_ONE", "FRESH", "ZEROS", "FULL", "WRITTEN_VALUE", "ACCUMULATING", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
@@ -74,6 +74,18 @@ rand randn randint scalar_tensor tensor
 # Ops that make a fresh tensor of zeros, or of a fill value.
 ZEROS = frozenset({"zeros_like", "new_zeros", "zeros", "zero"})
 FULL = frozenset({"full_like", "new_full", "full", "fill"})
+
+# In-place writes -> where the value they write into (part of) their target is: the bound
+# argument names to look for, then its position. ``()`` writes zeros (``zero_``). A write
+# not listed here writes something the graph does not say: the target's value is unknown.
+WRITTEN_VALUE: dict[str, tuple[tuple[str, ...], int | None]] = {
+    "copy": (("src",), 1), "fill": (("value",), 1), "setitem": ((), 2),
+    "index_put": (("values",), 2), "index_add": (("source",), 3),
+    "index_copy": (("source",), 3), "scatter": (("src", "value"), 3),
+    "scatter_add": (("src",), 3), "masked_scatter": (("source",), 2), "zero": ((), None),
+}
+# ... of which these add what they write to the target's values (zero where both are)
+ACCUMULATING = frozenset({"index_add", "scatter_add"})
 
 # Ops whose output is >= 0 wherever it is finite (``sqrt`` and powers: of a value >= 0).
 NONNEG_OPS = frozenset({"abs", "relu", "relu6", "square", "norm", "frobenius_norm",
