@@ -202,7 +202,8 @@ class Layers:
         and what each write ``reader`` sees wrote into it (a fresh ``zeros_like`` filled by
         ``out[:, i] = f(h)`` is zero only where ``f(h)`` is). A string says why no choice
         makes it zero: a write whose value the graph does not name, or one made after
-        ``reader`` (a cache: the read finds the previous call's value)."""
+        ``reader`` (a cache: the read finds the previous call's value). Group ``i`` (from
+        1) is what the ``i``-th write wrote."""
         if not isinstance(value, Node):
             return [[value]]
         storage = self.graph.storage
@@ -215,11 +216,18 @@ class Layers:
             key = self.graph.op_key(writer)[0] if writer.op != "call_module" else ""
             spec = WRITTEN_VALUE.get(key)
             if spec is None:
-                return (f"`{writer.name}` writes into `{value.name}` before `{reader.name}` "
-                        "reads it, and what it writes is not known")
+                effects = storage.effects.get(writer)
+                if writer.op == "call_module" or effects is None or effects.opaque:
+                    return (f"`{writer.name}` writes into `{value.name}` before "
+                            f"`{reader.name}` reads it, and what it writes is not known")
+                # an op that writes its result in place (``f.mul_(2)``, ``out=``): what
+                # it wrote is its own value
+                groups.append([writer])
+                continue
             names, position = spec
             if position is None:
-                continue  # writes zeros
+                groups.append([0])  # writes zeros
+                continue
             bound = self.graph.bound(writer)
             written = next((bound[n] for n in names if n in bound),
                            writer.args[position] if len(writer.args) > position else None)

@@ -70,13 +70,17 @@ def _buffer_cover(view: GraphView, join: Join, buffer: Node) -> Found | Blocked:
     if isinstance(groups, str):
         return Blocked(reader, groups)
     inside = join.sides.get(buffer, frozenset()).__contains__
+    writers = next((ws for v, ws in view.storage.stale_reads(reader) if v is buffer), ())
     sites: list[tuple[Node, tuple[str, ...]]] = []
     chain: list[Node] = []
-    for group in groups:
+    for i, group in enumerate(groups):
         best: Found | Blocked | None = None
         for value in group:
             got = view.zero_cover(value, inside)
-            if value is buffer and isinstance(got, Blocked):
+            if i and isinstance(got, Blocked) and i <= len(writers):
+                got = Blocked(got.node, f"`{writers[i - 1].name}` writes into "
+                                        f"`{buffer.name}` what is not zero: {got.reason}")
+            elif value is buffer and isinstance(got, Blocked):
                 got = Blocked(got.node, f"`{buffer.name}` as made, before the writes, is not "
                                         f"zero: {got.reason}")
             elif isinstance(got, Found) and isinstance(value, Node) and \

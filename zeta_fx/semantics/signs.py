@@ -17,11 +17,11 @@ from torch.fx import Node
 from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U, Z
-from zeta_fx.semantics.tables import (COPIES, FRESH, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
+from zeta_fx.semantics.tables import (AT_MOST_ONE_OPS, BOUNDED_BY_ONE, COPIES, FRESH, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
                                       NONNEG_OPS, POSITIVE_OPS, ROW_KEEPING, SIGN_CARRIERS,
                                       SIGN_REDUCTIONS, SIGN_SELECTIONS)
 
-__all__ = ["nonnegative", "nonpositive", "positive", "node_arg", "finite_or_neg_inf",
+__all__ = ["nonnegative", "nonpositive", "positive", "at_most_one", "node_arg", "finite_or_neg_inf",
            "zero_added", "keeps_first_column"]
 
 
@@ -101,6 +101,14 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
             return True
     if key in ("pad", "constant_pad_nd"):
         return _pads_with(args, lambda v: v >= 0) and nonnegative(first, deeper, ctx, value)
+    if key in ("rsub", "sub") and args.get("alpha", 1) == 1:
+        # ``1 - a`` with ``a <= 1``: RecurrentGemma's ``sqrt(1 - exp(2 * log_a))``
+        minuend, subtrahend = (args.get("other"), first) if key == "rsub" else \
+            (first, args.get("other"))
+        minuend = _held(minuend, value, ctx)
+        if isinstance(minuend, (int, float)) and not isinstance(minuend, bool) and \
+                minuend >= 1 and at_most_one(subtrahend, deeper, ctx, value):
+            return True
     if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
         return positive(value, depth, ctx, reader)
     return False
@@ -210,6 +218,28 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
         a, b = args.get("input"), args.get("other")
         return (nonpositive(a, deeper, ctx, value) and nonnegative(b, deeper, ctx, value)) or \
             (nonnegative(a, deeper, ctx, value) and nonpositive(b, deeper, ctx, value))
+    return False
+
+
+@_memo
+def at_most_one(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
+                ) -> bool:
+    """Whether ``value`` is provably ``<= 1`` wherever it is finite: a gate or probability
+    (``sigmoid``, ``softmax``), ``exp`` of a value ``<= 0``, and views and casts of such."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return value <= 1
+    if not _readable(value, depth, ctx, reader):
+        return False
+    key, _ = op_key(value)
+    if key in AT_MOST_ONE_OPS:
+        return True
+    first = bind(value).get("input", node_arg(value, 0))
+    if key in BOUNDED_BY_ONE:
+        return nonpositive(first, depth + 1, ctx, value)
+    if key in SIGN_CARRIERS:
+        return at_most_one(first, depth + 1, ctx, value)
     return False
 
 

@@ -10,7 +10,7 @@ never spells an op name of its own.
 from __future__ import annotations
 
 __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EXPONENTIAL",
-           "BOUNDED_BY_ONE", "FRESH", "ZEROS", "FULL", "WRITTEN_VALUE", "ACCUMULATING", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
+           "BOUNDED_BY_ONE", "AT_MOST_ONE_OPS", "FRESH", "ZEROS", "FULL", "WRITTEN_VALUE", "ACCUMULATING", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
@@ -61,6 +61,8 @@ DOMAINS = {"sqrt": "x >= 0", "log1p": "x > -1", "asin": "|x| <= 1", "arcsin": "|
 OVERFLOWING = frozenset({"exp", "exp2", "expm1", "cosh", "sinh", "square"})
 # ... of which these are at most 1 on inputs <= 0
 BOUNDED_BY_ONE = frozenset({"exp", "exp2"})
+# Ops whose output is at most 1 on any finite input (a gate, a probability)
+AT_MOST_ONE_OPS = frozenset({"sigmoid", "hardsigmoid", "softmax", "_softmax"})
 # ... and these overflow on moderate inputs in any dtype (exp(89) is inf in float32); powers
 # overflow only where the changed value is huge, which half precision reaches soonest
 EXPONENTIAL = frozenset({"exp", "exp2", "expm1", "cosh", "sinh"})
