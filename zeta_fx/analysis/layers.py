@@ -211,14 +211,15 @@ class Layers:
         groups: list[list[Any]] = [[value]]
         for writer in writers:
             if storage.index[writer] > storage.index[reader]:
-                return (f"`{writer.name}` writes `{value.name}` after `{reader.name}` reads "
-                        "it: the read finds what the previous call left there")
+                return (f"`{writer.name}` writes `{value.name}` in place after "
+                        f"`{reader.name}` reads it: the read finds what the previous call "
+                        "left there")
             key = self.graph.op_key(writer)[0] if writer.op != "call_module" else ""
             spec = WRITTEN_VALUE.get(key)
             if spec is None:
                 effects = storage.effects.get(writer)
                 if writer.op == "call_module" or effects is None or effects.opaque:
-                    return (f"`{writer.name}` writes into `{value.name}` before "
+                    return (f"`{writer.name}` writes into `{value.name}` in place before "
                             f"`{reader.name}` reads it, and what it writes is not known")
                 # an op that writes its result in place (``f.mul_(2)``, ``out=``): what
                 # it wrote is its own value
