@@ -194,3 +194,72 @@ def test_a_zeros_buffer_filled_with_what_never_is_zero_says_so():
     # before: "no branch operand has a parameter to zero" (zeros_like taken for the value)
     assert not any("no branch operand has a parameter" in r for r in reasons), reasons
     assert any("exp" in r for r in reasons), reasons
+
+
+class RowFilled(nn.Module):
+    """``t[0].fill_(1.0)``: basic indexing of one tensor is a view of its first row, so the
+    write reaches the merge (it was taken for a tuple item with a storage of its own)."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if self.source == "buffer":
+            h = torch.zeros_like(x)
+            h.copy_(self.fc(x))
+        elif self.source == "layer":
+            h = self.fc(x)
+        else:
+            h = self.fc(x) * 2
+        h[0].fill_(1.0)
+        return x + h
+
+
+class AddsTheFork(nn.Module):
+    """The buffer is filled with ``fc(x)`` and then has ``x`` added: never zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        out = torch.zeros_like(x)
+        out.copy_(self.fc(x))
+        out.add_(x)
+        return x + out
+
+
+class Accumulated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        out = torch.zeros_like(x)
+        out.index_put_((torch.tensor([0, 1]),), self.fc(x)[:2], accumulate=True)
+        return x + out
+
+
+def test_a_write_to_a_row_of_the_branch_value_is_seen():
+    for model in (RowFilled("buffer"), RowFilled("layer"), RowFilled("op"), AddsTheFork()):
+        torch.manual_seed(0)
+        x = torch.randn(3, 4)
+        before = snapshot(model)
+        report = zero_init_pass(model, example_inputs=(x,))
+        assert report.params == [], report.table()
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, before[name]), name
+        assert report.skipped, report.table()
+
+
+def test_an_accumulating_write_into_zeros_is_proven():
+    torch.manual_seed(0)
+    model = Accumulated()
+    x = torch.randn(3, 4)
+    before = snapshot(model)
+    check_pass(model, params=params_of("fc"), inputs=(x,), example_inputs=(x,))
+    with torch.no_grad():
+        assert torch.equal(model(x), x)
+        _needed(model, x, before, ["fc"])

@@ -10,7 +10,7 @@ never spells an op name of its own.
 from __future__ import annotations
 
 __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EXPONENTIAL",
-           "BOUNDED_BY_ONE", "AT_MOST_ONE_OPS", "FRESH", "ZEROS", "FULL", "WRITTEN_VALUE", "ACCUMULATING", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
+           "BOUNDED_BY_ONE", "AT_MOST_ONE_OPS", "FRESH", "ZEROS", "FULL", "WRITTEN_VALUE", "ALWAYS_PAIRS", "ACCUMULATING", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
@@ -234,6 +234,8 @@ SIGN_SELECTIONS = frozenset({"gather", "index", "index_select", "take_along_dim"
 # Ops returning ``(values, indices)``: item 1 holds integer positions, always finite
 INDEXED_PAIRS = frozenset({"topk", "sort", "kthvalue", "mode", "max", "min", "cummax",
                            "cummin", "median", "nanmedian"})
+# ... of which these return a pair whatever their arguments (``max`` only with a ``dim``)
+ALWAYS_PAIRS = frozenset({"topk", "sort", "kthvalue", "mode", "cummax", "cummin"})
 # Casts and copies: the same values (in another dtype, memory or tensor object)
 COPIES = frozenset({"to", "_to_copy", "float", "half", "bfloat16", "double", "contiguous",
                     "clone", "detach", "alias"})
