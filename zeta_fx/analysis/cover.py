@@ -31,6 +31,7 @@ from torch.fx import Node
 from zeta_fx.analysis.facts import makes_zeros
 from zeta_fx.analysis.index import GraphIndex
 from zeta_fx.analysis.layers import Layers, ParamPath, is_zero_constant
+from zeta_fx.semantics.tables import CONVS
 
 __all__ = ["Found", "Blocked", "zero_cover"]
 
@@ -77,6 +78,8 @@ def zero_cover(graph: GraphIndex, layers: Layers, start: Any,
             return Found((), 0)
         return Blocked(graph.nodes[-1], f"adds the constant {start!r}, not zero")
     if not graph.is_data.get(start):
+        if makes_zeros(start):
+            return Found((), 0)  # a fresh tensor of zeros, as made
         got = layers.param_operand(start)
         if isinstance(got, str):
             return Blocked(start, got)
@@ -108,11 +111,37 @@ def _cover_reads(graph: GraphIndex, layers: Layers, node: Node,
         return []
     if node.op == "call_module" and layers.layer(node) is not None:
         return []
+    if _weight_not_zeroable(graph, layers, node):
+        return []
     groups = layers.groups(node)
     if isinstance(groups, str):
         return []
     is_data = graph.is_data
     return [v for group in groups for v in group if isinstance(v, Node) and is_data.get(v)]
+
+def _weight_not_zeroable(graph: GraphIndex, layers: Layers, node: Node) -> str:
+    """Why the search stops at ``node``, a linear or convolution call whose weight is a
+    parameter it cannot zero (read through a computation the analysis does not enter:
+    RWKV's in-place rescaling of its output weights under ``torch.no_grad()`` in eval mode),
+    or ``""``. Going past it would zero an earlier layer: not the branch's last, and
+    (``value(relu(key(x)) ** 2)`` with ``key`` zero) a branch that never gets a gradient
+    again. A module layer that cannot be zeroed stops the search the same way."""
+    if node not in graph.layer_nodes or node.op == "call_module" or \
+            graph.op_key(node)[0] not in CONVS:
+        return ""
+    layer = layers.layer(node)
+    if layer is None or layer.zeroable:
+        return ""
+    weight = graph.bound(node).get("weight")
+    if not isinstance(weight, Node) or graph.is_data.get(weight) or \
+            not graph.param_roots.get(weight):
+        return ""
+    got = layers.param_operand(weight)
+    why = got if isinstance(got, str) else layer.why_not
+    return (f"`{node.name}` ({graph.op_key(node)[0]}) reads its weight `{weight.name}` from "
+            f"parameters it cannot zero ({why}); zeroing a layer before it would not zero "
+            "the branch's last layer")
+
 
 def _cover_step(graph: GraphIndex, layers: Layers, node: Node, inside: Callable[[Node], bool],
                 results: dict[Node, Found | Blocked]) -> Found | Blocked:
@@ -124,6 +153,9 @@ def _cover_step(graph: GraphIndex, layers: Layers, node: Node, inside: Callable[
         if layer.zeroable:
             return Found(((node, layer.params),), 0, layer.chain)
         return Blocked(node, f"`{node.name}`: {layer.why_not}")
+    why = _weight_not_zeroable(graph, layers, node)
+    if why:
+        return Blocked(node, why)
     groups = layers.groups(node)
     if isinstance(groups, str):
         return Blocked(node, groups)
@@ -152,8 +184,9 @@ def _cover_step(graph: GraphIndex, layers: Layers, node: Node, inside: Callable[
                 if isinstance(got, Found):
                     if best is None or (isinstance(best, Found) and got.depth < best.depth):
                         best = got
-                elif blocked is None:
-                    blocked = got
+                elif blocked is None or (got.node in graph.layer_nodes
+                                         and blocked.node not in graph.layer_nodes):
+                    blocked = got  # a layer that stopped the search says the most
             elif isinstance(operand, Node) and makes_zeros(operand):
                 best = ParamPath((), ())  # a fresh tensor of zeros (an accumulator)
                 break

@@ -68,6 +68,10 @@ class Join:
     branch_operands: tuple[Any, ...] = ()
     sides: dict[Node, frozenset[Node]] = field(default_factory=dict)
     region: frozenset[Node] = frozenset()
+    #: data term -> the operand it stands for: a buffer the sum reads after writes filled
+    #: it (``out = zeros_like(x); out[:, i] = f(h); x + out``) is followed into the graph
+    #: through its last write, while the operand (what the proof checks) is the buffer
+    written: dict[Node, Node] = field(default_factory=dict)
 
     @cached_property
     def sum_nodes(self) -> frozenset[Node]:
@@ -181,7 +185,7 @@ def find_joins(view: GraphIndex) -> list[Join]:
                 and not view.storage.written_after(node) and _same_scope(node, users[0]):
             continue  # part of a longer sum; examined with its outermost add
         flat, inner = _flatten(view, node, operands)
-        data_terms = [v for v, _ in flat if isinstance(v, Node) and view.is_data[v]]
+        data_terms = _data_terms(view, flat, (node, *inner))
         join = None
         if inner and len(set(data_terms)) == len(data_terms) and len(data_terms) >= 2:
             join = _classify(view, node, flat, inner)
@@ -191,7 +195,7 @@ def find_joins(view: GraphIndex) -> list[Join]:
             # inner residual block is still found.
             separate.add(node)
             flat, inner = list(ops), []
-            data_terms = [v for v, _ in flat if isinstance(v, Node) and view.is_data[v]]
+            data_terms = _data_terms(view, flat, (node,))
             join = None
         elif join is not None:
             joins.append(join)
@@ -201,6 +205,28 @@ def find_joins(view: GraphIndex) -> list[Join]:
         joins.append(_classify(view, node, flat, inner))
     joins.reverse()
     return joins
+
+
+def _term(view: GraphIndex, value: Any, readers: tuple[Node, ...]) -> Node | None:
+    """The data node that stands for ``value`` in a sum read by ``readers``: the last data
+    write the reading node sees in ``value``'s storage (a buffer filled by writes, whether
+    made by ``zeros_like`` or ``clone``), else ``value`` itself if it is data, else ``None``."""
+    if not isinstance(value, Node):
+        return None
+    for reader in readers:
+        for read, writers in view.storage.stale_reads(reader):
+            if read is value:
+                seen = [w for w in writers if view.index[w] < view.index[reader]
+                        and view.is_data.get(w)]
+                if seen:
+                    return seen[-1]
+    return value if view.is_data.get(value) else None
+
+
+def _data_terms(view: GraphIndex, flat: list[tuple[Any, float]],
+                readers: tuple[Node, ...]) -> list[Node]:
+    terms = [_term(view, v, readers) for v, _ in flat]
+    return [t for t in terms if t is not None]
 
 
 def _flatten(view: GraphIndex, merge: Node, operands) -> tuple[list[tuple[Any, float]], list[Node]]:
@@ -250,9 +276,12 @@ def _same_scope(inner: Node, outer: Node) -> bool:
 
 def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
               inner: list[Node]) -> Join:
-    is_data = view.is_data
-    terms = tuple([v for v, _ in flat if isinstance(v, Node) and is_data[v]])
+    readers = (merge, *inner)
+    term_of = {v: t for v, _ in flat if isinstance(v, Node)
+               for t in (_term(view, v, readers),) if t is not None}
+    terms = tuple([term_of[v] for v, _ in flat if isinstance(v, Node) and v in term_of])
     join = Join(merge, terms, tuple(flat), tuple(inner))
+    join.written = {t: v for v, t in term_of.items() if t is not v}
     if len(set(terms)) < len(terms):
         join.reason = "adds a value to itself"
         return join
@@ -272,12 +301,15 @@ def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
             by_mask[m] = [n]
     sides = {t: frozenset(by_mask.get(1 << i, ())) for i, t in enumerate(terms)}
     join.sides = sides
-    coeff = {v: c for v, c in flat if isinstance(v, Node)}
+    coeff = {term_of.get(v, v): c for v, c in flat if isinstance(v, Node)}
     layer_nodes = view.layer_nodes
     counts = {t: len(sides[t] & layer_nodes) for t in terms}
     verdicts: dict[Node, str | None] = {}
 
     def verdict(t: Node) -> str | None:
+        if t in join.written:
+            verdicts[t] = (f"it is `{join.written[t].name}`, a buffer filled by writes "
+                           f"(the last `{t.name}`), not the fork's value")
         if t not in verdicts:
             verdicts[t] = _skip_verdict(view, fork, t, sides[t], coeff[t], merge, set(inner)) \
                 or (_own_piece(view, fork, t, sides) if counts[t] else None)
@@ -325,7 +357,10 @@ def _classify(view: GraphIndex, merge: Node, flat: list[tuple[Any, float]],
                        "class embedding) into the path")
         return join
     join.branches = tuple(t for t in terms if t is not join.skip)
-    join.branch_operands = tuple(v for v, _ in flat if v is not join.skip)
+    join.branch_operands = tuple(v for v, _ in flat
+                                 if not (isinstance(v, Node) and term_of.get(v) is join.skip))
+    for term, buffer in join.written.items():
+        join.sides[buffer] = sides[term]
     join.ok = True
     return join
 

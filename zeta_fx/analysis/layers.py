@@ -37,9 +37,9 @@ from zeta_fx.analysis.joins import additive_operands
 from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.modules import LAYER_PARAMS, ZERO_KEEPING_KINDS, get_local
-from zeta_fx.semantics.tables import (ADDITIVE, BATCH_NORMS, CONVS, DIVIDE, FINITE_OPS, GATHERS,
-                                      LAYOUT_OPS, NORMS, PRESERVING, PRODUCTS, SINGULAR,
-                                      WEIGHT_NORMS, ZERO_KEEPING)
+from zeta_fx.semantics.tables import (ACCUMULATING, ADDITIVE, BATCH_NORMS, CONVS, DIVIDE,
+                                      FINITE_OPS, GATHERS, LAYOUT_OPS, NORMS, PRESERVING, PRODUCTS, SINGULAR,
+                                      WEIGHT_NORMS, WRITTEN_VALUE, ZERO_KEEPING)
 
 __all__ = ["Layer", "Layers", "ParamPath", "owner_of", "is_zero_constant"]
 
@@ -190,8 +190,74 @@ class Layers:
         """
         got = self._group_cache.get(node)
         if got is None:
-            got = self._group_cache[node] = self._node_groups(node)
+            got = self._node_groups(node)
+            if not isinstance(got, str) and node in self.graph.storage.readers_of_stale:
+                got = self._as_read(node, got)
+            self._group_cache[node] = got
         return got
+
+    def read_groups(self, value: Any, reader: Node) -> list[list[Any]] | str:
+        """What must be zero for ``value`` to be zero as ``reader`` finds it in its storage:
+        ``[[value]]`` (the value as made) when no write reached it since, and otherwise that
+        and what each write ``reader`` sees wrote into it (a fresh ``zeros_like`` filled by
+        ``out[:, i] = f(h)`` is zero only where ``f(h)`` is). A string says why no choice
+        makes it zero: a write whose value the graph does not name, or one made after
+        ``reader`` (a cache: the read finds the previous call's value). Group ``i`` (from
+        1) is what the ``i``-th write wrote."""
+        if not isinstance(value, Node):
+            return [[value]]
+        storage = self.graph.storage
+        writers = next((ws for v, ws in storage.stale_reads(reader) if v is value), ())
+        groups: list[list[Any]] = [[value]]
+        for writer in writers:
+            if storage.index[writer] > storage.index[reader]:
+                return (f"`{writer.name}` writes `{value.name}` in place after "
+                        f"`{reader.name}` reads it: the read finds what the previous call "
+                        "left there")
+            key = self.graph.op_key(writer)[0] if writer.op != "call_module" else ""
+            spec = WRITTEN_VALUE.get(key)
+            if spec is None:
+                effects = storage.effects.get(writer)
+                if writer.op == "call_module" or effects is None or effects.opaque:
+                    return (f"`{writer.name}` writes into `{value.name}` in place before "
+                            f"`{reader.name}` reads it, and what it writes is not known")
+                # an op that writes its result in place (``f.mul_(2)``, ``out=``): what
+                # it wrote is its own value
+                groups.append([writer])
+                continue
+            names, position = spec
+            if position is None:
+                groups.append([0])  # writes zeros
+                continue
+            bound = self.graph.bound(writer)
+            written = next((bound[n] for n in names if n in bound),
+                           writer.args[position] if len(writer.args) > position else None)
+            groups.append([written])
+        return groups
+
+    def _as_read(self, node: Node, groups: list[list[Any]]) -> list[list[Any]] | str:
+        """``groups`` with each operand whose storage writes reached replaced by what
+        :meth:`read_groups` says it holds (a group ``[a, b]`` with ``b`` filled by writes
+        ``w``: ``[a, b as made]`` and ``[a, what w wrote]``, for every ``w``)."""
+        out: list[list[Any]] = []
+        for group in groups:
+            expanded = [group]
+            for operand in dict.fromkeys(o for o in group if isinstance(o, Node)):
+                read = self.read_groups(operand, node)
+                if not isinstance(read, str) and len(read) == 1:
+                    continue
+                if isinstance(read, str):  # that operand cannot be the zero one
+                    expanded = [[o for o in g if o is not operand] for g in expanded]
+                    if any(not g for g in expanded):
+                        return f"`{node.name}` reads `{operand.name}`: {read}"
+                    continue
+                expanded = [list(r) + [o for o in g if o is not operand] if operand in g else g
+                            for g in expanded for r in (read if operand in g else [()])]
+                if len(expanded) > 64:
+                    return (f"`{node.name}` reads values filled by too many writes to "
+                            "follow")
+            out.extend(expanded)
+        return out
 
     def _node_groups(self, node: Node) -> list[list[Any]] | str:
         what = self._describe_op(node)
@@ -248,7 +314,7 @@ class Layers:
         if key in ("addmm", "baddbmm"):
             return [[a.get("mat1", a.get("batch1")), a.get("mat2", a.get("batch2"))],
                     [a.get("input")]]
-        if key in ("index_add", "scatter_add"):
+        if key in ACCUMULATING:
             return [[a.get("input")], [a.get("source", a.get("src"))]]
         if key in ("grouped_mm_fallback", "_grouped_mm", "grouped_mm"):
             args = node.args + (None,) * 4

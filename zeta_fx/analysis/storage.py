@@ -39,6 +39,8 @@ from torch import fx, nn
 from torch.fx import Node
 
 from zeta_fx.semantics import Effects, module_effects, op_effects
+from zeta_fx.semantics.keys import op_key
+from zeta_fx.semantics.tables import ALWAYS_PAIRS, INDEXED_PAIRS
 from zeta_fx.tensors import fetch_attr
 
 __all__ = ["Storages"]
@@ -59,9 +61,26 @@ def _item_roots(roots: frozenset[Any], item: Node) -> frozenset[Any]:
     values and indices) gives each its own storage; items of a view (``split``) share the
     input's."""
     container, index = item.args[0], item.args[1] if len(item.args) > 1 else None
-    if container in roots and isinstance(index, int):
+    if container in roots and isinstance(index, int) and _several_tensors(container):
         return (roots - {container}) | {(container, index)}
     return roots
+
+
+def _several_tensors(node: Any) -> bool:
+    """Whether ``node`` is known to return a tuple of fresh tensors (``topk``'s values and
+    indices; a tuple in the capture's metadata). Otherwise ``t[0]`` is taken to be a view of
+    ``t``'s first row: ``h[0].fill_(1.0)`` writes ``h``."""
+    if not isinstance(node, Node):
+        return False
+    val = node.meta.get("val")
+    if val is not None:
+        return isinstance(val, (tuple, list))
+    if node.op not in ("call_function", "call_method") or op_key(node)[0] not in INDEXED_PAIRS:
+        return False
+    # ``max(x, dim)`` is a pair; ``max(x)`` and ``max(a, b)`` are one tensor
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    return op_key(node)[0] in ALWAYS_PAIRS or \
+        (isinstance(dim, int) and not isinstance(dim, bool))
 
 
 class Storages:

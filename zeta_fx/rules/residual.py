@@ -38,13 +38,19 @@ def join_site(view: GraphView, join: Join) -> dict[str, Any]:
 
 def _zero_at(join: Join) -> str:
     """The value the branch zeroing makes zero: the one data branch term, if there is one."""
-    return join.branches[0].name if len(join.branch_operands) == 1 and join.branches else ""
+    if len(join.branch_operands) != 1 or not join.branches or \
+            join.branch_operands[0] is not join.branches[0]:
+        return ""  # several operands, or a buffer filled by writes: the merge is the claim
+    return join.branches[0].name
 
 
 def operand_cover(view: GraphView, join: Join, operand: Any) -> Found | Blocked:
     """The nearest layers whose zeroing makes one operand of ``join``'s sum zero: a data
     branch searched within its own side of the join; a parameter added beside the join,
-    zeroed at the add that reads it; a constant, which must already be zero."""
+    zeroed at the add that reads it; a constant, which must already be zero; a buffer the
+    sum reads after writes filled it, as it was made and at every write it sees."""
+    if isinstance(operand, Node) and operand in join.written.values():
+        return _buffer_cover(view, join, operand)
     if isinstance(operand, Node) and view.is_data[operand]:
         return view.zero_cover(operand, join.sides.get(operand, frozenset()).__contains__)
     found = view.zero_cover(operand, lambda n: False)
@@ -53,6 +59,43 @@ def operand_cover(view: GraphView, join: Join, operand: Any) -> Found | Blocked:
                        operand in u.kwargs.values()), join.merge)
         found = Found(tuple((reader, ps) for _, ps in found.sites), 0, found.chain)
     return found
+
+
+def _buffer_cover(view: GraphView, join: Join, buffer: Node) -> Found | Blocked:
+    """The layers whose zeroing makes ``buffer`` zero as the sum reads it: what each
+    write it sees wrote, searched within the branch, and the buffer as made (zero only if
+    made by ``zeros_like`` and the like; a ``clone`` of the fork holds the fork's values)."""
+    reader = next((u for u in join.sum_nodes if buffer in u.all_input_nodes), join.merge)
+    groups = view.layers.read_groups(buffer, reader)
+    if isinstance(groups, str):
+        return Blocked(reader, groups)
+    inside = join.sides.get(buffer, frozenset()).__contains__
+    writers = next((ws for v, ws in view.storage.stale_reads(reader) if v is buffer), ())
+    sites: list[tuple[Node, tuple[str, ...]]] = []
+    chain: list[Node] = []
+    for i, group in enumerate(groups):
+        best: Found | Blocked | None = None
+        for value in group:
+            got = view.zero_cover(value, inside)
+            if i and isinstance(got, Blocked) and i <= len(writers):
+                got = Blocked(got.node, f"`{writers[i - 1].name}` writes into "
+                                        f"`{buffer.name}` what is not zero: {got.reason}")
+            elif value is buffer and isinstance(got, Blocked):
+                got = Blocked(got.node, f"`{buffer.name}` as made, before the writes, is not "
+                                        f"zero: {got.reason}")
+            elif isinstance(got, Found) and isinstance(value, Node) and \
+                    not view.is_data[value] and got.sites:
+                got = Blocked(value, f"`{buffer.name}` is written with the parameter-only "
+                                     f"value `{value.name}`")
+            if isinstance(got, Found) and (not isinstance(best, Found) or got.depth < best.depth):
+                best = got
+            elif best is None:
+                best = got
+        if best is None or isinstance(best, Blocked):
+            return best or Blocked(reader, f"`{buffer.name}` has nothing to zero")
+        sites.extend(best.sites)
+        chain.extend(best.chain)
+    return Found(tuple(dict.fromkeys(sites)), 0, tuple(dict.fromkeys(chain)))
 
 
 def branch_cover(view: GraphView, join: Join) -> Found | Blocked:

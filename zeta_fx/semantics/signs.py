@@ -12,16 +12,19 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import torch
 from torch.fx import Node
 
 from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U, Z
-from zeta_fx.semantics.tables import (COPIES, FRESH, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
+from zeta_fx.semantics.tables import (AT_MOST_ONE_OPS, BOUNDED_BY_ONE, COPIES, FRESH,
+                                      MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
                                       NONNEG_OPS, POSITIVE_OPS, ROW_KEEPING, SIGN_CARRIERS,
                                       SIGN_REDUCTIONS, SIGN_SELECTIONS)
+from zeta_fx.tensors import fetch_attr
 
-__all__ = ["nonnegative", "nonpositive", "positive", "node_arg", "finite_or_neg_inf",
+__all__ = ["nonnegative", "nonpositive", "positive", "at_most_one", "node_arg", "finite_or_neg_inf",
            "zero_added", "keeps_first_column"]
 
 
@@ -101,9 +104,90 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
             return True
     if key in ("pad", "constant_pad_nd"):
         return _pads_with(args, lambda v: v >= 0) and nonnegative(first, deeper, ctx, value)
+    if key in ("rsub", "sub") and args.get("alpha", 1) == 1:
+        # ``1 - a`` with ``a <= 1``: RecurrentGemma's ``sqrt(1 - exp(2 * log_a))``
+        minuend, subtrahend = (args.get("other"), first) if key == "rsub" else \
+            (first, args.get("other"))
+        minuend = _held(minuend, value, ctx)
+        if isinstance(minuend, (int, float)) and not isinstance(minuend, bool) and \
+                minuend >= 1 and at_most_one(subtrahend, deeper, ctx, value):
+            return True
     if key in ("add", "clamp", "clip", "clamp_min", "maximum"):
         return positive(value, depth, ctx, reader)
     return False
+
+
+def _causal_decay(value: Node, args: dict[str, Any], depth: int, ctx: Any) -> bool:
+    """``masked_fill(c.unsqueeze(-1) - c.unsqueeze(-2), ones(n, n).triu(d), v)`` with
+    ``d <= 1``, ``v <= 0`` and ``c`` a cumulative sum of values ``<= 0`` along its last
+    dimension: the entries kept (``j <= i``) are ``c_i - c_j``, a sum of values ``<= 0``
+    (the gated delta rule's pairwise decays, Qwen3-Next's ``exp(cum_i - cum_j)``)."""
+    fill = args.get("value")
+    if not isinstance(fill, (int, float)) or isinstance(fill, bool) or not fill <= 0 or \
+            not _keeps_lower(args.get("mask"), depth, ctx, value):
+        return False
+    diff = args.get("input")
+    if not _readable(diff, depth, ctx, value) or op_key(diff)[0] != "sub":
+        return False
+    dargs = bind(diff)
+    if dargs.get("alpha", 1) != 1:
+        return False
+    rows = _unsqueezed(dargs.get("input"), 0, depth, ctx, diff)
+    columns = _unsqueezed(dargs.get("other"), 1, depth, ctx, diff)
+    if rows is None or rows is not columns or op_key(rows)[0] != "cumsum" or \
+            not _readable(rows, depth, ctx, diff):
+        return False
+    cargs = bind(rows)
+    rank, dim = _rank(rows), cargs.get("dim", node_arg(rows, 1))
+    if not isinstance(dim, int) or isinstance(dim, bool) or cargs.get("dtype") is not None \
+            or not (dim == -1 or (rank is not None and dim == rank - 1)):
+        return False
+    return nonpositive(cargs.get("input"), depth + 1, ctx, rows)
+
+
+def _unsqueezed(value: Any, back: int, depth: int, ctx: Any, reader: Node) -> Node | None:
+    """``c`` where ``value`` is ``c.unsqueeze(d)`` that puts ``c``'s last dimension second
+    to last (``back`` 0: the rows) or last (``back`` 1: the columns)."""
+    if not _readable(value, depth, ctx, reader) or op_key(value)[0] != "unsqueeze":
+        return None
+    uargs = bind(value)
+    source, dim = uargs.get("input", node_arg(value, 0)), uargs.get("dim", node_arg(value, 1))
+    if not isinstance(source, Node) or not isinstance(dim, int) or isinstance(dim, bool):
+        return None
+    # the new axis last keeps c's last dimension second to last (rows), and vice versa
+    if dim < 0:
+        return source if dim == -1 - back else None
+    rank = _rank(source)
+    return source if rank is not None and dim == rank - back else None
+
+
+def _keeps_lower(mask: Any, depth: int, ctx: Any, reader: Node) -> bool:
+    """Whether ``mask`` is ``ones(n, n, dtype=bool).triu(d)`` with ``d <= 1``: it masks at
+    least every entry above the diagonal of the last two dimensions it is applied to."""
+    if isinstance(mask, Node) and mask.op == "get_attr":  # folded into a constant by tracing
+        if ctx is not None and ctx.read_is_stale(mask, reader):
+            return False
+        tensor = fetch_attr(mask.graph.owning_module, str(mask.target))
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.bool or \
+                tensor.dim() != 2 or tensor.shape[0] != tensor.shape[1] or tensor.is_meta:
+            return False
+        above = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device).triu(1)
+        return bool(tensor[above].all())
+    if not _readable(mask, depth, ctx, reader) or op_key(mask)[0] != "triu":
+        return False
+    margs = bind(mask)
+    diagonal = margs.get("diagonal", node_arg(mask, 1) if len(mask.args) > 1 else 0)
+    ones = margs.get("input", node_arg(mask, 0))
+    if not isinstance(diagonal, int) or isinstance(diagonal, bool) or diagonal > 1 or \
+            not _readable(ones, depth, ctx, mask) or op_key(ones)[0] != "ones":
+        return False
+    val = ones.meta.get("val")
+    if hasattr(val, "shape"):
+        shape = tuple(val.shape)
+    else:  # a symbolic trace: the sizes it was called with
+        shape = tuple(ones.args[0]) if len(ones.args) == 1 and \
+            isinstance(ones.args[0], (list, tuple)) else tuple(ones.args)
+    return len(shape) == 2 and all(isinstance(n, int) for n in shape) and shape[0] == shape[1]
 
 
 def _max_at_least(value: Node, key: str, args: dict[str, Any], low: float) -> bool:
@@ -200,7 +284,8 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     if key in _NEGATIONS:
         return nonnegative(first, deeper, ctx, value)
     if key in ("masked_fill", "where"):
-        return all(nonpositive(v, deeper, ctx, value) for v in _filled(key, args))
+        return all(nonpositive(v, deeper, ctx, value) for v in _filled(key, args)) or \
+            (key == "masked_fill" and _causal_decay(value, args, deeper, ctx))
     if key in ("pad", "constant_pad_nd"):
         return _pads_with(args, lambda v: v <= 0) and nonpositive(first, deeper, ctx, value)
     if key in SIGN_CARRIERS or key in SIGN_SELECTIONS or \
@@ -210,6 +295,28 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
         a, b = args.get("input"), args.get("other")
         return (nonpositive(a, deeper, ctx, value) and nonnegative(b, deeper, ctx, value)) or \
             (nonnegative(a, deeper, ctx, value) and nonpositive(b, deeper, ctx, value))
+    return False
+
+
+@_memo
+def at_most_one(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = None
+                ) -> bool:
+    """Whether ``value`` is provably ``<= 1`` wherever it is finite: a gate or probability
+    (``sigmoid``, ``softmax``), ``exp`` of a value ``<= 0``, and views and casts of such."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (int, float)):
+        return value <= 1
+    if not _readable(value, depth, ctx, reader):
+        return False
+    key, _ = op_key(value)
+    if key in AT_MOST_ONE_OPS:
+        return True
+    first = bind(value).get("input", node_arg(value, 0))
+    if key in BOUNDED_BY_ONE:
+        return nonpositive(first, depth + 1, ctx, value)
+    if key in SIGN_CARRIERS:
+        return at_most_one(first, depth + 1, ctx, value)
     return False
 
 

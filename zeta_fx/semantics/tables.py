@@ -10,7 +10,7 @@ never spells an op name of its own.
 from __future__ import annotations
 
 __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EXPONENTIAL",
-           "BOUNDED_BY_ONE", "FRESH", "ZEROS", "FULL", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
+           "BOUNDED_BY_ONE", "AT_MOST_ONE_OPS", "FRESH", "ZEROS", "FULL", "WRITTEN_VALUE", "ALWAYS_PAIRS", "ACCUMULATING", "NONNEG_OPS", "POSITIVE_OPS", "SIGN_REDUCTIONS",
            "SIGN_CARRIERS", "SHAPE_METHODS", "SHAPE_ATTRS", "SHAPE_FUNCTIONS", "STRUCTURED",
            "PRODUCTS", "NORMS", "BATCH_NORMS", "CONVS", "GATHERS", "LAYOUT_OPS",
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
@@ -61,6 +61,8 @@ DOMAINS = {"sqrt": "x >= 0", "log1p": "x > -1", "asin": "|x| <= 1", "arcsin": "|
 OVERFLOWING = frozenset({"exp", "exp2", "expm1", "cosh", "sinh", "square"})
 # ... of which these are at most 1 on inputs <= 0
 BOUNDED_BY_ONE = frozenset({"exp", "exp2"})
+# Ops whose output is at most 1 on any finite input (a gate, a probability)
+AT_MOST_ONE_OPS = frozenset({"sigmoid", "hardsigmoid", "softmax", "_softmax"})
 # ... and these overflow on moderate inputs in any dtype (exp(89) is inf in float32); powers
 # overflow only where the changed value is huge, which half precision reaches soonest
 EXPONENTIAL = frozenset({"exp", "exp2", "expm1", "cosh", "sinh"})
@@ -74,6 +76,18 @@ rand randn randint scalar_tensor tensor
 # Ops that make a fresh tensor of zeros, or of a fill value.
 ZEROS = frozenset({"zeros_like", "new_zeros", "zeros", "zero"})
 FULL = frozenset({"full_like", "new_full", "full", "fill"})
+
+# In-place writes -> where the value they write into (part of) their target is: the bound
+# argument names to look for, then its position. ``()`` writes zeros (``zero_``). A write
+# not listed here writes something the graph does not say: the target's value is unknown.
+WRITTEN_VALUE: dict[str, tuple[tuple[str, ...], int | None]] = {
+    "copy": (("src",), 1), "fill": (("value",), 1), "setitem": ((), 2),
+    "index_put": (("values",), 2), "index_add": (("source",), 3),
+    "index_copy": (("source",), 3), "scatter": (("src", "value"), 3),
+    "scatter_add": (("src",), 3), "masked_scatter": (("source",), 2), "zero": ((), None),
+}
+# ... of which these add what they write to the target's values (zero where both are)
+ACCUMULATING = frozenset({"index_add", "scatter_add"})
 
 # Ops whose output is >= 0 wherever it is finite (``sqrt`` and powers: of a value >= 0).
 NONNEG_OPS = frozenset({"abs", "relu", "relu6", "square", "norm", "frobenius_norm",
@@ -220,6 +234,8 @@ SIGN_SELECTIONS = frozenset({"gather", "index", "index_select", "take_along_dim"
 # Ops returning ``(values, indices)``: item 1 holds integer positions, always finite
 INDEXED_PAIRS = frozenset({"topk", "sort", "kthvalue", "mode", "max", "min", "cummax",
                            "cummin", "median", "nanmedian"})
+# ... of which these return a pair whatever their arguments (``max`` only with a ``dim``)
+ALWAYS_PAIRS = frozenset({"topk", "sort", "kthvalue", "mode", "cummax", "cummin"})
 # Casts and copies: the same values (in another dtype, memory or tensor object)
 COPIES = frozenset({"to", "_to_copy", "float", "half", "bfloat16", "double", "contiguous",
                     "clone", "detach", "alias"})
