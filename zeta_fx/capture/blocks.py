@@ -210,7 +210,7 @@ def _key(m: nn.Module, keys: dict[int, int | None],
 
 
 def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
-    return (type(t), tuple(t.shape), t.dtype, t.device.type, t.requires_grad)
+    return (type(t), tuple(t.shape), t.dtype, str(t.device), t.requires_grad)
 
 
 # -- recording the representative and standing in for the others --------------------------
@@ -292,12 +292,13 @@ class BlockRecorder:
         out_leaves, rep.out_spec = pytree.tree_flatten(out)
         kept = [t for t in out_leaves if isinstance(t, torch.Tensor)]
         ins = {id(t) for t in tensors}
-        if any(id(t) in ins or t._is_view() for t in kept) or any(
+        if any(id(t) in ins or t._is_view() for t in kept) or \
+                len({id(t) for t in kept}) < len(kept) or any(
                 not isinstance(v, torch.Tensor) and not _plain(v) for v in out_leaves) or \
                 _describe(kept) is None:
-            # returns an input or a view (an opaque call would return fresh tensors, and
-            # code after it could take another path), an object, or a symbolic size: no
-            # copies are made, and the outputs go on as they are
+            # returns an input, a view or one tensor twice (an opaque call would return
+            # fresh tensors, and code after it could take another path), an object, or a
+            # symbolic size: no copies are made, and the outputs go on as they are
             rep.usable = False
             return out
         rep.out_leaves = ["tensor" if isinstance(v, torch.Tensor) else v for v in out_leaves]
