@@ -32,6 +32,7 @@ from torch import nn
 from torch.fx import Node
 
 from zeta_fx.analysis.facts import Fact, ZeroFacts, zero_inputs_needed
+from zeta_fx.analysis.facts.bodies import item_inputs_needed
 from zeta_fx.analysis.index import GraphIndex
 from zeta_fx.analysis.joins import additive_operands
 from zeta_fx.semantics.decompose import decompose
@@ -268,7 +269,10 @@ class Layers:
             tensors = a.get("tensors", a.get("input"))
             return [[t] for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors])]
         if key == "getitem":
-            return [[node.args[0]]]
+            needed = item_inputs_needed(node)  # an output of a no_grad subgraph
+            if isinstance(needed, str):
+                return f"{what} at `{node.name}`: {needed}"
+            return [[node.args[0]]] if needed is None else [[v] for v in needed]
         if key == "pow":
             exponent = a.get("exponent")
             if isinstance(exponent, (int, float)) and exponent > 0:
