@@ -38,7 +38,7 @@ from zeta_fx.analysis.joins import additive_operands
 from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.modules import LAYER_PARAMS, ZERO_KEEPING_KINDS, get_local
-from zeta_fx.semantics.tables import (ADDITIVE, BATCH_NORMS, CONVS, DIVIDE, FINITE_OPS, GATHERS,
+from zeta_fx.semantics.tables import (SCATTER_REDUCES, ADDITIVE, BATCH_NORMS, CONVS, DIVIDE, FINITE_OPS, GATHERS,
                                       LAYOUT_OPS, NORMS, PRESERVING, PRODUCTS, SINGULAR,
                                       WEIGHT_NORMS, ZERO_KEEPING)
 
@@ -249,7 +249,8 @@ class Layers:
         if key in ("addmm", "baddbmm"):
             return [[a.get("mat1", a.get("batch1")), a.get("mat2", a.get("batch2"))],
                     [a.get("input")]]
-        if key in ("index_add", "scatter_add"):
+        if key in ("index_add", "scatter_add") or key in SCATTER_REDUCES:
+            # (every reduction of zeros is zero: the facts check what else it needs)
             return [[a.get("input")], [a.get("source", a.get("src"))]]
         if key in ("grouped_mm_fallback", "_grouped_mm", "grouped_mm"):
             args = node.args + (None,) * 4
