@@ -74,8 +74,10 @@ class Router(nn.Module):
     measured on the unmasked scores."""
 
     def __init__(self, n: int = 4, margin: float = 0.02, no_grad: bool = True,
-                 second: bool = False, scattered: int = 1, against: str = "scores") -> None:
+                 second: bool = False, scattered: int = 1, against: str = "scores",
+                 at_least: bool = False) -> None:
         super().__init__()
+        self.at_least = at_least
         self.n, self.margin, self.no_grad = n, margin, no_grad
         self.second, self.scattered, self.against = second, scattered, against
         self.gate = nn.Linear(8, n, bias=False)
@@ -86,7 +88,8 @@ class Router(nn.Module):
             top = t.max(dim=-1, keepdim=True)[0]
             if self.against == "double":
                 s = s * 2
-            return (top - s) / s.abs().clamp(min=top) > self.margin
+            gap = (top - s) / s.abs().clamp(min=top)
+            return gap >= self.margin if self.at_least else gap > self.margin
 
     def forward(self, x):
         scores = self.gate(x)
@@ -119,7 +122,7 @@ BOTH = PLAIN | {"1.experts.weight", "1.experts.bias"}
 
 @pytest.mark.parametrize("kw", [dict(), dict(no_grad=False), dict(second=True),
                                 dict(second=True, no_grad=False), dict(margin=0.0),
-                                dict(second=True, n=2)])
+                                dict(second=True, n=2), dict(at_least=True)])
 def test_a_margin_mask_keeps_each_rows_maximum(kw):
     model = _two(**kw)
     x = torch.randn(2, 5, 8)
@@ -128,10 +131,11 @@ def test_a_margin_mask_keeps_each_rows_maximum(kw):
 
 
 @pytest.mark.parametrize("kw", [dict(margin=-0.1), dict(against="double"),
+                                dict(at_least=True, margin=0.0),
                                 dict(second=True, scattered=4),
                                 dict(second=True, n=2, scattered=2)])
 def test_a_mask_that_may_blank_a_row_is_left_alone(kw):
-    # a negative margin masks the maximum too; a margin measured on 2 * scores masks it
+    # a negative margin masks the maximum too, and so does `gap >= 0`; a margin measured on 2 * scores masks it
     # where the best score is negative; scattering every entry away leaves a row of -inf:
     # a softmax over such a row is NaN, and NaN * 0 is not 0
     model = _two(**kw)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from torch.fx import Node
 
+from zeta_fx.semantics.dtypes import holds_exactly_enough
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U
 from zeta_fx.semantics.subgraphs import inside, outside
@@ -89,8 +90,9 @@ def _spares_maximum(mask: Any, t: Node, agreeing: tuple[Node, ...]) -> bool:
     margin = args.get("other")
     if not isinstance(margin, (int, float)) or isinstance(margin, bool) or margin != margin:
         return False
+    # (a positive margin may round to 0 in half precision: ``0 >= 0`` would mask the best)
     if not ((key in ("gt", "greater") and margin >= 0) or
-            (key in ("ge", "greater_equal") and margin > 0)):
+            (key in ("ge", "greater_equal") and margin > 0 and holds_exactly_enough(margin))):
         return False
     gap = args.get("input")
     if _op(gap) and op_key(gap)[0] in ("div", "true_divide", "divide") and \
