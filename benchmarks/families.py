@@ -7,9 +7,10 @@ Prints a markdown table: ``family | capture | capture s | capture + pass s | rat
 ``capture + pass`` is ``zero_init_pass(..., dry_run=True)`` on the tiny test config (the
 capture included, as a user runs it); the baseline is the capture alone
 (``zeta_fx.capture.capture_model``, the entrance the pass itself goes through, with the same
-inputs), measured side by side in the same process: the two alternate, after one warm-up
-each, and the median of the repeats is taken. The ratio is what the analysis, the proof and
-the plan add on top of tracing (1.0: the pass costs nothing beyond its capture). The capture
+inputs), measured side by side in the same process: the two alternate (which goes first
+alternates too), after one warm-up each, and the median of the repeats is taken. The ratio
+is what the analysis, the proof and the plan add on top of tracing (1.0: the pass costs
+nothing beyond its capture). The capture
 column is the method ``capture="auto"`` ends up with (symbolic tracing, ``torch.export``,
 or the concrete capture that follows the forward on the example inputs).
 
@@ -134,8 +135,9 @@ def measure(build: Build, repeats: int) -> tuple[str, float, float]:
 
     capture_only(), capture_and_pass()  # warm-up
     alone, both = [], []
-    for _ in range(repeats):
-        for fn, times in ((capture_only, alone), (capture_and_pass, both)):
+    pair = [(capture_only, alone), (capture_and_pass, both)]
+    for i in range(repeats):
+        for fn, times in (pair if i % 2 == 0 else pair[::-1]):  # neither always first
             gc.collect()
             gc.disable()
             try:

@@ -61,3 +61,16 @@ def test_llama_block_is_zeroed_where_expected_on_meta() -> None:
     assert report.modules == ["layers.0.self_attn.o_proj", "layers.0.mlp.down_proj",
                               "layers.1.self_attn.o_proj", "layers.1.mlp.down_proj"]
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_families_benchmark_measures_one_family() -> None:
+    pytest.importorskip("transformers")
+    spec = importlib.util.spec_from_file_location("zeta_fx_families",
+                                                  ROOT / "benchmarks" / "families.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    table = module.families()
+    assert {"qwen3_next", "unet3d", "lumina2", "phimoe", "hidream", "gpt2"} <= set(table)
+    method, alone, both = module.measure(table["gpt2"], repeats=1)
+    assert method == "export" and alone > 0 and both > 0
