@@ -152,3 +152,35 @@ def test_a_negative_margin_really_blanks_rows():
     with torch.no_grad():
         router.gate.weight.fill_(0.1)
         assert torch.isnan(router(torch.ones(1, 2, 8))).all()
+
+
+class Rescaled(nn.Module):
+    """Two weights rescaled together under ``no_grad`` (RWKV's eval-mode rescale): each
+    item of the subgraph is computed from its own weight only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+
+    def forward(self, x):
+        with torch.no_grad():
+            w1, w2 = self.fc1.weight / 2, self.fc2.weight * 3
+        h = x + torch.nn.functional.linear(x, w1)
+        return h + torch.nn.functional.linear(torch.relu(h), w2)
+
+
+def test_weights_given_back_by_one_no_grad_subgraph_are_each_their_own():
+    torch.manual_seed(0)
+    model = Rescaled()
+    x = _x()
+    gm = capture(model, example_inputs=(x,), method="export")
+    assert sum("wrap_with_set_grad_enabled" in str(n.target) for n in gm.graph.nodes) == 1
+    report = check_pass(model, params={"fc1.weight", "fc2.weight"}, inputs=(x,),
+                        example_inputs=(x,), capture="export")
+    assert set(report.modules) == {"fc1", "fc2"}
+    assert torch.equal(model(x), x)
+    with torch.no_grad():  # each is needed: either one back breaks the identity
+        for fc in (model.fc1, model.fc2):
+            fc.weight.fill_(0.5)
+            assert not torch.equal(model(x), x)
+            fc.weight.zero_()

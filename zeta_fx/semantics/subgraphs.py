@@ -18,7 +18,7 @@ from torch.fx import Node
 from zeta_fx.semantics.keys import op_key
 from zeta_fx.semantics.tables import SUBGRAPH_CALLS
 
-__all__ = ["subgraph_of", "inside", "outside"]
+__all__ = ["subgraph_of", "inside", "outside", "item_operands"]
 
 
 def subgraph_of(node: Node) -> tuple[fx.GraphModule, dict[Node, Any]] | None:
@@ -73,3 +73,29 @@ def outside(value: Any, env: Mapping[Node, Any]) -> Any:
     if isinstance(value, Node) and value.op == "placeholder" and value in env:
         return env[value]
     return value
+
+
+def item_operands(value: Any) -> list[Node] | None:
+    """The operands of a subgraph call whose values item ``value`` is computed from (the
+    body's output traced back to its placeholders); ``None`` for any other value. A rescale
+    of several weights under ``no_grad`` (RWKV's) gives each weight back from its own."""
+    inner, env = inside(value)
+    if not env:
+        return None
+    seen: set[Node] = set()
+    stack = [inner] if isinstance(inner, Node) else []
+    read: dict[Node, None] = {}
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "placeholder":
+            operand = env.get(node)
+            if isinstance(operand, Node):
+                read.setdefault(operand)
+            elif operand is not None and not isinstance(operand, (int, float, bool, str)):
+                return None  # (a list of tensors: not followed)
+            continue
+        stack.extend(node.all_input_nodes)
+    return list(read)

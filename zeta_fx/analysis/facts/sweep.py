@@ -413,6 +413,8 @@ class ZeroFacts(ModuleSteps):
         if key == "getitem":
             source, index = node.args[0], node.args[1] if len(node.args) > 1 else None
             items = self._items.get(source) if isinstance(source, Node) else None
+            if items is None and isinstance(source, Node) and self.key(source)[0] in SUBGRAPH_CALLS:
+                items = self._items.get(source) if self._through_subgraph(source, what) else None
             positions = index_item(self, source, index)
             if positions is not None:
                 self._set(node, positions)
