@@ -2,7 +2,8 @@
 
 After block 0's branch ends are zero, block 1 reads the skip alone: its guards (a state-space
 model's ``exp(segsum(A * dt))`` with ``-inf`` above the diagonal, a router's
-``topk / (topk.sum(-1) + 1e-20)``) must be proven again from the facts. Each family is built
+``topk / (topk.sum(-1) + 1e-20)``, Phi-MoE's sparsemixer margin mask, built under
+``torch.no_grad()``) must be proven again from the facts. Each family is built
 from a tiny config and judged by running it: every decoder layer returns exactly its input,
 nothing outside the report changed, and each zeroed module is needed (with its values back,
 some layer differs from its input). DeepSeek-V3 is also planned at its published sizes on
@@ -60,6 +61,11 @@ FAMILIES = {
         v_head_dim=8, n_shared_experts=1, num_key_value_heads=4),
         {0: ATTN_MLP, None: ("layers.{}.self_attn.o_proj", "layers.{}.mlp.experts",
                              "layers.{}.mlp.shared_experts.down_proj")}),
+    # its sparsemixer router masks scores more than a margin below the row's best with -inf,
+    # the mask computed under torch.no_grad() (a subgraph under export)
+    "phimoe": (lambda: _model(T.PhimoeConfig, T.PhimoeModel, num_local_experts=4,
+                              num_experts_per_tok=2),
+               {None: ("layers.{}.self_attn.o_proj", "layers.{}.mlp.experts")}),
 }
 
 

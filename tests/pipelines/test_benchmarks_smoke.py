@@ -75,3 +75,16 @@ def test_compositional_benchmark_cases_run_on_small_models() -> None:
     bench._export(model)
     d = bench.deepseek(1, compositional=True)
     assert d["modules"] == 2 and d["peak_rss"] > 0  # the one dense layer: o_proj, down_proj
+
+
+def test_families_benchmark_measures_one_family() -> None:
+    pytest.importorskip("transformers")
+    spec = importlib.util.spec_from_file_location("zeta_fx_families",
+                                                  ROOT / "benchmarks" / "families.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    table = module.families()
+    assert {"qwen3_next", "unet3d", "lumina2", "phimoe", "hidream", "gpt2"} <= set(table)
+    method, alone, both = module.measure(table["gpt2"], repeats=1)
+    assert method == "export" and alone > 0 and both > 0

@@ -42,6 +42,7 @@ from zeta_fx.analysis.storage import Storages
 from zeta_fx.semantics.declarations import ZeroOps
 from zeta_fx.semantics.keys import bind_as, op_key, target_name
 from zeta_fx.semantics.modules import STRUCTURED_KINDS, hooked, known_module
+from zeta_fx.semantics.subgraphs import item_operands
 from zeta_fx.semantics.tables import (ADDITIVE, METADATA_OPERANDS, SHAPE_ATTRS,
                                       SHAPE_FUNCTIONS, SHAPE_METHODS, STRUCTURED)
 from zeta_fx.tensors import byte_span, fetch_attr
@@ -210,6 +211,12 @@ class GraphIndex:
                 shape = shape_query(node)
                 if not shape:  # metadata operands (``h.type_as(x)``) carry no values
                     read = _value_inputs(node, keys[node][0])
+                    if read is None and keys[node][0] == "getitem":
+                        # a weight given back by a no_grad subgraph (RWKV's rescale):
+                        # computed from the weights its output reads, not every operand
+                        read = item_operands(node)
+                        if read is not None and any(is_data[n] for n in read):
+                            read = None
                     if read is not None:
                         all_inputs = read
             if node in stale:  # the data written into a buffer it reads (buffers.py)

@@ -32,14 +32,16 @@ from torch import nn
 from torch.fx import Node
 
 from zeta_fx.analysis.facts import Fact, ZeroFacts, zero_inputs_needed
+from zeta_fx.analysis.facts.bodies import item_inputs_needed
 from zeta_fx.analysis.index import GraphIndex
 from zeta_fx.analysis.joins import additive_operands
 from zeta_fx.semantics.decompose import decompose
 from zeta_fx.semantics.keys import target_name
 from zeta_fx.semantics.modules import LAYER_PARAMS, ZERO_KEEPING_KINDS, get_local
 from zeta_fx.semantics.tables import (ACCUMULATING, ADDITIVE, BATCH_NORMS, CONVS, DIVIDE,
-                                      FINITE_OPS, GATHERS, LAYOUT_OPS, NORMS, PRESERVING, PRODUCTS, SINGULAR,
-                                      WEIGHT_NORMS, WRITTEN_VALUE, ZERO_KEEPING)
+                                      FINITE_OPS, GATHERS, LAYOUT_OPS, NORMS, PRESERVING,
+                                      PRODUCTS, SCATTER_REDUCES, SINGULAR, WEIGHT_NORMS,
+                                      WRITTEN_VALUE, ZERO_KEEPING)
 
 __all__ = ["Layer", "Layers", "ParamPath", "owner_of", "is_zero_constant"]
 
@@ -314,7 +316,8 @@ class Layers:
         if key in ("addmm", "baddbmm"):
             return [[a.get("mat1", a.get("batch1")), a.get("mat2", a.get("batch2"))],
                     [a.get("input")]]
-        if key in ACCUMULATING:
+        if key in ACCUMULATING or key in SCATTER_REDUCES:
+            # (every reduction of zeros is zero: the facts check what else it needs)
             return [[a.get("input")], [a.get("source", a.get("src"))]]
         if key in ("grouped_mm_fallback", "_grouped_mm", "grouped_mm"):
             args = node.args + (None,) * 4
@@ -334,7 +337,10 @@ class Layers:
             tensors = a.get("tensors", a.get("input"))
             return [[t] for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors])]
         if key == "getitem":
-            return [[node.args[0]]]
+            needed = item_inputs_needed(node)  # an output of a no_grad subgraph
+            if isinstance(needed, str):
+                return f"{what} at `{node.name}`: {needed}"
+            return [[node.args[0]]] if needed is None else [[v] for v in needed]
         if key == "pow":
             exponent = a.get("exponent")
             if isinstance(exponent, (int, float)) and exponent > 0:

@@ -133,6 +133,7 @@ _SIGNATURES: dict[str, tuple[str, ...]] = {
     "prelu": ("input", "weight"), "nan_to_num": ("input", "nan", "posinf", "neginf"),
     "index_add": ("input", "dim", "index", "source", "alpha"),
     "scatter_add": ("input", "dim", "index", "src"),
+    "scatter_reduce": ("input", "dim", "index", "src", "reduce", "include_self"),
     # torchvision's Swin attention, an fx-wrapped (opaque) function whose output is
     # ``dropout(linear(..., proj_weight, proj_bias))`` with the windows put back in place
     "shifted_window_attention": ("input", "qkv_weight", "proj_weight",

@@ -18,6 +18,7 @@ from torch.fx import Node
 from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U, Z
+from zeta_fx.semantics.rowmax import keeps_row_maximum
 from zeta_fx.semantics.tables import (AT_MOST_ONE_OPS, BOUNDED_BY_ONE, COPIES, FRESH,
                                       MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
                                       NONNEG_OPS, POSITIVE_OPS, ROW_KEEPING, SIGN_CARRIERS,
@@ -463,10 +464,11 @@ def keeps_first_column(value: Any, dim: Any, ctx: Any, reader: Node | None = Non
     args = bind(value)
     if key in ROW_KEEPING:
         return keeps_first_column(args.get("input", node_arg(value, 0)), -1, ctx, value)
-    if key != "masked_fill" or ctx.fact(args.get("input")) == U or \
-            not finite_or_neg_inf(args.get("value"), ctx):
+    if key != "masked_fill" or not finite_or_neg_inf(args.get("value"), ctx):
         return False
-    return _causal(args.get("mask"), 0)
+    if keeps_row_maximum(value, ctx):  # a router's margin below the row's best
+        return True
+    return ctx.fact(args.get("input")) != U and _causal(args.get("mask"), 0)
 
 
 def _causal(mask: Any, depth: int) -> bool:

@@ -16,7 +16,8 @@ __all__ = ["PRESERVING", "FINITE_OPS", "SINGULAR", "DOMAINS", "OVERFLOWING", "EX
            "ADDITIVE", "PIECES", "SPLITS", "CARRIERS", "MULTIPLY", "PASS_THROUGH", "PLUMBING",
            "CHANNELS_FIRST", "SUBTRACTIVE", "ZERO_KEEPING", "BATCH_NORM_KERNELS", "LIBRARY_PURE", "DIVIDE",
            "METADATA_OPERANDS", "WEIGHT_NORMS", "SIGN_SELECTIONS", "INDEXED_PAIRS",
-           "NEG_INF_KEEPING", "COPIES", "ROW_KEEPING", "SOFTMAXES", "MASK_CARRIERS"]
+           "NEG_INF_KEEPING", "COPIES", "ROW_KEEPING", "SOFTMAXES", "MASK_CARRIERS",
+           "SUBGRAPH_CALLS", "SCATTER_REDUCES", "ROW_MAXIMA"]
 
 # f(0) = 0, and the output is zero where the input is (activations, views, pooling, ...)
 PRESERVING = frozenset("""
@@ -254,3 +255,13 @@ SOFTMAXES = frozenset({"softmax", "_softmax", "_safe_softmax"})
 # dimensions (casts, broadcasts)
 MASK_CARRIERS = frozenset({"to", "_to_copy", "bool", "expand", "expand_as", "contiguous",
                            "clone", "detach", "alias"})
+# Higher-order ops that run a subgraph (a ``GraphModule`` attribute) on their operands and
+# return its outputs unchanged: op key -> (position of the subgraph, of its first operand).
+# ``wrap_with_set_grad_enabled`` (``torch.no_grad()`` under export) changes only autograd,
+# never a value; autocast bodies (other dtypes) are not listed.
+SUBGRAPH_CALLS: dict[str, tuple[int, int]] = {"wrap_with_set_grad_enabled": (1, 2)}
+# ``scatter_reduce(input, dim, index, src, reduce)``: every reduction of zeros is zero
+# (a mean divides by a count >= 1); a product of finite values may overflow
+SCATTER_REDUCES = frozenset({"scatter_reduce"})
+# Largest entry along a dimension: ``amax(x, dim)``, item 0 of ``max(x, dim)``
+ROW_MAXIMA = frozenset({"amax", "max"})

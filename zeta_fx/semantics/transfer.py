@@ -23,7 +23,7 @@ from zeta_fx.semantics.lattice import (F_, P, U, Z, Fact, constant_fact, finite,
                                        normalised, product, singular, total)
 from zeta_fx.semantics.signs import (finite_or_neg_inf, keeps_first_column, node_arg,
                                      nonpositive, positive)
-from zeta_fx.semantics.tables import (BOUNDED_BY_ONE, FULL, INDEXED_PAIRS, PRESERVING,
+from zeta_fx.semantics.tables import (BOUNDED_BY_ONE, COPIES, FULL, INDEXED_PAIRS, PRESERVING, SCATTER_REDUCES,
                                       SOFTMAXES, WEIGHT_NORMS, ZEROS)
 
 __all__ = ["HANDLERS", "QUICK_METHODS", "Facts", "makes_zeros", "may_be_zero", "clamp_fact",
@@ -53,9 +53,14 @@ def makes_zeros(node: Node) -> bool:
     ``x.new_zeros(...)``, ``torch.full(..., 0.0)``): the start of an accumulation."""
     if node.op not in ("call_function", "call_method"):
         return False
-    key, _ = op_key(node)
+    key, in_place = op_key(node)
     if key in ZEROS:
         return True
+    if key in COPIES and not in_place and node.args:
+        # a cast or copy of fresh zeros that nothing else reads (so nothing wrote into
+        # them first): HiDream's ``zeros_like(x).to(dtype)`` accumulator
+        source = node.args[0]
+        return isinstance(source, Node) and len(source.users) == 1 and makes_zeros(source)
     if key in FULL:
         value = node.kwargs.get("fill_value", node.kwargs.get("value"))
         if value is None and len(node.args) > 1:
@@ -73,6 +78,29 @@ def _h_index_add(f: Facts, node: Node, a: dict[str, Any], what: str) -> tuple[Fa
     out = total(f.fact(a.get("input")), added)
     return (P if out == F_ and Z in (f.fact(a.get("input")), added) else out), \
         f"{what} adds values that are not zero"
+
+
+def _h_scatter_reduce(f: Facts, node: Node, a: dict[str, Any], what: str) -> tuple[Fact, str]:
+    """``self.scatter_reduce(dim, index, src, reduce, include_self=True)``: ``self`` where
+    nothing is scattered; elsewhere the reduction of what is scattered there (with ``self``'s
+    entry where ``include_self``). Every reduction of zeros is zero (a ``mean`` divides by a
+    count of at least one), so the output is zero exactly when ``self`` and ``src`` are;
+    ``sum`` and ``mean`` add finite values as ``add`` does, ``amax``/``amin`` pick one of
+    them, and a ``prod`` of finite values may overflow."""
+    x, src = f.fact(a.get("input")), f.fact(a.get("src"))
+    reduce = a.get("reduce")
+    if x == Z and src == Z:
+        return Z, ""
+    if reduce in ("sum", "mean"):
+        out = total(x, src)
+    elif reduce in ("amax", "amin"):
+        out = join(x, src)
+    elif reduce == "prod":
+        return U, f"{what}: a product of values the zeroing changed may overflow"
+    else:
+        return U, f"{what} reduces by {reduce!r}"
+    return (P if out == F_ and Z in (x, src) else out), \
+        f"{what} reduces values that are not all zero"
 
 
 def may_be_zero(f: Facts, value: Any, reader: Node | None = None) -> bool:
@@ -461,6 +489,7 @@ HANDLERS: dict[str, Callable[..., tuple[Fact, str]]] = {
     "getattr": _h_getattr, "shifted_window_attention": _h_window_attention,
     "grouped_mm_fallback": _h_grouped_mm, "_grouped_mm": _h_grouped_mm,
     "index_add": _h_index_add, "scatter_add": _h_index_add,
+    **{key: _h_scatter_reduce for key in SCATTER_REDUCES},
     "grouped_mm": _h_grouped_mm, "max": _h_extremum, "min": _h_extremum,
 }
 

@@ -19,13 +19,45 @@ from zeta_fx.semantics.lattice import (F_, P, U, Z, Fact, constant_fact, finite,
                                        normalised, product, singular, total)
 from zeta_fx.semantics.modules import (STEADY_KINDS, class_kind, eps_free, get_local, hooked,
                                        opaque_reason)
+from zeta_fx.analysis.facts.graph import SweepGraph
+from zeta_fx.semantics.subgraphs import subgraph_of
 from zeta_fx.semantics.transfer import clamp_fact, threshold_fact
 
 __all__ = ["ModuleSteps"]
 
 
 class ModuleSteps:
-    """The ``call_module`` step of the zero-facts sweep (see the module docstring)."""
+    """The ``call_module`` step of the zero-facts sweep (see the module docstring), and the
+    step into a subgraph a higher-order op runs (``torch.no_grad()`` under export)."""
+
+    def _through_subgraph(self, node: Node, what: str) -> tuple[Fact, str] | None:
+        """The fact of a higher-order op that runs a subgraph on its operands and returns
+        its outputs (:data:`~zeta_fx.semantics.tables.SUBGRAPH_CALLS`): the subgraph swept
+        with its placeholders holding the operands' facts; each output's fact is kept as
+        an item. ``None`` where the subgraph is not a plain graph of ops on its operands
+        (it reads attributes or calls modules: what those hold is not the operands')."""
+        found = subgraph_of(node)
+        if found is None:
+            return None
+        body, env = found
+        if any(n.op not in ("placeholder", "call_function", "output") for n in body.graph.nodes):
+            return None
+        seeds = {p: self.fact_at(v, node) for p, v in env.items() if self.changed(v)}
+        inner = type(self)(SweepGraph.bare(body, decompose=True), seeds=seeds)
+        out = next(n for n in body.graph.nodes if n.op == "output").args[0]
+        outs = out if isinstance(out, (list, tuple)) else (out,)
+        facts = [inner.fact(v) for v in outs]
+        self._items[node] = dict(enumerate(facts))
+        fact = join(*facts) if facts else Z
+        why = ""
+        for v, f in zip(outs, facts):
+            if f != Z:
+                culprit = v if isinstance(v, Node) and inner.changed(v) else None
+                why = f"{what}, read through its subgraph: " + (
+                    inner.why(culprit) if culprit is not None else
+                    f"an output is {f.name.lower().replace('_', ' ')}")
+                break
+        return fact, why
 
     def _leaf(self, target: str) -> tuple[nn.Module, str | None, str, bool]:
         """``(module, kind, why_not, steady)`` of the leaf module at ``target``; ``steady``:

@@ -49,7 +49,7 @@ from zeta_fx.semantics.keys import bind_as, op_key
 from zeta_fx.semantics.lattice import (F_, U, Z, Fact, constant_fact, finite, join,
                                        normalised, product, singular, total)
 from zeta_fx.semantics.signs import nonnegative, nonpositive
-from zeta_fx.semantics.tables import (BATCH_NORM_KERNELS, BOUNDED_BY_ONE, DOMAINS, EXPONENTIAL, FINITE_OPS, FRESH, OVERFLOWING,
+from zeta_fx.semantics.tables import (SUBGRAPH_CALLS, BATCH_NORM_KERNELS, BOUNDED_BY_ONE, DOMAINS, EXPONENTIAL, FINITE_OPS, FRESH, OVERFLOWING,
                                       PRESERVING, SINGULAR)
 from zeta_fx.semantics.transfer import (HANDLERS, QUICK_METHODS, index_item, makes_zeros,
                                        may_be_zero, neg_inf_masked)
@@ -413,6 +413,8 @@ class ZeroFacts(ModuleSteps):
         if key == "getitem":
             source, index = node.args[0], node.args[1] if len(node.args) > 1 else None
             items = self._items.get(source) if isinstance(source, Node) else None
+            if items is None and isinstance(source, Node) and self.key(source)[0] in SUBGRAPH_CALLS:
+                items = self._items.get(source) if self._through_subgraph(source, what) else None
             positions = index_item(self, source, index)
             if positions is not None:
                 self._set(node, positions)
@@ -425,6 +427,10 @@ class ZeroFacts(ModuleSteps):
         handler = HANDLERS.get(key)
         if handler is not None:
             self._set(node, *handler(self, node, args, what))
+            return
+        through = self._through_subgraph(node, what) if key in SUBGRAPH_CALLS else None
+        if through is not None:
+            self._set(node, *through)
             return
         if x == U and key in FINITE_OPS:
             masked = neg_inf_masked(self, node, key, args.get("input"))
