@@ -34,6 +34,11 @@ import test_timm
 import test_torchvision
 import test_transformers
 import test_transformers_mobilebert as mobilebert
+import test_buffer_families as buffer_families
+import test_hidream as hidream
+import test_past_first_block as past_first_block
+import test_recurrent_families as recurrent
+import test_value_flow_families as value_flow
 
 ADD_FUNCS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
 ADD_METHODS = {"add", "add_", "sub", "sub_", "__add__", "__iadd__", "__sub__", "__radd__"}
@@ -71,6 +76,20 @@ def operands(node: fx.Node) -> list[fx.Node]:
         return [v for v in values if isinstance(v, fx.Node)]
     values = list(node.args[:2]) + [node.kwargs.get(k) for k in ("other", "input")]
     return [v for v in values if isinstance(v, fx.Node)]
+
+
+# ops that read only their input's shape, dtype and device: `zeros_like(x) - 1e38` (RWKV's
+# initial running maximum) is a constant, not data from `x`
+METADATA_ATEN = {f"aten::{op}." for op in ("zeros_like", "ones_like", "empty_like", "full_like",
+                                           "new_zeros", "new_ones", "new_empty", "new_full")}
+METADATA_TORCH = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like}
+METADATA_METHODS = {"new_zeros", "new_ones", "new_empty", "new_full"}
+
+
+def reads_metadata_only(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in METADATA_TORCH or _aten_name(node.target) in METADATA_ATEN
+    return node.op == "call_method" and node.target in METADATA_METHODS
 
 
 def carries_tensor(value: Any) -> bool:
@@ -120,7 +139,7 @@ def shared_fork_merges(gm: fx.GraphModule, is_tensor: dict[fx.Node, bool]) -> li
     cone: dict[fx.Node, frozenset[fx.Node]] = {}
     for n in gm.graph.nodes:
         tensor_inputs = [i for i in n.all_input_nodes if is_tensor.get(i)]
-        data[n] = bool(is_tensor.get(n)) and (
+        data[n] = bool(is_tensor.get(n)) and not reads_metadata_only(n) and (
             n.op == "placeholder" or any(data[i] for i in tensor_inputs))
         own = frozenset((n,)) if data[n] else frozenset()
         cone[n] = own.union(*(cone[i] for i in tensor_inputs if data[i])) if data[n] else own
@@ -206,6 +225,47 @@ MODELS.update({f"transformers-{n}": (lambda n=n: test_transformers._build(n))
 MODELS["transformers-mobilebert"] = lambda: (mobilebert.build(), mobilebert.IDS, {})
 MODELS.update({f"diffusers-{n}": (lambda n=n: test_diffusers._build(n))
                for n in test_diffusers.FAMILIES})
+
+def _ids() -> dict:
+    return {"input_ids": torch.randint(3, 64, (1, 8), generator=torch.Generator().manual_seed(0)),
+            "use_cache": False}
+
+
+def _sana():
+    from diffusers import SanaTransformer2DModel
+
+    torch.manual_seed(0)
+    model = SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=8,
+        cross_attention_dim=16, caption_channels=16, mlp_ratio=2.0, sample_size=8,
+        patch_size=1, norm_elementwise_affine=False).eval()
+    return model, (), dict(hidden_states=torch.randn(1, 4, 8, 8), timestep=torch.tensor([10]),
+                           encoder_hidden_states=torch.randn(1, 5, 16))
+
+
+def _convnext_v2():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("convnextv2_atto", pretrained=False).eval(), \
+        (torch.randn(2, 3, 32, 32),), {}
+
+
+# the families issue 20 names, built as their own tests build them
+MODELS.update({f"transformers-{n}": (lambda n=n: (past_first_block.FAMILIES[n][0]().eval(), (),
+                                                  _ids()))
+               for n in past_first_block.FAMILIES})
+MODELS.update({f"transformers-{n}": (lambda b=b: (b().eval(), (), _ids())) for n, b in
+               (("recurrent_gemma", recurrent._recurrent_gemma), ("rwkv", recurrent._rwkv),
+                ("qwen3_next", recurrent._qwen3_next))})
+MODELS["diffusers-hidream"] = lambda: (hidream._model(), (), hidream._inputs(0))
+MODELS["diffusers-lumina2"] = lambda: (buffer_families._lumina2(), (),
+                                       buffer_families._inputs(0))
+MODELS["diffusers-sana"] = _sana
+MODELS["diffusers-wan"] = lambda: (lambda m, i: (m, (), value_flow._wan_kwargs(i)))(
+    *value_flow._wan())
+MODELS["timm-convnextv2_atto"] = _convnext_v2
 
 # merges that are silent today because another part of issue 20 owns the fix
 XFAIL: dict[str, str] = {}

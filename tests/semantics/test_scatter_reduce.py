@@ -86,7 +86,8 @@ def test_scattering_into_a_nonzero_tensor_is_left_alone(reduce, include_self, ba
 
 
 def test_a_written_zeros_buffer_is_not_fresh_zeros():
-    # `zeros.add_(h)` then a cast: the cast holds h, not zeros
+    # `zeros.add_(g(x))` then a cast: the cast holds g(x), not zeros, so `fc` alone does not
+    # make the branch zero; the zero search goes into the buffer's writes and zeroes `g` too
     class Written(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -101,5 +102,39 @@ def test_a_written_zeros_buffer_is_not_fresh_zeros():
 
     torch.manual_seed(0)
     x = _x()
-    report = check_pass(Written(), params=set(), inputs=(x,))
-    assert [s.module for s in report.skipped] == ["fc"], report.table()
+    model = Written()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    check_pass(model, params={"fc.weight", "fc.bias", "g.weight", "g.bias"}, inputs=(x,))
+    assert torch.equal(model(x), x)
+    for layer in ("fc", "g"):  # each is needed: with its values back the merge is not x
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                model.get_parameter(f"{layer}.{name}").copy_(before[f"{layer}.{name}"])
+            assert not torch.equal(model(x), x), layer
+            for name in ("weight", "bias"):
+                model.get_parameter(f"{layer}.{name}").zero_()
+
+
+def test_a_zeros_buffer_written_with_data_is_not_fresh_zeros():
+    # `zeros.add_(x)`: the buffer holds the input itself; zeroing fc cannot make it zero
+    class WrittenWithData(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            acc = torch.zeros_like(x)
+            acc.add_(x * 2)
+            into = acc.to(torch.float32)
+            index = torch.zeros(3, 4, dtype=torch.long)
+            return x + into.scatter_reduce(0, index, self.fc(x[:3]), "sum")
+
+    torch.manual_seed(0)
+    x = _x()
+    model = WrittenWithData()
+    report = check_pass(model, params=set(), inputs=(x,))
+    assert report.skipped, report.table()
+    with torch.no_grad():  # and zeroing fc really does not make the merge its skip
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+        assert not torch.equal(model(x), x)
