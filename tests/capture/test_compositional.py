@@ -361,3 +361,43 @@ def test_the_class_forward_keeps_its_signature_while_composing():
             return x
     capture(seeded(Probe)(), example_inputs=(X,), method="export", compositional=True)
     assert seen == [["x", "mask"]]
+
+
+class Processor:
+    """A stateless helper object each block holds its own instance of (as diffusers'
+    attention processors are)."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.scale
+
+
+class WithProcessor(nn.Module):
+    def __init__(self, name: str, scale: float):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+        self.processor = Processor(scale)
+
+    def forward(self, x):
+        CALLS.append(self)
+        return x + self.processor(self.fc(x))
+
+
+def test_equal_helper_objects_are_one_structure_and_unequal_ones_two():
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(8, 8)
+            self.blocks = nn.ModuleList(WithProcessor(f"b{i}", 1.0 if i < 3 else 2.0)
+                                        for i in range(5))
+
+        def forward(self, x):
+            x = self.embed(x)
+            for block in self.blocks:
+                x = block(x)
+            return x
+    _, part_calls = assert_same_answer(seeded(Chain), (torch.randn(3, 8),))
+    assert part_calls == ["b0", "b3"]  # b1, b2 copies of b0; b4 of b3 (another scale)

@@ -33,11 +33,13 @@ import contextlib
 import functools
 import itertools
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.utils._pytree as pytree
+from torch.fx.experimental import proxy_tensor
 from torch import nn
 
 __all__ = ["NotComposable", "BlockRecorder", "repeated_blocks", "BEGIN", "LEAVE", "STUB",
@@ -236,6 +238,8 @@ class _Rep:
     out_leaves: list[Any] = field(default_factory=list)  # per leaf: "tensor" or the value
     out_meta: list[tuple[Any, ...]] = field(default_factory=list)
     out_grad: list[bool] = field(default_factory=list)
+    # (input index, node name): inputs the tracer bound to another node while it ran
+    rebound: list[tuple[int, str]] = field(default_factory=list)
     usable: bool = True
 
 
@@ -285,6 +289,7 @@ class BlockRecorder:
         self.reps[structure].append(rep)
         self.segments[key] = rep
         args, kwargs = pytree.tree_unflatten(leaves, spec)
+        bound = _bound_nodes(tensors)
         with _spying(module, rep.reads) as wrote:
             out = forward(*args, **kwargs)
         if wrote or versions != [t._version for t in tensors]:
@@ -292,6 +297,12 @@ class BlockRecorder:
         out_leaves, rep.out_spec = pytree.tree_flatten(out)
         kept = [t for t in out_leaves if isinstance(t, torch.Tensor)]
         ins = {id(t) for t in tensors}
+        after = _bound_nodes(tensors)
+        if bound is not None and after is not None:
+            # an op that returns its input object (`x.to(x.dtype)`) makes the tracer record
+            # the caller's later uses of `x` as uses of that op: each copy does the same
+            rep.rebound = [(i, a.name) for i, (b, a) in enumerate(zip(bound, after))
+                           if a is not b and a is not None]
         if any(id(t) in ins or t._is_view() for t in kept) or \
                 len({id(t) for t in kept}) < len(kept) or any(
                 not isinstance(v, torch.Tensor) and not _plain(v) for v in out_leaves) or \
@@ -308,6 +319,16 @@ class BlockRecorder:
         left = iter(_marked(list(LEAVE(kept, begin, key)), rep.out_grad))
         return pytree.tree_unflatten([next(left) if isinstance(v, torch.Tensor) else v
                                       for v in out_leaves], rep.out_spec)
+
+
+def _bound_nodes(tensors: list[torch.Tensor]) -> list[Any] | None:
+    """The graph node the export's tracer has bound each tensor to now (None outside a
+    trace)."""
+    mode = proxy_tensor.get_proxy_mode()
+    if mode is None:
+        return None
+    slots = [proxy_tensor.get_proxy_slot(t, mode.tracer, None) for t in tensors]
+    return [getattr(getattr(slot, "proxy", None), "node", None) for slot in slots]
 
 
 def _marked(tensors: list[torch.Tensor], grads: list[bool]) -> list[torch.Tensor]:
@@ -342,29 +363,42 @@ def _plain(value: Any) -> bool:
     return type(value) in _PLAIN or isinstance(value, torch.Size)
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: Any, b: Any, depth: int = 0) -> bool:
     """Equal values, type included: ``-0.0`` is not ``0.0``, a NaN equals a NaN, ``1`` is
-    not ``True``; objects by identity; tensors by metadata and values."""
+    not ``True``; tensors by metadata and values; modules, functions and methods by
+    identity; other objects by identity, or as the same class with equal attributes (each
+    attention module of diffusers holds its own, stateless, processor object), three levels
+    deep at most."""
+    if a is b:
+        return True
     if type(a) is not type(b):
         return False
     if isinstance(a, float):
         return math.copysign(1.0, a) == math.copysign(1.0, b) and (
             a == b or (math.isnan(a) and math.isnan(b)))
     if isinstance(a, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y, depth) for x, y in zip(a, b))
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(_same(a[k], b[k], depth) for k in a)
     if isinstance(a, torch.Tensor):
         if (a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device):
             return False
         if a.is_meta or type(a) is not torch.Tensor or type(b) is not torch.Tensor:
-            return a is b
+            return False
         flat_a, flat_b = a.detach().reshape(-1), b.detach().reshape(-1)
         return bool(torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8))) \
-            if flat_a.is_contiguous() and flat_b.is_contiguous() else a is b
+            if flat_a.is_contiguous() and flat_b.is_contiguous() else False
     if _plain(a):
         return a == b
-    return a is b
+    if isinstance(a, (nn.Module, type, types.FunctionType, types.MethodType,
+                      types.BuiltinFunctionType, functools.partial)) or depth >= 3:
+        return False
+    state_a, state_b = getattr(a, "__dict__", None), getattr(b, "__dict__", None)
+    if not isinstance(state_a, dict) or not isinstance(state_b, dict) or \
+            hasattr(type(a), "__slots__"):
+        return False
+    return state_a.keys() == state_b.keys() and \
+        all(_same(state_a[k], state_b[k], depth + 1) for k in state_a)
 
 
 def _same_list(a: list[Any], b: list[Any]) -> bool:

@@ -46,6 +46,12 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
         if begin is None or leave is None:
             continue
         segments[key] = (begin, nodes[where[begin] + 1:where[leave]], leave)
+    if recorder.stubs and any(n.op == "get_attr" and isinstance(_fetch(gm, n.target), fx.GraphModule)
+                              for n in nodes):
+        # a higher-order op (`torch.no_grad()` under export: wrap_with_set_grad_enabled):
+        # the export names the nodes around its subgraph anew, not in the order stitching
+        # creates them; the whole model is exported instead
+        raise NotComposable("the graph holds a higher-order op's subgraph")
     for rep, path in recorder.stubs.values():
         if rep.key not in segments:
             raise NotComposable(f"the capture of `{rep.path}` lost its markers",
@@ -76,7 +82,10 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
             if rename is not None and target.startswith(rename[0] + "."):
                 target = rename[1] + target[len(rename[0]):]
             if target not in getattrs:
-                getattrs[target] = graph.get_attr(target)
+                # an attribute the whole-model export names as it is (a subgraph of a
+                # higher-order op: `submod_3`) keeps its name; a renamed one is named anew
+                getattrs[target] = graph.create_node(
+                    "get_attr", target, name=node.name if target == node.target else None)
                 attrs[target] = _fetch(gm, node.target) if target == node.target else \
                     _fetch(model, target)
                 getattrs[target].meta = _meta(node.meta, rename, context)
@@ -107,6 +116,12 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
             for n in inner:
                 local[n] = copy(n, look, (rep.path, path), node)
             outputs[node] = [look(n) for n in leave.args[0]]
+            named = {n.name: n for n in inner}
+            for i, name in rep.rebound:  # later uses of that input read the copy's node
+                if name not in named:
+                    raise NotComposable(f"`{rep.path}` rebinds an input outside itself",
+                                        recorder.blocks[rep.path][0])
+                env[node.args[0][i]] = local[named[name]]
             continue
         env[node] = copy(node, env.__getitem__, None)
     stitched = fx.GraphModule(attrs, graph, gm.__class__.__name__)
