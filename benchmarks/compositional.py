@@ -20,7 +20,6 @@ subprocesses (wall time of ``zero_init_pass`` and the peak resident memory of th
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -35,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import Row, interleaved, table  # noqa: E402
+from run import Row, interleaved  # noqa: E402
+from run import main as run_main  # noqa: E402
 from zeta_fx import zero_init_pass  # noqa: E402
 
 
@@ -148,15 +148,7 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small models, 3 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
-    args = parser.parse_args(argv)
-    rows = run(quick=args.quick, repeats=args.repeats)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} threads, Python {sys.version.split()[0]}\n")
-    print(table(rows))
-    return 0
+    return run_main(argv, run, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -317,12 +317,15 @@ def table(rows: list[Row]) -> str:
                     tablefmt="github", disable_numparse=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, run_rows: Callable[..., list[Row]] | None = None,
+         description: str | None = None) -> int:
+    """The command line of a benchmark script: ``run_rows(quick=, repeats=)`` (this file's
+    :func:`run` by default) printed as a table under the machine's description."""
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small models, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick, repeats=args.repeats)
+    rows = (run_rows or run)(quick=args.quick, repeats=args.repeats)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} threads, Python {sys.version.split()[0]}\n")
     print(table(rows))

@@ -207,55 +207,40 @@ def test_a_parameter_shared_between_copies_keeps_them_inline():
     assert {"b1", "b3"} <= set(part_calls)
 
 
-class WritesInput(nn.Module):
-    def __init__(self, name: str):
+class Odd(nn.Module):
+    """A residual block that cannot stand for another: it writes its input, returns a view,
+    or returns one tensor twice."""
+
+    def __init__(self, name: str, kind: str):
         super().__init__()
         NAMES[id(self)] = name
+        self.kind = kind
         self.fc = nn.Linear(8, 8)
 
     def forward(self, x):
         CALLS.append(self)
-        x.mul_(2)  # writes its input: a copy standing in would not
-        return x + self.fc(x)
-
-
-class ReturnsView(nn.Module):
-    def __init__(self, name: str):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
-
-    def forward(self, x):
-        CALLS.append(self)
-        return (x + self.fc(x)).transpose(0, 1).transpose(0, 1)
-
-
-class ReturnsTwice(nn.Module):
-    def __init__(self, name: str):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
-
-    def forward(self, x):
-        CALLS.append(self)
+        if self.kind == "writes_input":
+            x.mul_(2)  # a copy standing in would not
         h = x + self.fc(x)
-        return h, h
+        if self.kind == "returns_view":
+            return h.transpose(0, 1).transpose(0, 1)
+        return (h, h) if self.kind == "returns_twice" else h
 
 
-@pytest.mark.parametrize("cls, calls", [
+@pytest.mark.parametrize("kind, calls", [
     # the first ran as a representative, was found to write its input, and the model was
     # captured again with those blocks inline
-    (WritesInput, ["b0", "b0", "b1", "b2", "b3"]),
+    ("writes_input", ["b0", "b0", "b1", "b2", "b3"]),
     # each returns a view: none can stand in for another (fresh outputs are not views)
-    (ReturnsView, ["b0", "b1", "b2", "b3"]),
+    ("returns_view", ["b0", "b1", "b2", "b3"]),
     # one tensor returned twice: fresh outputs would be two
-    (ReturnsTwice, ["b0", "b1", "b2", "b3"]),
+    ("returns_twice", ["b0", "b1", "b2", "b3"]),
 ])
-def test_blocks_that_cannot_be_summarised_run_inline(cls, calls):
+def test_blocks_that_cannot_be_summarised_run_inline(kind, calls):
     class Chain(nn.Module):
         def __init__(self):
             super().__init__()
-            self.blocks = nn.ModuleList(cls(f"b{i}") for i in range(4))
+            self.blocks = nn.ModuleList(Odd(f"b{i}", kind) for i in range(4))
 
         def forward(self, x):
             for block in self.blocks:

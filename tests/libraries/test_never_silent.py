@@ -38,6 +38,7 @@ import test_buffer_families as buffer_families
 import test_hidream as hidream
 import test_past_first_block as past_first_block
 import test_recurrent_families as recurrent
+import test_sana_linear_attention as sana
 import test_value_flow_families as value_flow
 
 ADD_FUNCS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
@@ -232,16 +233,7 @@ def _ids() -> dict:
 
 
 def _sana():
-    from diffusers import SanaTransformer2DModel
-
-    torch.manual_seed(0)
-    model = SanaTransformer2DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
-        num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=8,
-        cross_attention_dim=16, caption_channels=16, mlp_ratio=2.0, sample_size=8,
-        patch_size=1, norm_elementwise_affine=False).eval()
-    return model, (), dict(hidden_states=torch.randn(1, 4, 8, 8), timestep=torch.tensor([10]),
-                           encoder_hidden_states=torch.randn(1, 5, 16))
+    return sana.build(num_layers=2), (), sana._kwargs(0)
 
 
 def _convnext_v2():

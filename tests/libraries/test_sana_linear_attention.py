@@ -43,13 +43,17 @@ def _differing(model, kwargs) -> list[int]:
             if not torch.equal(x, out) or not torch.isfinite(out).all()]
 
 
-def test_every_sana_block_is_its_input():
+def build(num_layers: int = 3) -> SanaTransformer2DModel:
     torch.manual_seed(0)
-    model = SanaTransformer2DModel(
+    return SanaTransformer2DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
-        num_layers=3, num_cross_attention_heads=2, cross_attention_head_dim=8,
+        num_layers=num_layers, num_cross_attention_heads=2, cross_attention_head_dim=8,
         cross_attention_dim=16, caption_channels=16, mlp_ratio=2.0, sample_size=8,
         patch_size=1, norm_elementwise_affine=False).eval()
+
+
+def test_every_sana_block_is_its_input():
+    model = build()
     before = snapshot(model)
     report = zero_init_pass(model, example_kwargs=_kwargs(0))
     assert set(report.modules) == {f"transformer_blocks.{i}.{end}" for i in range(3)
