@@ -22,6 +22,7 @@ returns exactly its input.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import pytest
@@ -169,6 +170,12 @@ def test_rwkv_in_eval_mode_zeroes_no_earlier_layer_than_the_branch_end():
         assert "may be non-finite" in reasons[f"blocks.{i}.attention.output"], reasons
 
 
+@pytest.mark.xfail(
+    importlib.util.find_spec("kernels") is not None, strict=True,
+    reason="with the `kernels` package (a dependency of transformers from 5.25), the gated "
+           "delta rule is called through its hub-kernel wrapper and layers 1 and 2 are left "
+           "alone ('its input may be non-finite'): only layer 0 is proven; measured with "
+           "transformers 5.25.0, kernels 0.19.1 (5.24.0 without kernels: every layer)")
 def test_qwen3_next_every_layer_is_its_input():
     model, before, report = _pass(_qwen3_next)
     expected = {"layers.0.linear_attn.out_proj", "layers.1.linear_attn.out_proj",

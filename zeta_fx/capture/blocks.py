@@ -390,7 +390,15 @@ def _same(a: Any, b: Any, depth: int = 0) -> bool:
             if flat_a.is_contiguous() and flat_b.is_contiguous() else False
     if _plain(a):
         return a == b
-    if isinstance(a, (nn.Module, type, types.FunctionType, types.MethodType,
+    if isinstance(a, nn.Module):
+        # a module held in a plain attribute (transformers keeps kernel functions as
+        # parameterless modules in a dict, one per attention module): equal when both
+        # hold no parameters, buffers, submodules or hooks, and equal settings
+        return depth < 3 and _stateless(a) and _stateless(b) and all(
+            _same(v, vars(b).get(k, _MISSING), depth + 1)
+            for k, v in vars(a).items() if k not in _INTERNAL) and \
+            vars(a).keys() - _INTERNAL == vars(b).keys() - _INTERNAL
+    if isinstance(a, (type, types.FunctionType, types.MethodType,
                       types.BuiltinFunctionType, functools.partial)) or depth >= 3:
         return False
     state_a, state_b = getattr(a, "__dict__", None), getattr(b, "__dict__", None)
@@ -399,6 +407,12 @@ def _same(a: Any, b: Any, depth: int = 0) -> bool:
         return False
     return state_a.keys() == state_b.keys() and \
         all(_same(state_a[k], state_b[k], depth + 1) for k in state_a)
+
+
+def _stateless(m: nn.Module) -> bool:
+    state = vars(m)
+    return not (m._parameters or m._buffers or m._modules or "forward" in state or
+                any(state.get(name) for name in _HOOKS))
 
 
 def _same_list(a: list[Any], b: list[Any]) -> bool:

@@ -46,8 +46,8 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
         if begin is None or leave is None:
             continue
         segments[key] = (begin, nodes[where[begin] + 1:where[leave]], leave)
-    if recorder.stubs and any(n.op == "get_attr" and isinstance(_fetch(gm, n.target), fx.GraphModule)
-                              for n in nodes):
+    if any(n.op == "get_attr" and isinstance(_fetch(gm, n.target), fx.GraphModule)
+           for n in nodes):
         # a higher-order op (`torch.no_grad()` under export: wrap_with_set_grad_enabled):
         # the export names the nodes around its subgraph anew, not in the order stitching
         # creates them; the whole model is exported instead
