@@ -20,11 +20,16 @@ Two instances share a structure only when everything their forward can read is t
   of the same shape, strides, dtype, device and ``requires_grad``, and equal plain values
   (``None``, numbers, strings, dtypes); any other object makes the call run inline;
 - the attributes the first copy's forward read (recorded while it ran, per module inside
-  it: ``self.layer_idx``, ``self.is_sliding``, a config object by identity) are equal on
-  the instance. A forward that writes module state, or writes into its inputs, is not
-  summarised at all (the whole model is exported instead).
+  it: ``self.layer_idx``, ``self.is_sliding``, a config object by identity, helper objects
+  and parameterless modules held in plain attributes by class and settings) are equal on
+  the instance; a call that differs becomes another representative (at most 8).
 
-When unsure, the instance runs inline: a mismatch costs time, never a different graph.
+A representative that returns an input, a view or one tensor twice, or takes an object
+argument, stands for no other call; one that writes its inputs or its module state makes
+the model be exported again with that structure inline. An op inside it that returns its
+input object (``x.to(x.dtype)``) rebinds the caller's later uses of that input in the
+tracer: :attr:`_Rep.rebound` records it, and each copy rebinds them the same way. When
+unsure, the instance runs inline: a mismatch costs time, never a different graph.
 """
 
 from __future__ import annotations
