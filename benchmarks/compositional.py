@@ -74,8 +74,9 @@ class _MLP(nn.Module):
 
 _DEEPSEEK_CHILD = r"""
 import json, sys, time, warnings
-sys.path.insert(0, {root!r})
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import torch, transformers
+from run import peak_rss
 from zeta_fx import zero_init_pass
 config = transformers.DeepseekV3Config(
     vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
@@ -92,17 +93,13 @@ start = time.perf_counter()
 report = zero_init_pass(model, dry_run=True, example_kwargs={{"input_ids": ids}},
                         compositional={compositional})
 seconds = time.perf_counter() - start
-hwm = 0
-with open("/proc/self/status") as f:
-    for line in f:
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-print(json.dumps({{"seconds": seconds, "peak_rss": hwm, "modules": len(report.modules)}}))
+print(json.dumps({{"seconds": seconds, "peak_rss": peak_rss(), "modules": len(report.modules)}}))
 """
 
 
 def deepseek(n_layer: int, compositional: bool) -> dict:
-    code = _DEEPSEEK_CHILD.format(root=str(ROOT), n_layer=n_layer, compositional=compositional)
+    code = _DEEPSEEK_CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), n_layer=n_layer,
+                                  compositional=compositional)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(out.stdout.strip().splitlines()[-1])

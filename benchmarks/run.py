@@ -215,27 +215,32 @@ def apply_vs_zeros(model: nn.Module, repeats: int) -> tuple[float, float, int]:
 
 
 _META_CHILD = r"""
-import json, sys, time, resource
+import json, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 import torch
-from run import Llama
+from run import Llama, peak_rss
 from zeta_fx import zero_init_pass
 with torch.device("meta"):
     model = Llama(n_layer={n_layer}, dim={dim}, hidden={hidden})
 start = time.perf_counter()
 report = zero_init_pass(model, rule="residual_branch_last", dry_run=True)
 seconds = time.perf_counter() - start
-hwm = 0
-with open("/proc/self/status") as f:
-    for line in f:
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-if not hwm:
-    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+hwm = peak_rss()
 n_params = sum(p.numel() for p in model.parameters())
 print(json.dumps({{"seconds": seconds, "peak_rss": hwm, "modules": len(report.modules),
                   "params": n_params}}))
 """
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (``VmHWM``; ``ru_maxrss`` elsewhere)."""
+    import resource
+
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def meta_plan(n_layer: int = 80, dim: int = 8192, hidden: int = 28672) -> dict:

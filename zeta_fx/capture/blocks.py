@@ -52,9 +52,10 @@ __all__ = ["NotComposable", "BlockRecorder", "repeated_blocks", "BEGIN", "LEAVE"
 
 
 class NotComposable(Exception):
-    """Raised inside a compositional export when a block cannot be summarised soundly after
-    its representative already ran (it wrote its inputs or module state): the caller
-    exports again without that structure (``structure``), or the whole model."""
+    """Raised when a compositional export cannot give the whole-model graph: a
+    representative wrote its inputs or module state, or its copies could not be stitched
+    as a whole-model export records them. The caller exports again without that
+    ``structure`` (a static structure key), or, when it is None, the whole model."""
 
     def __init__(self, message: str, structure: Any = None) -> None:
         super().__init__(message)
@@ -234,7 +235,7 @@ class _Rep:
     """What the first instance of a structure was called with and read, and what it gave."""
 
     path: str
-    module: nn.Module
+    structure: int  # the static structure key (:func:`repeated_blocks`)
     key: int
     spec: Any  # the pytree spec of (args, kwargs)
     leaves: list[Any]  # per leaf: a tensor's metadata, or the plain value
@@ -290,7 +291,7 @@ class BlockRecorder:
         tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
         begin = BEGIN(tensors, key)
         versions = [t._version for t in tensors]
-        rep = _Rep(path, module, key, spec, described, {})
+        rep = _Rep(path, structure, key, spec, described, {})
         self.reps[structure].append(rep)
         self.segments[key] = rep
         args, kwargs = pytree.tree_unflatten(leaves, spec)
@@ -370,10 +371,11 @@ def _plain(value: Any) -> bool:
 
 def _same(a: Any, b: Any, depth: int = 0) -> bool:
     """Equal values, type included: ``-0.0`` is not ``0.0``, a NaN equals a NaN, ``1`` is
-    not ``True``; tensors by metadata and values; modules, functions and methods by
+    not ``True``; real tensors by metadata and bits; functions, methods and classes by
     identity; other objects by identity, or as the same class with equal attributes (each
-    attention module of diffusers holds its own, stateless, processor object), three levels
-    deep at most."""
+    attention module of diffusers holds its own, stateless, processor object; transformers
+    keeps kernel functions as parameterless modules, one per attention module), three
+    levels deep at most."""
     if a is b:
         return True
     if type(a) is not type(b):
@@ -395,21 +397,21 @@ def _same(a: Any, b: Any, depth: int = 0) -> bool:
             if flat_a.is_contiguous() and flat_b.is_contiguous() else False
     if _plain(a):
         return a == b
+    if depth >= 3 or isinstance(a, (type, types.FunctionType, types.MethodType,
+                                    types.BuiltinFunctionType, functools.partial)):
+        return False
     if isinstance(a, nn.Module):
-        # a module held in a plain attribute (transformers keeps kernel functions as
-        # parameterless modules in a dict, one per attention module): equal when both
-        # hold no parameters, buffers, submodules or hooks, and equal settings
-        return depth < 3 and _stateless(a) and _stateless(b) and all(
-            _same(v, vars(b).get(k, _MISSING), depth + 1)
-            for k, v in vars(a).items() if k not in _INTERNAL) and \
-            vars(a).keys() - _INTERNAL == vars(b).keys() - _INTERNAL
-    if isinstance(a, (type, types.FunctionType, types.MethodType,
-                      types.BuiltinFunctionType, functools.partial)) or depth >= 3:
+        # held in a plain attribute: equal when both hold no parameters, buffers,
+        # submodules or hooks, and equal settings (nn.Module's bookkeeping aside)
+        return _stateless(a) and _stateless(b) and _same_attributes(a, b, _INTERNAL, depth)
+    if hasattr(type(a), "__slots__") or not isinstance(getattr(a, "__dict__", None), dict):
         return False
-    state_a, state_b = getattr(a, "__dict__", None), getattr(b, "__dict__", None)
-    if not isinstance(state_a, dict) or not isinstance(state_b, dict) or \
-            hasattr(type(a), "__slots__"):
-        return False
+    return _same_attributes(a, b, frozenset(), depth)
+
+
+def _same_attributes(a: Any, b: Any, skip: frozenset[str] | set[str], depth: int) -> bool:
+    state_a = {k: v for k, v in vars(a).items() if k not in skip}
+    state_b = {k: v for k, v in vars(b).items() if k not in skip}
     return state_a.keys() == state_b.keys() and \
         all(_same(state_a[k], state_b[k], depth + 1) for k in state_a)
 

@@ -52,10 +52,11 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
         # the export names the nodes around its subgraph anew, not in the order stitching
         # creates them; the whole model is exported instead
         raise NotComposable("the graph holds a higher-order op's subgraph")
+    rebound: dict[int, list[tuple[int, fx.Node]]] = {}  # marker key -> (input, its node)
     for rep, path in recorder.stubs.values():
         if rep.key not in segments:
             raise NotComposable(f"the capture of `{rep.path}` lost its markers",
-                                recorder.blocks[rep.path][0])
+                                rep.structure)
         for n in segments[rep.key][1]:
             stack = n.meta.get("nn_module_stack")
             if isinstance(stack, dict) and stack and not any(
@@ -63,11 +64,15 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
                 # the tracer did not see the representative under its own name (a forward
                 # patched on an instance around it): its copies could not be named right
                 raise NotComposable(f"`{rep.path}` was not traced under its own name",
-                                    recorder.blocks[rep.path][0])
+                                    rep.structure)
             if n.op == "get_attr" and (not n.target.startswith(rep.path + ".") or
                                        not _has(model, n.target)):
                 raise NotComposable(f"`{rep.path}` reads `{n.target}`, made inside it",
-                                    recorder.blocks[rep.path][0])
+                                    rep.structure)
+        named = {n.name: n for n in segments[rep.key][1]}
+        if any(name not in named for _, name in rep.rebound):
+            raise NotComposable(f"`{rep.path}` rebinds an input outside itself", rep.structure)
+        rebound[rep.key] = [(i, named[name]) for i, name in rep.rebound]
 
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -116,12 +121,8 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
             for n in inner:
                 local[n] = copy(n, look, (rep.path, path), node)
             outputs[node] = [look(n) for n in leave.args[0]]
-            named = {n.name: n for n in inner}
-            for i, name in rep.rebound:  # later uses of that input read the copy's node
-                if name not in named:
-                    raise NotComposable(f"`{rep.path}` rebinds an input outside itself",
-                                        recorder.blocks[rep.path][0])
-                env[node.args[0][i]] = local[named[name]]
+            for i, bound in rebound[rep.key]:  # later uses of that input read the copy's
+                env[node.args[0][i]] = local[bound]
             continue
         env[node] = copy(node, env.__getitem__, None)
     stitched = fx.GraphModule(attrs, graph, gm.__class__.__name__)
