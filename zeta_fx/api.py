@@ -36,6 +36,7 @@ from zeta_fx.apply import apply_plan, graph_args, resolve
 from zeta_fx.capture import LeafSpec, capture_model, writable
 from zeta_fx.errors import ExampleInputsError, NotAModuleError, ZetaFxError
 from zeta_fx.inits import Init, Zero, as_init
+from zeta_fx.pause import gc_paused
 from zeta_fx.plan import Plan, build_plan, check_seed
 from zeta_fx.report import ZeroInitReport
 from zeta_fx.rules import Rule, Selection, get_rule, rule_scopes
@@ -103,6 +104,7 @@ class Traced:
     notes: tuple[str, ...] = field(default=())
 
 
+@gc_paused()
 def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_init_pass",
                      example_inputs: tuple[Any, ...] | None = None,
                      example_kwargs: dict[str, Any] | None = None,
@@ -133,6 +135,7 @@ def trace_and_select(model: nn.Module, rule: Rule | str, *, verb: str = "zero_in
                   settle(view, rule_obj.select(view)), captured.example_kwargs, captured.notes)
 
 
+@gc_paused()
 def init_pass(model: nn.Module, rule: Rule | str = "residual_branch_last", *,
               init: "str | Init | Callable[..., Any]" = "zero",
               seed: int | None = None,

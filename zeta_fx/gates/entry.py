@@ -44,6 +44,7 @@ import torch
 from torch import fx, nn
 
 from zeta_fx.capture.methods import LeafSpec
+from zeta_fx.pause import gc_paused
 from zeta_fx.errors import GateError
 from zeta_fx.analysis.joins import Join
 from zeta_fx.rules.base import Rule
@@ -57,6 +58,7 @@ from zeta_fx.gates.report import GatesReport
 __all__ = ["gate_residuals"]
 
 
+@gc_paused()
 def gate_residuals(model: nn.Module, rule: Rule | str = "residual_branch_last",
                    init: float = 0.0, *, per_channel: bool | int = False,
                    example_inputs: tuple[Any, ...] | None = None,
