@@ -149,6 +149,9 @@ def check_module_names(model: nn.Module, *, leaf_modules: Iterable[LeafSpec] = (
     ...
     zeta_fx.errors.UnknownModuleError: leaf_modules: '1' names no module of Sequential; nearest: '0'. Give a module FQN (model.named_modules() lists them), 'prefix.*' for every module under prefix, or a module class; nothing was traced or written
     """
+    leaf_modules, within, focus = list(leaf_modules), list(within), list(focus)
+    if not (leaf_modules or within or focus):  # nothing names a module: nothing to refuse
+        return
     modules = [(fqn, m) for fqn, m in model.named_modules()]
     names = [fqn for fqn, _ in modules if fqn]
     # a graph module from torch.export keeps FQNs in its parameters' names only
