@@ -149,6 +149,28 @@ def test_a_per_layer_constant_read_by_the_forward_makes_another_structure():
     assert part_calls == ["b0", "b3"]
 
 
+class Optional_(Block):
+    """Reads an attribute only some copies hold, with a default (``getattr(self, ..., d)``)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        CALLS.append(self)
+        h = self.fc2(torch.relu(self.fc1(self.norm(x))))
+        if getattr(self, "boost", False):
+            h = h * 3
+        return x + h
+
+
+def test_an_attribute_only_one_copy_holds_makes_another_structure():
+    # the representative's read finds nothing; the copy that holds it reads another value
+    def build():
+        torch.manual_seed(0)
+        model = Stack([Optional_(f"b{i}") for i in range(6)])
+        model.blocks[4].boost = True
+        return model
+    _, part_calls = assert_same_answer(build)
+    assert part_calls == ["b0", "b4"]
+
+
 def test_a_forward_patched_on_one_copy_runs_inline():
     def build():
         torch.manual_seed(0)

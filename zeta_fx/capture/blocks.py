@@ -457,9 +457,10 @@ def _spying(block: nn.Module, reads: dict[tuple[str, str], Any]) -> Iterator[lis
     def getattribute(self: nn.Module, name: str) -> Any:
         state = object.__getattribute__(self, "__dict__")
         entry = watched.get(id(state))
-        if entry is not None and name in state and name not in entry[1] and \
-                name not in _INTERNAL:
-            entry[1][name] = state[name]
+        if entry is not None and name not in entry[1] and name not in _INTERNAL:
+            # a name the instance does not hold is read from the class, or found missing
+            # (``getattr(self, "flag", False)``): a copy that holds it reads another value
+            entry[1][name] = state.get(name, _MISSING)
         return object.__getattribute__(self, name)
 
     def setattr_(self: nn.Module, name: str, value: Any) -> None:
