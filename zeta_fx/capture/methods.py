@@ -206,6 +206,11 @@ def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[
         if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             lifted[spec.arg.name] = spec.target
     aliases = tied_aliases(model)
+    canonical = _module_aliases(model)
+    if canonical:  # a module registered under several names is named by its first
+        lifted = {name: _canonical_fqn(target, canonical) for name, target in lifted.items()}
+        aliases = {_canonical_fqn(name, canonical): [_canonical_fqn(a, canonical) for a in names]
+                   for name, names in aliases.items()}
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     attrs: dict[str, Any] = {}
@@ -231,9 +236,35 @@ def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[
         if node.op == "get_attr":  # a subgraph of a higher-order op (cond, set_grad_enabled)
             attrs[node.target] = _fetch(program.graph_module, node.target)
         owner = _innermost_module(node)
+        if canonical and owner is not None:
+            owner = canonical.get(owner, owner)
         env[node] = graph.node_copy(node, lambda n: _use(n, env, lifted, owner, aliases,
                                                          attr_node))
+        stack = env[node].meta.get("nn_module_stack")
+        if canonical and stack:
+            env[node].meta["nn_module_stack"] = {
+                key: (canonical.get(path, path), kind) if isinstance(path, str) else (path, kind)
+                for key, (path, kind) in stack.items()}
     return fx.GraphModule(attrs, graph, type(model).__name__)
+
+
+def _module_aliases(model: nn.Module) -> dict[str, str]:
+    """Each later name of a module registered under several names (``nn.ModuleList([block]
+    * 3)``) -> its first name, the one ``named_modules()`` and symbolic capture use: export
+    names each call by the path it went through, and lifts the one parameter once per
+    path."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        seen = first.setdefault(id(m), path)
+        if seen != path:
+            out[path] = seen
+    return out
+
+
+def _canonical_fqn(fqn: str, canonical: dict[str, str]) -> str:
+    owner, dot, attr = fqn.rpartition(".")
+    return f"{canonical[owner]}{dot}{attr}" if owner in canonical else fqn
 
 
 def _use(node: fx.Node, env: dict[fx.Node, fx.Node], lifted: dict[str, str], owner: str | None,
