@@ -50,6 +50,11 @@ _IN_PLACE_OPERATORS = frozenset({"iadd", "isub", "imul", "itruediv", "ifloordiv"
                                  "imatmul", "imod"})
 
 
+# per aten overload, worked out once: its (key, in place) and its arguments' names
+_OVERLOAD_KEYS: dict[Any, tuple[str, bool]] = {}
+_OVERLOAD_NAMES: dict[Any, tuple[str, ...]] = {}
+
+
 def op_key(node: Node) -> tuple[str, bool]:
     """``(key, in_place)``: one key for ``torch.relu``, ``F.relu``, ``x.relu()``,
     ``aten.relu.default`` and their in-place forms; ``operator.iadd`` is ``add``.
@@ -65,8 +70,12 @@ def op_key(node: Node) -> tuple[str, bool]:
         return node.op, False
     target = node.target
     if isinstance(target, torch._ops.OpOverload):
-        key, in_place = _strip_in_place(target._schema.name.split("::")[-1])
-        return key, in_place or target._schema.is_mutable and key not in _FUNCTIONAL_MUTABLE
+        found = _OVERLOAD_KEYS.get(target)
+        if found is None:
+            key, in_place = _strip_in_place(target._schema.name.split("::")[-1])
+            found = _OVERLOAD_KEYS[target] = (
+                key, in_place or target._schema.is_mutable and key not in _FUNCTIONAL_MUTABLE)
+        return found
     if isinstance(target, torch._ops.OpOverloadPacket):
         return _strip_in_place(str(target).split(".")[-1])
     name = getattr(target, "__name__", "") or ""
@@ -162,8 +171,10 @@ def bind_as(node: Node, key: str) -> dict[str, Any]:
     target = node.target
     names: tuple[str, ...] | None = None
     if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
-        names = tuple("input" if a.name == "self" else a.name
-                      for a in target._schema.arguments)
+        names = _OVERLOAD_NAMES.get(target)
+        if names is None:
+            names = _OVERLOAD_NAMES[target] = tuple("input" if a.name == "self" else a.name
+                                                    for a in target._schema.arguments)
     elif node.op == "call_function" and key in _TORCH_ATEN_ORDER and \
             getattr(target, "__module__", "") in ("torch", "torch._C._VariableFunctions", None) \
             and not _is_functional(target):
