@@ -308,3 +308,40 @@ def test_half_precision_decays_and_gates(dtype, method):
         torch.manual_seed(0)
         report = judged(Two(make), (2, STEPS, 8), method, dtype=dtype)
         assert set(report.params) == BOTH, report.table()
+
+
+class MeanRoot(nn.Module):
+    """``sqrt`` of item ``which`` of ``var_mean(h)``: the variance is ``>= 0``, the mean is
+    not."""
+
+    def __init__(self, which: int) -> None:
+        super().__init__()
+        self.which = which
+        self.gate, self.out = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        m = torch.var_mean(self.gate(x), -1, keepdim=True)[self.which]
+        return x + self.out(x * torch.sqrt(m))
+
+
+def rigged_mean(which: int) -> nn.Module:
+    """As given, block 1 reads ``x + 100``: its mean is positive."""
+    torch.manual_seed(0)
+    model = Two(lambda: MeanRoot(which))
+    with torch.no_grad():
+        for b in (model.b0, model.b1):
+            b.gate.weight.copy_(torch.eye(8))
+            b.gate.bias.zero_()
+        model.b0.gate.bias.fill_(1000.0)
+        model.b0.out.bias.fill_(100.0)
+    return model
+
+
+@pytest.mark.parametrize("method", CAPTURES)
+def test_the_mean_of_var_mean_has_the_sign_of_its_input(method):
+    report = judged(rigged_mean(1), (2, STEPS, 8), method)
+    assert set(report.params) == B0, report.table()
+    assert _reasons(report, "b1.out"), report.table()
+    # the variance is >= 0: both blocks
+    report = judged(rigged_mean(0), (2, STEPS, 8), method)
+    assert set(report.params) == BOTH, report.table()

@@ -33,6 +33,8 @@ _SIGN_DEPTH = 24  # a state-space model's segment sums are ~15 ops from their A 
 _NEGATIONS = frozenset({"neg", "negative"})
 # <= 0 wherever finite: log of a probability
 _NONPOSITIVE_OPS = frozenset({"logsigmoid", "log_softmax", "_log_softmax"})
+# ``(variance or deviation, mean)``: item 1 is a mean
+_MEAN_PAIRS = frozenset({"var_mean", "std_mean"})
 
 
 def _memo(sign: Callable[..., bool]) -> Callable[..., bool]:
@@ -68,10 +70,11 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     if key in NONNEG_OPS or key in POSITIVE_OPS:
         return True
     args = bind(value)
-    if _positions(value, key, args):
-        return True  # the integer positions of topk, sort, max(x, dim)...
-    first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    item = _pair_item(value, key, args)
+    if item is not None:  # the integer positions of topk, sort...; a mean
+        return item[0] == "positions" or nonnegative(item[1], deeper, ctx, value)
+    first = args.get("input", node_arg(value, 0))
     kept = zero_added(value, key, args, ctx)
     if kept is not None:
         return nonnegative(kept, deeper, ctx, value)
@@ -284,10 +287,11 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     if key in _NONPOSITIVE_OPS:
         return True
     args = bind(value)
-    if _positions(value, key, args):
-        return False  # positions 0, 1, 2...: not the values' sign
-    first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    item = _pair_item(value, key, args)
+    if item is not None:  # positions 0, 1, 2...: not the values' sign; a mean
+        return item[0] == "mean" and nonpositive(item[1], deeper, ctx, value)
+    first = args.get("input", node_arg(value, 0))
     kept = zero_added(value, key, args, ctx)
     if kept is not None:
         return nonpositive(kept, deeper, ctx, value)
@@ -328,8 +332,9 @@ def at_most_one(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     if key in AT_MOST_ONE_OPS:
         return True
     args = bind(value)
-    if _positions(value, key, args):
-        return False
+    item = _pair_item(value, key, args)
+    if item is not None:
+        return item[0] == "mean" and at_most_one(item[1], depth + 1, ctx, value)
     first = args.get("input", node_arg(value, 0))
     if key in BOUNDED_BY_ONE:
         return nonpositive(first, depth + 1, ctx, value)
@@ -365,9 +370,10 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
     if key in POSITIVE_OPS:
         return True
     args = bind(value)
-    if _positions(value, key, args):
-        return False  # position 0 is a position too
     deeper = depth + 1
+    item = _pair_item(value, key, args)
+    if item is not None:  # position 0 is a position too
+        return item[0] == "mean" and positive(item[1], deeper, ctx, value)
     kept = zero_added(value, key, args, ctx)
     if kept is not None:
         return positive(kept, deeper, ctx, value)
@@ -548,22 +554,27 @@ def _second_tensor(args: dict[str, Any]) -> Any:
     return other
 
 
-def _positions(value: Node, key: str, args: dict[str, Any]) -> bool:
-    """Whether ``value`` is item 1 of a ``(values, indices)`` pair (``topk``, ``sort``,
-    ``max(x, dim)``...): integer positions ``>= 0``, whatever the sign of the values (a
-    ``getitem`` otherwise carries its source's sign)."""
+def _pair_item(value: Node, key: str, args: dict[str, Any]) -> tuple[str, Any] | None:
+    """What ``value`` holds where it is an item of a tuple whose items differ in sign:
+    ``("positions", None)`` for item 1 of a ``(values, indices)`` pair (``topk``, ``sort``,
+    ``max(x, dim)``...: integer positions ``>= 0``, whatever the sign of the values);
+    ``("mean", x)`` for item 1 of ``var_mean(x)`` / ``std_mean(x)`` (the mean has ``x``'s
+    sign, not the variance's). ``None`` otherwise: a ``getitem`` carries its source's sign."""
     if key != "getitem" or args.get("arg1", node_arg(value, 1)) != 1:
-        return False
+        return None
     source = args.get("input", node_arg(value, 0))
     if not isinstance(source, Node) or source.op not in ("call_function", "call_method"):
-        return False
+        return None
     skey = op_key(source)[0]
+    if skey in _MEAN_PAIRS:
+        return "mean", bind(source).get("input", node_arg(source, 0))
     if skey not in INDEXED_PAIRS:
-        return False
+        return None
     if skey in ALWAYS_PAIRS or isinstance(source.meta.get("val"), (tuple, list)):
-        return True
-    dim = bind(source).get("dim", bind(source).get("arg1"))
-    return isinstance(dim, int) and not isinstance(dim, bool)
+        return "positions", None
+    sargs = bind(source)
+    dim = sargs.get("dim", sargs.get("arg1"))
+    return ("positions", None) if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
 def node_arg(node: Node, i: int) -> Any:
