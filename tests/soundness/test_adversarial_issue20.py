@@ -41,6 +41,7 @@ from torch import nn
 from claims import assert_only_zeroed, graph_claim_mismatches, residual_rows, snapshot
 from zeta_fx import zero_init_pass
 from zeta_fx.capture import capture
+from zeta_fx.errors import ZetaFxError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -345,3 +346,208 @@ def test_the_mean_of_var_mean_has_the_sign_of_its_input(method):
     # the variance is >= 0: both blocks
     report = judged(rigged_mean(0), (2, STEPS, 8), method)
     assert set(report.params) == BOTH, report.table()
+
+
+# -- edges that held: buffers filled by writes --------------------------------------------------
+
+class Writes(nn.Module):
+    """``x + out`` with ``out`` a buffer filled by writes, drawn at the edge of the rule."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.fc, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.how
+        out = torch.empty_like(x) if h.startswith("empty") else torch.zeros_like(x)
+        if h == "twice_second_data":  # the second write puts x's data over the branch's
+            out[..., :4] = self.fc(x)[..., :4]
+            out[..., 2:6] = x[..., 2:6]
+        elif h == "then_add_data":
+            out[..., :4] = self.fc(x)[..., :4]
+            out[..., 4:] += x[..., 4:]
+        elif h == "other_view_after":  # a write through another view of the buffer
+            flat = out.view(-1)
+            out[..., :4] = self.fc(x)[..., :4]
+            flat[3] = 1.0
+        elif h == "other_view_before":
+            flat = out.view(-1)
+            flat[3] = 1.0
+            out[..., :4] = self.fc(x)[..., :4]
+        elif h == "empty_half":  # uninitialised where nothing is written
+            out[..., :4] = self.fc(x)[..., :4]
+        elif h == "empty_whole":
+            out.copy_(self.fc(x))
+        elif h == "fill_row":
+            out[..., :4] = self.fc(x)[..., :4]
+            out[0].fill_(0.5)
+        elif h == "scatter_data_first":
+            out.scatter_(-1, torch.zeros(x.shape[:-1] + (1,), dtype=torch.long), x[..., :1])
+            out[..., 1:] = self.fc(x)[..., 1:]
+        elif h == "masked_scatter_data":
+            out.masked_scatter_(x > 0, x)
+            out[..., :4] = self.fc(x)[..., :4]
+        elif h == "index_add_data":
+            out.index_add_(0, torch.tensor([0]), self.fc(x)[:1], alpha=2.0)
+            out.index_add_(0, torch.tensor([1]), x[:1])
+        elif h == "loop_one_data":
+            for i in range(2):  # (the batch of the inputs drawn here)
+                out[i] = self.fc(x[i]) if i != 1 else x[i]
+        elif h == "copy_then_scale_then_add":  # 0 * x, then another zeroed layer added
+            out.copy_(self.fc(x))
+            out.mul_(x)
+            out.add_(self.fc2(x))
+        elif h == "two_writers":
+            out[..., :4] = self.fc(x)[..., :4]
+            out[..., 4:] = self.fc2(x)[..., 4:]
+        elif h == "merge_in_place":
+            out[..., :4] = self.fc(x)[..., :4]
+            out += x
+            return out
+        return x + out
+
+
+FC = {"fc.weight", "fc.bias"}
+FC2 = {"fc2.weight", "fc2.bias"}
+WRITES = {  # what each capture zeroes (a subset may be proven by one capture only)
+    "twice_second_data": (set(), set()), "then_add_data": (set(), set()),
+    "other_view_after": (set(), set()), "other_view_before": (set(), set()),
+    "empty_half": (set(), set()), "empty_whole": (set(), set()),
+    "fill_row": (set(), set()), "scatter_data_first": (set(), set()),
+    "masked_scatter_data": (set(), set()), "index_add_data": (set(), set()),
+    "loop_one_data": (set(), set()),
+    "copy_then_scale_then_add": (set(), FC | FC2),
+    "two_writers": (FC | FC2, FC | FC2), "merge_in_place": (FC, FC),
+}
+
+
+@pytest.mark.parametrize("method", CAPTURES)
+@pytest.mark.parametrize("how", sorted(WRITES))
+def test_buffers_filled_by_writes(how, method):
+    torch.manual_seed(0)
+    model = Writes(how)
+    report = judged(model, (2, 3, 8), method)
+    expected = WRITES[how][CAPTURES.index(method)]
+    assert set(report.params) == expected, report.table()
+    if expected and how != "merge_in_place":  # the whole model is the identity now
+        x = _inputs((2, 3, 8), 1e4)(0)[0]
+        with torch.no_grad():
+            assert torch.equal(model(x.clone()), x)
+
+
+# -- edges that held: torch.no_grad() bodies under export ---------------------------------------
+
+class NoGrad(nn.Module):
+    def __init__(self, body: str) -> None:
+        super().__init__()
+        self.body = body
+        self.fc = nn.Linear(8, 8)
+        self.w2 = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        h = self.fc(x)
+        with torch.no_grad():
+            b = self.body
+            if b == "writes_input":
+                y = h + x.mul_(2) * 0
+            elif b == "adds_input_in_place":
+                y = h.add_(x)
+            elif b == "dropout":
+                y = F.dropout(h + 1, 0.5, True) - 1
+            elif b == "times_rand":
+                y = h * torch.rand_like(h)
+            elif b == "random_mask_fill":
+                y = h.masked_fill(torch.randn_like(h) > 0, 1.0)
+            elif b == "writes_a_parameter":
+                y = self.fc.weight.copy_(self.w2).sum() * 0 + h
+            elif b == "weight_plus_other":
+                y = F.linear(x, self.fc.weight + self.w2)
+            elif b == "weight_times_other":
+                y = F.linear(x, self.fc.weight * self.w2)
+            elif b == "nan_to_num":
+                y = torch.nan_to_num(h, nan=1.0)
+            elif b == "expm1":
+                y = torch.expm1(h)
+            else:  # "through_input": (h + x) - x
+                y = (h + x) - x
+        return x + y
+
+
+NO_GRAD = {"writes_input": set(), "adds_input_in_place": set(), "dropout": set(),
+           "times_rand": FC, "random_mask_fill": set(), "writes_a_parameter": set(),
+           "weight_plus_other": set(), "weight_times_other": set(), "nan_to_num": set(),
+           "expm1": FC, "through_input": set()}
+
+
+@pytest.mark.parametrize("body", sorted(NO_GRAD))
+def test_no_grad_bodies_under_export(body):
+    torch.manual_seed(0)
+    model = NoGrad(body)
+    report = judged(model, (2, 3, 8), "export")
+    assert set(report.params) == NO_GRAD[body], report.table()
+
+
+# -- edges that held: a Scale-module skip, split forks, scatter_reduce --------------------------
+
+class Scale(nn.Module):
+    def __init__(self, p: nn.Parameter | None = None) -> None:
+        super().__init__()
+        self.scale = p if p is not None else nn.Parameter(torch.full((8,), 0.5))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class Parts(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.inp, self.o1, self.o2 = nn.Linear(8, 16), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.gamma = nn.Parameter(torch.full((8,), 1e-2))
+        # the skip's Scale shares the branch's layer-scale gamma: zeroing one zeroes both
+        self.res_scale = Scale(self.gamma if how == "tied_scale" else None)
+
+    def forward(self, x):
+        h = self.how
+        if h in ("tied_scale", "own_scale"):
+            return self.res_scale(x) + self.o1(x) * self.gamma
+        if h == "scale_of_branch":  # the Scale reads what the branch's layer made
+            a = self.o1(x)
+            return self.res_scale(a) + self.o2(a)
+        if h == "scatter_reduce_into_x":
+            src = self.o1(x)
+            return x + x.clone().scatter_reduce(-1, torch.zeros_like(src, dtype=torch.long),
+                                                src, reduce="amax", include_self=False)
+        a, b = self.inp(x).split(8, -1)
+        if h == "split_raw_item":  # one item of the split reaches the merge unprojected
+            return x + self.o1(a) + b
+        if h == "split_both":
+            return x + self.o1(a) + self.o2(b)
+        if h == "split_product":
+            return x + self.o1(a) * self.o2(b)
+        return x + self.o1(a) - self.o2(b) * x  # "split_times_input"
+
+
+O1 = {"o1.weight", "o1.bias"}
+O2 = {"o2.weight", "o2.bias"}
+PARTS = {"tied_scale": None, "own_scale": {"gamma"}, "scale_of_branch": set(),
+         "scatter_reduce_into_x": set(), "split_raw_item": set(), "split_both": O1 | O2,
+         "split_product": O1, "split_times_input": O1 | O2}
+
+
+@pytest.mark.parametrize("method", CAPTURES)
+@pytest.mark.parametrize("how", sorted(PARTS))
+def test_scale_skips_split_forks_and_reductions(how, method):
+    torch.manual_seed(0)
+    model = Parts(how)
+    if PARTS[how] is None:  # zeroing the tied gamma zeroes the skip: refused or left alone
+        try:
+            report = judged(model, (2, 3, 8), method)
+        except ZetaFxError as e:
+            assert "tied" in str(e)
+        else:
+            assert report.params == [], report.table()
+        return
+    report = judged(model, (2, 3, 8), method)
+    assert set(report.params) == PARTS[how], report.table()
