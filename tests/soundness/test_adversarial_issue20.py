@@ -551,3 +551,75 @@ def test_scale_skips_split_forks_and_reductions(how, method):
         return
     report = judged(model, (2, 3, 8), method)
     assert set(report.params) == PARTS[how], report.table()
+
+
+# -- edges that held: a router's margin below the row's maximum ---------------------------------
+
+NEG_INF = float("-inf")
+
+
+class Router(nn.Module):
+    """Phi-MoE's sparsemixer mask under ``torch.no_grad()``, drawn at the edge: filled into
+    the transposed scores, softmaxed over another dimension, or-ed with another mask, the
+    maximum taken over another dimension, the gap scaled instead of divided, measured on a
+    rounded copy, filled into other scores, the scores written after."""
+
+    def __init__(self, how: str, dtype=torch.float32) -> None:
+        super().__init__()
+        self.how = how
+        self.gate, self.out = nn.Linear(8, 4, bias=False), nn.Linear(8, 32)
+        self.to(dtype)
+
+    def forward(self, x):
+        s, h = self.gate(x), self.how
+        with torch.no_grad():
+            top = s.max(0 if h == "max_over_batch" else -1, keepdim=True)[0]
+            gap = (top - (s.half().float() if h == "rounded_copy" else s))
+            gap = gap * 1e30 if h == "scaled_gap" else gap / s.abs().clamp(min=top)
+            mask = gap > 0.01
+            if h == "or_mask":
+                mask = mask | (s > 0)
+            scores = s * 2 if h == "other_scores" else s
+            if h == "written_after":
+                scores = s.clone()
+                scores[..., 0] = NEG_INF
+            if h == "transposed":
+                w = scores.transpose(-1, -2).masked_fill(mask.transpose(-1, -2), NEG_INF) \
+                    .softmax(-2).transpose(-1, -2)
+            else:
+                w = scores.masked_fill(mask, NEG_INF).softmax(-2 if h == "other_dim" else -1)
+        experts = self.out(x).unflatten(-1, (4, 8))
+        return x + (w.unsqueeze(-1) * experts).sum(-2)
+
+
+class Plain(nn.Module):
+    def __init__(self, dtype=torch.float32) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.to(dtype)
+
+    def forward(self, x):
+        return x + self.lin(x)
+
+
+PLAIN = {"0.lin.weight", "0.lin.bias"}
+ROUTER = PLAIN | {"1.out.weight", "1.out.bias"}
+ROUTERS = {"plain": ROUTER, "transposed": PLAIN, "other_dim": PLAIN, "or_mask": PLAIN,
+           "max_over_batch": PLAIN, "scaled_gap": PLAIN, "rounded_copy": PLAIN,
+           "other_scores": PLAIN, "written_after": PLAIN}
+
+
+@pytest.mark.parametrize("how", sorted(ROUTERS))
+def test_router_margin_masks_under_export(how):
+    torch.manual_seed(0)
+    model = nn.Sequential(Plain(), Router(how))  # the gate reads what block 0 changed
+    report = judged(model, (2, 5, 8), "export")
+    assert set(report.params) == ROUTERS[how], report.table()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_router_margin_mask_in_half_precision(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(Plain(dtype), Router("plain", dtype))
+    report = judged(model, (2, 5, 8), "export", dtype=dtype)
+    assert set(report.params) == ROUTER, report.table()
