@@ -560,8 +560,8 @@ def _pair_item(value: Node, key: str, args: dict[str, Any]) -> tuple[str, Any] |
     ``max(x, dim)``...: integer positions ``>= 0``, whatever the sign of the values);
     ``("mean", x)`` for item 1 of ``var_mean(x)`` / ``std_mean(x)`` (the mean has ``x``'s
     sign, not the variance's). ``None`` otherwise: a ``getitem`` carries its source's sign."""
-    if key != "getitem" or args.get("arg1", node_arg(value, 1)) != 1:
-        return None
+    if key != "getitem" or args.get("arg1", node_arg(value, 1)) not in (1, -1):
+        return None  # (a pair's item -1 is item 1)
     source = args.get("input", node_arg(value, 0))
     if not isinstance(source, Node) or source.op not in ("call_function", "call_method"):
         return None
