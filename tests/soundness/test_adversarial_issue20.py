@@ -623,3 +623,62 @@ def test_router_margin_mask_in_half_precision(dtype):
     model = nn.Sequential(Plain(dtype), Router("plain", dtype))
     report = judged(model, (2, 5, 8), "export", dtype=dtype)
     assert set(report.params) == ROUTER, report.table()
+
+
+# -- edges that held: learned tokens and metadata operands --------------------------------------
+
+class Tokens(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.fc, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.pos = nn.Parameter(torch.randn(3, 8))
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+
+    def forward(self, x):
+        h = self.how
+        if h == "pos_added_at_merge":  # a learned bias beside the branch: zeroed with it
+            return x + self.fc(x) + self.pos
+        if h == "pos_inside_branch":
+            return x + (self.fc(x) + self.pos)
+        if h == "cls_concatenated":
+            t = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1)
+            return t + self.fc(t)
+        if h == "cls_alone":  # no layer in the branch
+            return x + self.cls.expand_as(x)
+        if h == "token_scales_branch":
+            return x + self.fc(x) * self.pos
+        if h == "token_then_layer":
+            return x + self.fc2(self.fc(x) + self.pos)
+        if h == "layer_of_a_token":
+            return x + self.fc2(self.pos).expand_as(x)
+        if h == "type_as_a_branch":  # the branch's dtype read, its values not
+            return x + self.fc(x).type_as(x) + x.type_as(self.fc2(x)) * 0
+        if h == "to_other":
+            return x + self.fc(x).to(x)
+        if h == "new_zeros_of_branch":
+            b = self.fc(x)
+            z = b.new_zeros(b.shape)
+            z[:, :1] = b[:, :1]
+            return x + z
+        return x + self.fc(x)[:, :1].expand_as(x)  # "expand_as_the_fork"
+
+
+POS = {"pos"}
+TOKENS = {"pos_added_at_merge": FC | POS, "pos_inside_branch": FC | POS,
+          "cls_concatenated": FC, "cls_alone": set(), "token_scales_branch": POS,
+          "token_then_layer": FC2, "layer_of_a_token": set(), "type_as_a_branch": set(),
+          "to_other": FC, "new_zeros_of_branch": FC, "expand_as_the_fork": FC}
+
+
+@pytest.mark.parametrize("method", CAPTURES)
+@pytest.mark.parametrize("how", sorted(TOKENS))
+def test_learned_tokens_and_metadata_operands(how, method):
+    torch.manual_seed(0)
+    model = Tokens(how)
+    report = judged(model, (2, 3, 8), method)
+    assert set(report.params) == TOKENS[how], report.table()
+    if TOKENS[how] and how != "cls_concatenated":  # the model is the identity now
+        x = _inputs((2, 3, 8), -1e4)(2)[0]
+        with torch.no_grad():
+            assert torch.equal(model(x.clone()), x)
