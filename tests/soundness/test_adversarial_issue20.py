@@ -682,3 +682,56 @@ def test_learned_tokens_and_metadata_operands(how, method):
         x = _inputs((2, 3, 8), -1e4)(2)[0]
         with torch.no_grad():
             assert torch.equal(model(x.clone()), x)
+
+
+# -- edges that held: a view of the filled buffer taken before data is written into it ------------
+
+class ViewBeforeData(nn.Module):
+    """``y`` aliases (or copies) the zeros buffer the branch filled; then the fork's data is
+    written into the buffer, and the merge reads ``y``: through an alias it sees the data."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        out = torch.zeros_like(x)
+        out[..., :4] = self.fc(x)[..., :4]
+        h = self.how
+        views = {"view": lambda: out.view(x.shape), "slice": lambda: out[:],
+                 "transpose": lambda: out.transpose(0, 1),
+                 "unsqueeze": lambda: out.unsqueeze(0), "reshape": lambda: out.reshape(-1),
+                 "clone": lambda: out.clone(), "detach": lambda: out.detach(),
+                 "view_as": lambda: out.view_as(x), "contiguous": lambda: out.contiguous(),
+                 "as_strided": lambda: out.as_strided(out.shape, out.stride())}
+        y = views[h]()
+        out.add_(x)  # itself a merge: x + (the buffer), proven where the buffer is zero
+        if h == "transpose":
+            y = y.transpose(0, 1)
+        elif h == "unsqueeze":
+            y = y[0]
+        elif h == "reshape":
+            y = y.reshape(x.shape)
+        return x + y
+
+
+VIEWS = {"view": set(), "slice": set(), "transpose": set(), "unsqueeze": set(),
+         "reshape": set(), "clone": FC, "detach": set(), "view_as": set(),
+         "as_strided": set()}
+
+
+@pytest.mark.parametrize("method", CAPTURES)
+@pytest.mark.parametrize("how", sorted(VIEWS) + ["contiguous"])
+def test_a_view_of_the_buffer_sees_data_written_after_it(how, method):
+    torch.manual_seed(0)
+    model = ViewBeforeData(how)
+    report = judged(model, (2, 3, 8), method)
+    if how == "contiguous":  # an alias in eager; export drops it and proves `out += x`
+        assert set(report.params) <= FC, report.table()
+        return
+    assert set(report.params) <= VIEWS[how] | FC, report.table()
+    if how == "clone":  # the copy holds only the branch: the outer merge is the identity
+        x = _inputs((2, 3, 8), 1e4)(1)[0]
+        with torch.no_grad():
+            assert torch.equal(model(x.clone()), x)  # x + (a copy of 0)
