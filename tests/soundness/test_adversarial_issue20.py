@@ -19,6 +19,8 @@ Breaks found (each failed before its fix, the claim judged by running):
 - ``torch.min(a, b)`` under symbolic capture binds its second operand as ``arg1`` (the
   overload is not known), so ``min(relu(h), y)`` was read as a reduction of ``relu(h)``:
   ``>= 0``, and ``sqrt`` of it finite;
+- item 1 of ``var_mean(h)`` (the mean) was given the variance's ``>= 0``: ``sqrt`` of it
+  was taken finite;
 - the gated delta rule's causal mask ``ones(n, n).triu(1)`` with ``n == 1`` masks nothing,
   and broadcasts over every pairwise difference: ``exp(c_i - c_j)`` above the diagonal
   overflows.
@@ -26,7 +28,9 @@ Breaks found (each failed before its fix, the claim judged by running):
 The structures that held are kept as regression tests for the edge: buffers written twice,
 through another view, with data, uninitialised, aliasing the fork; ``torch.no_grad()``
 bodies that write their input, draw random numbers, write a parameter, combine weights;
-decays with other diagonals, a registered mask, half precision.
+decays with other diagonals, a registered mask, half precision; a router's margin mask
+filled elsewhere, or-ed, measured on other scores; learned tokens; metadata operands; a
+view of the buffer taken before data is written into it.
 """
 
 from __future__ import annotations
