@@ -19,8 +19,8 @@ from zeta_fx.semantics.dtypes import in_dtype
 from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U, Z
 from zeta_fx.semantics.rowmax import keeps_row_maximum
-from zeta_fx.semantics.tables import (AT_MOST_ONE_OPS, BOUNDED_BY_ONE, COPIES, FRESH,
-                                      MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
+from zeta_fx.semantics.tables import (ALWAYS_PAIRS, AT_MOST_ONE_OPS, BOUNDED_BY_ONE, COPIES,
+                                      FRESH, INDEXED_PAIRS, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
                                       NONNEG_OPS, POSITIVE_OPS, ROW_KEEPING, SIGN_CARRIERS,
                                       SIGN_REDUCTIONS, SIGN_SELECTIONS)
 from zeta_fx.tensors import fetch_attr
@@ -33,6 +33,8 @@ _SIGN_DEPTH = 24  # a state-space model's segment sums are ~15 ops from their A 
 _NEGATIONS = frozenset({"neg", "negative"})
 # <= 0 wherever finite: log of a probability
 _NONPOSITIVE_OPS = frozenset({"logsigmoid", "log_softmax", "_log_softmax"})
+# ``(variance or deviation, mean)``: item 1 is a mean
+_MEAN_PAIRS = frozenset({"var_mean", "std_mean"})
 
 
 def _memo(sign: Callable[..., bool]) -> Callable[..., bool]:
@@ -68,14 +70,18 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     if key in NONNEG_OPS or key in POSITIVE_OPS:
         return True
     args = bind(value)
-    first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    item = _pair_item(value, key, args)
+    if item is not None:  # the integer positions of topk, sort...; a mean
+        return item[0] == "positions" or nonnegative(item[1], deeper, ctx, value)
+    first = args.get("input", node_arg(value, 0))
     kept = zero_added(value, key, args, ctx)
     if kept is not None:
         return nonnegative(kept, deeper, ctx, value)
-    if key in ("min", "amin", "minimum") and args.get("other") is not None:
+    other = _second_tensor(args)
+    if key in ("min", "amin", "minimum") and other is not None:
         return nonnegative(first, deeper, ctx, value) and \
-            nonnegative(args["other"], deeper, ctx, value)
+            nonnegative(other, deeper, ctx, value)
     if key in ("masked_fill", "where"):
         return all(nonnegative(v, deeper, ctx, value) for v in _filled(key, args))
     if key == "slice":
@@ -170,7 +176,8 @@ def _keeps_lower(mask: Any, depth: int, ctx: Any, reader: Node) -> bool:
             return False
         tensor = fetch_attr(mask.graph.owning_module, str(mask.target))
         if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.bool or \
-                tensor.dim() != 2 or tensor.shape[0] != tensor.shape[1] or tensor.is_meta:
+                tensor.dim() != 2 or tensor.shape[0] != tensor.shape[1] or \
+                tensor.shape[0] < 2 or tensor.is_meta:
             return False
         above = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device).triu(1)
         return bool(tensor[above].all())
@@ -188,7 +195,10 @@ def _keeps_lower(mask: Any, depth: int, ctx: Any, reader: Node) -> bool:
     else:  # a symbolic trace: the sizes it was called with
         shape = tuple(ones.args[0]) if len(ones.args) == 1 and \
             isinstance(ones.args[0], (list, tuple)) else tuple(ones.args)
-    return len(shape) == 2 and all(isinstance(n, int) for n in shape) and shape[0] == shape[1]
+    # (a 1 x 1 mask masks nothing above the diagonal it is broadcast to; an n x n one with
+    # n >= 2 broadcasts only to n x n, or over differences of one step, all 0)
+    return len(shape) == 2 and all(isinstance(n, int) for n in shape) and \
+        shape[0] == shape[1] >= 2
 
 
 def _max_at_least(value: Node, key: str, args: dict[str, Any], low: float) -> bool:
@@ -277,11 +287,19 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     if key in _NONPOSITIVE_OPS:
         return True
     args = bind(value)
-    first = args.get("input", node_arg(value, 0))
     deeper = depth + 1
+    item = _pair_item(value, key, args)
+    if item is not None:  # positions 0, 1, 2...: not the values' sign; a mean
+        return item[0] == "mean" and nonpositive(item[1], deeper, ctx, value)
+    first = args.get("input", node_arg(value, 0))
     kept = zero_added(value, key, args, ctx)
     if kept is not None:
         return nonpositive(kept, deeper, ctx, value)
+    other = _second_tensor(args)
+    if key in ("max", "amax", "maximum", "fmax") and other is not None:
+        # max(a, b) <= 0 needs both; max(a, dim) is a reduction of a
+        return nonpositive(first, deeper, ctx, value) and \
+            nonpositive(other, deeper, ctx, value)
     if key in _NEGATIONS:
         return nonnegative(first, deeper, ctx, value)
     if key in ("masked_fill", "where"):
@@ -313,7 +331,11 @@ def at_most_one(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     key, _ = op_key(value)
     if key in AT_MOST_ONE_OPS:
         return True
-    first = bind(value).get("input", node_arg(value, 0))
+    args = bind(value)
+    item = _pair_item(value, key, args)
+    if item is not None:
+        return item[0] == "mean" and at_most_one(item[1], depth + 1, ctx, value)
+    first = args.get("input", node_arg(value, 0))
     if key in BOUNDED_BY_ONE:
         return nonpositive(first, depth + 1, ctx, value)
     if key in SIGN_CARRIERS:
@@ -349,12 +371,16 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
         return True
     args = bind(value)
     deeper = depth + 1
+    item = _pair_item(value, key, args)
+    if item is not None:  # position 0 is a position too
+        return item[0] == "mean" and positive(item[1], deeper, ctx, value)
     kept = zero_added(value, key, args, ctx)
     if kept is not None:
         return positive(kept, deeper, ctx, value)
-    if key in ("min", "amin", "minimum") and args.get("other") is not None:
+    other = _second_tensor(args)
+    if key in ("min", "amin", "minimum") and other is not None:
         return positive(args.get("input"), deeper, ctx, value) and \
-            positive(args["other"], deeper, ctx, value)
+            positive(other, deeper, ctx, value)
     if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in SIGN_SELECTIONS or \
             key in ("sqrt", "rsqrt"):
         return positive(args.get("input", node_arg(value, 0)), deeper, ctx, value)
@@ -515,6 +541,40 @@ def _held(constant: Any, node: Node, ctx: Any) -> Any:
         return constant
     dtype = ctx.dtype_of(node)
     return in_dtype(constant, dtype) if dtype is not None else constant
+
+
+def _second_tensor(args: dict[str, Any]) -> Any:
+    """The second tensor operand of ``max(a, b)`` / ``min(a, b)``: ``other`` as torch's
+    schema binds it, or the second positional argument where a symbolic trace could not
+    pick the overload (``torch.min(a, b)`` binds as ``arg1``); ``None`` for a reduction
+    (``max(a, dim)``, ``max(a)``)."""
+    other = args.get("other")
+    if other is None and isinstance(args.get("arg1"), Node):
+        other = args["arg1"]
+    return other
+
+
+def _pair_item(value: Node, key: str, args: dict[str, Any]) -> tuple[str, Any] | None:
+    """What ``value`` holds where it is an item of a tuple whose items differ in sign:
+    ``("positions", None)`` for item 1 of a ``(values, indices)`` pair (``topk``, ``sort``,
+    ``max(x, dim)``...: integer positions ``>= 0``, whatever the sign of the values);
+    ``("mean", x)`` for item 1 of ``var_mean(x)`` / ``std_mean(x)`` (the mean has ``x``'s
+    sign, not the variance's). ``None`` otherwise: a ``getitem`` carries its source's sign."""
+    if key != "getitem" or args.get("arg1", node_arg(value, 1)) not in (1, -1):
+        return None  # (a pair's item -1 is item 1)
+    source = args.get("input", node_arg(value, 0))
+    if not isinstance(source, Node) or source.op not in ("call_function", "call_method"):
+        return None
+    skey = op_key(source)[0]
+    if skey in _MEAN_PAIRS:
+        return "mean", bind(source).get("input", node_arg(source, 0))
+    if skey not in INDEXED_PAIRS:
+        return None
+    if skey in ALWAYS_PAIRS or isinstance(source.meta.get("val"), (tuple, list)):
+        return "positions", None
+    sargs = bind(source)
+    dim = sargs.get("dim", sargs.get("arg1"))
+    return ("positions", None) if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
 def node_arg(node: Node, i: int) -> Any:
