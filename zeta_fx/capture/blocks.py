@@ -48,18 +48,21 @@ from torch.fx.experimental import proxy_tensor
 from torch import nn
 
 __all__ = ["NotComposable", "BlockRecorder", "repeated_blocks", "BEGIN", "LEAVE", "STUB",
-           "composing"]
+           "composing", "same_settings"]
 
 
 class NotComposable(Exception):
     """Raised when a compositional export cannot give the whole-model graph: a
     representative wrote its inputs or module state, or its copies could not be stitched
     as a whole-model export records them. The caller exports again without that
-    ``structure`` (a static structure key), or, when it is None, the whole model."""
+    ``structure`` (a static structure key), or, when it is None, the whole model;
+    ``hidden``: a block whose parameters :func:`zeta_fx.capture.hiding.hiding` hid had to be
+    traced after all, and the caller exports again with none hidden: the caller exports again with them shown."""
 
-    def __init__(self, message: str, structure: Any = None) -> None:
+    def __init__(self, message: str, structure: Any = None, hidden: bool = False) -> None:
         super().__init__(message)
         self.structure = structure
+        self.hidden = hidden
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.layout,
@@ -259,6 +262,14 @@ class BlockRecorder:
     segments: dict[int, _Rep] = field(default_factory=dict)  # marker key -> representative
     stubs: dict[int, tuple[_Rep, str]] = field(default_factory=dict)  # stub key -> (rep, FQN)
     keys: Iterator[int] = field(default_factory=itertools.count)
+    hidden: frozenset[str] = frozenset()  # blocks whose parameters are hidden (`hiding`)
+
+    def _traced(self, path: str) -> None:
+        """Raise :class:`NotComposable` if ``path``'s forward must be traced while its
+        parameters are hidden."""
+        if path in self.hidden:
+            raise NotComposable(f"`{path}` must be traced, its parameters are hidden",
+                                hidden=True)
 
     def call(self, path: str, module: nn.Module, forward: Callable[..., Any],
              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -267,10 +278,12 @@ class BlockRecorder:
         leaves, spec = pytree.tree_flatten((args, kwargs))
         described = _describe(leaves)
         if described is None or not any(isinstance(t, torch.Tensor) for t in leaves):
+            self._traced(path)
             return forward(*args, **kwargs)  # an object among the arguments, or no tensor
         rep = next((r for r in reps if r.usable and spec == r.spec and
                     _same_list(described, r.leaves) and _reads_agree(r.reads, module)), None)
         if rep is None:
+            self._traced(path)
             if len(reps) >= _MAX_REPRESENTATIVES:
                 return forward(*args, **kwargs)
             # the first call of this structure with these arguments and settings
@@ -426,6 +439,20 @@ def _same_list(a: list[Any], b: list[Any]) -> bool:
     return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
 
 
+def same_settings(a: nn.Module, b: nn.Module) -> bool:
+    """Whether every module inside ``a`` and ``b`` (two blocks of one static structure)
+    holds the same attributes, as :func:`_reads_agree` compares them, integers aside (a
+    ``layer_idx`` the forward does not read, most often). When True, a forward that reads
+    no integer reads the same in both."""
+    for (_, x), (_, y) in zip(a.named_modules(), b.named_modules()):
+        state_x, state_y = vars(x), vars(y)
+        names = (state_x.keys() | state_y.keys()) - _INTERNAL
+        if any(not _same(state_x.get(k, _MISSING), state_y.get(k, _MISSING)) and not
+               (type(state_x.get(k)) is int and type(state_y.get(k)) is int) for k in names):
+            return False
+    return True
+
+
 def _reads_agree(reads: dict[tuple[str, str], Any], module: nn.Module) -> bool:
     for (where, name), value in reads.items():
         try:
@@ -523,3 +550,4 @@ def composing(blocks: dict[str, tuple[Any, nn.Module]]) -> Iterator[BlockRecorde
         for key in [*recorder.stubs, *recorder.segments]:
             _STUB_OUTPUTS.pop(key, None)
             _OUTPUT_GRADS.pop(key, None)
+

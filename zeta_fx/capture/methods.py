@@ -21,9 +21,11 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import fx, nn
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from zeta_fx.capture.blocks import NotComposable, composing, repeated_blocks
 from zeta_fx.capture.concrete import concrete_capture
+from zeta_fx.capture.hiding import hiding
 from zeta_fx.capture.stitch import stitch
 from zeta_fx.errors import CaptureError, ModuleStateWriteError
 from zeta_fx.capture.tracer import LeafSpec, ZetaTracer, first_line, quiet_torch, tied_aliases
@@ -156,26 +158,35 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
     anything in that attempt fails, the whole model is exported as without it.
     """
     excluded: frozenset[Any] = frozenset()
-    for _ in range(3 if compositional and dynamic_shapes is None else 0):
+    hide, tries = True, 3  # copies' parameters hidden from the export (`hiding`)
+    while compositional and dynamic_shapes is None and tries > 0:
         blocks = repeated_blocks(model, excluded)
         if not blocks:
             break
         try:
             with leave_no_trace(model), composing(blocks) as recorder:
-                gm = _export_capture(model, example_inputs, example_kwargs, None)
-            return stitch(gm, recorder, model) if recorder.segments else gm
+                with hiding(recorder, hide):
+                    gm = _export_capture(model, example_inputs, example_kwargs, None,
+                                         lazy=True)
+                if not recorder.segments:
+                    return fx.GraphModule(gm, gm.graph, type(model).__name__)
+                return stitch(gm, recorder, model)
         except Exception as exc:  # noqa: BLE001 - the whole-model export decides
             cause = _not_composable(exc)
             logger.info("compositional export of %s: %s", type(model).__name__, cause or exc)
+            if cause is not None and cause.hidden and hide:
+                hide = False  # a block whose parameters were hidden must be traced
+                continue
             if cause is None or cause.structure is None:
                 break
+            tries -= 1
             excluded |= {cause.structure}  # again, with that block inline
     with leave_no_trace(model):
         return _export_capture(model, example_inputs, example_kwargs, dynamic_shapes)
 
 
 def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] | None,
-                    dynamic_shapes: Any) -> fx.GraphModule:
+                    dynamic_shapes: Any, lazy: bool = False) -> fx.GraphModule:
     from torch.export.graph_signature import InputKind, OutputKind
 
     if example_inputs is None:
@@ -233,7 +244,8 @@ def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[
         owner = _innermost_module(node)
         env[node] = graph.node_copy(node, lambda n: _use(n, env, lifted, owner, aliases,
                                                          attr_node))
-    return fx.GraphModule(attrs, graph, type(model).__name__)
+    # a graph only stitched from (`lazy`) never needs its code: it is generated if it is
+    return (_LazyGraphModule if lazy else fx.GraphModule)(attrs, graph, type(model).__name__)
 
 
 def _use(node: fx.Node, env: dict[fx.Node, fx.Node], lifted: dict[str, str], owner: str | None,

@@ -18,6 +18,7 @@ import re
 from typing import Any, Callable
 
 from torch import fx, nn
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from zeta_fx.capture.blocks import BEGIN, LEAVE, STUB, BlockRecorder, NotComposable
 
@@ -125,7 +126,8 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
                 env[node.args[0][i]] = local[bound]
             continue
         env[node] = copy(node, env.__getitem__, None)
-    stitched = fx.GraphModule(attrs, graph, gm.__class__.__name__)
+    # its Python code is generated when first read or run (the pass does neither)
+    stitched = _LazyGraphModule(attrs, graph, gm.__class__.__name__)
     stitched.meta.update(gm.meta)
     stitched.meta[META_KEY] = {path: rep.path for rep, path in recorder.stubs.values()}
     return stitched
