@@ -281,7 +281,8 @@ class BlockRecorder:
             self._traced(path)
             return forward(*args, **kwargs)  # an object among the arguments, or no tensor
         rep = next((r for r in reps if r.usable and spec == r.spec and
-                    _same_list(described, r.leaves) and _reads_agree(r.reads, module)), None)
+                    _same_descriptions(described, r.leaves) and
+                    _reads_agree(r.reads, module)), None)
         if rep is None:
             self._traced(path)
             if len(reps) >= _MAX_REPRESENTATIVES:
@@ -293,7 +294,8 @@ class BlockRecorder:
         _OUTPUT_GRADS[key] = rep.out_grad
         self.stubs[key] = (rep, path)
         tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
-        it = iter(_marked(list(STUB(tensors, key)), rep.out_grad))
+        with _no_stack_traces():  # stitching replaces the call: where it was made is moot
+            it = iter(_marked(list(STUB(tensors, key)), rep.out_grad))
         filled = [next(it) if leaf == "tensor" else leaf for leaf in rep.out_leaves]
         return pytree.tree_unflatten(filled, rep.out_spec)
 
@@ -350,6 +352,21 @@ def _bound_nodes(tensors: list[torch.Tensor]) -> list[Any] | None:
     return [getattr(getattr(slot, "proxy", None), "node", None) for slot in slots]
 
 
+@contextlib.contextmanager
+def _no_stack_traces() -> Iterator[None]:
+    """The export's tracer records no stack trace while this lasts (each costs about as
+    much as the rest of an opaque call)."""
+    tracer = getattr(proxy_tensor.get_proxy_mode(), "tracer", None)
+    if not getattr(tracer, "record_stack_traces", False):
+        yield
+        return
+    tracer.record_stack_traces = False
+    try:
+        yield
+    finally:
+        tracer.record_stack_traces = True
+
+
 def _marked(tensors: list[torch.Tensor], grads: list[bool]) -> list[torch.Tensor]:
     """``tensors`` (fresh outputs of an opaque op), each requiring grad where the
     representative's output did."""
@@ -360,7 +377,16 @@ def _marked(tensors: list[torch.Tensor], grads: list[bool]) -> list[torch.Tensor
 
 
 def _describe(leaves: list[Any]) -> list[Any] | None:
-    """Per argument leaf: a tensor's metadata, or a plain value; None if a leaf is neither."""
+    """Per argument leaf: a tensor's metadata, or a plain value; None if a leaf is neither.
+
+    Read with torch functions off: under an export every metadata read of a fake tensor
+    otherwise goes through its torch-function modes (a third of what a copy cost), and
+    reading metadata records nothing."""
+    with torch._C.DisableTorchFunction():
+        return _describe_leaves(leaves)
+
+
+def _describe_leaves(leaves: list[Any]) -> list[Any] | None:
     out: list[Any] = []
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
@@ -435,8 +461,12 @@ def _stateless(m: nn.Module) -> bool:
                 any(state.get(name) for name in _HOOKS))
 
 
-def _same_list(a: list[Any], b: list[Any]) -> bool:
-    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+def _same_descriptions(a: list[Any], b: list[Any]) -> bool:
+    """Whether two :func:`_describe` lists are the same, leaf by leaf: a tensor's
+    description holds ints, a bool, strings, a dtype and a device, where ``==`` is
+    :func:`_same`; a plain value is compared by :func:`_same`."""
+    return len(a) == len(b) and all(
+        x == y if x[0] == "tensor" == y[0] else _same(x, y) for x, y in zip(a, b))
 
 
 def same_settings(a: nn.Module, b: nn.Module) -> bool:
