@@ -11,6 +11,8 @@ the bet was won (each representative once) or lost (the export stopped and ran a
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -134,3 +136,43 @@ def test_alternating_flags_are_shown_up_front():
         return Stack([Block(f"b{i}", gated=i % 2 == 1) for i in range(10)])
     _, part_calls = assert_same_answer(build)
     assert part_calls == ["b0", "b1"]  # the gated blocks match b1, shown: no export stopped
+
+
+class CountsParameters(nn.Module):
+    """The model's own code enumerates its parameters (hidden ones would be missing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = Stack([Block(f"b{i}") for i in range(9)])
+
+    def forward(self, x):
+        total = sum(p.numel() for p in self.parameters())
+        buffers = len(list(self.buffers()))
+        return self.stack(x) * (total % 1009 + buffers + 1)
+
+
+def test_model_code_using_the_parameters_it_enumerates_stops_the_export(caplog):
+    with caplog.at_level(logging.INFO, logger="zeta_fx.capture.methods"):
+        _, part_calls = assert_same_answer(seeded(CountsParameters))
+    # p.numel() of a hidden parameter, before any block ran: stopped, exported again
+    assert part_calls == ["b0"]
+    assert "was used while hidden from the export" in caplog.text
+
+
+class ListsParameters(nn.Module):
+    """The model's code counts its parameters and buffers without using them."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = Stack([Block(f"b{i}") for i in range(9)])
+
+    def forward(self, x):
+        names = [name for name, _ in self.named_parameters()]
+        return self.stack(x) * (len(names) + len(list(self.buffers())))
+
+
+def test_model_code_counting_its_parameters_sees_them_all_while_they_are_hidden(caplog):
+    with caplog.at_level(logging.INFO, logger="zeta_fx.capture.methods"):
+        _, part_calls = assert_same_answer(seeded(ListsParameters))
+    assert part_calls == ["b0"]
+    assert "compositional export of" not in caplog.text  # nothing stopped it

@@ -4,8 +4,10 @@
 its graph, whether the forward uses it or not: for a copy that is an opaque call that is
 most of what it costs the export (a 32-layer Llama: 9 parameters a layer). While
 :func:`hiding` lasts, the copies' parameters and buffers are out of their modules'
-``_parameters`` and ``_buffers``, and a :class:`_Hidden` stands in the module's
-``__dict__`` for each: the export neither fakes nor lifts them.
+``_parameters`` and ``_buffers`` whenever the model's forward is not running (the export
+enumerates them before it calls the forward, and after), and a :class:`_Hidden` stands
+in their place while it runs: the export neither fakes nor lifts them, and the model's
+code sees as many parameters as it has.
 
 Which blocks are hidden is a bet: in a structure of at least :data:`_AT_LEAST` blocks (a
 lost bet costs about one export, a won one a few milliseconds a block), every block but
@@ -63,12 +65,16 @@ class _Hidden:
 
 
 @contextlib.contextmanager
-def hiding(recorder: BlockRecorder, hide: bool = True) -> Iterator[None]:
+def hiding(recorder: BlockRecorder, model: nn.Module, hide: bool = True) -> Iterator[None]:
     """While it lasts, the parameters and buffers of the blocks of ``recorder`` that the
     bet (module docstring) expects to be opaque calls are hidden (none unless ``hide``);
-    ``recorder.hidden`` names those blocks. Each module's tables are put back as they
-    were, in their order."""
-    tables: list[tuple[str, nn.Module, dict[str, Any], list[tuple[str, Any]]]] = []
+    ``recorder.hidden`` names those blocks. Outside ``model``'s forward they are out of
+    their modules' tables (the export enumerates the tables before and after it); during
+    it a :class:`_Hidden` stands in each table for each, so that the model's code that
+    enumerates parameters finds as many, and stops the export if it uses one. Each
+    table is put back as it was, in its order."""
+    tables: list[tuple[dict[str, Any], list[tuple[str, Any]], list[tuple[str, Any]],
+                       list[tuple[str, Any]]]] = []
     shown: dict[Any, list[nn.Module]] = {}
     count = Counter(key for key, _ in recorder.blocks.values())
     hidden = set()
@@ -82,20 +88,27 @@ def hiding(recorder: BlockRecorder, hide: bool = True) -> Iterator[None]:
         for where, sub in module.named_modules(prefix=path):
             for table in (sub._parameters, sub._buffers):
                 if any(v is not None for v in table.values()):
-                    tables.append((where, sub, table, list(table.items())))
+                    items = list(table.items())
+                    tables.append((table, items, [(k, v) for k, v in items if v is None],
+                                   [(k, v if v is None else _Hidden(f"{where}.{k}"))
+                                    for k, v in items]))
+    if not tables:
+        yield
+        return
+
+    def put(which: int) -> None:  # 1: as they were; 2: out; 3: stand-ins
+        for entry in tables:
+            entry[0].clear()
+            entry[0].update(entry[which])
+
+    handles = [model.register_forward_pre_hook(lambda *_: put(3)),
+               model.register_forward_hook(lambda *_: put(2), always_call=True)]
     try:
-        for where, sub, table, items in tables:
-            for name, value in items:
-                if value is not None:
-                    del table[name]
-                    vars(sub)[name] = _Hidden(f"{where}.{name}")
+        put(2)
         recorder.hidden = frozenset(hidden)
         yield
     finally:
         recorder.hidden = frozenset()
-        for _, sub, table, items in reversed(tables):
-            for name, value in items:
-                if value is not None:
-                    vars(sub).pop(name, None)
-            table.clear()
-            table.update(items)
+        put(1)
+        for handle in handles:
+            handle.remove()

@@ -193,7 +193,7 @@ def _compositional(model: nn.Module, example_inputs: Any,
             break
         try:
             with leave_no_trace(model), composing(blocks) as recorder:
-                with hiding(recorder, hide):
+                with hiding(recorder, model, hide):
                     gm = _export_capture(model, example_inputs, example_kwargs, None,
                                          lazy=True)
                 if not recorder.segments:
