@@ -11,15 +11,16 @@ code sees as many parameters as it has.
 
 Which blocks are hidden is a bet: in a structure of at least :data:`_AT_LEAST` blocks (a
 lost bet costs about one export, a won one a few milliseconds a block), every block but
-the first two (a first
-block often takes the model's raw input, without grad, and the second another call) and
-those whose attributes differ from each shown block's (a per-layer flag: another
-representative; integers aside, see :func:`~zeta_fx.capture.blocks.same_settings`). Where
-a hidden block must be traced after all (another representative, a call that runs inline),
+the first two (a first block often takes the model's raw input, without grad, and the
+second another call) and those whose attributes differ from each shown block's (a
+per-layer flag: another representative; integers aside, see
+:func:`~zeta_fx.capture.blocks.same_settings`). Where a hidden block must be traced after
+all (another representative, a call that runs inline),
 :meth:`~zeta_fx.capture.blocks.BlockRecorder.call` stops the export with
 :class:`~zeta_fx.capture.blocks.NotComposable` (``hidden``), and anything else that uses a
-hidden tensor (model code reading another block's weight) stops it too: the caller exports
-again with none hidden. A lost bet costs one export stopped early, never another graph. The graph stitched from the export does not
+hidden tensor (model code reading another block's weight, or the size of a parameter it
+enumerates) stops it too: the caller exports again with none hidden. A lost bet costs one
+export stopped early, never another graph. The graph stitched from the export does not
 depend on what was hidden: the copies' ``get_attr`` nodes are made by stitching, from the
 model as it is afterwards.
 """
