@@ -10,8 +10,8 @@ subprocesses (wall time of ``zero_init_pass`` and the peak resident memory of th
 
 - Hugging Face Llama (hidden 512) on the meta device with ``example_kwargs``: the pass
   (capture included, compositional by default) against a whole-model ``torch.export``, and
-  against the same pass with ``compositional=False``; and the pass at 32 layers over the
-  pass at 8.
+  against the same pass with ``compositional=False``; the pass at 32 layers over the
+  pass at 8, and at 64 over 32 (growth: 2 is linear).
 - 400 residual MLP blocks in an ``nn.Sequential``: the pass against ``symbolic_trace``.
   Symbolic capture is not compositional (only exports are): this row measures what is
   left.
@@ -121,6 +121,10 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Row]:
     tb, ts = interleaved(lambda: _pass(model), lambda: _pass(few), r)
     rows.append(Row(f"pass at {big} layers / pass at {small} layers: HF Llama",
                     f"{tb / ts:.2f}", "<= 1.5", tb / ts <= 1.5, f"{tb:.2f} s against {ts:.2f} s"))
+    twice = hf_llama(2 * big)
+    tw2, tb2 = interleaved(lambda: _pass(twice), lambda: _pass(model), r)
+    rows.append(Row(f"pass at {2 * big} layers / pass at {big} layers: HF Llama (linear: 2)",
+                    f"{tw2 / tb2:.2f}", "-", None, f"{tw2:.2f} s against {tb2:.2f} s"))
 
     n_blocks = 40 if quick else 400
     mlp = nn.Sequential(*[_MLP(16) for _ in range(n_blocks)])

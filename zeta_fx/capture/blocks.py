@@ -48,18 +48,21 @@ from torch.fx.experimental import proxy_tensor
 from torch import nn
 
 __all__ = ["NotComposable", "BlockRecorder", "repeated_blocks", "BEGIN", "LEAVE", "STUB",
-           "composing"]
+           "composing", "same_settings"]
 
 
 class NotComposable(Exception):
     """Raised when a compositional export cannot give the whole-model graph: a
     representative wrote its inputs or module state, or its copies could not be stitched
     as a whole-model export records them. The caller exports again without that
-    ``structure`` (a static structure key), or, when it is None, the whole model."""
+    ``structure`` (a static structure key), or, when it is None, the whole model;
+    ``hidden``: a block whose parameters :func:`zeta_fx.capture.hiding.hiding` hid had to be
+    traced after all, and the caller exports again with none hidden: the caller exports again with them shown."""
 
-    def __init__(self, message: str, structure: Any = None) -> None:
+    def __init__(self, message: str, structure: Any = None, hidden: bool = False) -> None:
         super().__init__(message)
         self.structure = structure
+        self.hidden = hidden
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.layout,
@@ -259,6 +262,14 @@ class BlockRecorder:
     segments: dict[int, _Rep] = field(default_factory=dict)  # marker key -> representative
     stubs: dict[int, tuple[_Rep, str]] = field(default_factory=dict)  # stub key -> (rep, FQN)
     keys: Iterator[int] = field(default_factory=itertools.count)
+    hidden: frozenset[str] = frozenset()  # blocks whose parameters are hidden (`hiding`)
+
+    def _traced(self, path: str) -> None:
+        """Raise :class:`NotComposable` if ``path``'s forward must be traced while its
+        parameters are hidden."""
+        if path in self.hidden:
+            raise NotComposable(f"`{path}` must be traced, its parameters are hidden",
+                                hidden=True)
 
     def call(self, path: str, module: nn.Module, forward: Callable[..., Any],
              args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -267,10 +278,13 @@ class BlockRecorder:
         leaves, spec = pytree.tree_flatten((args, kwargs))
         described = _describe(leaves)
         if described is None or not any(isinstance(t, torch.Tensor) for t in leaves):
+            self._traced(path)
             return forward(*args, **kwargs)  # an object among the arguments, or no tensor
         rep = next((r for r in reps if r.usable and spec == r.spec and
-                    _same_list(described, r.leaves) and _reads_agree(r.reads, module)), None)
+                    _same_descriptions(described, r.leaves) and
+                    _reads_agree(r.reads, module)), None)
         if rep is None:
+            self._traced(path)
             if len(reps) >= _MAX_REPRESENTATIVES:
                 return forward(*args, **kwargs)
             # the first call of this structure with these arguments and settings
@@ -280,7 +294,8 @@ class BlockRecorder:
         _OUTPUT_GRADS[key] = rep.out_grad
         self.stubs[key] = (rep, path)
         tensors = [t for t in leaves if isinstance(t, torch.Tensor)]
-        it = iter(_marked(list(STUB(tensors, key)), rep.out_grad))
+        with _no_stack_traces():  # stitching replaces the call: where it was made is moot
+            it = iter(_marked(list(STUB(tensors, key)), rep.out_grad))
         filled = [next(it) if leaf == "tensor" else leaf for leaf in rep.out_leaves]
         return pytree.tree_unflatten(filled, rep.out_spec)
 
@@ -337,6 +352,21 @@ def _bound_nodes(tensors: list[torch.Tensor]) -> list[Any] | None:
     return [getattr(getattr(slot, "proxy", None), "node", None) for slot in slots]
 
 
+@contextlib.contextmanager
+def _no_stack_traces() -> Iterator[None]:
+    """The export's tracer records no stack trace while this lasts (each costs about as
+    much as the rest of an opaque call)."""
+    tracer = getattr(proxy_tensor.get_proxy_mode(), "tracer", None)
+    if not getattr(tracer, "record_stack_traces", False):
+        yield
+        return
+    tracer.record_stack_traces = False
+    try:
+        yield
+    finally:
+        tracer.record_stack_traces = True
+
+
 def _marked(tensors: list[torch.Tensor], grads: list[bool]) -> list[torch.Tensor]:
     """``tensors`` (fresh outputs of an opaque op), each requiring grad where the
     representative's output did."""
@@ -347,7 +377,16 @@ def _marked(tensors: list[torch.Tensor], grads: list[bool]) -> list[torch.Tensor
 
 
 def _describe(leaves: list[Any]) -> list[Any] | None:
-    """Per argument leaf: a tensor's metadata, or a plain value; None if a leaf is neither."""
+    """Per argument leaf: a tensor's metadata, or a plain value; None if a leaf is neither.
+
+    Read with torch functions off: under an export every metadata read of a fake tensor
+    otherwise goes through its torch-function modes (a third of what a copy cost), and
+    reading metadata records nothing."""
+    with torch._C.DisableTorchFunction():
+        return _describe_leaves(leaves)
+
+
+def _describe_leaves(leaves: list[Any]) -> list[Any] | None:
     out: list[Any] = []
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
@@ -422,8 +461,26 @@ def _stateless(m: nn.Module) -> bool:
                 any(state.get(name) for name in _HOOKS))
 
 
-def _same_list(a: list[Any], b: list[Any]) -> bool:
-    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+def _same_descriptions(a: list[Any], b: list[Any]) -> bool:
+    """Whether two :func:`_describe` lists are the same, leaf by leaf: a tensor's
+    description holds ints, a bool, strings, a dtype and a device, where ``==`` is
+    :func:`_same`; a plain value is compared by :func:`_same`."""
+    return len(a) == len(b) and all(
+        x == y if x[0] == "tensor" == y[0] else _same(x, y) for x, y in zip(a, b))
+
+
+def same_settings(a: nn.Module, b: nn.Module) -> bool:
+    """Whether every module inside ``a`` and ``b`` (two blocks of one static structure)
+    holds the same attributes, as :func:`_reads_agree` compares them, integers aside (a
+    ``layer_idx`` the forward does not read, most often). When True, a forward that reads
+    no integer reads the same in both."""
+    for (_, x), (_, y) in zip(a.named_modules(), b.named_modules()):
+        state_x, state_y = vars(x), vars(y)
+        names = (state_x.keys() | state_y.keys()) - _INTERNAL
+        if any(not _same(state_x.get(k, _MISSING), state_y.get(k, _MISSING)) and not
+               (type(state_x.get(k)) is int and type(state_y.get(k)) is int) for k in names):
+            return False
+    return True
 
 
 def _reads_agree(reads: dict[tuple[str, str], Any], module: nn.Module) -> bool:
@@ -524,3 +581,4 @@ def composing(blocks: dict[str, tuple[Any, nn.Module]]) -> Iterator[BlockRecorde
         for key in [*recorder.stubs, *recorder.segments]:
             _STUB_OUTPUTS.pop(key, None)
             _OUTPUT_GRADS.pop(key, None)
+

@@ -16,14 +16,18 @@ by the model's own FQNs, so the analysis and the report read it like any other g
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import fx, nn
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from zeta_fx.capture.blocks import NotComposable, composing, repeated_blocks
 from zeta_fx.capture.concrete import concrete_capture
+from zeta_fx.capture.hiding import hiding
 from zeta_fx.capture.stitch import stitch
 from zeta_fx.errors import CaptureError, ModuleStateWriteError
 from zeta_fx.capture.tracer import LeafSpec, ZetaTracer, first_line, quiet_torch, tied_aliases
@@ -155,27 +159,62 @@ def export_capture(model: nn.Module, example_inputs: Any = None,
     time for a model of many equal layers. Where a block cannot be summarised soundly, or
     anything in that attempt fails, the whole model is exported as without it.
     """
+    if compositional and dynamic_shapes is None:
+        with _older_objects_frozen():
+            return _compositional(model, example_inputs, example_kwargs)
+    with leave_no_trace(model):
+        return _export_capture(model, example_inputs, example_kwargs, dynamic_shapes)
+
+
+@contextlib.contextmanager
+def _older_objects_frozen() -> Iterator[None]:
+    """While it lasts, the garbage collector leaves the objects alive before it alone
+    (``gc.freeze``): with torch and a model loaded those are half a million, and each full
+    collection during a capture walked them all, more often the more layers (64-layer
+    Llama: 40% of the pass). Objects made meanwhile are collected as usual. Nothing is
+    frozen where the program froze objects itself."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _compositional(model: nn.Module, example_inputs: Any,
+                   example_kwargs: dict[str, Any] | None) -> fx.GraphModule:
     excluded: frozenset[Any] = frozenset()
-    for _ in range(3 if compositional and dynamic_shapes is None else 0):
+    hide, tries = True, 3  # copies' parameters hidden from the export (`hiding`)
+    while tries > 0:
         blocks = repeated_blocks(model, excluded)
         if not blocks:
             break
         try:
             with leave_no_trace(model), composing(blocks) as recorder:
-                gm = _export_capture(model, example_inputs, example_kwargs, None)
-            return stitch(gm, recorder, model) if recorder.segments else gm
+                with hiding(recorder, model, hide):
+                    gm = _export_capture(model, example_inputs, example_kwargs, None,
+                                         lazy=True)
+                if not recorder.segments:
+                    return fx.GraphModule(gm, gm.graph, type(model).__name__)
+                return stitch(gm, recorder, model)
         except Exception as exc:  # noqa: BLE001 - the whole-model export decides
             cause = _not_composable(exc)
             logger.info("compositional export of %s: %s", type(model).__name__, cause or exc)
+            if cause is not None and cause.hidden and hide:
+                hide = False  # a block whose parameters were hidden must be traced
+                continue
             if cause is None or cause.structure is None:
                 break
+            tries -= 1
             excluded |= {cause.structure}  # again, with that block inline
     with leave_no_trace(model):
-        return _export_capture(model, example_inputs, example_kwargs, dynamic_shapes)
+        return _export_capture(model, example_inputs, example_kwargs, None)
 
 
 def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[str, Any] | None,
-                    dynamic_shapes: Any) -> fx.GraphModule:
+                    dynamic_shapes: Any, lazy: bool = False) -> fx.GraphModule:
     from torch.export.graph_signature import InputKind, OutputKind
 
     if example_inputs is None:
@@ -245,7 +284,8 @@ def _export_capture(model: nn.Module, example_inputs: Any, example_kwargs: dict[
             env[node].meta["nn_module_stack"] = {
                 key: (canonical.get(path, path), kind) if isinstance(path, str) else (path, kind)
                 for key, (path, kind) in stack.items()}
-    return fx.GraphModule(attrs, graph, type(model).__name__)
+    # a graph only stitched from (`lazy`) never needs its code: it is generated if it is
+    return (_LazyGraphModule if lazy else fx.GraphModule)(attrs, graph, type(model).__name__)
 
 
 def _module_aliases(model: nn.Module) -> dict[str, str]:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Any, Callable
+from typing import Any
 
 from torch import fx, nn
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from zeta_fx.capture.blocks import BEGIN, LEAVE, STUB, BlockRecorder, NotComposable
 
@@ -80,27 +81,32 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
     attrs: dict[str, Any] = {}
     outputs: dict[fx.Node, list[Any]] = {}
 
-    def copy(node: fx.Node, look: Callable[[fx.Node], Any], rename: tuple[str, str] | None,
-             context: fx.Node | None = None) -> fx.Node:
+    def attribute(node: fx.Node, rename: tuple[str, str] | None, meta: dict[str, Any]
+                  ) -> fx.Node:
+        target = node.target
+        if rename is not None and target.startswith(rename[0] + "."):
+            target = rename[1] + target[len(rename[0]):]
+        if target not in getattrs:
+            # an attribute the whole-model export names as it is (a subgraph of a
+            # higher-order op: `submod_3`) keeps its name; a renamed one is named anew
+            getattrs[target] = graph.create_node(
+                "get_attr", target, name=node.name if target == node.target else None)
+            attrs[target] = _fetch(gm, node.target) if target == node.target else \
+                _fetch(model, target)
+            getattrs[target].meta = meta
+        return getattrs[target]
+
+    def copy(node: fx.Node) -> fx.Node:
         if node.op == "get_attr":
-            target = node.target
-            if rename is not None and target.startswith(rename[0] + "."):
-                target = rename[1] + target[len(rename[0]):]
-            if target not in getattrs:
-                # an attribute the whole-model export names as it is (a subgraph of a
-                # higher-order op: `submod_3`) keeps its name; a renamed one is named anew
-                getattrs[target] = graph.create_node(
-                    "get_attr", target, name=node.name if target == node.target else None)
-                attrs[target] = _fetch(gm, node.target) if target == node.target else \
-                    _fetch(model, target)
-                getattrs[target].meta = _meta(node.meta, rename, context)
-            return getattrs[target]
+            return attribute(node, None, dict(node.meta))
         name = node.name if node.op in ("placeholder", "output") else _base(node.name)
-        new = graph.create_node(node.op, node.target, fx.map_arg(node.args, look),
-                                fx.map_arg(node.kwargs, look), name=name, type_expr=node.type)
-        new.meta = _meta(node.meta, rename, context)
+        new = graph.create_node(node.op, node.target, fx.map_arg(node.args, env.__getitem__),
+                                fx.map_arg(node.kwargs, env.__getitem__), name=name,
+                                type_expr=node.type)
+        new.meta = dict(node.meta)
         return new
 
+    plans: dict[int, _Segment] = {}
     for node in nodes:
         source = _item_of(node)
         if node.op == "call_function" and node.target in (BEGIN, LEAVE):
@@ -114,18 +120,32 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
         if node.op == "call_function" and node.target is STUB:
             rep, path = recorder.stubs[node.args[1]]
             begin, inner, leave = segments[rep.key]
+            if rep.key not in plans:
+                plans[rep.key] = _Segment(inner, rep.path)
+            plan, rename = plans[rep.key], (rep.path, path)
+            stacks = plan.stacks(path, node.meta.get("nn_module_stack"))
             local: dict[fx.Node, Any] = {n: env[s] for n, s in zip(begin.args[0], node.args[0])}
 
             def look(n: fx.Node, local: dict[fx.Node, Any] = local) -> Any:
                 return local[n] if n in local else env[n]
-            for n in inner:
-                local[n] = copy(n, look, (rep.path, path), node)
+            for n, base, group in plan.nodes:
+                meta = dict(n.meta)
+                if group is not None:
+                    meta["nn_module_stack"] = dict(stacks[group])
+                if n.op == "get_attr":
+                    local[n] = attribute(n, rename, meta)
+                    continue
+                new = graph.create_node(n.op, n.target, fx.map_arg(n.args, look),
+                                        fx.map_arg(n.kwargs, look), name=base, type_expr=n.type)
+                new.meta = meta
+                local[n] = new
             outputs[node] = [look(n) for n in leave.args[0]]
             for i, bound in rebound[rep.key]:  # later uses of that input read the copy's
                 env[node.args[0][i]] = local[bound]
             continue
-        env[node] = copy(node, env.__getitem__, None)
-    stitched = fx.GraphModule(attrs, graph, gm.__class__.__name__)
+        env[node] = copy(node)
+    # its Python code is generated when first read or run (the pass does neither)
+    stitched = _LazyGraphModule(attrs, graph, gm.__class__.__name__)
     stitched.meta.update(gm.meta)
     stitched.meta[META_KEY] = {path: rep.path for rep, path in recorder.stubs.values()}
     return stitched
@@ -146,27 +166,44 @@ def _base(name: str) -> str:
     return match.group(1) if match else name
 
 
-def _meta(meta: dict[str, Any], rename: tuple[str, str] | None,
-          context: fx.Node | None) -> dict[str, Any]:
-    """A copy's metadata: its ``nn_module_stack`` is the opaque call's (where the instance
-    was called, down to the instance) and then the representative's entries inside the
-    representative, renamed to the instance."""
-    out = dict(meta)
-    stack = meta.get("nn_module_stack")
-    if rename is None or not isinstance(stack, dict):
+class _Segment:
+    """What copying one representative's nodes needs, worked out once: each node, the name
+    the graph numbers (``linear_7`` -> ``linear``), and its ``nn_module_stack`` entries
+    inside the representative, grouped (nodes of one submodule share a group)."""
+
+    def __init__(self, inner: list[fx.Node], path: str) -> None:
+        self.path = path
+        groups: dict[tuple[Any, ...], int] = {}
+        self.nodes: list[tuple[fx.Node, str, int | None]] = []
+        for n in inner:
+            stack = n.meta.get("nn_module_stack")
+            group = None
+            if isinstance(stack, dict):
+                entries = []
+                for key, value in stack.items():
+                    where = value[0] if isinstance(value, tuple) else None
+                    if isinstance(where, str) and where.startswith(path + "."):
+                        entries.append((key, where, tuple(value[1:])))
+                group = groups.setdefault(tuple(entries), len(groups))
+            base = n.name if n.op in ("placeholder", "output") else _base(n.name)
+            self.nodes.append((n, base, group))
+        self.groups = list(groups)
+
+    def stacks(self, new: str, outer: Any) -> list[dict[str, Any]]:
+        """Per group, a copy's ``nn_module_stack`` for the instance at ``new``: the opaque
+        call's (``outer``: where the instance was called, down to the instance), then the
+        representative's entries inside the representative, renamed to the instance."""
+        out = []
+        cut = len(self.path)
+        for entries in self.groups:
+            renamed = dict(outer) if isinstance(outer, dict) else {}
+            for key, where, tail in entries:
+                moved = new + where[cut:]
+                if isinstance(key, str) and key.endswith(where):
+                    key = key[:-len(where)] + moved
+                renamed[key] = (moved, *tail)
+            out.append(renamed)
         return out
-    old, new = rename
-    outer = context.meta.get("nn_module_stack") if context is not None else None
-    renamed = dict(outer) if isinstance(outer, dict) else {}
-    for key, value in stack.items():
-        path = value[0] if isinstance(value, tuple) else None
-        if not isinstance(path, str) or not path.startswith(old + "."):
-            continue
-        moved = new + path[len(old):]
-        key = key[:-len(path)] + moved if isinstance(key, str) and key.endswith(path) else key
-        renamed[key] = (moved,) + tuple(value[1:])
-    out["nn_module_stack"] = renamed
-    return out
 
 
 def _has(root: Any, dotted: str) -> bool:

@@ -1,0 +1,178 @@
+"""Hiding the copies' parameters from a compositional export (``zeta_fx.capture.hiding``).
+
+In a structure of at least eight blocks, every block but the first two whose attributes
+match a shown one's has its parameters and buffers out of its modules while the model is
+exported: the export neither fakes nor lifts them. That is a bet on which blocks become
+opaque calls; where it is lost (another representative, a call run inline, model code
+reading a hidden weight), the export stops and runs again with nothing hidden. The oracle
+is the same as for every compositional capture: the whole-model export gives the same
+graph node for node, and the pass the same plan and rows. Which forwards ran shows whether
+the bet was won (each representative once) or lost (the export stopped and ran again).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from zeta_fx.capture import capture
+
+from test_compositional import (CALLS, NAMES, X, Block, Stack, assert_same_answer, seeded,
+                                stack)
+
+
+def test_a_long_stack_hides_its_copies_and_gives_the_same_graph_and_rows():
+    whole_calls, part_calls = assert_same_answer(seeded(stack, 10))
+    assert whole_calls == [f"b{i}" for i in range(10)]
+    assert part_calls == ["b0"]  # no export stopped: the bet was won
+
+
+def test_the_model_is_as_it_was_after_hiding():
+    model = seeded(stack, 10)()
+    before = [(name, id(t)) for name, t in model.named_parameters()]
+    buffers = [(name, id(t)) for name, t in model.named_buffers()]
+    state = [dict(vars(m)) for m in model.modules()]
+    capture(model, example_inputs=(X,), method="export", compositional=True)
+    assert [(name, id(t)) for name, t in model.named_parameters()] == before
+    assert [(name, id(t)) for name, t in model.named_buffers()] == buffers
+    assert [dict(vars(m)) for m in model.modules()] == state
+
+
+class Slicing(nn.Module):
+    """Block 6 is called on a narrower input: it cannot be a copy of block 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.blocks = nn.ModuleList(Block(f"b{i}") for i in range(10))
+
+    def forward(self, x):
+        x = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x[:, :3] if i == 6 else x)
+        return x
+
+
+def test_a_hidden_block_called_on_other_shapes_stops_the_export_and_is_traced_again():
+    _, part_calls = assert_same_answer(seeded(Slicing))
+    # stopped at b6 (hidden, needs its own trace), then exported with nothing hidden; b7
+    # takes b6's contiguous output where b6 took a strided slice: another representative
+    assert part_calls == ["b0", "b0", "b6", "b7"]
+
+
+class Rolled(nn.Module):
+    """An integer attribute the forward reads: the bet takes integers for indices."""
+
+    def __init__(self, name: str, shift: int):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.shift = shift
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        CALLS.append(self)
+        return x + torch.roll(self.fc(x), self.shift, dims=-1)
+
+
+def test_a_per_layer_integer_read_by_the_forward_loses_the_bet_and_keeps_the_answer():
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 8),
+                             *[Rolled(f"b{i}", 1 if i < 5 else 2) for i in range(9)])
+    _, part_calls = assert_same_answer(build, (torch.randn(3, 8),))
+    assert part_calls == ["b0", "b0", "b5"]
+
+
+class ReadsAWeight(nn.Module):
+    """The model's own code reads a hidden block's weight (and checks a bias for None)."""
+
+    def __init__(self, use: bool):
+        super().__init__()
+        self.use = use
+        self.stack = Stack([Block(f"b{i}") for i in range(9)])
+
+    def forward(self, x):
+        h = self.stack(x)
+        last = self.stack.blocks[8].fc2
+        if last.bias is not None and self.use:
+            h = h + last.weight.sum()
+        return h
+
+
+def test_model_code_using_a_hidden_weight_stops_the_export_and_keeps_the_answer():
+    _, part_calls = assert_same_answer(seeded(ReadsAWeight, True))
+    assert part_calls == ["b0", "b0"]  # stopped once, at the use of blocks.8.fc2.weight
+
+
+def test_model_code_asking_whether_a_hidden_bias_is_none_sees_it_is_not():
+    _, part_calls = assert_same_answer(seeded(ReadsAWeight, False))
+    assert part_calls == ["b0"]
+
+
+class View(nn.Module):
+    def __init__(self, name: str):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        CALLS.append(self)
+        return (x + self.fc(x)).transpose(0, 1).transpose(0, 1)
+
+
+def test_a_representative_that_cannot_stand_for_its_copies_loses_the_bet():
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(*[View(f"b{i}") for i in range(8)])
+    _, part_calls = assert_same_answer(build, (torch.randn(3, 8),))
+    # b0 and b1 (shown) each return a view; b2 is hidden: stopped, all eight traced again
+    assert part_calls == ["b0", "b1", *[f"b{i}" for i in range(8)]]
+
+
+def test_alternating_flags_are_shown_up_front():
+    def build():
+        torch.manual_seed(0)
+        return Stack([Block(f"b{i}", gated=i % 2 == 1) for i in range(10)])
+    _, part_calls = assert_same_answer(build)
+    assert part_calls == ["b0", "b1"]  # the gated blocks match b1, shown: no export stopped
+
+
+class CountsParameters(nn.Module):
+    """The model's own code enumerates its parameters (hidden ones would be missing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = Stack([Block(f"b{i}") for i in range(9)])
+
+    def forward(self, x):
+        total = sum(p.numel() for p in self.parameters())
+        buffers = len(list(self.buffers()))
+        return self.stack(x) * (total % 1009 + buffers + 1)
+
+
+def test_model_code_using_the_parameters_it_enumerates_stops_the_export(caplog):
+    with caplog.at_level(logging.INFO, logger="zeta_fx.capture.methods"):
+        _, part_calls = assert_same_answer(seeded(CountsParameters))
+    # p.numel() of a hidden parameter, before any block ran: stopped, exported again
+    assert part_calls == ["b0"]
+    assert "was used while hidden from the export" in caplog.text
+
+
+class ListsParameters(nn.Module):
+    """The model's code counts its parameters and buffers without using them."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = Stack([Block(f"b{i}") for i in range(9)])
+
+    def forward(self, x):
+        names = [name for name, _ in self.named_parameters()]
+        return self.stack(x) * (len(names) + len(list(self.buffers())))
+
+
+def test_model_code_counting_its_parameters_sees_them_all_while_they_are_hidden(caplog):
+    with caplog.at_level(logging.INFO, logger="zeta_fx.capture.methods"):
+        _, part_calls = assert_same_answer(seeded(ListsParameters))
+    assert part_calls == ["b0"]
+    assert "compositional export of" not in caplog.text  # nothing stopped it
