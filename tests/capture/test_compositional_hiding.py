@@ -105,9 +105,11 @@ def test_model_code_using_a_hidden_weight_stops_the_export_and_keeps_the_answer(
     assert part_calls == ["b0", "b0"]  # stopped once, at the use of blocks.8.fc2.weight
 
 
-def test_model_code_asking_whether_a_hidden_bias_is_none_sees_it_is_not():
+def test_model_code_reading_a_hidden_bias_stops_the_export_and_keeps_the_answer():
+    # export's tracer asks every module attribute it reads whether it is a module, and a
+    # stand-in cannot answer what it is without lying about a tensor: the bet is lost
     _, part_calls = assert_same_answer(seeded(ReadsAWeight, False))
-    assert part_calls == ["b0"]
+    assert part_calls == ["b0", "b0"]
 
 
 class View(nn.Module):
@@ -176,3 +178,23 @@ def test_model_code_counting_its_parameters_sees_them_all_while_they_are_hidden(
         _, part_calls = assert_same_answer(seeded(ListsParameters))
     assert part_calls == ["b0"]
     assert "compositional export of" not in caplog.text  # nothing stopped it
+
+
+class AsksTypes(nn.Module):
+    """The model's code asks what each parameter is and branches on the answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = Stack([Block(f"b{i}") for i in range(9)])
+
+    def forward(self, x):
+        tensors = sum(isinstance(p, torch.Tensor) for p in self.parameters())
+        return self.stack(x) * (tensors % 1009 + 1)
+
+
+def test_model_code_asking_a_hidden_parameter_its_type_stops_the_export(caplog):
+    # the stand-in is no tensor: answering False would change the constant in the graph
+    with caplog.at_level(logging.INFO, logger="zeta_fx.capture.methods"):
+        _, part_calls = assert_same_answer(seeded(AsksTypes))
+    assert part_calls == ["b0"]
+    assert "was used while hidden from the export" in caplog.text

@@ -43,7 +43,7 @@ _AT_LEAST = 8
 
 class _Hidden:
     """Stands for a hidden parameter or buffer: any use of it (an attribute, an op, its
-    truth value, arithmetic) raises :class:`NotComposable` (``hidden``).
+    truth value, arithmetic, ``isinstance``) raises :class:`NotComposable` (``hidden``).
     ``is None`` and ``hasattr`` answer as for the tensor itself."""
 
     __slots__ = ("name",)
@@ -56,6 +56,9 @@ class _Hidden:
                             "hidden from the export", hidden=True)
 
     __getattr__ = __setattr__ = __bool__ = __len__ = __iter__ = __index__ = _used
+    # ``isinstance(p, torch.Tensor)`` looks ``__class__`` up once the type check fails:
+    # asking what a hidden parameter is stops the export too
+    __class__ = property(_used)  # type: ignore[assignment]
     __float__ = __int__ = __getitem__ = __call__ = __neg__ = __pow__ = __matmul__ = _used
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _used
 
