@@ -59,6 +59,26 @@ def _qwen3_next() -> nn.Module:
         layer_types=["linear_attention", "linear_attention", "full_attention"]))
 
 
+_DELTA = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, linear_key_head_dim=8,
+              linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+              layer_types=["linear_attention", "linear_attention", "full_attention"])
+
+
+def _delta_model(model: str, config: str, **kw) -> nn.Module:
+    if not hasattr(T, model):
+        pytest.skip(f"transformers {T.__version__} has no {model}")
+    return getattr(T, model)(getattr(T, config)(**_DELTA, **kw))
+
+
+def _qwen3_5() -> nn.Module:
+    return _delta_model("Qwen3_5TextModel", "Qwen3_5TextConfig", head_dim=8)
+
+
+def _olmo_hybrid() -> nn.Module:
+    return _delta_model("OlmoHybridModel", "OlmoHybridConfig", pad_token_id=0, eos_token_id=1)
+
+
 class Blocks:
     """Each block's input and output, recorded by forward hooks. ``entries``: blocks whose
     residual stream starts at a submodule's output (RWKV's block 0 first applies
@@ -177,5 +197,23 @@ def test_qwen3_next_every_layer_is_its_input():
     expected = {"layers.0.linear_attn.out_proj", "layers.1.linear_attn.out_proj",
                 "layers.2.self_attn.o_proj"} | {f"layers.{i}.mlp.{m}" for i in range(3)
                                                 for m in ("experts", "shared_expert.down_proj")}
+    assert set(report.modules) == expected, report.table()
+    _judge(model, model.layers, before, report, [True, True, True])
+
+
+@pytest.mark.parametrize("build, expected", [
+    (_qwen3_5, {f"layers.{i}.{m}" for i in range(2)
+                for m in ("linear_attn.out_proj", "mlp.down_proj")}
+     | {"layers.2.self_attn.o_proj", "layers.2.mlp.down_proj"}),
+    # OLMo-hybrid normalises each branch's output (post-norm): its full-attention layer's
+    # branch ends are those norms' gains
+    (_olmo_hybrid, {f"layers.{i}.{m}" for i in range(2)
+                    for m in ("linear_attn.o_proj", "mlp.down_proj")}
+     | {"layers.2.post_attention_layernorm", "layers.2.post_feedforward_layernorm"}),
+], ids=["qwen3_5", "olmo_hybrid"])
+def test_gated_delta_families_every_layer_is_its_input(build, expected):
+    # the same gated delta rule as Qwen3-Next (transformers 5.25 cuts g with tensor_split
+    # before it too): past layer 0 as well, every layer returns exactly its input
+    model, before, report = _pass(build)
     assert set(report.modules) == expected, report.table()
     _judge(model, model.layers, before, report, [True, True, True])
