@@ -20,7 +20,7 @@ from zeta_fx.semantics.keys import bind, op_key
 from zeta_fx.semantics.lattice import U, Z
 from zeta_fx.semantics.rowmax import keeps_row_maximum
 from zeta_fx.semantics.tables import (AT_MOST_ONE_OPS, BOUNDED_BY_ONE, COPIES, FRESH,
-                                      MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
+                                      INDEXED_PAIRS, MASK_CARRIERS, MULTIPLY, NEG_INF_KEEPING,
                                       NONNEG_OPS, POSITIVE_OPS, ROW_KEEPING, SIGN_CARRIERS,
                                       SIGN_REDUCTIONS, SIGN_SELECTIONS)
 from zeta_fx.tensors import fetch_attr
@@ -289,7 +289,7 @@ def nonpositive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
             (key == "masked_fill" and _causal_decay(value, args, deeper, ctx))
     if key in ("pad", "constant_pad_nd"):
         return _pads_with(args, lambda v: v <= 0) and nonpositive(first, deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in SIGN_SELECTIONS or \
+    if (key in SIGN_CARRIERS and not _positions(value, key)) or key in SIGN_SELECTIONS or \
             key in ("sum", "mean", "amax", "amin", "max", "min", "cumsum"):
         return nonpositive(first, deeper, ctx, value)
     if key in MULTIPLY:
@@ -316,7 +316,7 @@ def at_most_one(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     first = bind(value).get("input", node_arg(value, 0))
     if key in BOUNDED_BY_ONE:
         return nonpositive(first, depth + 1, ctx, value)
-    if key in SIGN_CARRIERS:
+    if key in SIGN_CARRIERS and not _positions(value, key):
         return at_most_one(first, depth + 1, ctx, value)
     return False
 
@@ -355,8 +355,8 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
     if key in ("min", "amin", "minimum") and args.get("other") is not None:
         return positive(args.get("input"), deeper, ctx, value) and \
             positive(args["other"], deeper, ctx, value)
-    if key in SIGN_CARRIERS or key in SIGN_REDUCTIONS or key in SIGN_SELECTIONS or \
-            key in ("sqrt", "rsqrt"):
+    if (key in SIGN_CARRIERS and not _positions(value, key)) or key in SIGN_REDUCTIONS or \
+            key in SIGN_SELECTIONS or key in ("sqrt", "rsqrt"):
         return positive(args.get("input", node_arg(value, 0)), deeper, ctx, value)
     if key == "add":
         a, b = (_held(v, value, ctx) for v in (args.get("input"), args.get("other")))
@@ -373,6 +373,17 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
         return positive(args.get("other"), deeper, ctx, value) or \
             positive(args.get("input"), deeper, ctx, value)
     return False
+
+
+def _positions(value: Node, key: str) -> bool:
+    """Whether ``value`` may be item 1 of ``topk``, ``sort``, ``max(x, dim)``...: integer
+    positions (0 among them, up to the size of the dimension), not values of the input, so
+    only ``>= 0`` of the input's signs holds for them."""
+    if key != "getitem" or node_arg(value, 1) != 1:
+        return False
+    source = node_arg(value, 0)
+    return isinstance(source, Node) and source.op in ("call_function", "call_method") and \
+        op_key(source)[0] in INDEXED_PAIRS
 
 
 def zero_added(value: Node, key: str, args: dict[str, Any], ctx: Any) -> Any:
