@@ -69,7 +69,7 @@ def test_a_piece_has_the_signs_of_the_tensor_it_cuts(cut, capture):
 def test_positions_are_not_values(capture):
     gm, items = _outputs(lambda x: (
         torch.sigmoid(x).topk(2, -1)[1], torch.sigmoid(x).topk(2, -1)[0],
-        torch.sigmoid(x).max(-1)[1], (-torch.exp(x)).sort(-1)[1]), capture)
+        torch.sigmoid(x).max(-1)[1], (-torch.exp(x)).sort(-1)[-1]), capture)
     top_idx, top_val, max_idx, sort_idx = items
     values = _values(gm, torch.randn(4, 5, generator=torch.Generator().manual_seed(1)))
     # the positions include 0 and values above 1 (so neither > 0 nor <= 1 nor <= 0 holds)

@@ -378,8 +378,10 @@ def positive(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None = 
 def _positions(value: Node, key: str) -> bool:
     """Whether ``value`` may be item 1 of ``topk``, ``sort``, ``max(x, dim)``...: integer
     positions (0 among them, up to the size of the dimension), not values of the input, so
-    only ``>= 0`` of the input's signs holds for them."""
-    if key != "getitem" or node_arg(value, 1) != 1:
+    only ``>= 0`` of the input's signs holds for them. Any item but the values (``[0]``,
+    ``[-2]``) may be: ``[1]``, ``[-1]``, ``[1:]``."""
+    index = node_arg(value, 1)
+    if key != "getitem" or (isinstance(index, int) and index in (0, -2)):
         return False
     source = node_arg(value, 0)
     return isinstance(source, Node) and source.op in ("call_function", "call_method") and \
