@@ -17,12 +17,12 @@ holds, on a branch that would never get a gradient again).
 Qwen3-Next's gated delta rule takes ``exp`` of pairwise decays ``cum_i - cum_j`` masked
 with ``-inf`` above the diagonal, ``cum`` a cumulative sum of decays ``<= 0``: the kept
 entries are ``<= 0``, so past block 0 too the ``exp`` stays in [0, 1] and every layer
-returns exactly its input.
+returns exactly its input. (transformers 5.25 first cuts ``g`` with ``tensor_split``, whose
+pieces keep its sign: the same in both versions.)
 """
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
@@ -57,6 +57,26 @@ def _qwen3_next() -> nn.Module:
         linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, num_experts=4,
         num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
         layer_types=["linear_attention", "linear_attention", "full_attention"]))
+
+
+_DELTA = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, linear_key_head_dim=8,
+              linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+              layer_types=["linear_attention", "linear_attention", "full_attention"])
+
+
+def _delta_model(model: str, config: str, **kw) -> nn.Module:
+    if not hasattr(T, model):
+        pytest.skip(f"transformers {T.__version__} has no {model}")
+    return getattr(T, model)(getattr(T, config)(**_DELTA, **kw))
+
+
+def _qwen3_5() -> nn.Module:
+    return _delta_model("Qwen3_5TextModel", "Qwen3_5TextConfig", head_dim=8)
+
+
+def _olmo_hybrid() -> nn.Module:
+    return _delta_model("OlmoHybridModel", "OlmoHybridConfig", pad_token_id=0, eos_token_id=1)
 
 
 class Blocks:
@@ -170,16 +190,30 @@ def test_rwkv_in_eval_mode_zeroes_no_earlier_layer_than_the_branch_end():
         assert "may be non-finite" in reasons[f"blocks.{i}.attention.output"], reasons
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("kernels") is not None, strict=True,
-    reason="with the `kernels` package (a dependency of transformers from 5.25), the gated "
-           "delta rule is called through its hub-kernel wrapper and layers 1 and 2 are left "
-           "alone ('its input may be non-finite'): only layer 0 is proven; measured with "
-           "transformers 5.25.0, kernels 0.19.1 (5.24.0 without kernels: every layer)")
 def test_qwen3_next_every_layer_is_its_input():
+    # transformers 5.25 cuts the decay with ``torch.tensor_split(g, [n], dim=1)`` before the
+    # rule (5.24 does not): each piece keeps g's sign, so every layer is proven in both
     model, before, report = _pass(_qwen3_next)
     expected = {"layers.0.linear_attn.out_proj", "layers.1.linear_attn.out_proj",
                 "layers.2.self_attn.o_proj"} | {f"layers.{i}.mlp.{m}" for i in range(3)
                                                 for m in ("experts", "shared_expert.down_proj")}
+    assert set(report.modules) == expected, report.table()
+    _judge(model, model.layers, before, report, [True, True, True])
+
+
+@pytest.mark.parametrize("build, expected", [
+    (_qwen3_5, {f"layers.{i}.{m}" for i in range(2)
+                for m in ("linear_attn.out_proj", "mlp.down_proj")}
+     | {"layers.2.self_attn.o_proj", "layers.2.mlp.down_proj"}),
+    # OLMo-hybrid normalises each branch's output (post-norm): its full-attention layer's
+    # branch ends are those norms' gains
+    (_olmo_hybrid, {f"layers.{i}.{m}" for i in range(2)
+                    for m in ("linear_attn.o_proj", "mlp.down_proj")}
+     | {"layers.2.post_attention_layernorm", "layers.2.post_feedforward_layernorm"}),
+], ids=["qwen3_5", "olmo_hybrid"])
+def test_gated_delta_families_every_layer_is_its_input(build, expected):
+    # the same gated delta rule as Qwen3-Next (transformers 5.25 cuts g with tensor_split
+    # before it too): past layer 0 as well, every layer returns exactly its input
+    model, before, report = _pass(build)
     assert set(report.modules) == expected, report.table()
     _judge(model, model.layers, before, report, [True, True, True])

@@ -73,7 +73,8 @@ def nonnegative(value: Any, depth: int = 0, ctx: Any = None, reader: Node | None
     deeper = depth + 1
     item = _pair_item(value, key, args)
     if item is not None:  # the integer positions of topk, sort...; a mean
-        return item[0] == "positions" or nonnegative(item[1], deeper, ctx, value)
+        return item[0] == "positions" or \
+            (item[0] == "mean" and nonnegative(item[1], deeper, ctx, value))
     first = args.get("input", node_arg(value, 0))
     kept = zero_added(value, key, args, ctx)
     if kept is not None:
@@ -559,13 +560,21 @@ def _pair_item(value: Node, key: str, args: dict[str, Any]) -> tuple[str, Any] |
     ``("positions", None)`` for item 1 of a ``(values, indices)`` pair (``topk``, ``sort``,
     ``max(x, dim)``...: integer positions ``>= 0``, whatever the sign of the values);
     ``("mean", x)`` for item 1 of ``var_mean(x)`` / ``std_mean(x)`` (the mean has ``x``'s
-    sign, not the variance's). ``None`` otherwise: a ``getitem`` carries its source's sign."""
-    if key != "getitem" or args.get("arg1", node_arg(value, 1)) not in (1, -1):
+    sign, not the variance's); ``("mixed", None)`` for a slice of such a pair (``[1:]``,
+    ``[:]``: both items, no sign). ``None`` otherwise: a ``getitem`` carries its source's
+    sign."""
+    if key != "getitem":
+        return None
+    index = args.get("arg1", node_arg(value, 1))
+    whole = isinstance(index, int) and not isinstance(index, bool)
+    if whole and index not in (1, -1):
         return None  # (a pair's item -1 is item 1)
     source = args.get("input", node_arg(value, 0))
     if not isinstance(source, Node) or source.op not in ("call_function", "call_method"):
         return None
     skey = op_key(source)[0]
+    if not whole and (skey in _MEAN_PAIRS or skey in INDEXED_PAIRS):
+        return "mixed", None  # a slice of a pair holds both items: no sign of either
     if skey in _MEAN_PAIRS:
         return "mean", bind(source).get("input", node_arg(source, 0))
     if skey not in INDEXED_PAIRS:

@@ -101,12 +101,18 @@ POSITIVE_OPS = frozenset({"exp", "exp2", "sigmoid", "softmax", "_softmax", "soft
 # > 0 gives > 0): a mean, a sum, a maximum, the top-k values.
 SIGN_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "max", "min", "cumsum", "topk",
                               "sort", "kthvalue"})
-# Ops that carry a value unchanged in sign (views, casts, copies, selections).
+# Ops that carry a value unchanged in sign (views, casts, copies, selections). The pieces
+# of a split (``tensor_split``, ``split``, ``chunk``, ``unbind``, ``narrow``) hold only
+# elements of the tensor they cut, so each piece (and the list of them, item by item, read
+# through ``getitem``) has every sign that tensor has: Qwen3-Next (transformers 5.25) cuts
+# its decay ``g <= 0`` with ``tensor_split`` before the gated delta rule.
 SIGN_CARRIERS = frozenset({"view", "_unsafe_view", "reshape", "expand", "expand_as", "to",
                             "_to_copy", "float", "half", "bfloat16", "double", "type_as",
                             "contiguous", "clone", "detach", "alias", "unsqueeze", "squeeze",
                             "flatten", "unflatten", "transpose", "permute", "t", "getitem",
-                            "select", "slice", "repeat", "repeat_interleave", "movedim"})
+                            "select", "slice", "repeat", "repeat_interleave", "movedim",
+                            "narrow", "split", "split_with_sizes", "chunk", "tensor_split",
+                            "unbind"})
 
 
 # Metadata queries: their outputs carry no values of their inputs.
