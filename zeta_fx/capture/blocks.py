@@ -57,7 +57,8 @@ class NotComposable(Exception):
     as a whole-model export records them. The caller exports again without that
     ``structure`` (a static structure key), or, when it is None, the whole model;
     ``hidden``: a block whose parameters :func:`zeta_fx.capture.hiding.hiding` hid had to be
-    traced after all, and the caller exports again with none hidden: the caller exports again with them shown."""
+    traced after all (or a hidden tensor was used), and the caller exports again with none
+    hidden."""
 
     def __init__(self, message: str, structure: Any = None, hidden: bool = False) -> None:
         super().__init__(message)
@@ -581,4 +582,3 @@ def composing(blocks: dict[str, tuple[Any, nn.Module]]) -> Iterator[BlockRecorde
         for key in [*recorder.stubs, *recorder.segments]:
             _STUB_OUTPUTS.pop(key, None)
             _OUTPUT_GRADS.pop(key, None)
-
