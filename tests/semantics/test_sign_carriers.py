@@ -79,3 +79,17 @@ def test_positions_are_not_values(capture):
         assert not positive(idx) and not at_most_one(idx)
     assert not nonpositive(sort_idx)
     assert positive(top_val)  # the values keep the input's signs
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_a_slice_of_a_pair_holds_both_items_and_no_sign(capture):
+    # (values, positions)[0:][0] is the values; (var, mean)[:][0] the variance: a slice of
+    # the pair carries neither item's sign, whichever item is read from it afterwards
+    gm, (values_, variance) = _outputs(lambda x: (
+        (-torch.exp(x)).topk(2, -1)[0:][0], torch.var_mean(-torch.exp(x), -1)[:][0]),
+        capture)
+    values = _values(gm, torch.randn(4, 5, generator=torch.Generator().manual_seed(2)))
+    assert (values[0] < 0).all()  # the values, not positions: not >= 0
+    assert (values[1] > 0).all()  # the variance, not the mean of -exp(x): not <= 0
+    assert not nonnegative(values_) and not positive(values_)
+    assert not nonpositive(variance)
