@@ -408,3 +408,17 @@ def test_equal_helper_objects_are_one_structure_and_unequal_ones_two():
             return x
     _, part_calls = assert_same_answer(seeded(Chain), (torch.randn(3, 8),))
     assert part_calls == ["b0", "b3"]  # b1, b2 copies of b0; b4 of b3 (another scale)
+
+
+def test_a_block_whose_parameters_are_read_before_it_runs_reads_its_own():
+    # a root pre-hook reads every parameter before any block runs: the representative's
+    # get_attr nodes are made there, outside its segment, and each copy must still read
+    # its own parameters (they read the representative's)
+    def build():
+        torch.manual_seed(0)
+        model = stack(4)
+        model.register_forward_pre_hook(
+            lambda mod, args: (args[0] + sum(p.sum() for p in mod.parameters()),))
+        return model
+    _, part_calls = assert_same_answer(build)
+    assert part_calls == ["b0"]

@@ -126,8 +126,17 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
             stacks = plan.stacks(path, node.meta.get("nn_module_stack"))
             local: dict[fx.Node, Any] = {n: env[s] for n, s in zip(begin.args[0], node.args[0])}
 
-            def look(n: fx.Node, local: dict[fx.Node, Any] = local) -> Any:
-                return local[n] if n in local else env[n]
+            def look(n: fx.Node, local: dict[fx.Node, Any] = local,
+                     rename: tuple[str, str] = rename) -> Any:
+                if n in local:
+                    return local[n]
+                if n.op == "get_attr" and isinstance(n.target, str) and \
+                        n.target.startswith(rename[0] + "."):
+                    # the representative's own tensor, first read before it ran (by a
+                    # hook, by the model's code): the copy reads its own
+                    local[n] = attribute(n, rename, dict(n.meta))
+                    return local[n]
+                return env[n]
             for n, base, group in plan.nodes:
                 meta = dict(n.meta)
                 if group is not None:
