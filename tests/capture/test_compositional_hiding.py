@@ -198,3 +198,32 @@ def test_model_code_asking_a_hidden_parameter_its_type_stops_the_export(caplog):
         _, part_calls = assert_same_answer(seeded(AsksTypes))
     assert part_calls == ["b0"]
     assert "was used while hidden from the export" in caplog.text
+
+
+def _reading_hook(mod, args):
+    return (args[0] + sum(p.sum() for p in mod.parameters()),)
+
+
+def test_a_pre_hook_of_the_model_sees_every_parameter(caplog):
+    # the stand-ins go in before the model's own pre-hooks run: a hook that sums the
+    # parameters uses a hidden one and stops the export, instead of summing fewer
+    def build():
+        torch.manual_seed(0)
+        model = stack(10)
+        model.register_forward_pre_hook(_reading_hook)
+        return model
+    with caplog.at_level(logging.INFO, logger="zeta_fx.capture.methods"):
+        _, part_calls = assert_same_answer(build)
+    assert part_calls == ["b0"]  # stopped in the hook, before any block ran
+    assert "was used while hidden from the export" in caplog.text
+
+
+def test_a_global_module_hook_turns_hiding_off():
+    # a global pre-hook runs before any hook of the model: nothing is hidden from it
+    handle = nn.modules.module.register_module_forward_pre_hook(
+        lambda mod, args: _reading_hook(mod, args) if isinstance(mod, Stack) else None)
+    try:
+        _, part_calls = assert_same_answer(seeded(stack, 10))
+    finally:
+        handle.remove()
+    assert part_calls == ["b0"]  # no bet made, none lost

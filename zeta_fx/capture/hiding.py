@@ -32,6 +32,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 from zeta_fx.capture.blocks import BlockRecorder, NotComposable, same_settings
 
@@ -77,6 +78,9 @@ def hiding(recorder: BlockRecorder, model: nn.Module, hide: bool = True) -> Iter
     it a :class:`_Hidden` stands in each table for each, so that the model's code that
     enumerates parameters finds as many, and stops the export if it uses one. Each
     table is put back as it was, in its order."""
+    # a global module hook runs before the model's first pre-hook: nothing is hidden
+    hide = hide and not (module_globals._global_forward_pre_hooks or
+                         module_globals._global_forward_hooks)
     tables: list[tuple[dict[str, Any], list[tuple[str, Any]], list[tuple[str, Any]],
                        list[tuple[str, Any]]]] = []
     shown: dict[Any, list[nn.Module]] = {}
@@ -105,7 +109,9 @@ def hiding(recorder: BlockRecorder, model: nn.Module, hide: bool = True) -> Iter
             entry[0].clear()
             entry[0].update(entry[which])
 
-    handles = [model.register_forward_pre_hook(lambda *_: put(3)),
+    # the stand-ins are in place before any of the model's own pre-hooks runs (a hook that
+    # reads the parameters must see them all) and out after its forward hooks
+    handles = [model.register_forward_pre_hook(lambda *_: put(3), prepend=True),
                model.register_forward_hook(lambda *_: put(2), always_call=True)]
     try:
         put(2)
