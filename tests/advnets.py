@@ -1134,3 +1134,15 @@ def _(s, x):
     y = x + s.branch(x)
     g = y - x                               # the first branch: zero after the pass
     return y + s.fc4(torch.relu(s.fc3(y))) * torch.log(g.abs())
+
+
+class Two(nn.Module):
+    """Two blocks in a chain, ``b1(b0(x))``, each made by ``make()``: block 1 reads what
+    zeroing block 0 leaves, so a proof past the first block is drawn."""
+
+    def __init__(self, make: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.b0, self.b1 = make(), make()
+
+    def forward(self, x):
+        return self.b1(self.b0(x))

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from claims import check_pass, params_of, snapshot
+from advnets import Two
+from claims import assert_each_zeroed_needed, check_pass, fixed_inputs, params_of, snapshot
 from zeta_fx import zero_init_pass
 
 STEPS = 4
@@ -53,29 +54,8 @@ class Gamma(nn.Module):
         return x + self.out(x * torch.sqrt(1 - torch.exp(2 * log_a)))
 
 
-class Two(nn.Module):
-    def __init__(self, make) -> None:
-        super().__init__()
-        self.b0, self.b1 = make(), make()
-
-    def forward(self, x):
-        return self.b1(self.b0(x))
-
-
 def _x(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, STEPS, 8, generator=torch.Generator().manual_seed(seed))
-
-
-def _needed(model: nn.Module, before: dict, owners: list[str]) -> None:
-    for owner in owners:
-        module = model.get_submodule(owner)
-        with torch.no_grad():
-            for n, p in module.named_parameters():
-                p.copy_(before[f"{owner}.{n}"])
-            x = _x(1)
-            assert not torch.equal(model(x), x), f"{owner} was zeroed but is not needed"
-            for p in module.parameters():
-                p.zero_()
 
 
 def test_both_blocks_are_proven_past_the_first():
@@ -84,12 +64,14 @@ def test_both_blocks_are_proven_past_the_first():
         model = Two(make)
         before = snapshot(model)
         owners = ["b0.out", "b1.out"]
-        check_pass(model, params=params_of(*owners), inputs=(_x(),), example_inputs=(_x(),))
+        report = check_pass(model, params=params_of(*owners), inputs=(_x(),),
+                            example_inputs=(_x(),))
         with torch.no_grad():
             for seed in range(3):
                 x = _x(seed) * 10
                 assert torch.equal(model(x), x)
-        _needed(model, before, owners)
+        assert_each_zeroed_needed(model, before, report, [(model, lambda x: x)],
+                                  fixed_inputs((_x(1),)))
 
 
 def test_a_decay_that_may_grow_leaves_the_later_block_alone():

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from claims import check_pass, params_of, snapshot
+from advnets import Two
+from claims import assert_each_zeroed_needed, check_pass, fixed_inputs, params_of, snapshot
 from zeta_fx import zero_init_pass
 
 STEPS = 4
@@ -72,15 +73,6 @@ class Decay(nn.Module):
         return x + self.out(w.mean(1) @ self.v(x))
 
 
-class Two(nn.Module):
-    def __init__(self, how: str) -> None:
-        super().__init__()
-        self.b0, self.b1 = Decay(how), Decay(how)
-
-    def forward(self, x):
-        return self.b1(self.b0(x))
-
-
 def _x(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, STEPS, 8, generator=torch.Generator().manual_seed(seed))
 
@@ -94,30 +86,24 @@ CAPTURES = [{}, {"example_inputs": (_x(),)}]  # symbolic (torch functions), expo
 @pytest.mark.parametrize("capture", CAPTURES, ids=["symbolic", "export"])
 def test_a_piece_of_a_decay_keeps_its_sign_past_the_first_block(how, capture):
     torch.manual_seed(0)
-    model = Two(how)
+    model = Two(lambda: Decay(how))
     before = snapshot(model)
     owners = ["b0.out", "b1.out"]
-    check_pass(model, params=params_of(*owners), inputs=(_x(),), **capture)
+    report = check_pass(model, params=params_of(*owners), inputs=(_x(),), **capture)
     with torch.no_grad():
         for seed in range(3):
             x = _x(seed) * 30  # large enough that exp of a decay > 0 would overflow
             assert torch.equal(model(x), x), seed
-    for owner in owners:  # each zeroed layer is needed
-        module = model.get_submodule(owner)
-        with torch.no_grad():
-            for n, p in module.named_parameters():
-                p.copy_(before[f"{owner}.{n}"])
-            x = _x(1)
-            assert not torch.equal(model(x), x), f"{owner} was zeroed but is not needed"
-            for p in module.parameters():
-                p.zero_()
+    # each zeroed layer is needed
+    assert_each_zeroed_needed(model, before, report, [(model, lambda x: x)],
+                              fixed_inputs((_x(1),)))
 
 
 @pytest.mark.parametrize("how", NOT_PROVEN)
 @pytest.mark.parametrize("capture", CAPTURES, ids=["symbolic", "export"])
 def test_a_piece_of_no_known_sign_leaves_the_later_block_alone(how, capture):
     torch.manual_seed(0)
-    model = Two(how).eval()
+    model = Two(lambda: Decay(how)).eval()
     with torch.no_grad():  # what a claim on b1 would meet: b1's decay overflows to inf
         b1 = model.b1
         g = -b1.A.exp() * F.softplus(b1.a(_x() * 30))

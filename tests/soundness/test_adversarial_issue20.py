@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advnets import Two
 from claims import assert_only_zeroed, graph_claim_mismatches, residual_rows, snapshot
 from zeta_fx import zero_init_pass
 from zeta_fx.capture import capture
@@ -94,15 +95,6 @@ def judged(model: nn.Module, shape: tuple[int, ...], method: str, dtype=torch.fl
 
 def _reasons(report, module: str) -> list[str]:
     return [s.reason for s in report.skipped if s.module == module]
-
-
-class Two(nn.Module):
-    def __init__(self, make) -> None:
-        super().__init__()
-        self.b0, self.b1 = make(), make()
-
-    def forward(self, x):
-        return self.b1(self.b0(x))
 
 
 B0 = {"b0.out.weight", "b0.out.bias"}
