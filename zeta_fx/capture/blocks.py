@@ -485,14 +485,27 @@ def same_settings(a: nn.Module, b: nn.Module) -> bool:
 
 
 def _reads_agree(reads: dict[tuple[str, str], Any], module: nn.Module) -> bool:
+    owners: dict[str, nn.Module | None] = {"": module}
     for (where, name), value in reads.items():
-        try:
-            owner = module.get_submodule(where) if where else module
-        except AttributeError:
-            return False
-        if not _same(vars(owner).get(name, _MISSING), value):
+        owner = owners.get(where, _MISSING)
+        if owner is _MISSING:
+            owner = owners[where] = _registered(module, where)
+        if owner is None or not _same(vars(owner).get(name, _MISSING), value):
             return False
     return True
+
+
+def _registered(module: nn.Module, where: str) -> nn.Module | None:
+    """The module registered at the dotted path ``where`` inside ``module`` (its
+    ``_modules``), or None. Not ``get_submodule``: under an export every lookup that reaches
+    ``nn.Module.__getattr__`` goes through the tracer's wrapper, and that made comparing a
+    Llama layer's 87 reads cost 2 ms a copy, two thirds of the opaque call."""
+    found: nn.Module | None = module
+    for part in where.split("."):
+        found = vars(found)["_modules"].get(part)
+        if not isinstance(found, nn.Module):
+            return None
+    return found
 
 
 # nn.Module's own bookkeeping (compared through the static key), the forward this module
