@@ -112,6 +112,40 @@ def test_model_code_reading_a_hidden_bias_stops_the_export_and_keeps_the_answer(
     assert part_calls == ["b0", "b0"]
 
 
+class CallsASubmodule(nn.Module):
+    """The model's own code calls a submodule of a hidden block after the stack ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack = Stack([Block(f"b{i}") for i in range(9)])
+
+    def forward(self, x):
+        return self.stack(x) + self.stack.head(self.stack.blocks[7].norm(x))
+
+
+def test_model_code_calling_a_hidden_blocks_submodule_stops_the_export_and_keeps_the_answer():
+    # the submodules of a hidden block are back while the forward runs, their weights not
+    _, part_calls = assert_same_answer(seeded(CallsASubmodule))
+    assert part_calls == ["b0", "b0"]
+
+
+def test_the_export_does_not_see_a_hidden_blocks_submodules(monkeypatch):
+    seen: list[set[str]] = []
+    real_export = torch.export.export
+
+    def export(model, *args, **kwargs):  # what the export enumerates before it runs
+        seen.append({name for name, _ in model.named_modules()})
+        return real_export(model, *args, **kwargs)
+    monkeypatch.setattr(torch.export, "export", export)
+    model = seeded(stack, 10)()
+    capture(model, example_inputs=(X,), method="export", compositional=True)
+    assert len(seen) == 1  # the bet was won
+    assert {"blocks.0.fc1", "blocks.1.fc1", "blocks.2"} <= seen[0]
+    assert not {f"blocks.{i}.{sub}" for i in range(2, 10) for sub in ("norm", "fc1", "fc2")
+                } & seen[0]
+    assert {f"blocks.{i}.fc1" for i in range(10)} <= {name for name, _ in model.named_modules()}
+
+
 class View(nn.Module):
     def __init__(self, name: str):
         super().__init__()
