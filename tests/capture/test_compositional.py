@@ -422,3 +422,50 @@ def test_a_block_whose_parameters_are_read_before_it_runs_reads_its_own():
         return model
     _, part_calls = assert_same_answer(build)
     assert part_calls == ["b0"]
+
+
+class Shared(nn.Module):
+    """Holds the model in a plain attribute (every copy the same object) and reads the
+    model's own attributes in its forward: state outside the block's modules."""
+
+    def __init__(self, name: str, root: nn.Module, counts: bool = False):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+        self.counts = counts
+        object.__setattr__(self, "root", root)  # not a submodule: no cycle in the tree
+
+    def forward(self, x):
+        CALLS.append(self)
+        root = object.__getattribute__(self, "root")
+        if self.counts:  # the block counts its calls on the model
+            root.calls = root.calls + 1
+            return x + self.fc(x)
+        return x + self.fc(x) * (root.current + 1)  # the layer the model is at
+
+
+class Tracked(nn.Module):
+    def __init__(self, counts: bool = False):
+        super().__init__()
+        self.current, self.calls = 0, 0
+        self.blocks = nn.ModuleList(Shared(f"b{i}", self, counts) for i in range(5))
+
+    def forward(self, x):
+        self.calls = 0
+        for i, block in enumerate(self.blocks):
+            self.current = i  # the model's code sets what its blocks read
+            x = block(x)
+        return x * self.calls if self.calls > 3 else x
+
+
+def test_a_block_reading_the_models_attributes_sees_each_calls_value():
+    # `root.current` is 0..4, baked into each layer's graph as a constant: each value read
+    # is another representative; the copies took the first block's graph before
+    whole_calls, part_calls = assert_same_answer(seeded(Tracked))
+    assert part_calls == whole_calls
+
+
+def test_a_block_writing_the_models_attributes_is_exported_inline():
+    # the count the model branches on after the stack: an opaque copy would not count
+    whole_calls, part_calls = assert_same_answer(seeded(Tracked, True))
+    assert part_calls[-5:] == whole_calls

@@ -22,7 +22,10 @@ Two instances share a structure only when everything their forward can read is t
 - the attributes the first copy's forward read (recorded while it ran, per module inside
   it: ``self.layer_idx``, ``self.is_sliding``, a config object by identity, helper objects
   and parameterless modules held in plain attributes by class and settings) are equal on
-  the instance; a call that differs becomes another representative (at most 8).
+  the instance; a call that differs becomes another representative (at most 8);
+- what it read of the model's other modules (a back-reference to the model whose code sets
+  ``self.current_layer = i`` before each call) holds at the copy's call, on the same
+  objects; a block that writes the model's modules is exported inline.
 
 A representative that returns an input, a view or one tensor twice, or takes an object
 argument, stands for no other call; one that writes its inputs or its module state makes
@@ -244,6 +247,8 @@ class _Rep:
     spec: Any  # the pytree spec of (args, kwargs)
     leaves: list[Any]  # per leaf: a tensor's metadata, or the plain value
     reads: dict[tuple[str, str], Any]  # (relative module path, attribute) -> value read
+    # what it read of the model's other modules: (that module's __dict__, attribute, value)
+    outside: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
     out_spec: Any = None
     out_leaves: list[Any] = field(default_factory=list)  # per leaf: "tensor" or the value
     out_meta: list[tuple[Any, ...]] = field(default_factory=list)
@@ -264,6 +269,7 @@ class BlockRecorder:
     stubs: dict[int, tuple[_Rep, str]] = field(default_factory=dict)  # stub key -> (rep, FQN)
     keys: Iterator[int] = field(default_factory=itertools.count)
     hidden: frozenset[str] = frozenset()  # blocks whose parameters are hidden (`hiding`)
+    model: nn.Module | None = None  # the model the blocks are in (its other modules watched)
 
     def _traced(self, path: str) -> None:
         """Raise :class:`NotComposable` if ``path``'s forward must be traced while its
@@ -283,7 +289,7 @@ class BlockRecorder:
             return forward(*args, **kwargs)  # an object among the arguments, or no tensor
         rep = next((r for r in reps if r.usable and spec == r.spec and
                     _same_descriptions(described, r.leaves) and
-                    _reads_agree(r.reads, module)), None)
+                    _reads_agree(r.reads, module) and _outside_agrees(r.outside)), None)
         if rep is None:
             self._traced(path)
             if len(reps) >= _MAX_REPRESENTATIVES:
@@ -312,7 +318,7 @@ class BlockRecorder:
         self.segments[key] = rep
         args, kwargs = pytree.tree_unflatten(leaves, spec)
         bound = _bound_nodes(tensors)
-        with _spying(module, rep.reads) as wrote:
+        with _spying(module, rep.reads, self.model, rep.outside) as wrote:
             out = forward(*args, **kwargs)
         if wrote or versions != [t._version for t in tensors]:
             raise NotComposable(f"`{path}` writes its inputs or its own state", structure)
@@ -508,21 +514,35 @@ def _registered(module: nn.Module, where: str) -> nn.Module | None:
     return found
 
 
+def _outside_agrees(outside: list[tuple[dict[str, Any], str, Any]]) -> bool:
+    """Whether the model's other modules hold now what the representative read of them
+    (the model's code sets ``self.current_layer = i`` before each call)."""
+    return all(_same(state.get(name, _MISSING), value) for state, name, value in outside)
+
+
 # nn.Module's own bookkeeping (compared through the static key), the forward this module
 # patches in; ``training`` is a setting the forward may read
 _INTERNAL = (set(vars(nn.Module())) - {"training"}) | {"forward"}
 
 
 @contextlib.contextmanager
-def _spying(block: nn.Module, reads: dict[tuple[str, str], Any]) -> Iterator[list[str]]:
+def _spying(block: nn.Module, reads: dict[tuple[str, str], Any], model: nn.Module | None = None,
+            outside: list[tuple[dict[str, Any], str, Any]] | None = None
+            ) -> Iterator[list[str]]:
     """Record the attributes every module inside ``block`` reads from its own ``__dict__``
-    while the block runs (first value seen); yields the list of attributes written.
+    while the block runs (first value seen), and in ``outside`` those it reads of
+    ``model``'s other modules (a back-reference to the model, a sibling); yields the list
+    of attributes written, on the block's modules or the model's.
 
     Like ``torch.fx``'s tracer, this patches ``nn.Module`` for the duration (here
     ``__getattribute__`` and ``__setattr__``), and looks modules up by their ``__dict__``:
     a tracer's proxy of a module shares it."""
     wrote: list[str] = []
-    watched = {id(vars(m)): (where, {}) for where, m in block.named_modules()}
+    watched: dict[int, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
+        id(vars(m)): (where, {}, vars(m)) for where, m in block.named_modules()}
+    if model is not None:
+        for m in model.modules():
+            watched.setdefault(id(vars(m)), (None, {}, vars(m)))
     setattr_before = nn.Module.__setattr__
 
     def getattribute(self: nn.Module, name: str) -> Any:
@@ -546,21 +566,26 @@ def _spying(block: nn.Module, reads: dict[tuple[str, str], Any]) -> Iterator[lis
     finally:
         del nn.Module.__getattribute__
         nn.Module.__setattr__ = setattr_before  # type: ignore[method-assign]
-        for where, seen in watched.values():
+        for where, seen, state in watched.values():
             for name, value in seen.items():
-                reads[(where, name)] = value
+                if where is not None:
+                    reads[(where, name)] = value
+                elif outside is not None:
+                    outside.append((state, name, value))
 
 
 @contextlib.contextmanager
-def composing(blocks: dict[str, tuple[Any, nn.Module]]) -> Iterator[BlockRecorder]:
+def composing(blocks: dict[str, tuple[Any, nn.Module]], model: nn.Module | None = None
+              ) -> Iterator[BlockRecorder]:
     """While it lasts, each block of ``blocks`` (:func:`repeated_blocks`) calls through the
     recorder: the first of a structure traced between markers, the others opaque.
 
     The blocks' classes get a ``forward`` that looks the called module up by its
     ``__dict__`` (an export tracer calls a proxy of the module that shares it, and the
     module's own forward must run on that proxy for the tracer to name what it calls);
-    other instances of those classes run their forward as before."""
-    recorder = BlockRecorder(blocks)
+    other instances of those classes run their forward as before. What a representative
+    reads of ``model``'s other modules must hold at each copy's call too."""
+    recorder = BlockRecorder(blocks, model=model)
     chosen = {id(vars(module)): (path, module) for path, (_, module) in blocks.items()}
     running: set[int] = set()  # blocks inside their own forward (``super().forward``)
     patched: list[tuple[type, Any]] = []

@@ -192,7 +192,7 @@ def _compositional(model: nn.Module, example_inputs: Any,
         if not blocks:
             break
         try:
-            with leave_no_trace(model), composing(blocks) as recorder:
+            with leave_no_trace(model), composing(blocks, model) as recorder:
                 with hiding(recorder, model, hide):
                     gm = _export_capture(model, example_inputs, example_kwargs, None,
                                          lazy=True)
