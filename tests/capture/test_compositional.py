@@ -469,3 +469,58 @@ def test_a_block_writing_the_models_attributes_is_exported_inline():
     # the count the model branches on after the stack: an opaque copy would not count
     whole_calls, part_calls = assert_same_answer(seeded(Tracked, True))
     assert part_calls[-5:] == whole_calls
+
+
+class Config:
+    """A plain object every block holds (as transformers' blocks hold their config)."""
+
+    def __init__(self):
+        self.step, self.scale = 0, 1.0
+
+
+class Stateful(nn.Module):
+    """Branches on state kept outside its modules: a class attribute it counts calls in
+    (``"class"``), a step counted in the config it shares (``"shared"``), or a scale the
+    model's code sets in that config before each call (``"set"``)."""
+
+    calls = 0
+
+    def __init__(self, name: str, config: Config, how: str):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+        self.config, self.how = config, how
+
+    def forward(self, x):
+        CALLS.append(self)
+        if self.how == "class":
+            type(self).calls += 1
+            return x + self.fc(x) * type(self).calls
+        if self.how == "shared":
+            self.config.step += 1
+            return x + self.fc(x) * self.config.step
+        return x + self.fc(x) * self.config.scale
+
+
+class StatefulStack(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.config = Config()
+        self.how = how
+        self.blocks = nn.ModuleList(Stateful(f"b{i}", self.config, how) for i in range(5))
+
+    def forward(self, x):
+        Stateful.calls, self.config.step = 0, 0
+        for i, block in enumerate(self.blocks):
+            if self.how == "set":
+                self.config.scale = 1.0 + i
+            x = block(x)
+        return x
+
+
+@pytest.mark.parametrize("how", ["class", "shared", "set"])
+def test_state_outside_every_module_is_read_at_each_call(how):
+    # each call reads another value: the whole-model export bakes 1..5 (or 1.0..5.0) into
+    # the five layers; an opaque copy would have taken the first block's constant
+    whole_calls, part_calls = assert_same_answer(seeded(StatefulStack, how))
+    assert part_calls[-5:] == whole_calls

@@ -23,9 +23,13 @@ Two instances share a structure only when everything their forward can read is t
   it: ``self.layer_idx``, ``self.is_sliding``, a config object by identity, helper objects
   and parameterless modules held in plain attributes by class and settings) are equal on
   the instance; a call that differs becomes another representative (at most 8);
-- what it read of the model's other modules (a back-reference to the model whose code sets
-  ``self.current_layer = i`` before each call) holds at the copy's call, on the same
-  objects; a block that writes the model's modules is exported inline.
+- what it may read outside its own modules holds at the copy's call, on the same objects:
+  the model's other modules it read (a back-reference to the model whose code sets
+  ``self.current_layer = i`` before each call), every attribute of a plain object its
+  modules hold (a config), the plain class attributes of its modules' classes
+  (``type(self).calls``); a block that changes any of these, or writes the model's
+  modules, is exported inline. A global, or state two levels down (an attribute of an
+  object a config holds, a list changed in place), is not seen.
 
 A representative that returns an input, a view or one tensor twice, or takes an object
 argument, stands for no other call; one that writes its inputs or its module state makes
@@ -40,8 +44,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
-import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -50,8 +52,11 @@ import torch.utils._pytree as pytree
 from torch.fx.experimental import proxy_tensor
 from torch import nn
 
+from zeta_fx.capture.settings import (HOOKS, MISSING, class_state, describe, outside_agrees,
+                                      plain, reads_agree, same_descriptions, spying)
+
 __all__ = ["NotComposable", "BlockRecorder", "repeated_blocks", "BEGIN", "LEAVE", "STUB",
-           "composing", "same_settings"]
+           "composing"]
 
 
 class NotComposable(Exception):
@@ -67,13 +72,6 @@ class NotComposable(Exception):
         super().__init__(message)
         self.structure = structure
         self.hidden = hidden
-
-
-_PLAIN = (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.layout,
-          torch.memory_format)
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
-          "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
-          "_backward_pre_hooks")
 
 
 # -- the opaque ops -------------------------------------------------------------------------
@@ -208,7 +206,7 @@ def _key(m: nn.Module, keys: dict[int, int | None],
     if "forward" in state:
         return None
     hooks = tuple((name, tuple(id(h) for h in state.get(name, {}).values()))
-                  for name in _HOOKS if state.get(name))
+                  for name in HOOKS if state.get(name))
     params = tuple((name, None if p is None else _tensor_key(p))
                    for name, p in m._parameters.items())
     buffers = tuple((name, None if b is None else _tensor_key(b),
@@ -230,7 +228,6 @@ def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
 
 # -- recording the representative and standing in for the others --------------------------
 
-_MISSING = object()
 # representatives of one static structure at most (calls with other arguments or settings
 # beyond these run inline): alternating attention kinds make two, a first block called on
 # the raw input (no grad) another
@@ -247,8 +244,10 @@ class _Rep:
     spec: Any  # the pytree spec of (args, kwargs)
     leaves: list[Any]  # per leaf: a tensor's metadata, or the plain value
     reads: dict[tuple[str, str], Any]  # (relative module path, attribute) -> value read
-    # what it read of the model's other modules: (that module's __dict__, attribute, value)
-    outside: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
+    # what it may read outside its own modules' __dict__: the model's other modules, the
+    # attributes of plain objects it holds (a config), its classes' attributes; per read,
+    # (the __dict__ or class namespace, attribute, value)
+    outside: list[tuple[Any, str, Any]] = field(default_factory=list)
     out_spec: Any = None
     out_leaves: list[Any] = field(default_factory=list)  # per leaf: "tensor" or the value
     out_meta: list[tuple[Any, ...]] = field(default_factory=list)
@@ -283,13 +282,13 @@ class BlockRecorder:
         structure = self.blocks[path][0]
         reps = self.reps.setdefault(structure, [])
         leaves, spec = pytree.tree_flatten((args, kwargs))
-        described = _describe(leaves)
+        described = describe(leaves)
         if described is None or not any(isinstance(t, torch.Tensor) for t in leaves):
             self._traced(path)
             return forward(*args, **kwargs)  # an object among the arguments, or no tensor
         rep = next((r for r in reps if r.usable and spec == r.spec and
-                    _same_descriptions(described, r.leaves) and
-                    _reads_agree(r.reads, module) and _outside_agrees(r.outside)), None)
+                    same_descriptions(described, r.leaves) and
+                    reads_agree(r.reads, module) and outside_agrees(r.outside)), None)
         if rep is None:
             self._traced(path)
             if len(reps) >= _MAX_REPRESENTATIVES:
@@ -318,10 +317,13 @@ class BlockRecorder:
         self.segments[key] = rep
         args, kwargs = pytree.tree_unflatten(leaves, spec)
         bound = _bound_nodes(tensors)
-        with _spying(module, rep.reads, self.model, rep.outside) as wrote:
+        rep.outside.extend(class_state(module))  # before the forward can change them
+        with spying(module, rep.reads, self.model, rep.outside) as wrote:
             out = forward(*args, **kwargs)
-        if wrote or versions != [t._version for t in tensors]:
-            raise NotComposable(f"`{path}` writes its inputs or its own state", structure)
+        if wrote or versions != [t._version for t in tensors] or \
+                not outside_agrees(rep.outside):
+            raise NotComposable(f"`{path}` writes its inputs, its own state or state it "
+                                "reads outside itself", structure)
         out_leaves, rep.out_spec = pytree.tree_flatten(out)
         kept = [t for t in out_leaves if isinstance(t, torch.Tensor)]
         ins = {id(t) for t in tensors}
@@ -333,8 +335,8 @@ class BlockRecorder:
                            if a is not b and a is not None]
         if any(id(t) in ins or t._is_view() for t in kept) or \
                 len({id(t) for t in kept}) < len(kept) or any(
-                not isinstance(v, torch.Tensor) and not _plain(v) for v in out_leaves) or \
-                _describe(kept) is None:
+                not isinstance(v, torch.Tensor) and not plain(v) for v in out_leaves) or \
+                describe(kept) is None:
             # returns an input, a view or one tensor twice (an opaque call would return
             # fresh tensors, and code after it could take another path), an object, or a
             # symbolic size: no copies are made, and the outputs go on as they are
@@ -383,197 +385,6 @@ def _marked(tensors: list[torch.Tensor], grads: list[bool]) -> list[torch.Tensor
     return tensors
 
 
-def _describe(leaves: list[Any]) -> list[Any] | None:
-    """Per argument leaf: a tensor's metadata, or a plain value; None if a leaf is neither.
-
-    Read with torch functions off: under an export every metadata read of a fake tensor
-    otherwise goes through its torch-function modes (a third of what a copy cost), and
-    reading metadata records nothing."""
-    with torch._C.DisableTorchFunction():
-        return _describe_leaves(leaves)
-
-
-def _describe_leaves(leaves: list[Any]) -> list[Any] | None:
-    out: list[Any] = []
-    for leaf in leaves:
-        if isinstance(leaf, torch.Tensor):
-            sizes = (*leaf.shape, *leaf.stride())
-            if not all(type(d) is int for d in sizes):
-                return None  # a symbolic (data-dependent) size: comparing it would guard
-            out.append(("tensor", type(leaf).__name__, tuple(leaf.shape), tuple(leaf.stride()),
-                        leaf.dtype, leaf.device, leaf.requires_grad, leaf.storage_offset()))
-        elif _plain(leaf):
-            out.append(("value", leaf))
-        else:
-            return None
-    return out
-
-
-def _plain(value: Any) -> bool:
-    if isinstance(value, (tuple, list, frozenset)):
-        return all(_plain(v) for v in value)
-    return type(value) in _PLAIN or isinstance(value, torch.Size)
-
-
-def _same(a: Any, b: Any, depth: int = 0) -> bool:
-    """Equal values, type included: ``-0.0`` is not ``0.0``, a NaN equals a NaN, ``1`` is
-    not ``True``; real tensors by metadata and bits; functions, methods and classes by
-    identity; other objects by identity, or as the same class with equal attributes (each
-    attention module of diffusers holds its own, stateless, processor object; transformers
-    keeps kernel functions as parameterless modules, one per attention module), three
-    levels deep at most."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return math.copysign(1.0, a) == math.copysign(1.0, b) and (
-            a == b or (math.isnan(a) and math.isnan(b)))
-    if isinstance(a, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y, depth) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k], depth) for k in a)
-    if isinstance(a, torch.Tensor):
-        if (a.shape, a.dtype, a.device) != (b.shape, b.dtype, b.device):
-            return False
-        if a.is_meta or type(a) is not torch.Tensor or type(b) is not torch.Tensor:
-            return False
-        flat_a, flat_b = a.detach().reshape(-1), b.detach().reshape(-1)
-        return bool(torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8))) \
-            if flat_a.is_contiguous() and flat_b.is_contiguous() else False
-    if _plain(a):
-        return a == b
-    if depth >= 3 or isinstance(a, (type, types.FunctionType, types.MethodType,
-                                    types.BuiltinFunctionType, functools.partial)):
-        return False
-    if isinstance(a, nn.Module):
-        # held in a plain attribute: equal when both hold no parameters, buffers,
-        # submodules or hooks, and equal settings (nn.Module's bookkeeping aside)
-        return _stateless(a) and _stateless(b) and _same_attributes(a, b, _INTERNAL, depth)
-    if hasattr(type(a), "__slots__") or not isinstance(getattr(a, "__dict__", None), dict):
-        return False
-    return _same_attributes(a, b, frozenset(), depth)
-
-
-def _same_attributes(a: Any, b: Any, skip: frozenset[str] | set[str], depth: int) -> bool:
-    state_a = {k: v for k, v in vars(a).items() if k not in skip}
-    state_b = {k: v for k, v in vars(b).items() if k not in skip}
-    return state_a.keys() == state_b.keys() and \
-        all(_same(state_a[k], state_b[k], depth + 1) for k in state_a)
-
-
-def _stateless(m: nn.Module) -> bool:
-    state = vars(m)
-    return not (m._parameters or m._buffers or m._modules or "forward" in state or
-                any(state.get(name) for name in _HOOKS))
-
-
-def _same_descriptions(a: list[Any], b: list[Any]) -> bool:
-    """Whether two :func:`_describe` lists are the same, leaf by leaf: a tensor's
-    description holds ints, a bool, strings, a dtype and a device, where ``==`` is
-    :func:`_same`; a plain value is compared by :func:`_same`."""
-    return len(a) == len(b) and all(
-        x == y if x[0] == "tensor" == y[0] else _same(x, y) for x, y in zip(a, b))
-
-
-def same_settings(a: nn.Module, b: nn.Module) -> bool:
-    """Whether every module inside ``a`` and ``b`` (two blocks of one static structure)
-    holds the same attributes, as :func:`_reads_agree` compares them, integers aside (a
-    ``layer_idx`` the forward does not read, most often). When True, a forward that reads
-    no integer reads the same in both."""
-    for (_, x), (_, y) in zip(a.named_modules(), b.named_modules()):
-        state_x, state_y = vars(x), vars(y)
-        names = (state_x.keys() | state_y.keys()) - _INTERNAL
-        if any(not _same(state_x.get(k, _MISSING), state_y.get(k, _MISSING)) and not
-               (type(state_x.get(k)) is int and type(state_y.get(k)) is int) for k in names):
-            return False
-    return True
-
-
-def _reads_agree(reads: dict[tuple[str, str], Any], module: nn.Module) -> bool:
-    owners: dict[str, nn.Module | None] = {"": module}
-    for (where, name), value in reads.items():
-        owner = owners.get(where, _MISSING)
-        if owner is _MISSING:
-            owner = owners[where] = _registered(module, where)
-        if owner is None or not _same(vars(owner).get(name, _MISSING), value):
-            return False
-    return True
-
-
-def _registered(module: nn.Module, where: str) -> nn.Module | None:
-    """The module registered at the dotted path ``where`` inside ``module`` (its
-    ``_modules``), or None. Not ``get_submodule``: under an export every lookup that reaches
-    ``nn.Module.__getattr__`` goes through the tracer's wrapper, and that made comparing a
-    Llama layer's 87 reads cost 2 ms a copy, two thirds of the opaque call."""
-    found: nn.Module | None = module
-    for part in where.split("."):
-        found = vars(found)["_modules"].get(part)
-        if not isinstance(found, nn.Module):
-            return None
-    return found
-
-
-def _outside_agrees(outside: list[tuple[dict[str, Any], str, Any]]) -> bool:
-    """Whether the model's other modules hold now what the representative read of them
-    (the model's code sets ``self.current_layer = i`` before each call)."""
-    return all(_same(state.get(name, _MISSING), value) for state, name, value in outside)
-
-
-# nn.Module's own bookkeeping (compared through the static key), the forward this module
-# patches in; ``training`` is a setting the forward may read
-_INTERNAL = (set(vars(nn.Module())) - {"training"}) | {"forward"}
-
-
-@contextlib.contextmanager
-def _spying(block: nn.Module, reads: dict[tuple[str, str], Any], model: nn.Module | None = None,
-            outside: list[tuple[dict[str, Any], str, Any]] | None = None
-            ) -> Iterator[list[str]]:
-    """Record the attributes every module inside ``block`` reads from its own ``__dict__``
-    while the block runs (first value seen), and in ``outside`` those it reads of
-    ``model``'s other modules (a back-reference to the model, a sibling); yields the list
-    of attributes written, on the block's modules or the model's.
-
-    Like ``torch.fx``'s tracer, this patches ``nn.Module`` for the duration (here
-    ``__getattribute__`` and ``__setattr__``), and looks modules up by their ``__dict__``:
-    a tracer's proxy of a module shares it."""
-    wrote: list[str] = []
-    watched: dict[int, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
-        id(vars(m)): (where, {}, vars(m)) for where, m in block.named_modules()}
-    if model is not None:
-        for m in model.modules():
-            watched.setdefault(id(vars(m)), (None, {}, vars(m)))
-    setattr_before = nn.Module.__setattr__
-
-    def getattribute(self: nn.Module, name: str) -> Any:
-        state = object.__getattribute__(self, "__dict__")
-        entry = watched.get(id(state))
-        if entry is not None and name not in entry[1] and name not in _INTERNAL:
-            # a name the instance does not hold is read from the class, or found missing
-            # (``getattr(self, "flag", False)``): a copy that holds it reads another value
-            entry[1][name] = state.get(name, _MISSING)
-        return object.__getattribute__(self, name)
-
-    def setattr_(self: nn.Module, name: str, value: Any) -> None:
-        if id(object.__getattribute__(self, "__dict__")) in watched:
-            wrote.append(name)
-        setattr_before(self, name, value)
-
-    nn.Module.__getattribute__ = getattribute  # type: ignore[method-assign]
-    nn.Module.__setattr__ = setattr_  # type: ignore[method-assign]
-    try:
-        yield wrote
-    finally:
-        del nn.Module.__getattribute__
-        nn.Module.__setattr__ = setattr_before  # type: ignore[method-assign]
-        for where, seen, state in watched.values():
-            for name, value in seen.items():
-                if where is not None:
-                    reads[(where, name)] = value
-                elif outside is not None:
-                    outside.append((state, name, value))
-
-
 @contextlib.contextmanager
 def composing(blocks: dict[str, tuple[Any, nn.Module]], model: nn.Module | None = None
               ) -> Iterator[BlockRecorder]:
@@ -608,12 +419,12 @@ def composing(blocks: dict[str, tuple[Any, nn.Module]], model: nn.Module | None 
                                          args, kwargs)
                 finally:
                     running.discard(key)
-            patched.append((cls, cls.__dict__.get("forward", _MISSING)))
+            patched.append((cls, cls.__dict__.get("forward", MISSING)))
             cls.forward = forward  # type: ignore[method-assign]
         yield recorder
     finally:
         for cls, before in patched:
-            if before is _MISSING:
+            if before is MISSING:
                 del cls.forward
             else:
                 cls.forward = before  # type: ignore[method-assign]

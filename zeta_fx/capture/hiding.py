@@ -39,7 +39,8 @@ from typing import Any, Iterator
 from torch import nn
 from torch.nn.modules import module as module_globals
 
-from zeta_fx.capture.blocks import BlockRecorder, NotComposable, same_settings
+from zeta_fx.capture.blocks import BlockRecorder, NotComposable
+from zeta_fx.capture.settings import same_settings
 
 __all__ = ["hiding"]
 
