@@ -524,3 +524,42 @@ def test_state_outside_every_module_is_read_at_each_call(how):
     # the five layers; an opaque copy would have taken the first block's constant
     whole_calls, part_calls = assert_same_answer(seeded(StatefulStack, how))
     assert part_calls[-5:] == whole_calls
+
+
+class Scaler(nn.Module):
+    """A parameterless helper outside the model, held by every block in a plain attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = 1.0
+
+
+class Helped(nn.Module):
+    def __init__(self, name: str, helper: Scaler):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+        object.__setattr__(self, "helper", helper)  # not registered: outside the model
+
+    def forward(self, x):
+        CALLS.append(self)
+        return x + self.fc(x) * object.__getattribute__(self, "helper").scale
+
+
+class HelpedStack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        helper = Scaler()
+        object.__setattr__(self, "helper", helper)
+        self.blocks = nn.ModuleList(Helped(f"b{i}", helper) for i in range(5))
+
+    def forward(self, x):
+        for i, block in enumerate(self.blocks):
+            object.__getattribute__(self, "helper").scale = 1.0 + i
+            x = block(x)
+        return x
+
+
+def test_a_module_outside_the_model_read_by_a_block_is_read_at_each_call():
+    whole_calls, part_calls = assert_same_answer(seeded(HelpedStack))
+    assert part_calls[-5:] == whole_calls

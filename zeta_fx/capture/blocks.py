@@ -24,8 +24,8 @@ Two instances share a structure only when everything their forward can read is t
   and parameterless modules held in plain attributes by class and settings) are equal on
   the instance; a call that differs becomes another representative (at most 8);
 - what it may read outside its own modules holds at the copy's call, on the same objects:
-  the model's other modules it read (a back-reference to the model whose code sets
-  ``self.current_layer = i`` before each call), every attribute of a plain object its
+  any other module it read (a back-reference to the model whose code sets
+  ``self.current_layer = i`` before each call, a helper held outside the model), every attribute of a plain object its
   modules hold (a config), the plain class attributes of its modules' classes
   (``type(self).calls``); a block that changes any of these, or writes the model's
   modules, is exported inline. A global, or state two levels down (an attribute of an

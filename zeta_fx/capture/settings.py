@@ -215,9 +215,11 @@ def spying(block: nn.Module, reads: dict[tuple[str, str], Any], model: nn.Module
     """Record the attributes every module inside ``block`` reads from its own ``__dict__``
     while the block runs (first value seen); yields the list of attributes written, on
     the block's modules or the model's. ``outside`` gets what the reads depend on beyond
-    the block's own ``__dict__``: the attributes it reads of ``model``'s other modules (a
-    back-reference to the model, a sibling) and of the plain objects its modules hold (a
-    config).
+    the block's own ``__dict__``: the attributes it reads of any other module (``model``'s:
+    a back-reference to the model, a sibling; or a module held in a plain attribute
+    outside the model) and of the plain objects its modules hold (a config). Only writes
+    to the block's or ``model``'s modules count (a module made during the forward sets up
+    its own state).
 
     Like ``torch.fx``'s tracer, this patches ``nn.Module`` for the duration (here
     ``__getattribute__`` and ``__setattr__``), and looks modules up by their ``__dict__``:
@@ -228,6 +230,7 @@ def spying(block: nn.Module, reads: dict[tuple[str, str], Any], model: nn.Module
     if model is not None:
         for m in model.modules():
             watched.setdefault(id(vars(m)), (None, {}, vars(m)))
+    others: dict[int, tuple[str | None, dict[str, Any], dict[str, Any]]] = {}  # outside it
     held: list[tuple[Any, str, Any]] = []
     objects: set[int] = set()  # plain objects whose attributes are in ``held``
     setattr_before = nn.Module.__setattr__
@@ -235,7 +238,9 @@ def spying(block: nn.Module, reads: dict[tuple[str, str], Any], model: nn.Module
     def getattribute(self: nn.Module, name: str) -> Any:
         state = object.__getattribute__(self, "__dict__")
         entry = watched.get(id(state))
-        if entry is not None and name not in entry[1] and name not in _INTERNAL:
+        if entry is None:
+            entry = others.setdefault(id(state), (None, {}, state))
+        if name not in entry[1] and name not in _INTERNAL:
             # a name the instance does not hold is read from the class, or found missing
             # (``getattr(self, "flag", False)``): a copy that holds it reads another value
             value = entry[1][name] = state.get(name, MISSING)
@@ -256,7 +261,7 @@ def spying(block: nn.Module, reads: dict[tuple[str, str], Any], model: nn.Module
     finally:
         del nn.Module.__getattribute__
         nn.Module.__setattr__ = setattr_before  # type: ignore[method-assign]
-        for where, seen, state in watched.values():
+        for where, seen, state in [*watched.values(), *others.values()]:
             for name, value in seen.items():
                 if where is not None:
                     reads[(where, name)] = value
