@@ -25,11 +25,11 @@ Two instances share a structure only when everything their forward can read is t
   the instance; a call that differs becomes another representative (at most 8);
 - what it may read outside its own modules holds at the copy's call, on the same objects:
   any other module it read (a back-reference to the model whose code sets
-  ``self.current_layer = i`` before each call, a helper held outside the model), every attribute of a plain object its
-  modules hold (a config), the plain class attributes of its modules' classes
-  (``type(self).calls``); a block that changes any of these, or writes the model's
-  modules, is exported inline. A global, or state two levels down (an attribute of an
-  object a config holds, a list changed in place), is not seen.
+  ``self.current_layer = i`` before each call, a helper held outside the model), every
+  attribute of a plain object its modules hold (a config), the plain class attributes of
+  its modules' classes (``type(self).calls``); a block that changes any of these, or
+  writes the model's modules, is exported inline. A global, or state two levels down (an
+  attribute of an object a config holds, a list changed in place), is not seen.
 
 A representative that returns an input, a view or one tensor twice, or takes an object
 argument, stands for no other call; one that writes its inputs or its module state makes
@@ -244,7 +244,7 @@ class _Rep:
     spec: Any  # the pytree spec of (args, kwargs)
     leaves: list[Any]  # per leaf: a tensor's metadata, or the plain value
     reads: dict[tuple[str, str], Any]  # (relative module path, attribute) -> value read
-    # what it may read outside its own modules' __dict__: the model's other modules, the
+    # what it may read outside its own modules' __dict__: any other module, the
     # attributes of plain objects it holds (a config), its classes' attributes; per read,
     # (the __dict__ or class namespace, attribute, value)
     outside: list[tuple[Any, str, Any]] = field(default_factory=list)
@@ -268,7 +268,7 @@ class BlockRecorder:
     stubs: dict[int, tuple[_Rep, str]] = field(default_factory=dict)  # stub key -> (rep, FQN)
     keys: Iterator[int] = field(default_factory=itertools.count)
     hidden: frozenset[str] = frozenset()  # blocks whose parameters are hidden (`hiding`)
-    model: nn.Module | None = None  # the model the blocks are in (its other modules watched)
+    model: nn.Module | None = None  # the model the blocks are in (writes to it are watched)
 
     def _traced(self, path: str) -> None:
         """Raise :class:`NotComposable` if ``path``'s forward must be traced while its
