@@ -563,3 +563,39 @@ class HelpedStack(nn.Module):
 def test_a_module_outside_the_model_read_by_a_block_is_read_at_each_call():
     whole_calls, part_calls = assert_same_answer(seeded(HelpedStack))
     assert part_calls[-5:] == whole_calls
+
+
+class Swapping(nn.Module):
+    """The model's code registers another activation before each call; its blocks call
+    the model's (a submodule of the model, read through a back-reference)."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.blocks = nn.ModuleList(UsesRootAct(f"b{i}", self) for i in range(5))
+
+    def forward(self, x):
+        for i, block in enumerate(self.blocks):
+            self.act = nn.ReLU() if i % 2 == 0 else nn.Tanh()
+            x = block(x)
+        return x
+
+
+class UsesRootAct(nn.Module):
+    def __init__(self, name: str, root: nn.Module):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+        object.__setattr__(self, "root", root)
+
+    def forward(self, x):
+        CALLS.append(self)
+        return x + object.__getattribute__(self, "root").act(self.fc(x))
+
+
+def test_a_submodule_of_the_model_swapped_between_calls_is_read_at_each_call():
+    # b0 takes the raw input (no grad); b1 (Tanh) and b2 (ReLU) are two representatives,
+    # b3 and b4 their copies (a fresh activation of the same class and settings is the
+    # same); before, b2 to b4 were copies of b1 and called Tanh
+    _, part_calls = assert_same_answer(seeded(Swapping))
+    assert part_calls == ["b0", "b1", "b2"]

@@ -192,6 +192,13 @@ def class_state(block: nn.Module) -> list[tuple[Any, str, Any]]:
     return out
 
 
+def _tables(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The submodule, parameter and buffer tables of the module whose ``__dict__`` is
+    ``state``."""
+    return [table for table in (state.get("_modules"), state.get("_parameters"),
+                                state.get("_buffers")) if isinstance(table, dict)]
+
+
 def _object_reads(value: Any) -> list[tuple[Any, str, Any]]:
     """Every attribute of a plain object a module holds (a config, a helper): a forward
     that reads it may branch on any of them. Modules, tensors, plain values, functions
@@ -267,5 +274,8 @@ def spying(block: nn.Module, reads: dict[tuple[str, str], Any], model: nn.Module
                     reads[(where, name)] = value
                 elif outside is not None:
                     outside.append((state, name, value))
+                    if value is MISSING:  # a submodule, parameter or buffer, by identity
+                        outside.extend((table, name, table[name]) for table in
+                                       _tables(state) if name in table)
         if outside is not None:
             outside.extend(held)
