@@ -599,3 +599,43 @@ def test_a_submodule_of_the_model_swapped_between_calls_is_read_at_each_call():
     # same); before, b2 to b4 were copies of b1 and called Tanh
     _, part_calls = assert_same_answer(seeded(Swapping))
     assert part_calls == ["b0", "b1", "b2"]
+
+
+LAYER = 0  # a global the model sets before each call (``"set"``) or its blocks count in
+
+
+class GlobalRead(nn.Module):
+    def __init__(self, name: str, counts: bool):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+        self.counts = counts
+
+    def forward(self, x):
+        global LAYER
+        CALLS.append(self)
+        if self.counts:
+            LAYER += 1
+        return x + self.fc(x) * (LAYER + 1)
+
+
+class GlobalStack(nn.Module):
+    def __init__(self, counts: bool):
+        super().__init__()
+        self.counts = counts
+        self.blocks = nn.ModuleList(GlobalRead(f"b{i}", counts) for i in range(5))
+
+    def forward(self, x):
+        global LAYER
+        LAYER = 0
+        for i, block in enumerate(self.blocks):
+            if not self.counts:
+                LAYER = i
+            x = block(x)
+        return x
+
+
+@pytest.mark.parametrize("counts", [False, True], ids=["set", "counted"])
+def test_a_global_the_forward_reads_is_read_at_each_call(counts):
+    whole_calls, part_calls = assert_same_answer(seeded(GlobalStack, counts))
+    assert part_calls[-5:] == whole_calls

@@ -27,9 +27,11 @@ Two instances share a structure only when everything their forward can read is t
   any other module it read (a back-reference to the model whose code sets
   ``self.current_layer = i`` before each call, a helper held outside the model), every
   attribute of a plain object its modules hold (a config), the plain class attributes of
-  its modules' classes (``type(self).calls``); a block that changes any of these, or
-  writes the model's modules, is exported inline. A global, or state two levels down (an
-  attribute of an object a config holds, a list changed in place), is not seen.
+  its modules' classes (``type(self).calls``) and the plain globals their methods name
+  (:func:`~zeta_fx.capture.settings.class_state`); a block that changes any of these, or
+  writes the model's modules, is exported inline. A global further away, or state two
+  levels down (an attribute of an object a config holds, a list changed in place), is
+  not seen.
 
 A representative that returns an input, a view or one tensor twice, or takes an object
 argument, stands for no other call; one that writes its inputs or its module state makes

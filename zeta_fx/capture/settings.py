@@ -176,20 +176,68 @@ def outside_agrees(outside: list[tuple[Any, str, Any]]) -> bool:
 
 def class_state(block: nn.Module) -> list[tuple[Any, str, Any]]:
     """The plain values in the namespaces of the classes of ``block``'s modules, up their
-    MROs: a forward that counts its calls in ``type(self).calls``, or model code that sets
-    a class attribute before each call, changes one (class attributes read as
-    ``type(self).x`` pass no module's ``__getattribute__``)."""
+    MROs, and the plain globals their functions read (and the functions those call by a
+    global name, two levels down): a forward that counts its calls in ``type(self).calls``
+    or in a global, or model code that sets a class attribute or a global flag before each
+    call, changes one (neither passes a module's ``__getattribute__``)."""
     out: list[tuple[Any, str, Any]] = []
     seen: set[type] = set()
+    codes: set[int] = set()
     for m in block.modules():
         for klass in type(m).__mro__:
             if klass in seen or klass is object:
                 continue
             seen.add(klass)
             space = vars(klass)
-            out.extend((space, name, value) for name, value in space.items()
-                       if plain(value) and not (name.startswith("__") and name.endswith("__")))
+            for name, value in space.items():
+                if plain(value) and not (name.startswith("__") and name.endswith("__")):
+                    out.append((space, name, value))
+                else:
+                    out.extend(_global_reads(_unwrapped(value), codes, 2))
     return out
+
+
+def _unwrapped(value: Any) -> Any:
+    """The function under a staticmethod or classmethod and under ``functools.wraps``
+    wrappers (the forward :func:`~zeta_fx.capture.blocks.composing` patches in)."""
+    value = getattr(value, "__func__", value)
+    for _ in range(8):
+        inner = getattr(value, "__wrapped__", None) if isinstance(value, types.FunctionType) \
+            else None
+        if inner is None:
+            break
+        value = inner
+    return value
+
+
+def _global_reads(function: Any, codes: set[int], depth: int) -> list[tuple[Any, str, Any]]:
+    """The plain globals ``function`` (a Python function) names, and those of the Python
+    functions it names as globals, ``depth`` levels down; each code object once."""
+    code = getattr(function, "__code__", None)
+    space = getattr(function, "__globals__", None)
+    if not isinstance(code, types.CodeType) or not isinstance(space, dict) or \
+            id(code) in codes:
+        return []
+    codes.add(id(code))
+    out: list[tuple[Any, str, Any]] = []
+    for name in _names(code):
+        if name not in space:
+            continue
+        value = space[name]
+        if plain(value):
+            out.append((space, name, value))
+        elif depth > 1 and isinstance(value, types.FunctionType):
+            out.extend(_global_reads(value, codes, depth - 1))
+    return out
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global (and attribute) names ``code`` and the code nested in it use."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
 
 
 def _tables(state: dict[str, Any]) -> list[dict[str, Any]]:
