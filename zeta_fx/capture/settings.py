@@ -169,8 +169,9 @@ def _registered(module: nn.Module, where: str) -> nn.Module | None:
 
 def outside_agrees(outside: list[tuple[Any, str, Any]]) -> bool:
     """Whether what the representative read outside its own modules holds now: the model's
-    code sets ``self.current_layer = i`` before each call, a forward counts its calls in
-    a class attribute or in a config object the blocks share."""
+    code sets ``self.current_layer = i`` or a global flag before each call, a forward
+    counts its calls in a class attribute, a global or a config object the blocks
+    share."""
     return all(same(space.get(name, MISSING), value) for space, name, value in outside)
 
 
