@@ -229,15 +229,22 @@ def test_a_parameter_shared_between_copies_keeps_them_inline():
     assert {"b1", "b3"} <= set(part_calls)
 
 
-class Odd(nn.Module):
+class Named(nn.Module):
+    """A block with one linear layer, known by ``name`` in :data:`CALLS`."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        NAMES[id(self)] = name
+        self.fc = nn.Linear(8, 8)
+
+
+class Odd(Named):
     """A residual block that cannot stand for another: it writes its input, returns a view,
     or returns one tensor twice."""
 
     def __init__(self, name: str, kind: str):
-        super().__init__()
-        NAMES[id(self)] = name
+        super().__init__(name)
         self.kind = kind
-        self.fc = nn.Linear(8, 8)
 
     def forward(self, x):
         CALLS.append(self)
@@ -381,11 +388,9 @@ class Processor:
         return h * self.scale
 
 
-class WithProcessor(nn.Module):
+class WithProcessor(Named):
     def __init__(self, name: str, scale: float):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
+        super().__init__(name)
         self.processor = Processor(scale)
 
     def forward(self, x):
@@ -424,14 +429,12 @@ def test_a_block_whose_parameters_are_read_before_it_runs_reads_its_own():
     assert part_calls == ["b0"]
 
 
-class Shared(nn.Module):
+class Shared(Named):
     """Holds the model in a plain attribute (every copy the same object) and reads the
     model's own attributes in its forward: state outside the block's modules."""
 
     def __init__(self, name: str, root: nn.Module, counts: bool = False):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
+        super().__init__(name)
         self.counts = counts
         object.__setattr__(self, "root", root)  # not a submodule: no cycle in the tree
 
@@ -478,7 +481,7 @@ class Config:
         self.step, self.scale = 0, 1.0
 
 
-class Stateful(nn.Module):
+class Stateful(Named):
     """Branches on state kept outside its modules: a class attribute it counts calls in
     (``"class"``), a step counted in the config it shares (``"shared"``), or a scale the
     model's code sets in that config before each call (``"set"``)."""
@@ -486,9 +489,7 @@ class Stateful(nn.Module):
     calls = 0
 
     def __init__(self, name: str, config: Config, how: str):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
+        super().__init__(name)
         self.config, self.how = config, how
 
     def forward(self, x):
@@ -534,11 +535,9 @@ class Scaler(nn.Module):
         self.scale = 1.0
 
 
-class Helped(nn.Module):
+class Helped(Named):
     def __init__(self, name: str, helper: Scaler):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
+        super().__init__(name)
         object.__setattr__(self, "helper", helper)  # not registered: outside the model
 
     def forward(self, x):
@@ -581,11 +580,9 @@ class Swapping(nn.Module):
         return x
 
 
-class UsesRootAct(nn.Module):
+class UsesRootAct(Named):
     def __init__(self, name: str, root: nn.Module):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
+        super().__init__(name)
         object.__setattr__(self, "root", root)
 
     def forward(self, x):
@@ -604,11 +601,9 @@ def test_a_submodule_of_the_model_swapped_between_calls_is_read_at_each_call():
 LAYER = 0  # a global the model sets before each call (``"set"``) or its blocks count in
 
 
-class GlobalRead(nn.Module):
+class GlobalRead(Named):
     def __init__(self, name: str, counts: bool):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
+        super().__init__(name)
         self.counts = counts
 
     def forward(self, x):

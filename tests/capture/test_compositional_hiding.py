@@ -18,7 +18,7 @@ from torch import nn
 
 from zeta_fx.capture import capture
 
-from test_compositional import (CALLS, NAMES, X, Block, Stack, assert_same_answer, seeded,
+from test_compositional import (CALLS, X, Block, Named, Stack, assert_same_answer, seeded,
                                 stack)
 
 
@@ -61,14 +61,12 @@ def test_a_hidden_block_called_on_other_shapes_stops_the_export_and_is_traced_ag
     assert part_calls == ["b0", "b0", "b6", "b7"]
 
 
-class Rolled(nn.Module):
+class Rolled(Named):
     """An integer attribute the forward reads: the bet takes integers for indices."""
 
     def __init__(self, name: str, shift: int):
-        super().__init__()
-        NAMES[id(self)] = name
+        super().__init__(name)
         self.shift = shift
-        self.fc = nn.Linear(8, 8)
 
     def forward(self, x):
         CALLS.append(self)
@@ -146,12 +144,7 @@ def test_the_export_does_not_see_a_hidden_blocks_submodules(monkeypatch):
     assert {f"blocks.{i}.fc1" for i in range(10)} <= {name for name, _ in model.named_modules()}
 
 
-class View(nn.Module):
-    def __init__(self, name: str):
-        super().__init__()
-        NAMES[id(self)] = name
-        self.fc = nn.Linear(8, 8)
-
+class View(Named):
     def forward(self, x):
         CALLS.append(self)
         return (x + self.fc(x)).transpose(0, 1).transpose(0, 1)

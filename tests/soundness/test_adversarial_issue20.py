@@ -63,6 +63,14 @@ def _inputs(shape: tuple[int, ...], scale: float, dtype=torch.float32):
     return make
 
 
+def assert_returns_its_input(model: nn.Module, shape: tuple[int, ...], scale: float,
+                             seed: int) -> None:
+    """The model returns its input, bit for bit, on a random input of that scale."""
+    x = _inputs(shape, scale)(seed)[0]
+    with torch.no_grad():
+        assert torch.equal(model(x.clone()), x)
+
+
 def _finite_as_given(original: nn.Module, args: tuple) -> bool:
     with torch.no_grad():
         out = original(*[a.clone() for a in args])
@@ -427,9 +435,7 @@ def test_buffers_filled_by_writes(how, method):
     expected = WRITES[how][CAPTURES.index(method)]
     assert set(report.params) == expected, report.table()
     if expected and how != "merge_in_place":  # the whole model is the identity now
-        x = _inputs((2, 3, 8), 1e4)(0)[0]
-        with torch.no_grad():
-            assert torch.equal(model(x.clone()), x)
+        assert_returns_its_input(model, (2, 3, 8), 1e4, 0)
 
 
 # -- edges that held: torch.no_grad() bodies under export ---------------------------------------
@@ -675,9 +681,7 @@ def test_learned_tokens_and_metadata_operands(how, method):
     report = judged(model, (2, 3, 8), method)
     assert set(report.params) == TOKENS[how], report.table()
     if TOKENS[how] and how != "cls_concatenated":  # the model is the identity now
-        x = _inputs((2, 3, 8), -1e4)(2)[0]
-        with torch.no_grad():
-            assert torch.equal(model(x.clone()), x)
+        assert_returns_its_input(model, (2, 3, 8), -1e4, 2)
 
 
 # -- edges that held: a view of the filled buffer taken before data is written into it ------------
@@ -728,6 +732,4 @@ def test_a_view_of_the_buffer_sees_data_written_after_it(how, method):
         return
     assert set(report.params) <= VIEWS[how] | FC, report.table()
     if how == "clone":  # the copy holds only the branch: the outer merge is the identity
-        x = _inputs((2, 3, 8), 1e4)(1)[0]
-        with torch.no_grad():
-            assert torch.equal(model(x.clone()), x)  # x + (a copy of 0)
+        assert_returns_its_input(model, (2, 3, 8), 1e4, 1)  # x + (a copy of 0)

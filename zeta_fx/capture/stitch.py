@@ -99,9 +99,8 @@ def stitch(gm: fx.GraphModule, recorder: BlockRecorder, model: nn.Module) -> fx.
         if node.op == "get_attr":
             return attribute(node, None)
         name = node.name if node.op in ("placeholder", "output") else _base(node.name)
-        new = graph.create_node(node.op, node.target, fx.map_arg(node.args, env.__getitem__),
-                                fx.map_arg(node.kwargs, env.__getitem__), name=name,
-                                type_expr=node.type)
+        new = _node(graph, node, fx.map_arg(node.args, env.__getitem__),
+                    fx.map_arg(node.kwargs, env.__getitem__), name)
         _set_meta(new, node.meta)
         return new
 
